@@ -1,0 +1,60 @@
+//! Library errors. The command line maps them to exit codes.
+
+use std::fmt::Display;
+
+/// Errors that stop an export (per-run failures are collected instead).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The source cannot be read at all (missing path, not a W&B log, no runs).
+    #[error("cannot read source {source_name}: {reason}")]
+    Source { source_name: String, reason: String },
+    /// Bad arguments: selection, options.
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Parquet {
+        path: String,
+        source: parquet::errors::ParquetError,
+    },
+    #[error("cannot build Arrow data for {what}: {source}")]
+    Arrow {
+        what: String,
+        source: arrow_schema::ArrowError,
+    },
+    /// `--fail-fast`: the first run that failed.
+    #[error("run {run} failed ({stage}): {error}")]
+    RunFailed {
+        run: String,
+        stage: String,
+        error: String,
+    },
+}
+
+impl Error {
+    pub fn source(name: impl Display, reason: impl Display) -> Error {
+        Error::Source {
+            source_name: name.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
+    pub fn write(path: impl Display, source: std::io::Error) -> Error {
+        Error::Write {
+            path: path.to_string(),
+            source,
+        }
+    }
+}
+
+impl From<crate::selection::SelectionError> for Error {
+    fn from(e: crate::selection::SelectionError) -> Self {
+        Error::Usage(e.to_string())
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

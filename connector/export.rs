@@ -1,0 +1,437 @@
+//! The library's entry points: export, plan, list, schema.
+//!
+//! ```no_run
+//! use runport::export::{export, ExportOptions};
+//! let summary = export(&ExportOptions::new("wandb/", "out/")).unwrap();
+//! println!("{} runs, {} history rows", summary.runs, summary.rows["history"]);
+//! ```
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow_schema::SchemaRef;
+use serde::Serialize;
+
+use crate::columns::ColumnKind;
+use crate::error::{Error, Result};
+use crate::output::history::{collect_kinds, long_batch, long_schema, wide_batch, wide_schema};
+use crate::output::runs::RunsTable;
+use crate::output::{DatasetDir, Provenance, TableWriter, writer_properties};
+use crate::pipeline::for_each_run;
+use crate::plan::{FetchPlan, HistoryLayout, WANDB_IDENTITY_COLUMNS, WANDB_PREFIXES};
+use crate::run::{RunData, RunIdentity};
+use crate::selection::Selection;
+use crate::sources::SourceSpec;
+use crate::sources::wandb_files::log_reader::TransactionLogReader;
+use crate::sources::wandb_files::{RecordCounts, WandbFiles, decode_run};
+
+/// What to export, and how.
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    pub source: String,
+    pub out: PathBuf,
+    /// `--select`; `None` selects everything.
+    pub selection: Option<String>,
+    pub history: HistoryLayout,
+    pub fail_fast: bool,
+    /// Runs read at once (CPU threads for local files).
+    pub concurrency: usize,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+}
+
+impl ExportOptions {
+    pub fn new(source: impl Into<String>, out: impl Into<PathBuf>) -> ExportOptions {
+        ExportOptions {
+            source: source.into(),
+            out: out.into(),
+            selection: None,
+            history: HistoryLayout::Long,
+            fail_fast: false,
+            concurrency: default_concurrency(),
+            progress: false,
+        }
+    }
+}
+
+pub fn default_concurrency() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+}
+
+/// A run that could not be exported; the others were.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RunFailure {
+    pub run: String,
+    pub stage: String,
+    pub error: String,
+}
+
+/// Damage skipped over in a run that was exported.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RunWarning {
+    pub run: String,
+    pub message: String,
+}
+
+/// The outcome of an export (the `--json` line).
+#[derive(Debug, Clone, Serialize)]
+pub struct ExportSummary {
+    pub runs: usize,
+    pub rows: BTreeMap<String, u64>,
+    pub files: usize,
+    pub bytes: u64,
+    pub failures: Vec<RunFailure>,
+    pub warnings: Vec<RunWarning>,
+    pub seconds: f64,
+    pub records: RecordCounts,
+    pub out: String,
+}
+
+/// A source opened and planned.
+pub struct Planned {
+    pub files: Arc<WandbFiles>,
+    pub plan: Arc<FetchPlan>,
+    pub provenance: Provenance,
+}
+
+/// Opens the source and plans the export; reads no run.
+pub fn open(source: &str, selection: Option<&str>, history: HistoryLayout) -> Result<Planned> {
+    let selection = match selection {
+        None => Selection::all(),
+        Some(text) => Selection::parse(text, WANDB_IDENTITY_COLUMNS, WANDB_PREFIXES)?,
+    };
+    let SourceSpec::WandbFiles(path) = SourceSpec::parse(source)?;
+    let files = WandbFiles::discover(&path)?;
+    if path.is_file() {
+        // A single file that is not a log is a source error, not a run failure.
+        let f = File::open(&path).map_err(|e| Error::source(path.display(), e))?;
+        TransactionLogReader::new(f).map_err(|e| Error::source(path.display(), e))?;
+    }
+    let plan = FetchPlan::new(selection, history, WANDB_IDENTITY_COLUMNS);
+    let provenance = Provenance {
+        source: source.to_string(),
+        source_kind: "wandb-files".into(),
+        selection: plan.selection.to_string(),
+    };
+    Ok(Planned {
+        files: Arc::new(files),
+        plan: Arc::new(plan),
+        provenance,
+    })
+}
+
+impl Planned {
+    /// What `runport plan` prints.
+    pub fn describe(&self) -> serde_json::Value {
+        let mut v = self.files.describe_plan(&self.plan);
+        v["source"] = self.provenance.source.clone().into();
+        v["plan"] = serde_json::to_value(&*self.plan).expect("invariant: the plan serialises");
+        v
+    }
+
+    /// Reads every run with `plan` and hands them to `consume` in run-id order.
+    fn read_runs(
+        &self,
+        plan: &Arc<FetchPlan>,
+        concurrency: usize,
+        mut consume: impl FnMut(&str, Result<RunData, String>, RecordCounts) -> ControlFlow<()>,
+    ) {
+        let files = Arc::clone(&self.files);
+        let plan = Arc::clone(plan);
+        let work = move |i: usize| {
+            let run = &files.runs[i];
+            let mut counts = RecordCounts::default();
+            let out =
+                decode_run(&run.run_id, &run.files, &plan, &mut counts).map_err(|e| e.to_string());
+            (out, counts)
+        };
+        let workers = concurrency.max(1);
+        for_each_run(
+            self.files.runs.len(),
+            workers,
+            workers * 2,
+            work,
+            |i, out| {
+                let label = self.files.runs[i].run_id.as_str();
+                match out {
+                    Ok((run, counts)) => consume(label, run, counts),
+                    Err(panic) => consume(
+                        label,
+                        Err(format!("internal error: {panic}")),
+                        RecordCounts::default(),
+                    ),
+                }
+            },
+        );
+    }
+
+    /// Key kinds of the selected history over all runs (the wide schema).
+    fn wide_kinds(&self, concurrency: usize) -> BTreeMap<String, ColumnKind> {
+        let mut history_only = (*self.plan).clone();
+        history_only.config = false;
+        history_only.summary = false;
+        history_only.identity_columns = vec!["run_id".into()];
+        let mut kinds = BTreeMap::new();
+        self.read_runs(&Arc::new(history_only), concurrency, |_, run, _| {
+            if let Ok(RunData {
+                history: Some(h), ..
+            }) = &run
+            {
+                collect_kinds(h, &mut kinds);
+            }
+            ControlFlow::Continue(())
+        });
+        kinds
+    }
+}
+
+/// Exports the source into `opts.out`. Per-run failures are in the summary;
+/// `Err` means nothing was committed.
+pub fn export(opts: &ExportOptions) -> Result<ExportSummary> {
+    let started = Instant::now();
+    let planned = open(&opts.source, opts.selection.as_deref(), opts.history)?;
+    let plan = Arc::clone(&planned.plan);
+    let dataset = DatasetDir::open(&opts.out)?;
+    let prov = &planned.provenance;
+
+    let wide_kinds = (plan.history && plan.history_layout == HistoryLayout::Wide)
+        .then(|| planned.wide_kinds(opts.concurrency));
+    let history_schema = match (&wide_kinds, plan.history) {
+        (Some(kinds), _) => Some(wide_schema(kinds)),
+        (None, true) => Some(long_schema()),
+        (None, false) => None,
+    };
+    let mut history_writer = history_schema.as_ref().map(|s| {
+        TableWriter::new(
+            Arc::clone(s),
+            writer_properties(prov, "history", &["run_id", "key"]),
+            "history/part-",
+            true,
+        )
+    });
+
+    let progress = progress_bar(opts.progress, planned.files.runs.len());
+    let mut runs = RunsTable::new(&plan.identity_columns);
+    let mut failures = Vec::new();
+    let mut warnings = Vec::new();
+    let mut records = RecordCounts::default();
+    let mut fatal: Option<Error> = None;
+    planned.read_runs(&plan, opts.concurrency, |label, run, counts| {
+        records.add(&counts);
+        progress.inc(1);
+        let mut run = match run {
+            Ok(run) => run,
+            Err(error) => {
+                tracing::warn!(run = label, stage = "decode", %error, "run failed");
+                failures.push(RunFailure {
+                    run: label.to_string(),
+                    stage: "decode".into(),
+                    error: error.clone(),
+                });
+                if opts.fail_fast {
+                    fatal = Some(Error::RunFailed {
+                        run: label.to_string(),
+                        stage: "decode".into(),
+                        error,
+                    });
+                    return ControlFlow::Break(());
+                }
+                return ControlFlow::Continue(());
+            }
+        };
+        for message in run.warnings.drain(..) {
+            tracing::warn!(run = label, %message, "damaged input skipped");
+            warnings.push(RunWarning {
+                run: run.identity.run_id.clone(),
+                message,
+            });
+        }
+        if let (Some(writer), Some(h)) = (history_writer.as_mut(), run.history.take()) {
+            let batch = match &wide_kinds {
+                Some(kinds) => wide_batch(writer.schema(), kinds, &run.identity.run_id, &h),
+                None => long_batch(writer.schema(), &run.identity.run_id, &h),
+            };
+            if let Err(e) = batch.and_then(|b| writer.write(&dataset, &b)) {
+                fatal = Some(e);
+                return ControlFlow::Break(());
+            }
+        }
+        runs.push(&mut run);
+        ControlFlow::Continue(())
+    });
+    progress.finish_and_clear();
+    if let Some(e) = fatal {
+        return Err(e);
+    }
+
+    let runs_schema = runs.schema();
+    let run_count = runs.len();
+    let mut runs_writer = TableWriter::new(
+        Arc::clone(&runs_schema),
+        writer_properties(prov, "runs", &["run_id", "source", "state"]),
+        "runs.parquet",
+        false,
+    );
+    runs_writer.write(&dataset, &runs.build()?)?;
+    let runs_rows = runs_writer.rows;
+    let mut files = runs_writer.finish(&dataset)?;
+    let mut history_rows = 0;
+    let mut history_files = Vec::new();
+    if let Some(w) = history_writer {
+        history_rows = w.rows;
+        history_files = w.finish(&dataset)?;
+    }
+    let file_json = |fs: &[crate::output::TempFile]| -> serde_json::Value {
+        fs.iter()
+            .map(|f| serde_json::json!({"path": f.rel, "rows": f.rows, "bytes": f.bytes}))
+            .collect()
+    };
+    let mut tables = serde_json::json!({
+        "runs": {"files": file_json(&files), "rows": runs_rows, "columns": column_names(&runs_schema)},
+    });
+    if let Some(s) = &history_schema {
+        tables["history"] = serde_json::json!({
+            "files": file_json(&history_files), "rows": history_rows, "columns": column_names(s),
+            "layout": plan.history_layout,
+        });
+    }
+    let manifest = serde_json::json!({
+        "format_version": 1,
+        "runport_version": env!("CARGO_PKG_VERSION"),
+        "source": prov.source,
+        "source_kind": prov.source_kind,
+        "selection": prov.selection,
+        "history_layout": if plan.history { plan.history_layout.as_str() } else { "none" },
+        "plan": planned.describe(),
+        "tables": tables,
+        "runs": run_count,
+        "failures": failures,
+        "warnings": warnings,
+        "records": records,
+    });
+    files.append(&mut history_files);
+    let entries = dataset.commit(files, &manifest)?;
+    let mut rows = BTreeMap::new();
+    rows.insert("runs".to_string(), runs_rows);
+    rows.insert("history".to_string(), history_rows);
+    Ok(ExportSummary {
+        runs: run_count,
+        rows,
+        files: entries.len(),
+        bytes: entries.iter().map(|e| e.bytes).sum(),
+        failures,
+        warnings,
+        seconds: started.elapsed().as_secs_f64(),
+        records,
+        out: opts.out.display().to_string(),
+    })
+}
+
+/// A schema as JSON: `[{name, type, nullable, kind?}]` (`kind` is `runport.kind`).
+pub fn schema_json(schema: &SchemaRef) -> serde_json::Value {
+    schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let mut v = serde_json::json!({"name": f.name(), "type": f.data_type().to_string(), "nullable": f.is_nullable()});
+            if let Some(kind) = f.metadata().get("runport.kind") {
+                v["kind"] = kind.clone().into();
+            }
+            v
+        })
+        .collect()
+}
+
+fn column_names(schema: &SchemaRef) -> Vec<String> {
+    schema.fields().iter().map(|f| f.name().clone()).collect()
+}
+
+fn progress_bar(enabled: bool, len: usize) -> indicatif::ProgressBar {
+    if !enabled {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(len as u64),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{spinner} {pos}/{len} runs [{elapsed_precise}] {wide_bar} {eta}",
+    ) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// One line of `runport ls`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunListing {
+    pub run_id: String,
+    pub name: Option<String>,
+    pub state: Option<String>,
+    pub created_at: Option<String>,
+}
+
+/// Lists runs (id, name, state, created), reading only run and exit records.
+pub fn list_runs(source: &str, concurrency: usize) -> Result<(Vec<RunListing>, Vec<RunFailure>)> {
+    let planned = open(source, Some("name,state,created_at"), HistoryLayout::None)?;
+    let mut out = Vec::new();
+    let mut failures = Vec::new();
+    planned.read_runs(&planned.plan, concurrency, |label, run, _| {
+        match run {
+            Ok(run) => out.push(listing(&run.identity)),
+            Err(error) => failures.push(RunFailure {
+                run: label.to_string(),
+                stage: "decode".into(),
+                error,
+            }),
+        }
+        ControlFlow::Continue(())
+    });
+    Ok((out, failures))
+}
+
+fn listing(i: &RunIdentity) -> RunListing {
+    RunListing {
+        run_id: i.run_id.clone(),
+        name: i.name.clone(),
+        state: i.state.clone(),
+        created_at: i
+            .created_at
+            .and_then(chrono::DateTime::from_timestamp_micros)
+            .map(|t| t.to_rfc3339()),
+    }
+}
+
+/// The Arrow schemas an export would write (reads every run to type the columns).
+pub fn schemas(
+    source: &str,
+    selection: Option<&str>,
+    history: HistoryLayout,
+    concurrency: usize,
+) -> Result<(SchemaRef, Option<SchemaRef>)> {
+    let planned = open(source, selection, history)?;
+    let plan = &planned.plan;
+    let mut runs = RunsTable::new(&plan.identity_columns);
+    let mut kinds = BTreeMap::new();
+    planned.read_runs(plan, concurrency, |_, run, _| {
+        if let Ok(mut run) = run {
+            if let Some(h) = run.history.take() {
+                collect_kinds(&h, &mut kinds);
+            }
+            runs.push(&mut run);
+        }
+        ControlFlow::Continue(())
+    });
+    let history = match (plan.history, plan.history_layout) {
+        (false, _) | (_, HistoryLayout::None) => None,
+        (true, HistoryLayout::Wide) => Some(wide_schema(&kinds)),
+        (true, HistoryLayout::Long) => Some(long_schema()),
+    };
+    Ok((runs.schema(), history))
+}

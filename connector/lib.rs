@@ -1,0 +1,22 @@
+//! runport: export experiment-tracking runs into Parquet datasets.
+//!
+//! The cost of an export follows the selected columns: a [`selection::Selection`]
+//! becomes a [`plan::FetchPlan`], sources read only what the plan needs, and
+//! the [`output`] writers stream runs into `runs.parquet` and
+//! `history/part-NNNNN.parquet`. Start with [`export::export`].
+
+pub mod columns;
+pub mod error;
+pub mod export;
+pub mod output;
+pub mod pipeline;
+pub mod plan;
+pub mod run;
+pub mod selection;
+pub mod sources;
+pub mod value;
+
+pub use error::{Error, Result};
+pub use export::{ExportOptions, ExportSummary, export};
+pub use plan::{FetchPlan, HistoryLayout};
+pub use selection::Selection;

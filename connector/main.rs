@@ -1,0 +1,263 @@
+//! The `runport` command line: parses arguments, calls the library, maps
+//! outcomes to exit codes (0 all exported, 1 some runs failed, 2 usage,
+//! 3 source unreadable).
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use runport::export::{ExportOptions, default_concurrency, list_runs, open, schema_json, schemas};
+use runport::{Error, HistoryLayout};
+
+const EXIT_PARTIAL: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+const EXIT_SOURCE: u8 = 3;
+
+#[derive(Parser)]
+#[command(
+    name = "runport",
+    version,
+    about = "Export experiment-tracking runs (W&B, MLflow) into Parquet datasets"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format on stderr (filter with RUST_LOG, e.g. RUST_LOG=runport=debug).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Layout {
+    Long,
+    Wide,
+    None,
+}
+
+impl From<Layout> for HistoryLayout {
+    fn from(l: Layout) -> Self {
+        match l {
+            Layout::Long => HistoryLayout::Long,
+            Layout::Wide => HistoryLayout::Wide,
+            Layout::None => HistoryLayout::None,
+        }
+    }
+}
+
+#[derive(clap::Args)]
+struct Common {
+    /// A wandb/ folder, a run folder or a .wandb file.
+    source: String,
+    /// Columns to export, comma-separated, `*` globs: name,state,config.*,summary.loss,history.loss
+    /// (default: every run column and all history).
+    #[arg(long)]
+    select: Option<String>,
+    /// History layout.
+    #[arg(long, value_enum, default_value_t = Layout::Long)]
+    history: Layout,
+    /// Runs read at once (default: the number of CPUs).
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Print one JSON object as the last line of stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Export runs into a Parquet dataset.
+    Export {
+        #[command(flatten)]
+        common: Common,
+        /// Output directory (created; a previous export there is replaced).
+        #[arg(short, long)]
+        out: PathBuf,
+        /// Stop at the first run that fails (nothing is written).
+        #[arg(long)]
+        fail_fast: bool,
+    },
+    /// Show what an export would read and write, without reading any run.
+    Plan {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// List runs: id, name, state, created.
+    Ls {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Print the Arrow schemas an export would write.
+    Schema {
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli.command) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            let code = match &e {
+                Error::Usage(_) => EXIT_USAGE,
+                Error::Source { .. } => EXIT_SOURCE,
+                _ => EXIT_PARTIAL,
+            };
+            eprintln!("runport: {e}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("runport=info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn print_json(v: &impl serde::Serialize) {
+    let line = serde_json::to_string(v).expect("invariant: summaries serialise");
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+}
+
+fn run(command: Command) -> Result<u8, Error> {
+    match command {
+        Command::Export {
+            common,
+            out,
+            fail_fast,
+        } => {
+            let opts = ExportOptions {
+                source: common.source.clone(),
+                out,
+                selection: common.select.clone(),
+                history: common.history.into(),
+                fail_fast,
+                concurrency: common.concurrency.unwrap_or_else(default_concurrency),
+                progress: std::io::stderr().is_terminal(),
+            };
+            let summary = runport::export(&opts)?;
+            for f in &summary.failures {
+                eprintln!("runport: run {} failed ({}): {}", f.run, f.stage, f.error);
+            }
+            let history = summary.rows.get("history").copied().unwrap_or(0);
+            tracing::info!(
+                runs = summary.runs,
+                history_rows = history,
+                files = summary.files,
+                bytes = summary.bytes,
+                failures = summary.failures.len(),
+                warnings = summary.warnings.len(),
+                seconds = summary.seconds,
+                "export done"
+            );
+            if common.json {
+                print_json(&summary);
+            } else {
+                println!(
+                    "exported {} runs ({} history rows) into {}: {} files, {} bytes, {} failed, {} warnings, {:.2} s",
+                    summary.runs,
+                    history,
+                    summary.out,
+                    summary.files,
+                    summary.bytes,
+                    summary.failures.len(),
+                    summary.warnings.len(),
+                    summary.seconds
+                );
+            }
+            Ok(if summary.failures.is_empty() {
+                0
+            } else {
+                EXIT_PARTIAL
+            })
+        }
+        Command::Plan { common } => {
+            let planned = open(
+                &common.source,
+                common.select.as_deref(),
+                common.history.into(),
+            )?;
+            let plan = planned.describe();
+            if common.json {
+                print_json(&plan);
+            } else {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&plan).expect("invariant: plans serialise")
+                );
+            }
+            Ok(0)
+        }
+        Command::Ls { common } => {
+            let (runs, failures) = list_runs(
+                &common.source,
+                common.concurrency.unwrap_or_else(default_concurrency),
+            )?;
+            let mut out = std::io::stdout().lock();
+            for r in &runs {
+                if common.json {
+                    let _ = writeln!(
+                        out,
+                        "{}",
+                        serde_json::to_string(r).expect("invariant: listings serialise")
+                    );
+                } else {
+                    let _ = writeln!(
+                        out,
+                        "{}\t{}\t{}\t{}",
+                        r.run_id,
+                        r.name.as_deref().unwrap_or("-"),
+                        r.state.as_deref().unwrap_or("-"),
+                        r.created_at.as_deref().unwrap_or("-")
+                    );
+                }
+            }
+            for f in &failures {
+                eprintln!("runport: run {} failed ({}): {}", f.run, f.stage, f.error);
+            }
+            Ok(if failures.is_empty() { 0 } else { EXIT_PARTIAL })
+        }
+        Command::Schema { common } => {
+            let (runs, history) = schemas(
+                &common.source,
+                common.select.as_deref(),
+                common.history.into(),
+                common.concurrency.unwrap_or_else(default_concurrency),
+            )?;
+            if common.json {
+                print_json(&serde_json::json!({
+                    "runs": schema_json(&runs),
+                    "history": history.as_ref().map(schema_json),
+                }));
+            } else {
+                println!("runs.parquet");
+                for f in runs.fields() {
+                    println!("  {}: {}", f.name(), f.data_type());
+                }
+                if let Some(h) = history {
+                    println!("history/part-NNNNN.parquet");
+                    for f in h.fields() {
+                        println!("  {}: {}", f.name(), f.data_type());
+                    }
+                }
+            }
+            Ok(0)
+        }
+    }
+}

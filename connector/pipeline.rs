@@ -1,0 +1,139 @@
+//! The run pipeline: reads runs on a bounded CPU pool and hands them to one
+//! consumer in run order, with at most `window` runs in flight or waiting.
+//!
+//! The consumer (the writers) runs on the calling thread, never on a pool
+//! thread, and the next read is started when a result is consumed: no pool
+//! thread ever blocks waiting for work queued behind it, and memory is bounded
+//! by `window` runs however many runs there are.
+
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+
+/// What a read produced, or the message of a panic inside it.
+pub type TaskResult<T> = Result<T, String>;
+
+/// Runs `work(i)` for `i in 0..n` on `workers` threads and calls
+/// `consume(i, result)` in increasing `i`. `consume` may stop early by
+/// returning `ControlFlow::Break`; reads already started finish in the
+/// background and are discarded.
+pub fn for_each_run<T, W, C>(n: usize, workers: usize, window: usize, work: W, mut consume: C)
+where
+    T: Send + 'static,
+    W: Fn(usize) -> T + Send + Sync + 'static,
+    C: FnMut(usize, TaskResult<T>) -> ControlFlow<()>,
+{
+    if n == 0 {
+        return;
+    }
+    let workers = workers.max(1);
+    let window = window.max(workers);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(workers)
+        .thread_name(|i| format!("runport-read-{i}"))
+        .build()
+        .expect("invariant: a thread pool of a few threads can be built");
+    let work = Arc::new(work);
+    let (tx, rx) = crossbeam_channel::bounded::<(usize, TaskResult<T>)>(window);
+    let spawn = |i: usize| {
+        let work = Arc::clone(&work);
+        let tx = tx.clone();
+        pool.spawn(move || {
+            let out = catch_unwind(AssertUnwindSafe(|| work(i))).map_err(|p| {
+                p.downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "panic".to_string())
+            });
+            // The consumer may have stopped; the result is then dropped.
+            let _ = tx.send((i, out));
+        });
+    };
+    let mut next_spawn = 0;
+    while next_spawn < n.min(window) {
+        spawn(next_spawn);
+        next_spawn += 1;
+    }
+    let mut next_emit = 0;
+    let mut waiting: BTreeMap<usize, TaskResult<T>> = BTreeMap::new();
+    while next_emit < n {
+        let Ok((i, out)) = rx.recv() else { return };
+        waiting.insert(i, out);
+        while let Some(out) = waiting.remove(&next_emit) {
+            if consume(next_emit, out).is_break() {
+                return;
+            }
+            next_emit += 1;
+            if next_spawn < n {
+                spawn(next_spawn);
+                next_spawn += 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn results_arrive_in_order_with_bounded_window() {
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let max_seen = Arc::new(AtomicUsize::new(0));
+        let (f, m) = (Arc::clone(&in_flight), Arc::clone(&max_seen));
+        let mut got = Vec::new();
+        for_each_run(
+            50,
+            2,
+            4,
+            move |i| {
+                let now = f.fetch_add(1, Ordering::SeqCst) + 1;
+                m.fetch_max(now, Ordering::SeqCst);
+                // Later runs finish first sometimes.
+                std::thread::sleep(std::time::Duration::from_micros(
+                    ((50 - i) % 7) as u64 * 200,
+                ));
+                i * 10
+            },
+            |i, r| {
+                in_flight.fetch_sub(1, Ordering::SeqCst);
+                got.push((i, r.unwrap()));
+                ControlFlow::Continue(())
+            },
+        );
+        assert_eq!(got, (0..50).map(|i| (i, i * 10)).collect::<Vec<_>>());
+        assert!(
+            max_seen.load(Ordering::SeqCst) <= 4,
+            "window exceeded: {}",
+            max_seen.load(Ordering::SeqCst)
+        );
+    }
+
+    #[test]
+    fn panics_become_errors_and_break_stops() {
+        let mut seen = Vec::new();
+        for_each_run(
+            10,
+            2,
+            2,
+            |i| {
+                if i == 3 {
+                    panic!("boom at {i}");
+                }
+                i
+            },
+            |i, r| {
+                seen.push((i, r.clone()));
+                if r.is_err() {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            },
+        );
+        assert_eq!(seen.len(), 4);
+        assert_eq!(seen[3], (3, Err("boom at 3".to_string())));
+    }
+}

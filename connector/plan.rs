@@ -1,0 +1,169 @@
+//! The planner: a [`Selection`] and the history layout become a [`FetchPlan`],
+//! which says which columns are built and what each source stage must read.
+//! Sources refine it into their own stages (records to decode, requests to
+//! send); `runport plan` prints it without reading any run.
+
+use serde::Serialize;
+
+use crate::selection::Selection;
+
+/// How history is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HistoryLayout {
+    /// One row per (run, step, key).
+    Long,
+    /// One row per (run, step), one column per key.
+    Wide,
+    /// No history.
+    None,
+}
+
+impl HistoryLayout {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HistoryLayout::Long => "long",
+            HistoryLayout::Wide => "wide",
+            HistoryLayout::None => "none",
+        }
+    }
+}
+
+/// The identity columns of the W&B sources, in output order.
+pub const WANDB_IDENTITY_COLUMNS: &[&str] = &[
+    "source",
+    "entity",
+    "project",
+    "run_id",
+    "name",
+    "state",
+    "created_at",
+    "updated_at",
+    "runtime_s",
+    "exit_code",
+    "group",
+    "job_type",
+    "tags",
+    "notes",
+    "host",
+    "git_remote",
+    "git_commit",
+];
+
+/// Column prefixes of the W&B sources' runs table.
+pub const WANDB_PREFIXES: &[&str] = &["config.", "summary."];
+
+/// What an export builds, derived from the selection alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FetchPlan {
+    #[serde(serialize_with = "display")]
+    pub selection: Selection,
+    pub history_layout: HistoryLayout,
+    /// Identity columns to write, in output order; `run_id` is always there.
+    pub identity_columns: Vec<String>,
+    /// Whether any `config.` column can be selected.
+    pub config: bool,
+    /// Whether any `summary.` column can be selected.
+    pub summary: bool,
+    /// Whether history is read at all.
+    pub history: bool,
+}
+
+fn display<S: serde::Serializer>(s: &Selection, ser: S) -> Result<S::Ok, S::Error> {
+    ser.collect_str(s)
+}
+
+impl FetchPlan {
+    pub fn new(
+        selection: Selection,
+        history_layout: HistoryLayout,
+        identity_columns: &[&str],
+    ) -> FetchPlan {
+        let identity_columns = identity_columns
+            .iter()
+            .filter(|c| **c == "run_id" || selection.matches(c))
+            .map(|c| c.to_string())
+            .collect();
+        FetchPlan {
+            config: selection.wants_prefix("config."),
+            summary: selection.wants_prefix("summary."),
+            history: history_layout != HistoryLayout::None && selection.wants_prefix("history."),
+            identity_columns,
+            selection,
+            history_layout,
+        }
+    }
+
+    pub fn wants_identity(&self, column: &str) -> bool {
+        self.identity_columns.iter().any(|c| c == column)
+    }
+
+    /// Whether the history key (an encoded path) is selected.
+    pub fn wants_history_key(&self, key: &str) -> bool {
+        if !self.history {
+            return false;
+        }
+        if self.selection.is_all() {
+            return true;
+        }
+        let mut column = String::with_capacity(8 + key.len());
+        column.push_str("history.");
+        column.push_str(key);
+        self.selection.matches(&column)
+    }
+
+    /// Whether `config.<path>` / `summary.<path>` is selected (`prefix` with its dot).
+    pub fn wants_column(&self, prefix: &str, path: &str) -> bool {
+        if self.selection.is_all() {
+            return true;
+        }
+        let mut column = String::with_capacity(prefix.len() + path.len());
+        column.push_str(prefix);
+        column.push_str(path);
+        self.selection.matches(&column)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(select: &str, layout: HistoryLayout) -> FetchPlan {
+        let sel = Selection::parse(select, WANDB_IDENTITY_COLUMNS, WANDB_PREFIXES).unwrap();
+        FetchPlan::new(sel, layout, WANDB_IDENTITY_COLUMNS)
+    }
+
+    #[test]
+    fn name_and_state_need_nothing_else() {
+        let p = plan("name,state", HistoryLayout::Long);
+        assert_eq!(p.identity_columns, ["run_id", "name", "state"]);
+        assert!(!p.config && !p.summary && !p.history);
+    }
+
+    #[test]
+    fn history_keys_follow_the_selection() {
+        let p = plan("name,history.loss,history.train/*", HistoryLayout::Long);
+        assert!(p.history && !p.config);
+        assert!(p.wants_history_key("loss"));
+        assert!(p.wants_history_key("train/acc"));
+        assert!(!p.wants_history_key("acc"));
+        let none = plan("name,history.loss", HistoryLayout::None);
+        assert!(!none.history);
+        assert!(!none.wants_history_key("loss"));
+    }
+
+    #[test]
+    fn default_plan_reads_everything() {
+        let p = FetchPlan::new(
+            Selection::all(),
+            HistoryLayout::Wide,
+            WANDB_IDENTITY_COLUMNS,
+        );
+        assert_eq!(p.identity_columns.len(), WANDB_IDENTITY_COLUMNS.len());
+        assert!(p.config && p.summary && p.history);
+        assert!(p.wants_column("config.", "a\\.b"));
+        let json = serde_json::to_string(&p).unwrap();
+        assert!(json.contains("\"selection\":\"*\""), "{json}");
+        assert!(json.contains("\"history_layout\":\"wide\""), "{json}");
+    }
+}

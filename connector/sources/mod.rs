@@ -1,0 +1,32 @@
+//! Sources: where runs come from. One module per source.
+
+pub mod wandb_files;
+
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+
+/// A parsed SOURCE argument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceSpec {
+    /// A `wandb/` folder, a run folder or a `.wandb` file.
+    WandbFiles(PathBuf),
+}
+
+impl SourceSpec {
+    /// Reads the SOURCE argument. URL schemes other sources will take are
+    /// recognised and refused with a clear message for now.
+    pub fn parse(text: &str) -> Result<SourceSpec> {
+        if text.is_empty() {
+            return Err(Error::Usage("SOURCE is empty".into()));
+        }
+        for scheme in ["wandb://", "mlflow+http://", "mlflow+https://", "sqlite://"] {
+            if text.starts_with(scheme) {
+                return Err(Error::Usage(format!(
+                    "{scheme} sources are not supported by this version of runport; give a path to a wandb/ folder, a run folder or a .wandb file"
+                )));
+            }
+        }
+        Ok(SourceSpec::WandbFiles(PathBuf::from(text)))
+    }
+}

@@ -1,0 +1,449 @@
+//! Rebuilding one run from its transaction log(s): identity, config, summary,
+//! history, exit. Only the record types the plan needs are decoded.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::BufReader;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use prost::Message;
+use serde::Serialize;
+
+use super::log_reader::{LogError, TransactionLogReader};
+use super::records::{
+    HistoryItem, HistoryRecord, KeyedValue, RecordType, RunExitRecord, RunRecord, StatsRecord,
+    Timestamp, TypedValue, UpdateRecord, item_path, peek_record_type,
+};
+use super::tree::Tree;
+use crate::columns::{encode_path, flatten};
+use crate::plan::FetchPlan;
+use crate::run::{HistoryPoint, HistoryRow, RunData, RunHistory, RunIdentity, seconds_to_micros};
+use crate::value::Value;
+
+/// A file modified more recently than this, without an exit record, is a live run.
+pub const LIVE_WINDOW: Duration = Duration::from_secs(60);
+
+/// Which record types to decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RecordNeeds {
+    pub run: bool,
+    pub config: bool,
+    pub summary: bool,
+    pub history: bool,
+    pub stats: bool,
+    pub exit: bool,
+}
+
+impl RecordNeeds {
+    pub fn from_plan(plan: &FetchPlan) -> RecordNeeds {
+        let id = |c: &str| plan.wants_identity(c);
+        RecordNeeds {
+            // The run record carries identity and the initial config.
+            run: true,
+            config: plan.config,
+            summary: plan.summary,
+            history: plan.history || id("updated_at") || id("runtime_s"),
+            stats: id("updated_at"),
+            exit: id("state") || id("exit_code") || id("runtime_s"),
+        }
+    }
+
+    fn wants(&self, t: RecordType) -> bool {
+        match t {
+            RecordType::Run => self.run,
+            RecordType::Config => self.config,
+            RecordType::Summary => self.summary,
+            RecordType::History => self.history,
+            RecordType::Stats => self.stats,
+            RecordType::Exit => self.exit,
+        }
+    }
+}
+
+/// Records seen while decoding, by type (for `--json` and the benchmarks).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct RecordCounts {
+    pub read: u64,
+    pub decoded_run: u64,
+    pub decoded_config: u64,
+    pub decoded_summary: u64,
+    pub decoded_history: u64,
+    pub decoded_stats: u64,
+    pub decoded_exit: u64,
+    pub bytes: u64,
+}
+
+impl RecordCounts {
+    pub fn add(&mut self, o: &RecordCounts) {
+        self.read += o.read;
+        self.decoded_run += o.decoded_run;
+        self.decoded_config += o.decoded_config;
+        self.decoded_summary += o.decoded_summary;
+        self.decoded_history += o.decoded_history;
+        self.decoded_stats += o.decoded_stats;
+        self.decoded_exit += o.decoded_exit;
+        self.bytes += o.bytes;
+    }
+}
+
+/// Why a run could not be read at all.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("{path}: {source}")]
+    Log { path: String, source: LogError },
+    #[error("{path}: cannot open: {source}")]
+    Open {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Accumulates a run's state over its records.
+struct RunDecoder<'p> {
+    plan: &'p FetchPlan,
+    needs: RecordNeeds,
+    run: Option<RunRecord>,
+    config: Tree,
+    summary: Tree,
+    history: RunHistory,
+    key_ids: HashMap<String, u32>,
+    last_time_us: Option<i64>,
+    last_runtime: Option<f64>,
+    exit: Option<RunExitRecord>,
+    warnings: Vec<String>,
+    counts: RecordCounts,
+}
+
+/// Reads a run from its log files (several when the run was resumed, in order).
+pub fn decode_run(
+    run_id: &str,
+    files: &[impl AsRef<Path>],
+    plan: &FetchPlan,
+    counts: &mut RecordCounts,
+) -> Result<RunData, DecodeError> {
+    let needs = RecordNeeds::from_plan(plan);
+    let mut d = RunDecoder {
+        plan,
+        needs,
+        run: None,
+        config: Tree::default(),
+        summary: Tree::default(),
+        history: RunHistory::default(),
+        key_ids: HashMap::new(),
+        last_time_us: None,
+        last_runtime: None,
+        exit: None,
+        warnings: Vec::new(),
+        counts: RecordCounts::default(),
+    };
+    let mut newest_mtime = None;
+    for path in files {
+        let path = path.as_ref();
+        let shown = path.display().to_string();
+        let file = File::open(path).map_err(|source| DecodeError::Open {
+            path: shown.clone(),
+            source,
+        })?;
+        newest_mtime = newest_mtime.max(file.metadata().and_then(|m| m.modified()).ok());
+        let mut reader = TransactionLogReader::new(BufReader::with_capacity(256 * 1024, file))
+            .map_err(|source| DecodeError::Log {
+                path: shown.clone(),
+                source,
+            })?;
+        // Each log holds its own exit record; a resumed run's state is its last log's.
+        d.exit = None;
+        loop {
+            let rec = match reader.next_record() {
+                Ok(Some(rec)) => rec,
+                Ok(None) => break,
+                Err(source) => {
+                    return Err(DecodeError::Log {
+                        path: shown,
+                        source,
+                    });
+                }
+            };
+            d.counts.read += 1;
+            if let Err(e) = d.record(rec) {
+                d.warnings
+                    .push(format!("{shown}: record {} skipped: {e}", d.counts.read));
+            }
+        }
+        d.counts.bytes += reader.bytes_read();
+        for w in reader.warnings() {
+            d.warnings.push(format!("{shown}: {w}"));
+        }
+    }
+    counts.add(&d.counts);
+    Ok(d.finish(run_id, newest_mtime))
+}
+
+impl RunDecoder<'_> {
+    fn record(&mut self, rec: &[u8]) -> Result<(), String> {
+        let Some((kind, payload)) = peek_record_type(rec).map_err(|e| e.to_string())? else {
+            return Ok(());
+        };
+        if !self.needs.wants(kind) {
+            return Ok(());
+        }
+        let err = |e: prost::DecodeError| e.to_string();
+        match kind {
+            RecordType::Run => {
+                self.counts.decoded_run += 1;
+                let mut run = RunRecord::decode(payload).map_err(err)?;
+                if self.needs.config {
+                    if let Some(c) = run.config.take() {
+                        self.apply_updates(&c, true);
+                    }
+                }
+                if self.needs.summary {
+                    if let Some(s) = run.summary.take() {
+                        self.apply_updates(&s, false);
+                    }
+                }
+                if let Some(t) = &run.start_time {
+                    self.note_time(timestamp_micros(t));
+                }
+                if self.run.is_none() {
+                    self.run = Some(run);
+                }
+            }
+            RecordType::Config => {
+                self.counts.decoded_config += 1;
+                let c = UpdateRecord::decode(payload).map_err(err)?;
+                self.apply_updates(&c, true);
+            }
+            RecordType::Summary => {
+                self.counts.decoded_summary += 1;
+                let s = UpdateRecord::decode(payload).map_err(err)?;
+                self.apply_updates(&s, false);
+            }
+            RecordType::History => {
+                self.counts.decoded_history += 1;
+                let h = HistoryRecord::decode(payload).map_err(err)?;
+                self.history_row(h);
+            }
+            RecordType::Stats => {
+                self.counts.decoded_stats += 1;
+                let s = StatsRecord::decode(payload).map_err(err)?;
+                if let Some(t) = &s.timestamp {
+                    self.note_time(timestamp_micros(t));
+                }
+            }
+            RecordType::Exit => {
+                self.counts.decoded_exit += 1;
+                self.exit = Some(RunExitRecord::decode(payload).map_err(err)?);
+            }
+        }
+        Ok(())
+    }
+
+    fn note_time(&mut self, t: Option<i64>) {
+        if t.is_some() {
+            self.last_time_us = self.last_time_us.max(t);
+        }
+    }
+
+    fn apply_updates(&mut self, rec: &UpdateRecord, config: bool) {
+        for KeyedValue {
+            key,
+            nested_key,
+            value_json,
+        } in &rec.update
+        {
+            let path = item_path(key, nested_key);
+            let value = match Value::parse(value_json) {
+                Ok(v) => v,
+                Err(e) => {
+                    let what = if config { "config" } else { "summary" };
+                    self.warnings.push(format!(
+                        "{what} value at {} kept as text: {e}",
+                        encode_path(&path)
+                    ));
+                    Value::Str(value_json.clone())
+                }
+            };
+            let tree = if config {
+                &mut self.config
+            } else {
+                &mut self.summary
+            };
+            tree.set(&path, value);
+        }
+        for KeyedValue {
+            key, nested_key, ..
+        } in &rec.remove
+        {
+            let tree = if config {
+                &mut self.config
+            } else {
+                &mut self.summary
+            };
+            tree.remove(&item_path(key, nested_key));
+        }
+    }
+
+    fn item_value(&mut self, item: &HistoryItem) -> Value {
+        let parse = |text: &str, warnings: &mut Vec<String>| match Value::parse(text) {
+            Ok(v) => v,
+            Err(e) => {
+                warnings.push(format!(
+                    "history value at {} kept as text: {e}",
+                    encode_path(&item_path(&item.key, &item.nested_key))
+                ));
+                Value::Str(text.to_string())
+            }
+        };
+        match &item.typed {
+            Some(TypedValue::None(_)) => Value::Null,
+            Some(TypedValue::Boolean(b)) => Value::Bool(*b),
+            Some(TypedValue::Integer(i)) => Value::Int(*i),
+            Some(TypedValue::Number(f)) => Value::Float(*f),
+            Some(TypedValue::Text(s)) => Value::Str(s.clone()),
+            Some(TypedValue::Json(j)) => parse(j, &mut self.warnings),
+            None => parse(&item.value_json, &mut self.warnings),
+        }
+    }
+
+    fn history_row(&mut self, h: HistoryRecord) {
+        let row_index = self.history.rows.len() as u32;
+        let mut row = HistoryRow {
+            step: 0,
+            timestamp: None,
+            runtime_s: None,
+        };
+        let mut step_item = None;
+        for item in &h.item {
+            let path = item_path(&item.key, &item.nested_key);
+            match path.as_slice() {
+                ["_step"] => step_item = self.item_value(item).as_f64(),
+                ["_timestamp"] => {
+                    row.timestamp = self.item_value(item).as_f64().and_then(seconds_to_micros)
+                }
+                ["_runtime"] => row.runtime_s = self.item_value(item).as_f64(),
+                _ => {
+                    if !self.plan.history {
+                        continue;
+                    }
+                    let prefix = encode_path(&path);
+                    // Cheap pre-check on the item's own path when it cannot be an object.
+                    let value = self.item_value(item);
+                    let mut leaves = Vec::new();
+                    flatten(&prefix, &value, &mut |p, leaf| {
+                        leaves.push((p.to_string(), leaf.clone()))
+                    });
+                    for (key, leaf) in leaves {
+                        let id = match self.key_ids.get(&key) {
+                            Some(id) => *id,
+                            None => {
+                                if !self.plan.wants_history_key(&key) {
+                                    continue;
+                                }
+                                let id = self.history.keys.len() as u32;
+                                self.history.keys.push(key.clone());
+                                self.key_ids.insert(key, id);
+                                id
+                            }
+                        };
+                        self.history.points.push(HistoryPoint {
+                            row: row_index,
+                            key: id,
+                            value: leaf,
+                        });
+                    }
+                }
+            }
+        }
+        row.step = match (&h.step, step_item) {
+            (Some(s), _) => s.num,
+            (None, Some(f)) => f as i64,
+            (None, None) => self.history.rows.last().map_or(0, |r| r.step + 1),
+        };
+        self.note_time(row.timestamp);
+        if row.runtime_s.is_some() {
+            self.last_runtime = row.runtime_s;
+        }
+        if self.plan.history {
+            self.history.rows.push(row);
+        }
+    }
+
+    fn finish(mut self, run_id: &str, mtime: Option<SystemTime>) -> RunData {
+        let run = self.run.take().unwrap_or_default();
+        if run.run_id.is_empty() {
+            self.warnings
+                .push("no run record: identity columns are empty".to_string());
+        }
+        let nonempty = |s: String| if s.is_empty() { None } else { Some(s) };
+        let created_at = run.start_time.as_ref().and_then(timestamp_micros);
+        let state = match &self.exit {
+            Some(e) if e.exit_code == 0 => "finished",
+            Some(_) => "failed",
+            None => {
+                let live = mtime
+                    .and_then(|m| SystemTime::now().duration_since(m).ok())
+                    .is_some_and(|age| age < LIVE_WINDOW);
+                if live { "running" } else { "crashed" }
+            }
+        };
+        let git = run.git.unwrap_or_default();
+        let identity = RunIdentity {
+            source: "wandb".to_string(),
+            entity: nonempty(run.entity),
+            project: nonempty(run.project),
+            run_id: if run.run_id.is_empty() {
+                run_id.to_string()
+            } else {
+                run.run_id
+            },
+            name: nonempty(run.display_name),
+            state: Some(state.to_string()),
+            created_at,
+            updated_at: self.last_time_us,
+            runtime_s: self
+                .exit
+                .as_ref()
+                .map(|e| f64::from(e.runtime))
+                .or(self.last_runtime),
+            exit_code: self.exit.as_ref().map(|e| i64::from(e.exit_code)),
+            group: nonempty(run.run_group),
+            job_type: nonempty(run.job_type),
+            tags: run.tags,
+            notes: nonempty(run.notes),
+            host: nonempty(run.host),
+            git_remote: nonempty(git.remote_url),
+            git_commit: nonempty(git.commit),
+        };
+        let plan = self.plan;
+        let mut config = Vec::new();
+        if plan.config {
+            self.config.flatten_into(
+                &["_wandb"],
+                &mut |p| plan.wants_column("config.", p),
+                &mut config,
+            );
+        }
+        let mut summary = Vec::new();
+        if plan.summary {
+            self.summary.flatten_into(
+                &["_wandb"],
+                &mut |p| plan.wants_column("summary.", p),
+                &mut summary,
+            );
+        }
+        RunData {
+            identity,
+            config,
+            summary,
+            history: plan.history.then_some(self.history),
+            warnings: self.warnings,
+        }
+    }
+}
+
+fn timestamp_micros(t: &Timestamp) -> Option<i64> {
+    t.seconds
+        .checked_mul(1_000_000)?
+        .checked_add(i64::from(t.nanos) / 1000)
+}
