@@ -282,10 +282,8 @@ impl Parser<'_> {
         // The slice holds only ASCII digits, signs, '.', 'e': always UTF-8.
         let text =
             std::str::from_utf8(&self.s[start..self.pos]).map_err(|_| self.err("bad number"))?;
-        if is_int {
-            if let Ok(i) = text.parse::<i64>() {
-                return Ok(Value::Int(i));
-            }
+        if let Some(i) = is_int.then(|| text.parse::<i64>().ok()).flatten() {
+            return Ok(Value::Int(i));
         }
         text.parse::<f64>()
             .map(Value::Float)

@@ -1,1 +1,6 @@
+//! Integration tests: one binary, a small harness, one module per area.
+//! The test bed (Python venv with the real W&B SDK, runs it writes, the
+//! reference reader) is set up on first use; see `harness`.
 
+mod harness;
+mod wandb_files;

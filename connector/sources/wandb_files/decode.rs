@@ -192,15 +192,11 @@ impl RunDecoder<'_> {
             RecordType::Run => {
                 self.counts.decoded_run += 1;
                 let mut run = RunRecord::decode(payload).map_err(err)?;
-                if self.needs.config {
-                    if let Some(c) = run.config.take() {
-                        self.apply_updates(&c, true);
-                    }
+                if let Some(c) = run.config.take().filter(|_| self.needs.config) {
+                    self.apply_updates(&c, true);
                 }
-                if self.needs.summary {
-                    if let Some(s) = run.summary.take() {
-                        self.apply_updates(&s, false);
-                    }
+                if let Some(s) = run.summary.take().filter(|_| self.needs.summary) {
+                    self.apply_updates(&s, false);
                 }
                 if let Some(t) = &run.start_time {
                     self.note_time(timestamp_micros(t));
