@@ -47,10 +47,7 @@ pub fn decode_path(path: &str) -> Vec<String> {
         match c {
             '\\' => {
                 if let Some(next) = chars.next() {
-                    segments
-                        .last_mut()
-                        .expect("invariant: never empty")
-                        .push(next);
+                    segments.last_mut().expect("invariant: never empty").push(next);
                 }
             }
             '.' => segments.push(String::new()),
@@ -119,9 +116,7 @@ impl ColumnKind {
             ColumnKind::Bool => DataType::Boolean,
             ColumnKind::Int => DataType::Int64,
             ColumnKind::Float => DataType::Float64,
-            ColumnKind::Null | ColumnKind::Str | ColumnKind::Mixed | ColumnKind::Json => {
-                DataType::Utf8
-            }
+            ColumnKind::Null | ColumnKind::Str | ColumnKind::Mixed | ColumnKind::Json => DataType::Utf8,
         }
     }
 
@@ -139,8 +134,7 @@ impl ColumnKind {
 
 /// Marks a text column as JSON text or mixed scalars (`runport.kind`).
 pub fn kind_metadata(field: Field, kind: &str) -> Field {
-    let meta: std::collections::BTreeMap<String, String> =
-        [("runport.kind".to_string(), kind.to_string())].into();
+    let meta: std::collections::BTreeMap<String, String> = [("runport.kind".to_string(), kind.to_string())].into();
     field.with_metadata(meta)
 }
 
@@ -150,9 +144,7 @@ pub fn mixed_text(v: &Value) -> String {
     match v {
         Value::Str(s) => s.clone(),
         Value::Float(f) if f.is_nan() => "NaN".to_string(),
-        Value::Float(f) if f.is_infinite() => {
-            if *f > 0.0 { "Infinity" } else { "-Infinity" }.to_string()
-        }
+        Value::Float(f) if f.is_infinite() => if *f > 0.0 { "Infinity" } else { "-Infinity" }.to_string(),
         Value::Float(f) => {
             let mut s = String::new();
             write_float_json(*f, &mut s);
@@ -230,16 +222,8 @@ mod tests {
         assert_eq!(encode_path(&["a.b"]), "a\\.b");
         assert_eq!(encode_path(&["a", "b"]), "a.b");
         assert_eq!(encode_path(&["a\\", "b"]), "a\\\\.b");
-        assert_eq!(
-            encode_path(&["train/loss", "héllo wörld"]),
-            "train/loss.héllo wörld"
-        );
-        for segs in [
-            vec!["a.b"],
-            vec!["a", "b"],
-            vec!["x\\.y", "z"],
-            vec!["", "."],
-        ] {
+        assert_eq!(encode_path(&["train/loss", "héllo wörld"]), "train/loss.héllo wörld");
+        for segs in [vec!["a.b"], vec!["a", "b"], vec!["x\\.y", "z"], vec!["", "."]] {
             assert_eq!(decode_path(&encode_path(&segs)), segs);
         }
     }
@@ -251,18 +235,13 @@ mod tests {
         )
         .unwrap();
         let mut got = Vec::new();
-        flatten("config", &v, &mut |p, leaf| {
-            got.push((p.to_string(), leaf.to_json()))
-        });
+        flatten("config", &v, &mut |p, leaf| got.push((p.to_string(), leaf.to_json())));
         assert_eq!(
             got,
             vec![
                 ("config.opt.lr".to_string(), "0.1".to_string()),
                 ("config.opt.betas".to_string(), "[0.9,0.99]".to_string()),
-                (
-                    "config.img".to_string(),
-                    r#"{"_type":"image-file","path":"x.png"}"#.to_string()
-                ),
+                ("config.img".to_string(), r#"{"_type":"image-file","path":"x.png"}"#.to_string()),
                 ("config.e".to_string(), "{}".to_string()),
                 ("config.a\\.b".to_string(), "1".to_string()),
             ]
@@ -304,13 +283,9 @@ mod tests {
 
     #[test]
     fn non_finite_floats_stay_floats_and_ints_widen() {
-        let vals: Vec<Value> = ["1", "NaN", "Infinity", "-Infinity", "2.5"]
-            .iter()
-            .map(|t| Value::parse(t).unwrap())
-            .collect();
-        let kind = vals
-            .iter()
-            .fold(ColumnKind::Null, |k, v| k.unify(ColumnKind::of(v)));
+        let vals: Vec<Value> =
+            ["1", "NaN", "Infinity", "-Infinity", "2.5"].iter().map(|t| Value::parse(t).unwrap()).collect();
+        let kind = vals.iter().fold(ColumnKind::Null, |k, v| k.unify(ColumnKind::of(v)));
         assert_eq!(kind, ColumnKind::Float);
         let mut b = ColumnBuilder::new(kind, 5);
         for v in &vals {
@@ -328,10 +303,7 @@ mod tests {
 
     #[test]
     fn mixed_and_json_columns_render_text() {
-        let vals: Vec<Value> = ["true", "3", "\"x\"", "NaN", "0.5"]
-            .iter()
-            .map(|t| Value::parse(t).unwrap())
-            .collect();
+        let vals: Vec<Value> = ["true", "3", "\"x\"", "NaN", "0.5"].iter().map(|t| Value::parse(t).unwrap()).collect();
         let mut b = ColumnBuilder::new(ColumnKind::Mixed, 5);
         vals.iter().for_each(|v| b.push(Some(v)));
         let arr = b.finish();

@@ -12,42 +12,23 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
     #[error("cannot write {path}: {source}")]
-    Write {
-        path: String,
-        source: std::io::Error,
-    },
+    Write { path: String, source: std::io::Error },
     #[error("cannot write {path}: {source}")]
-    Parquet {
-        path: String,
-        source: parquet::errors::ParquetError,
-    },
+    Parquet { path: String, source: parquet::errors::ParquetError },
     #[error("cannot build Arrow data for {what}: {source}")]
-    Arrow {
-        what: String,
-        source: arrow_schema::ArrowError,
-    },
+    Arrow { what: String, source: arrow_schema::ArrowError },
     /// `--fail-fast`: the first run that failed.
     #[error("run {run} failed ({stage}): {error}")]
-    RunFailed {
-        run: String,
-        stage: String,
-        error: String,
-    },
+    RunFailed { run: String, stage: String, error: String },
 }
 
 impl Error {
     pub fn source(name: impl Display, reason: impl Display) -> Error {
-        Error::Source {
-            source_name: name.to_string(),
-            reason: reason.to_string(),
-        }
+        Error::Source { source_name: name.to_string(), reason: reason.to_string() }
     }
 
     pub fn write(path: impl Display, source: std::io::Error) -> Error {
-        Error::Write {
-            path: path.to_string(),
-            source,
-        }
+        Error::Write { path: path.to_string(), source }
     }
 }
 

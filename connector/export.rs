@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use serde::Serialize;
 
@@ -23,7 +24,7 @@ use crate::output::runs::RunsTable;
 use crate::output::{DatasetDir, Provenance, TableWriter, writer_properties};
 use crate::pipeline::for_each_run;
 use crate::plan::{FetchPlan, HistoryLayout, WANDB_IDENTITY_COLUMNS, WANDB_PREFIXES};
-use crate::run::{RunData, RunIdentity};
+use crate::run::{RunData, RunHistory, RunIdentity};
 use crate::selection::Selection;
 use crate::sources::SourceSpec;
 use crate::sources::wandb_files::log_reader::TransactionLogReader;
@@ -59,9 +60,7 @@ impl ExportOptions {
 }
 
 pub fn default_concurrency() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
 }
 
 /// A run that could not be exported; the others were.
@@ -119,11 +118,7 @@ pub fn open(source: &str, selection: Option<&str>, history: HistoryLayout) -> Re
         source_kind: "wandb-files".into(),
         selection: plan.selection.to_string(),
     };
-    Ok(Planned {
-        files: Arc::new(files),
-        plan: Arc::new(plan),
-        provenance,
-    })
+    Ok(Planned { files: Arc::new(files), plan: Arc::new(plan), provenance })
 }
 
 impl Planned {
@@ -136,39 +131,43 @@ impl Planned {
     }
 
     /// Reads every run with `plan` and hands them to `consume` in run-id order.
+    /// With `encoding`, the readers also turn each run's history into its
+    /// Arrow batch (CPU work stays off the writer's thread).
     fn read_runs(
         &self,
         plan: &Arc<FetchPlan>,
         concurrency: usize,
-        mut consume: impl FnMut(&str, Result<RunData, String>, RecordCounts) -> ControlFlow<()>,
+        encoding: Option<Arc<HistoryEncoding>>,
+        mut consume: impl FnMut(&str, Result<ReadRun, String>, RecordCounts) -> ControlFlow<()>,
     ) {
         let files = Arc::clone(&self.files);
         let plan = Arc::clone(plan);
         let work = move |i: usize| {
             let run = &files.runs[i];
             let mut counts = RecordCounts::default();
-            let out =
-                decode_run(&run.run_id, &run.files, &plan, &mut counts).map_err(|e| e.to_string());
+            let out = decode_run(&run.run_id, &run.files, &plan, &mut counts).map_err(|e| e.to_string()).and_then(
+                |mut data| {
+                    let batch = match (&encoding, data.history.take()) {
+                        (Some(enc), Some(h)) => Some(enc.batch(&data.identity.run_id, &h).map_err(|e| e.to_string())?),
+                        (None, h) => {
+                            data.history = h;
+                            None
+                        }
+                        (Some(_), None) => None,
+                    };
+                    Ok(ReadRun { data, batch })
+                },
+            );
             (out, counts)
         };
         let workers = concurrency.max(1);
-        for_each_run(
-            self.files.runs.len(),
-            workers,
-            workers * 2,
-            work,
-            |i, out| {
-                let label = self.files.runs[i].run_id.as_str();
-                match out {
-                    Ok((run, counts)) => consume(label, run, counts),
-                    Err(panic) => consume(
-                        label,
-                        Err(format!("internal error: {panic}")),
-                        RecordCounts::default(),
-                    ),
-                }
-            },
-        );
+        for_each_run(self.files.runs.len(), workers, workers * 2, work, |i, out| {
+            let label = self.files.runs[i].run_id.as_str();
+            match out {
+                Ok((run, counts)) => consume(label, run, counts),
+                Err(panic) => consume(label, Err(format!("internal error: {panic}")), RecordCounts::default()),
+            }
+        });
     }
 
     /// Key kinds of the selected history over all runs (the wide schema).
@@ -178,16 +177,40 @@ impl Planned {
         history_only.summary = false;
         history_only.identity_columns = vec!["run_id".into()];
         let mut kinds = BTreeMap::new();
-        self.read_runs(&Arc::new(history_only), concurrency, |_, run, _| {
-            if let Ok(RunData {
-                history: Some(h), ..
-            }) = &run
-            {
+        self.read_runs(&Arc::new(history_only), concurrency, None, |_, run, _| {
+            if let Ok(ReadRun { data: RunData { history: Some(h), .. }, .. }) = &run {
                 collect_kinds(h, &mut kinds);
             }
             ControlFlow::Continue(())
         });
         kinds
+    }
+}
+
+/// One run as read, with its history already encoded when asked.
+struct ReadRun {
+    data: RunData,
+    batch: Option<RecordBatch>,
+}
+
+/// How history becomes Arrow: the long layout, or the wide one with its column kinds.
+enum HistoryEncoding {
+    Long(SchemaRef),
+    Wide(SchemaRef, BTreeMap<String, ColumnKind>),
+}
+
+impl HistoryEncoding {
+    fn schema(&self) -> &SchemaRef {
+        match self {
+            HistoryEncoding::Long(s) | HistoryEncoding::Wide(s, _) => s,
+        }
+    }
+
+    fn batch(&self, run_id: &str, h: &RunHistory) -> Result<RecordBatch> {
+        match self {
+            HistoryEncoding::Long(s) => long_batch(s, run_id, h),
+            HistoryEncoding::Wide(s, kinds) => wide_batch(s, kinds, run_id, h),
+        }
     }
 }
 
@@ -200,20 +223,17 @@ pub fn export(opts: &ExportOptions) -> Result<ExportSummary> {
     let dataset = DatasetDir::open(&opts.out)?;
     let prov = &planned.provenance;
 
-    let wide_kinds = (plan.history && plan.history_layout == HistoryLayout::Wide)
-        .then(|| planned.wide_kinds(opts.concurrency));
-    let history_schema = match (&wide_kinds, plan.history) {
-        (Some(kinds), _) => Some(wide_schema(kinds)),
-        (None, true) => Some(long_schema()),
-        (None, false) => None,
+    let encoding = match (plan.history, plan.history_layout) {
+        (true, HistoryLayout::Wide) => {
+            let kinds = planned.wide_kinds(opts.concurrency);
+            Some(Arc::new(HistoryEncoding::Wide(wide_schema(&kinds), kinds)))
+        }
+        (true, _) => Some(Arc::new(HistoryEncoding::Long(long_schema()))),
+        (false, _) => None,
     };
+    let history_schema = encoding.as_ref().map(|e| Arc::clone(e.schema()));
     let mut history_writer = history_schema.as_ref().map(|s| {
-        TableWriter::new(
-            Arc::clone(s),
-            writer_properties(prov, "history", &["run_id", "key"]),
-            "history/part-",
-            true,
-        )
+        TableWriter::new(Arc::clone(s), writer_properties(prov, "history", &["run_id", "key"]), "history/part-", true)
     });
 
     let progress = progress_bar(opts.progress, planned.files.runs.len());
@@ -222,24 +242,16 @@ pub fn export(opts: &ExportOptions) -> Result<ExportSummary> {
     let mut warnings = Vec::new();
     let mut records = RecordCounts::default();
     let mut fatal: Option<Error> = None;
-    planned.read_runs(&plan, opts.concurrency, |label, run, counts| {
+    planned.read_runs(&plan, opts.concurrency, encoding, |label, run, counts| {
         records.add(&counts);
         progress.inc(1);
-        let mut run = match run {
+        let ReadRun { data: mut run, batch } = match run {
             Ok(run) => run,
             Err(error) => {
                 tracing::warn!(run = label, stage = "decode", %error, "run failed");
-                failures.push(RunFailure {
-                    run: label.to_string(),
-                    stage: "decode".into(),
-                    error: error.clone(),
-                });
+                failures.push(RunFailure { run: label.to_string(), stage: "decode".into(), error: error.clone() });
                 if opts.fail_fast {
-                    fatal = Some(Error::RunFailed {
-                        run: label.to_string(),
-                        stage: "decode".into(),
-                        error,
-                    });
+                    fatal = Some(Error::RunFailed { run: label.to_string(), stage: "decode".into(), error });
                     return ControlFlow::Break(());
                 }
                 return ControlFlow::Continue(());
@@ -247,20 +259,13 @@ pub fn export(opts: &ExportOptions) -> Result<ExportSummary> {
         };
         for message in run.warnings.drain(..) {
             tracing::warn!(run = label, %message, "damaged input skipped");
-            warnings.push(RunWarning {
-                run: run.identity.run_id.clone(),
-                message,
-            });
+            warnings.push(RunWarning { run: run.identity.run_id.clone(), message });
         }
-        if let (Some(writer), Some(h)) = (history_writer.as_mut(), run.history.take()) {
-            let batch = match &wide_kinds {
-                Some(kinds) => wide_batch(writer.schema(), kinds, &run.identity.run_id, &h),
-                None => long_batch(writer.schema(), &run.identity.run_id, &h),
-            };
-            if let Err(e) = batch.and_then(|b| writer.write(&dataset, &b)) {
-                fatal = Some(e);
-                return ControlFlow::Break(());
-            }
+        if let (Some(writer), Some(batch)) = (history_writer.as_mut(), batch)
+            && let Err(e) = writer.write(&dataset, &batch)
+        {
+            fatal = Some(e);
+            return ControlFlow::Break(());
         }
         runs.push(&mut run);
         ControlFlow::Continue(())
@@ -288,9 +293,7 @@ pub fn export(opts: &ExportOptions) -> Result<ExportSummary> {
         history_files = w.finish(&dataset)?;
     }
     let file_json = |fs: &[crate::output::TempFile]| -> serde_json::Value {
-        fs.iter()
-            .map(|f| serde_json::json!({"path": f.rel, "rows": f.rows, "bytes": f.bytes}))
-            .collect()
+        fs.iter().map(|f| serde_json::json!({"path": f.rel, "rows": f.rows, "bytes": f.bytes})).collect()
     };
     let mut tables = serde_json::json!({
         "runs": {"files": file_json(&files), "rows": runs_rows, "columns": column_names(&runs_schema)},
@@ -339,7 +342,8 @@ pub fn schema_json(schema: &SchemaRef) -> serde_json::Value {
         .fields()
         .iter()
         .map(|f| {
-            let mut v = serde_json::json!({"name": f.name(), "type": f.data_type().to_string(), "nullable": f.is_nullable()});
+            let mut v =
+                serde_json::json!({"name": f.name(), "type": f.data_type().to_string(), "nullable": f.is_nullable()});
             if let Some(kind) = f.metadata().get("runport.kind") {
                 v["kind"] = kind.clone().into();
             }
@@ -356,13 +360,10 @@ fn progress_bar(enabled: bool, len: usize) -> indicatif::ProgressBar {
     if !enabled {
         return indicatif::ProgressBar::hidden();
     }
-    let bar = indicatif::ProgressBar::with_draw_target(
-        Some(len as u64),
-        indicatif::ProgressDrawTarget::stderr(),
-    );
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "{spinner} {pos}/{len} runs [{elapsed_precise}] {wide_bar} {eta}",
-    ) {
+    let bar = indicatif::ProgressBar::with_draw_target(Some(len as u64), indicatif::ProgressDrawTarget::stderr());
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{spinner} {pos}/{len} runs [{elapsed_precise}] {wide_bar} {eta}")
+    {
         bar.set_style(style);
     }
     bar
@@ -382,14 +383,10 @@ pub fn list_runs(source: &str, concurrency: usize) -> Result<(Vec<RunListing>, V
     let planned = open(source, Some("name,state,created_at"), HistoryLayout::None)?;
     let mut out = Vec::new();
     let mut failures = Vec::new();
-    planned.read_runs(&planned.plan, concurrency, |label, run, _| {
+    planned.read_runs(&planned.plan, concurrency, None, |label, run, _| {
         match run {
-            Ok(run) => out.push(listing(&run.identity)),
-            Err(error) => failures.push(RunFailure {
-                run: label.to_string(),
-                stage: "decode".into(),
-                error,
-            }),
+            Ok(run) => out.push(listing(&run.data.identity)),
+            Err(error) => failures.push(RunFailure { run: label.to_string(), stage: "decode".into(), error }),
         }
         ControlFlow::Continue(())
     });
@@ -401,10 +398,7 @@ fn listing(i: &RunIdentity) -> RunListing {
         run_id: i.run_id.clone(),
         name: i.name.clone(),
         state: i.state.clone(),
-        created_at: i
-            .created_at
-            .and_then(chrono::DateTime::from_timestamp_micros)
-            .map(|t| t.to_rfc3339()),
+        created_at: i.created_at.and_then(chrono::DateTime::from_timestamp_micros).map(|t| t.to_rfc3339()),
     }
 }
 
@@ -419,8 +413,8 @@ pub fn schemas(
     let plan = &planned.plan;
     let mut runs = RunsTable::new(&plan.identity_columns);
     let mut kinds = BTreeMap::new();
-    planned.read_runs(plan, concurrency, |_, run, _| {
-        if let Ok(mut run) = run {
+    planned.read_runs(plan, concurrency, None, |_, run, _| {
+        if let Ok(ReadRun { data: mut run, .. }) = run {
             if let Some(h) = run.history.take() {
                 collect_kinds(&h, &mut kinds);
             }

@@ -15,11 +15,7 @@ const EXIT_USAGE: u8 = 2;
 const EXIT_SOURCE: u8 = 3;
 
 #[derive(Parser)]
-#[command(
-    name = "runport",
-    version,
-    about = "Export experiment-tracking runs (W&B, MLflow) into Parquet datasets"
-)]
+#[command(name = "runport", version, about = "Export experiment-tracking runs (W&B, MLflow) into Parquet datasets")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -120,9 +116,7 @@ fn main() -> ExitCode {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("runport=info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => builder.json().init(),
@@ -137,11 +131,7 @@ fn print_json(v: &impl serde::Serialize) {
 
 fn run(command: Command) -> Result<u8, Error> {
     match command {
-        Command::Export {
-            common,
-            out,
-            fail_fast,
-        } => {
+        Command::Export { common, out, fail_fast } => {
             let opts = ExportOptions {
                 source: common.source.clone(),
                 out,
@@ -181,42 +171,24 @@ fn run(command: Command) -> Result<u8, Error> {
                     summary.seconds
                 );
             }
-            Ok(if summary.failures.is_empty() {
-                0
-            } else {
-                EXIT_PARTIAL
-            })
+            Ok(if summary.failures.is_empty() { 0 } else { EXIT_PARTIAL })
         }
         Command::Plan { common } => {
-            let planned = open(
-                &common.source,
-                common.select.as_deref(),
-                common.history.into(),
-            )?;
+            let planned = open(&common.source, common.select.as_deref(), common.history.into())?;
             let plan = planned.describe();
             if common.json {
                 print_json(&plan);
             } else {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&plan).expect("invariant: plans serialise")
-                );
+                println!("{}", serde_json::to_string_pretty(&plan).expect("invariant: plans serialise"));
             }
             Ok(0)
         }
         Command::Ls { common } => {
-            let (runs, failures) = list_runs(
-                &common.source,
-                common.concurrency.unwrap_or_else(default_concurrency),
-            )?;
+            let (runs, failures) = list_runs(&common.source, common.concurrency.unwrap_or_else(default_concurrency))?;
             let mut out = std::io::stdout().lock();
             for r in &runs {
                 if common.json {
-                    let _ = writeln!(
-                        out,
-                        "{}",
-                        serde_json::to_string(r).expect("invariant: listings serialise")
-                    );
+                    let _ = writeln!(out, "{}", serde_json::to_string(r).expect("invariant: listings serialise"));
                 } else {
                     let _ = writeln!(
                         out,

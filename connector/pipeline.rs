@@ -92,9 +92,7 @@ mod tests {
                 let now = f.fetch_add(1, Ordering::SeqCst) + 1;
                 m.fetch_max(now, Ordering::SeqCst);
                 // Later runs finish first sometimes.
-                std::thread::sleep(std::time::Duration::from_micros(
-                    ((50 - i) % 7) as u64 * 200,
-                ));
+                std::thread::sleep(std::time::Duration::from_micros(((50 - i) % 7) as u64 * 200));
                 i * 10
             },
             |i, r| {
@@ -104,11 +102,7 @@ mod tests {
             },
         );
         assert_eq!(got, (0..50).map(|i| (i, i * 10)).collect::<Vec<_>>());
-        assert!(
-            max_seen.load(Ordering::SeqCst) <= 4,
-            "window exceeded: {}",
-            max_seen.load(Ordering::SeqCst)
-        );
+        assert!(max_seen.load(Ordering::SeqCst) <= 4, "window exceeded: {}", max_seen.load(Ordering::SeqCst));
     }
 
     #[test]
@@ -126,11 +120,7 @@ mod tests {
             },
             |i, r| {
                 seen.push((i, r.clone()));
-                if r.is_err() {
-                    ControlFlow::Break(())
-                } else {
-                    ControlFlow::Continue(())
-                }
+                if r.is_err() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
             },
         );
         assert_eq!(seen.len(), 4);

@@ -74,11 +74,7 @@ fn display<S: serde::Serializer>(s: &Selection, ser: S) -> Result<S::Ok, S::Erro
 }
 
 impl FetchPlan {
-    pub fn new(
-        selection: Selection,
-        history_layout: HistoryLayout,
-        identity_columns: &[&str],
-    ) -> FetchPlan {
+    pub fn new(selection: Selection, history_layout: HistoryLayout, identity_columns: &[&str]) -> FetchPlan {
         let identity_columns = identity_columns
             .iter()
             .filter(|c| **c == "run_id" || selection.matches(c))
@@ -154,11 +150,7 @@ mod tests {
 
     #[test]
     fn default_plan_reads_everything() {
-        let p = FetchPlan::new(
-            Selection::all(),
-            HistoryLayout::Wide,
-            WANDB_IDENTITY_COLUMNS,
-        );
+        let p = FetchPlan::new(Selection::all(), HistoryLayout::Wide, WANDB_IDENTITY_COLUMNS);
         assert_eq!(p.identity_columns.len(), WANDB_IDENTITY_COLUMNS.len());
         assert!(p.config && p.summary && p.history);
         assert!(p.wants_column("config.", "a\\.b"));

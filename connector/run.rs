@@ -72,11 +72,7 @@ pub fn seconds_to_micros(seconds: f64) -> Option<i64> {
         return None;
     }
     let us = (seconds * 1_000_000.0).round();
-    if us.abs() < 9.2e18 {
-        Some(us as i64)
-    } else {
-        None
-    }
+    if us.abs() < 9.2e18 { Some(us as i64) } else { None }
 }
 
 #[cfg(test)]
@@ -85,10 +81,7 @@ mod tests {
 
     #[test]
     fn seconds_round_to_micros() {
-        assert_eq!(
-            seconds_to_micros(1.795496877284472e9),
-            Some(1_795_496_877_284_472)
-        );
+        assert_eq!(seconds_to_micros(1.795496877284472e9), Some(1_795_496_877_284_472));
         assert_eq!(seconds_to_micros(0.0000005), Some(1));
         assert_eq!(seconds_to_micros(f64::NAN), None);
         assert_eq!(seconds_to_micros(1e300), None);

@@ -17,9 +17,7 @@ pub struct Pattern {
 
 impl Pattern {
     pub fn new(text: &str) -> Pattern {
-        Pattern {
-            text: text.to_string(),
-        }
+        Pattern { text: text.to_string() }
     }
 
     pub fn as_str(&self) -> &str {
@@ -35,11 +33,7 @@ impl Pattern {
     pub fn can_match_prefix(&self, prefix: &str) -> bool {
         let literal = self.text.split('*').next().unwrap_or("");
         let has_star = self.text.contains('*');
-        if has_star {
-            literal.starts_with(prefix) || prefix.starts_with(literal)
-        } else {
-            literal.starts_with(prefix)
-        }
+        if has_star { literal.starts_with(prefix) || prefix.starts_with(literal) } else { literal.starts_with(prefix) }
     }
 
     pub fn is_literal(&self) -> bool {
@@ -103,11 +97,7 @@ impl Selection {
     /// Parses comma-separated patterns. `identity_columns` are the source's
     /// plain column names; a literal item that is none of them and has no
     /// `config.`/`summary.`/`history.` (or source-specific) prefix is an error.
-    pub fn parse(
-        text: &str,
-        identity_columns: &[&str],
-        prefixes: &[&str],
-    ) -> Result<Selection, SelectionError> {
+    pub fn parse(text: &str, identity_columns: &[&str], prefixes: &[&str]) -> Result<Selection, SelectionError> {
         let mut patterns = Vec::new();
         for item in text.split(',') {
             let item = item.trim();
@@ -119,16 +109,11 @@ impl Selection {
                 || prefixes.iter().any(|pre| p.can_match_prefix(pre))
                 || p.can_match_prefix("history.");
             if !known {
-                return Err(SelectionError::UnknownColumn(
-                    item.to_string(),
-                    identity_columns.join(", "),
-                ));
+                return Err(SelectionError::UnknownColumn(item.to_string(), identity_columns.join(", ")));
             }
             patterns.push(p);
         }
-        Ok(Selection {
-            patterns: Some(patterns),
-        })
+        Ok(Selection { patterns: Some(patterns) })
     }
 
     pub fn is_all(&self) -> bool {
@@ -216,8 +201,7 @@ mod tests {
 
     #[test]
     fn parse_and_match() {
-        let s =
-            Selection::parse("name, state,config.*,summary.loss,history.loss", IDS, PRE).unwrap();
+        let s = Selection::parse("name, state,config.*,summary.loss,history.loss", IDS, PRE).unwrap();
         assert!(s.matches("name"));
         assert!(!s.matches("created_at"));
         assert!(s.matches("config.opt.lr"));
@@ -228,10 +212,7 @@ mod tests {
         assert!(s.wants_prefix("history."));
         assert_eq!(s.literal_keys("history."), Some(vec!["loss".to_string()]));
         assert_eq!(s.literal_keys("config."), None);
-        assert_eq!(
-            s.to_string(),
-            "name,state,config.*,summary.loss,history.loss"
-        );
+        assert_eq!(s.to_string(), "name,state,config.*,summary.loss,history.loss");
 
         let only = Selection::parse("name,state", IDS, PRE).unwrap();
         assert!(!only.wants_prefix("config."));
@@ -242,10 +223,7 @@ mod tests {
 
     #[test]
     fn bad_selections_are_rejected() {
-        assert_eq!(
-            Selection::parse("name,,state", IDS, PRE),
-            Err(SelectionError::Empty)
-        );
+        assert_eq!(Selection::parse("name,,state", IDS, PRE), Err(SelectionError::Empty));
         let err = Selection::parse("nmae", IDS, PRE).unwrap_err();
         assert!(err.to_string().contains("\"nmae\""), "{err}");
         assert!(err.to_string().contains("run_id, name"), "{err}");

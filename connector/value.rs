@@ -33,10 +33,7 @@ const MAX_DEPTH: usize = 256;
 impl Value {
     /// Parses one value; surrounding whitespace is allowed, anything else after it is not.
     pub fn parse(text: &str) -> Result<Value, ValueError> {
-        let mut p = Parser {
-            s: text.as_bytes(),
-            pos: 0,
-        };
+        let mut p = Parser { s: text.as_bytes(), pos: 0 };
         p.skip_ws();
         let v = p.value(0)?;
         p.skip_ws();
@@ -112,11 +109,7 @@ pub fn write_float_json(f: f64, out: &mut String) {
     if f.is_nan() {
         out.push_str("\"NaN\"");
     } else if f.is_infinite() {
-        out.push_str(if f > 0.0 {
-            "\"Infinity\""
-        } else {
-            "\"-Infinity\""
-        });
+        out.push_str(if f > 0.0 { "\"Infinity\"" } else { "\"-Infinity\"" });
     } else {
         let n = serde_json::Number::from_f64(f).expect("invariant: finite float is a JSON number");
         let _ = write!(out, "{n}");
@@ -148,10 +141,7 @@ struct Parser<'a> {
 
 impl Parser<'_> {
     fn err(&self, reason: &'static str) -> ValueError {
-        ValueError {
-            offset: self.pos,
-            reason,
-        }
+        ValueError { offset: self.pos, reason }
     }
 
     fn skip_ws(&mut self) {
@@ -280,21 +270,15 @@ impl Parser<'_> {
             }
         }
         // The slice holds only ASCII digits, signs, '.', 'e': always UTF-8.
-        let text =
-            std::str::from_utf8(&self.s[start..self.pos]).map_err(|_| self.err("bad number"))?;
+        let text = std::str::from_utf8(&self.s[start..self.pos]).map_err(|_| self.err("bad number"))?;
         if let Some(i) = is_int.then(|| text.parse::<i64>().ok()).flatten() {
             return Ok(Value::Int(i));
         }
-        text.parse::<f64>()
-            .map(Value::Float)
-            .map_err(|_| self.err("bad number"))
+        text.parse::<f64>().map(Value::Float).map_err(|_| self.err("bad number"))
     }
 
     fn hex4(&mut self) -> Result<u32, ValueError> {
-        let digits = self
-            .s
-            .get(self.pos..self.pos + 4)
-            .ok_or_else(|| self.err("short \\u escape"))?;
+        let digits = self.s.get(self.pos..self.pos + 4).ok_or_else(|| self.err("short \\u escape"))?;
         let text = std::str::from_utf8(digits).map_err(|_| self.err("bad \\u escape"))?;
         let v = u32::from_str_radix(text, 16).map_err(|_| self.err("bad \\u escape"))?;
         self.pos += 4;
@@ -327,9 +311,7 @@ impl Parser<'_> {
                         b't' => '\t',
                         b'u' => {
                             let hi = self.hex4()?;
-                            let code = if (0xD800..0xDC00).contains(&hi)
-                                && self.s[self.pos..].starts_with(b"\\u")
-                            {
+                            let code = if (0xD800..0xDC00).contains(&hi) && self.s[self.pos..].starts_with(b"\\u") {
                                 self.pos += 2;
                                 let lo = self.hex4()?;
                                 if (0xDC00..0xE000).contains(&lo) {
@@ -364,47 +346,25 @@ mod tests {
         assert_eq!(Value::parse("-3").unwrap(), Value::Int(-3));
         assert_eq!(Value::parse("3.0").unwrap(), Value::Float(3.0));
         assert_eq!(Value::parse("1e3").unwrap(), Value::Float(1000.0));
-        assert_eq!(
-            Value::parse("1.795496877284472e+09").unwrap(),
-            Value::Float(1.795496877284472e9)
-        );
-        assert_eq!(
-            Value::parse("99999999999999999999").unwrap(),
-            Value::Float(1e20)
-        );
+        assert_eq!(Value::parse("1.795496877284472e+09").unwrap(), Value::Float(1.795496877284472e9));
+        assert_eq!(Value::parse("99999999999999999999").unwrap(), Value::Float(1e20));
         assert!(matches!(Value::parse("NaN").unwrap(), Value::Float(f) if f.is_nan()));
-        assert_eq!(
-            Value::parse("Infinity").unwrap(),
-            Value::Float(f64::INFINITY)
-        );
-        assert_eq!(
-            Value::parse(" -Infinity ").unwrap(),
-            Value::Float(f64::NEG_INFINITY)
-        );
+        assert_eq!(Value::parse("Infinity").unwrap(), Value::Float(f64::INFINITY));
+        assert_eq!(Value::parse(" -Infinity ").unwrap(), Value::Float(f64::NEG_INFINITY));
         let v = Value::parse("[NaN, Infinity, -Infinity, 1]").unwrap();
         assert_eq!(v.to_json(), r#"["NaN","Infinity","-Infinity",1]"#);
     }
 
     #[test]
     fn objects_keep_order_and_strings_unescape() {
-        let v = Value::parse(
-            r#"{"b": 1, "a": {"x": "h\u00e9\n\ud83d\ude00"}, "c": [true, false, null]}"#,
-        )
-        .unwrap();
-        assert_eq!(
-            v.to_json(),
-            "{\"b\":1,\"a\":{\"x\":\"hé\\n😀\"},\"c\":[true,false,null]}"
-        );
+        let v = Value::parse(r#"{"b": 1, "a": {"x": "h\u00e9\n\ud83d\ude00"}, "c": [true, false, null]}"#).unwrap();
+        assert_eq!(v.to_json(), "{\"b\":1,\"a\":{\"x\":\"hé\\n😀\"},\"c\":[true,false,null]}");
         assert_eq!(Value::parse(r#""é/ü""#).unwrap(), Value::Str("é/ü".into()));
     }
 
     #[test]
     fn opaque_objects() {
-        assert!(
-            Value::parse(r#"{"_type": "histogram", "bins": [1]}"#)
-                .unwrap()
-                .is_opaque_object()
-        );
+        assert!(Value::parse(r#"{"_type": "histogram", "bins": [1]}"#).unwrap().is_opaque_object());
         assert!(Value::parse("{}").unwrap().is_opaque_object());
         assert!(!Value::parse(r#"{"a": 1}"#).unwrap().is_opaque_object());
         assert!(!Value::parse("[1]").unwrap().is_opaque_object());

@@ -5,9 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow_array::builder::{
-    Float64Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
-};
+use arrow_array::builder::{Float64Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
@@ -20,11 +18,7 @@ fn row_fields() -> Vec<Field> {
     vec![
         Field::new("run_id", DataType::Utf8, false),
         Field::new("step", DataType::Int64, false),
-        Field::new(
-            "timestamp",
-            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-            true,
-        ),
+        Field::new("timestamp", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), true),
         Field::new("runtime_s", DataType::Float64, true),
     ]
 }
@@ -34,10 +28,7 @@ pub fn long_schema() -> SchemaRef {
     let mut fields = row_fields();
     fields.push(Field::new("key", DataType::Utf8, false));
     fields.push(Field::new("value", DataType::Float64, true));
-    fields.push(kind_metadata(
-        Field::new("value_json", DataType::Utf8, true),
-        "json",
-    ));
+    fields.push(kind_metadata(Field::new("value_json", DataType::Utf8, true), "json"));
     Arc::new(Schema::new(fields))
 }
 
@@ -51,9 +42,7 @@ pub fn wide_schema(kinds: &BTreeMap<String, ColumnKind>) -> SchemaRef {
 /// Unifies the kinds of a run's history values into `kinds` (for the wide schema).
 pub fn collect_kinds(history: &RunHistory, kinds: &mut BTreeMap<String, ColumnKind>) {
     for p in &history.points {
-        let k = kinds
-            .entry(history.keys[p.key as usize].clone())
-            .or_insert(ColumnKind::Null);
+        let k = kinds.entry(history.keys[p.key as usize].clone()).or_insert(ColumnKind::Null);
         *k = k.unify(ColumnKind::of(&p.value));
     }
 }
@@ -100,11 +89,29 @@ pub fn long_batch(schema: &SchemaRef, run_id: &str, h: &RunHistory) -> Result<Re
     for (rank, id) in by_name.iter().enumerate() {
         rank_of_key[*id as usize] = rank as u32;
     }
-    let mut order: Vec<u32> = (0..h.points.len() as u32).collect();
-    order.sort_by_key(|i| {
-        let p = &h.points[*i as usize];
-        (rank_of_key[p.key as usize], h.rows[p.row as usize].step)
-    });
+    // Counting sort by key keeps log order within each key; steps within a
+    // key are almost always ascending already, so the stable sort is skipped.
+    let mut starts = vec![0usize; h.keys.len() + 1];
+    for p in &h.points {
+        starts[rank_of_key[p.key as usize] as usize + 1] += 1;
+    }
+    for i in 1..starts.len() {
+        starts[i] += starts[i - 1];
+    }
+    let bounds = starts.clone();
+    let mut order = vec![0u32; h.points.len()];
+    for (i, p) in h.points.iter().enumerate() {
+        let slot = &mut starts[rank_of_key[p.key as usize] as usize];
+        order[*slot] = i as u32;
+        *slot += 1;
+    }
+    let step_of = |i: &u32| h.rows[h.points[*i as usize].row as usize].step;
+    for w in bounds.windows(2) {
+        let bucket = &mut order[w[0]..w[1]];
+        if !bucket.is_sorted_by_key(step_of) {
+            bucket.sort_by_key(step_of);
+        }
+    }
 
     let n = order.len();
     let mut rows = RowColumns::new(n, run_id);
@@ -133,10 +140,8 @@ pub fn long_batch(schema: &SchemaRef, run_id: &str, h: &RunHistory) -> Result<Re
     columns.push(Arc::new(key.finish()));
     columns.push(Arc::new(value.finish()));
     columns.push(Arc::new(value_json.finish()));
-    RecordBatch::try_new(Arc::clone(schema), columns).map_err(|e| Error::Arrow {
-        what: format!("history of run {run_id}"),
-        source: e,
-    })
+    RecordBatch::try_new(Arc::clone(schema), columns)
+        .map_err(|e| Error::Arrow { what: format!("history of run {run_id}"), source: e })
 }
 
 /// The run's history in the wide layout, rows in log order. `kinds` must hold
@@ -155,10 +160,7 @@ pub fn wide_batch(
     // The run's points per key name, in row order.
     let mut per_key: BTreeMap<&str, Vec<(u32, &Value)>> = BTreeMap::new();
     for p in &h.points {
-        per_key
-            .entry(h.keys[p.key as usize].as_str())
-            .or_default()
-            .push((p.row, &p.value));
+        per_key.entry(h.keys[p.key as usize].as_str()).or_default().push((p.row, &p.value));
     }
     let mut columns = rows.finish();
     for (key, kind) in kinds {
@@ -187,10 +189,8 @@ pub fn wide_batch(
         }
         columns.push(b.finish());
     }
-    RecordBatch::try_new(Arc::clone(schema), columns).map_err(|e| Error::Arrow {
-        what: format!("wide history of run {run_id}"),
-        source: e,
-    })
+    RecordBatch::try_new(Arc::clone(schema), columns)
+        .map_err(|e| Error::Arrow { what: format!("wide history of run {run_id}"), source: e })
 }
 
 #[cfg(test)]
@@ -200,40 +200,16 @@ mod tests {
     use arrow_array::{Array, Float64Array, Int64Array, StringArray};
 
     fn sample() -> RunHistory {
-        let row = |step| HistoryRow {
-            step,
-            timestamp: Some(step * 1000),
-            runtime_s: Some(step as f64),
-        };
+        let row = |step| HistoryRow { step, timestamp: Some(step * 1000), runtime_s: Some(step as f64) };
         RunHistory {
             rows: vec![row(0), row(5), row(2)],
             keys: vec!["loss".into(), "acc".into(), "img".into()],
             points: vec![
-                HistoryPoint {
-                    row: 0,
-                    key: 0,
-                    value: Value::Float(1.0),
-                },
-                HistoryPoint {
-                    row: 0,
-                    key: 1,
-                    value: Value::Int(1),
-                },
-                HistoryPoint {
-                    row: 1,
-                    key: 0,
-                    value: Value::Float(f64::NAN),
-                },
-                HistoryPoint {
-                    row: 2,
-                    key: 0,
-                    value: Value::Float(0.5),
-                },
-                HistoryPoint {
-                    row: 2,
-                    key: 2,
-                    value: Value::parse(r#"{"_type":"image-file"}"#).unwrap(),
-                },
+                HistoryPoint { row: 0, key: 0, value: Value::Float(1.0) },
+                HistoryPoint { row: 0, key: 1, value: Value::Int(1) },
+                HistoryPoint { row: 1, key: 0, value: Value::Float(f64::NAN) },
+                HistoryPoint { row: 2, key: 0, value: Value::Float(0.5) },
+                HistoryPoint { row: 2, key: 2, value: Value::parse(r#"{"_type":"image-file"}"#).unwrap() },
             ],
         }
     }
@@ -241,43 +217,12 @@ mod tests {
     #[test]
     fn long_rows_sort_by_key_then_step() {
         let b = long_batch(&long_schema(), "r1", &sample()).unwrap();
-        let keys = b
-            .column_by_name("key")
-            .unwrap()
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .unwrap();
-        let steps = b
-            .column_by_name("step")
-            .unwrap()
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .unwrap();
-        let got: Vec<(&str, i64)> = (0..b.num_rows())
-            .map(|i| (keys.value(i), steps.value(i)))
-            .collect();
-        assert_eq!(
-            got,
-            [
-                ("acc", 0),
-                ("img", 2),
-                ("loss", 0),
-                ("loss", 2),
-                ("loss", 5)
-            ]
-        );
-        let value = b
-            .column_by_name("value")
-            .unwrap()
-            .as_any()
-            .downcast_ref::<Float64Array>()
-            .unwrap();
-        let json = b
-            .column_by_name("value_json")
-            .unwrap()
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .unwrap();
+        let keys = b.column_by_name("key").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
+        let steps = b.column_by_name("step").unwrap().as_any().downcast_ref::<Int64Array>().unwrap();
+        let got: Vec<(&str, i64)> = (0..b.num_rows()).map(|i| (keys.value(i), steps.value(i))).collect();
+        assert_eq!(got, [("acc", 0), ("img", 2), ("loss", 0), ("loss", 2), ("loss", 5)]);
+        let value = b.column_by_name("value").unwrap().as_any().downcast_ref::<Float64Array>().unwrap();
+        let json = b.column_by_name("value_json").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
         assert!(value.is_null(1));
         assert_eq!(json.value(1), r#"{"_type":"image-file"}"#);
         assert!(value.value(4).is_nan());
@@ -294,25 +239,8 @@ mod tests {
         let b = wide_batch(&schema, &kinds, "r1", &h).unwrap();
         assert_eq!(b.num_rows(), 3);
         let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-        assert_eq!(
-            names,
-            [
-                "run_id",
-                "step",
-                "timestamp",
-                "runtime_s",
-                "acc",
-                "img",
-                "loss",
-                "other"
-            ]
-        );
-        let acc = b
-            .column_by_name("acc")
-            .unwrap()
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .unwrap();
+        assert_eq!(names, ["run_id", "step", "timestamp", "runtime_s", "acc", "img", "loss", "other"]);
+        let acc = b.column_by_name("acc").unwrap().as_any().downcast_ref::<Int64Array>().unwrap();
         assert_eq!(acc.iter().collect::<Vec<_>>(), [Some(1), None, None]);
         assert_eq!(b.column_by_name("other").unwrap().null_count(), 3);
     }

@@ -90,10 +90,7 @@ impl DatasetDir {
             }
         }
         let previous = previous_files(dir);
-        Ok(DatasetDir {
-            dir: dir.to_path_buf(),
-            previous,
-        })
+        Ok(DatasetDir { dir: dir.to_path_buf(), previous })
     }
 
     pub fn path(&self) -> &Path {
@@ -103,78 +100,42 @@ impl DatasetDir {
     /// Creates `rel` (e.g. `history/part-00000.parquet`) under a temporary name.
     pub fn create(&self, rel: &str) -> Result<(File, TempFile)> {
         let dest = self.dir.join(rel);
-        let parent = dest
-            .parent()
-            .expect("invariant: a file in the dataset has a parent")
-            .to_path_buf();
+        let parent = dest.parent().expect("invariant: a file in the dataset has a parent").to_path_buf();
         fs::create_dir_all(&parent).map_err(|e| Error::write(parent.display(), e))?;
-        let name = dest
-            .file_name()
-            .expect("invariant: rel names a file")
-            .to_string_lossy()
-            .into_owned();
+        let name = dest.file_name().expect("invariant: rel names a file").to_string_lossy().into_owned();
         let tmp = parent.join(format!(".{name}{TMP_MARK}{}", std::process::id()));
         let file = File::create(&tmp).map_err(|e| Error::write(tmp.display(), e))?;
-        Ok((
-            file,
-            TempFile {
-                tmp,
-                rel: rel.to_string(),
-                rows: 0,
-                bytes: 0,
-                committed: false,
-            },
-        ))
+        Ok((file, TempFile { tmp, rel: rel.to_string(), rows: 0, bytes: 0, committed: false }))
     }
 
     /// Renames every file into place, then writes the manifest (also through a
     /// temporary file), then removes files of the previous export that this
     /// one did not write.
-    pub fn commit(
-        self,
-        mut files: Vec<TempFile>,
-        manifest: &serde_json::Value,
-    ) -> Result<Vec<FileEntry>> {
+    pub fn commit(self, mut files: Vec<TempFile>, manifest: &serde_json::Value) -> Result<Vec<FileEntry>> {
         let mut entries = Vec::new();
         for f in &mut files {
             let dest = self.dir.join(&f.rel);
             fs::rename(&f.tmp, &dest).map_err(|e| Error::write(dest.display(), e))?;
             f.committed = true;
-            entries.push(FileEntry {
-                path: f.rel.clone(),
-                rows: f.rows,
-                bytes: f.bytes,
-            });
+            entries.push(FileEntry { path: f.rel.clone(), rows: f.rows, bytes: f.bytes });
         }
         let (mut file, mut tmp) = self.create(MANIFEST)?;
-        let text =
-            serde_json::to_vec_pretty(manifest).expect("invariant: the manifest is plain JSON");
+        let text = serde_json::to_vec_pretty(manifest).expect("invariant: the manifest is plain JSON");
         use std::io::Write;
-        file.write_all(&text)
-            .and_then(|_| file.sync_all())
-            .map_err(|e| Error::write(tmp.tmp.display(), e))?;
+        file.write_all(&text).and_then(|_| file.sync_all()).map_err(|e| Error::write(tmp.tmp.display(), e))?;
         drop(file);
         let dest = self.dir.join(MANIFEST);
         fs::rename(&tmp.tmp, &dest).map_err(|e| Error::write(dest.display(), e))?;
         tmp.committed = true;
 
-        let written: std::collections::HashSet<&str> =
-            entries.iter().map(|e| e.path.as_str()).collect();
-        let mut stale: Vec<String> = self
-            .previous
-            .iter()
-            .filter(|p| !written.contains(p.as_str()))
-            .cloned()
-            .collect();
+        let written: std::collections::HashSet<&str> = entries.iter().map(|e| e.path.as_str()).collect();
+        let mut stale: Vec<String> = self.previous.iter().filter(|p| !written.contains(p.as_str())).cloned().collect();
         // Parts of older exports without a manifest, or beyond the new count.
         if let Ok(rd) = fs::read_dir(self.dir.join("history")) {
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
                 let rel = format!("history/{name}");
-                if name.starts_with("part-")
-                    && name.ends_with(".parquet")
-                    && !written.contains(rel.as_str())
-                {
+                if name.starts_with("part-") && name.ends_with(".parquet") && !written.contains(rel.as_str()) {
                     stale.push(rel);
                 }
             }
@@ -203,12 +164,7 @@ fn previous_files(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
     if let Some(tables) = json.get("tables").and_then(|t| t.as_object()) {
         for table in tables.values() {
-            for f in table
-                .get("files")
-                .and_then(|f| f.as_array())
-                .into_iter()
-                .flatten()
-            {
+            for f in table.get("files").and_then(|f| f.as_array()).into_iter().flatten() {
                 if let Some(p) = f.get("path").and_then(|p| p.as_str()) {
                     out.push(p.to_string());
                 }
@@ -224,24 +180,15 @@ fn is_safe_relative(rel: &str) -> bool {
 
 /// Writer settings shared by every table: zstd, page statistics, byte-bounded
 /// row groups, dictionaries only for the named columns, provenance metadata.
-pub fn writer_properties(
-    prov: &Provenance,
-    table: &str,
-    dictionary_columns: &[&str],
-) -> WriterProperties {
+pub fn writer_properties(prov: &Provenance, table: &str, dictionary_columns: &[&str]) -> WriterProperties {
     let mut b = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(
-            ZstdLevel::try_new(3).expect("invariant: zstd level 3 is valid"),
-        ))
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("invariant: zstd level 3 is valid")))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_bytes(Some(ROW_GROUP_BYTES))
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_dictionary_enabled(false)
         .set_key_value_metadata(Some(vec![
-            KeyValue::new(
-                "runport.version".to_string(),
-                env!("CARGO_PKG_VERSION").to_string(),
-            ),
+            KeyValue::new("runport.version".to_string(), env!("CARGO_PKG_VERSION").to_string()),
             KeyValue::new("runport.source".to_string(), prov.source.clone()),
             KeyValue::new("runport.source_kind".to_string(), prov.source_kind.clone()),
             KeyValue::new("runport.selection".to_string(), prov.selection.clone()),
@@ -267,21 +214,8 @@ pub struct TableWriter {
 }
 
 impl TableWriter {
-    pub fn new(
-        schema: SchemaRef,
-        props: WriterProperties,
-        name: &str,
-        parted: bool,
-    ) -> TableWriter {
-        TableWriter {
-            schema,
-            props,
-            name: name.to_string(),
-            parted,
-            current: None,
-            done: Vec::new(),
-            rows: 0,
-        }
+    pub fn new(schema: SchemaRef, props: WriterProperties, name: &str, parted: bool) -> TableWriter {
+        TableWriter { schema, props, name: name.to_string(), parted, current: None, done: Vec::new(), rows: 0 }
     }
 
     pub fn schema(&self) -> &SchemaRef {
@@ -293,25 +227,15 @@ impl TableWriter {
             return Ok(());
         }
         if self.current.is_none() {
-            let rel = if self.parted {
-                format!("{}{:05}.parquet", self.name, self.done.len())
-            } else {
-                self.name.clone()
-            };
+            let rel =
+                if self.parted { format!("{}{:05}.parquet", self.name, self.done.len()) } else { self.name.clone() };
             let (file, tmp) = dataset.create(&rel)?;
-            let writer =
-                ArrowWriter::try_new(file, Arc::clone(&self.schema), Some(self.props.clone()))
-                    .map_err(|e| Error::Parquet {
-                        path: rel.clone(),
-                        source: e,
-                    })?;
+            let writer = ArrowWriter::try_new(file, Arc::clone(&self.schema), Some(self.props.clone()))
+                .map_err(|e| Error::Parquet { path: rel.clone(), source: e })?;
             self.current = Some((writer, tmp));
         }
         let (writer, tmp) = self.current.as_mut().expect("invariant: a part is open");
-        writer.write(batch).map_err(|e| Error::Parquet {
-            path: tmp.rel.clone(),
-            source: e,
-        })?;
+        writer.write(batch).map_err(|e| Error::Parquet { path: tmp.rel.clone(), source: e })?;
         tmp.rows += batch.num_rows() as u64;
         self.rows += batch.num_rows() as u64;
         if self.parted && writer.bytes_written() + writer.in_progress_size() >= PART_BYTES {
@@ -322,10 +246,7 @@ impl TableWriter {
 
     fn close_part(&mut self) -> Result<()> {
         if let Some((writer, mut tmp)) = self.current.take() {
-            writer.close().map_err(|e| Error::Parquet {
-                path: tmp.rel.clone(),
-                source: e,
-            })?;
+            writer.close().map_err(|e| Error::Parquet { path: tmp.rel.clone(), source: e })?;
             tmp.bytes = fs::metadata(&tmp.tmp).map(|m| m.len()).unwrap_or(0);
             self.done.push(tmp);
         }
@@ -337,12 +258,8 @@ impl TableWriter {
     pub fn finish(mut self, dataset: &DatasetDir) -> Result<Vec<TempFile>> {
         if !self.parted && self.current.is_none() && self.done.is_empty() {
             let (file, tmp) = dataset.create(&self.name)?;
-            let writer =
-                ArrowWriter::try_new(file, Arc::clone(&self.schema), Some(self.props.clone()))
-                    .map_err(|e| Error::Parquet {
-                        path: self.name.clone(),
-                        source: e,
-                    })?;
+            let writer = ArrowWriter::try_new(file, Arc::clone(&self.schema), Some(self.props.clone()))
+                .map_err(|e| Error::Parquet { path: self.name.clone(), source: e })?;
             self.current = Some((writer, tmp));
         }
         self.close_part()?;
@@ -362,11 +279,7 @@ mod tests {
             let (_f, _tmp) = ds.create("history/part-00000.parquet").unwrap();
             assert_eq!(fs::read_dir(dir.path().join("history")).unwrap().count(), 1);
         }
-        assert_eq!(
-            fs::read_dir(dir.path().join("history")).unwrap().count(),
-            0,
-            "dropped temp file must be removed"
-        );
+        assert_eq!(fs::read_dir(dir.path().join("history")).unwrap().count(), 0, "dropped temp file must be removed");
 
         // First export: two parts. Second export: one part; the old second part goes.
         let (_f, a) = ds.create("history/part-00000.parquet").unwrap();

@@ -6,9 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow_array::builder::{
-    Float64Builder, Int64Builder, ListBuilder, StringBuilder, TimestampMicrosecondBuilder,
-};
+use arrow_array::builder::{Float64Builder, Int64Builder, ListBuilder, StringBuilder, TimestampMicrosecondBuilder};
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
@@ -20,9 +18,7 @@ use crate::value::Value;
 /// The Arrow type of an identity column.
 pub fn identity_field(name: &str) -> Field {
     let dt = match name {
-        "created_at" | "updated_at" => {
-            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
-        }
+        "created_at" | "updated_at" => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
         "runtime_s" => DataType::Float64,
         "exit_code" => DataType::Int64,
         "tags" => DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
@@ -66,17 +62,11 @@ impl RunsTable {
     /// Adds a run (its history is not kept).
     pub fn push(&mut self, run: &mut RunData) {
         for (path, v) in &run.config {
-            let k = self
-                .config_kinds
-                .entry(path.clone())
-                .or_insert(ColumnKind::Null);
+            let k = self.config_kinds.entry(path.clone()).or_insert(ColumnKind::Null);
             *k = k.unify(ColumnKind::of(v));
         }
         for (path, v) in &run.summary {
-            let k = self
-                .summary_kinds
-                .entry(path.clone())
-                .or_insert(ColumnKind::Null);
+            let k = self.summary_kinds.entry(path.clone()).or_insert(ColumnKind::Null);
             *k = k.unify(ColumnKind::of(v));
         }
         self.rows.push(Row {
@@ -88,11 +78,7 @@ impl RunsTable {
 
     /// The schema the table will have with the runs pushed so far.
     pub fn schema(&self) -> SchemaRef {
-        let mut fields: Vec<Field> = self
-            .identity_columns
-            .iter()
-            .map(|c| identity_field(c))
-            .collect();
+        let mut fields: Vec<Field> = self.identity_columns.iter().map(|c| identity_field(c)).collect();
         for (p, k) in &self.config_kinds {
             fields.push(k.field(&format!("config.{p}")));
         }
@@ -105,8 +91,7 @@ impl RunsTable {
     /// Builds the table, rows sorted by run id.
     pub fn build(mut self) -> Result<RecordBatch> {
         let schema = self.schema();
-        self.rows
-            .sort_by(|a, b| a.identity.run_id.cmp(&b.identity.run_id));
+        self.rows.sort_by(|a, b| a.identity.run_id.cmp(&b.identity.run_id));
         let n = self.rows.len();
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
         for c in &self.identity_columns {
@@ -130,10 +115,7 @@ impl RunsTable {
                 columns.push(b.finish());
             }
         }
-        RecordBatch::try_new(schema, columns).map_err(|e| Error::Arrow {
-            what: "runs.parquet".into(),
-            source: e,
-        })
+        RecordBatch::try_new(schema, columns).map_err(|e| Error::Arrow { what: "runs.parquet".into(), source: e })
     }
 }
 
@@ -162,32 +144,23 @@ fn identity_column(name: &str, rows: &[Row]) -> ArrayRef {
         "created_at" | "updated_at" => {
             let mut b = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
             for r in rows {
-                b.append_option(if name == "created_at" {
-                    r.identity.created_at
-                } else {
-                    r.identity.updated_at
-                });
+                b.append_option(if name == "created_at" { r.identity.created_at } else { r.identity.updated_at });
             }
             Arc::new(b.finish())
         }
         "runtime_s" => {
             let mut b = Float64Builder::with_capacity(n);
-            rows.iter()
-                .for_each(|r| b.append_option(r.identity.runtime_s));
+            rows.iter().for_each(|r| b.append_option(r.identity.runtime_s));
             Arc::new(b.finish())
         }
         "exit_code" => {
             let mut b = Int64Builder::with_capacity(n);
-            rows.iter()
-                .for_each(|r| b.append_option(r.identity.exit_code));
+            rows.iter().for_each(|r| b.append_option(r.identity.exit_code));
             Arc::new(b.finish())
         }
         "tags" => {
-            let mut b = ListBuilder::new(StringBuilder::new()).with_field(Arc::new(Field::new(
-                "item",
-                DataType::Utf8,
-                true,
-            )));
+            let mut b =
+                ListBuilder::new(StringBuilder::new()).with_field(Arc::new(Field::new("item", DataType::Utf8, true)));
             for r in rows {
                 for t in &r.identity.tags {
                     b.values().append_value(t);

@@ -11,11 +11,9 @@ use prost::Message;
 use serde::Serialize;
 
 use super::log_reader::{LogError, TransactionLogReader};
-use super::records::{
-    HistoryItem, HistoryRecord, KeyedValue, RecordType, RunExitRecord, RunRecord, StatsRecord,
-    Timestamp, TypedValue, UpdateRecord, item_path, peek_record_type,
-};
-use super::tree::Tree;
+use super::records::{RecordType, RunExitRecord, RunRecord, StatsRecord, Timestamp, UpdateRecord, peek_record_type};
+use super::tree::{Tree, parse_or_keep};
+use super::wire::{ItemRef, RawValue, history_items, update_items};
 use crate::columns::{encode_path, flatten};
 use crate::plan::FetchPlan;
 use crate::run::{HistoryPoint, HistoryRow, RunData, RunHistory, RunIdentity, seconds_to_micros};
@@ -93,11 +91,11 @@ pub enum DecodeError {
     #[error("{path}: {source}")]
     Log { path: String, source: LogError },
     #[error("{path}: cannot open: {source}")]
-    Open {
-        path: String,
-        source: std::io::Error,
-    },
+    Open { path: String, source: std::io::Error },
 }
+
+/// Marks a history key the selection does not want.
+const EXCLUDED: u32 = u32::MAX;
 
 /// Accumulates a run's state over its records.
 struct RunDecoder<'p> {
@@ -107,6 +105,7 @@ struct RunDecoder<'p> {
     config: Tree,
     summary: Tree,
     history: RunHistory,
+    /// Key (encoded path) → index in `history.keys`, or [`EXCLUDED`].
     key_ids: HashMap<String, u32>,
     last_time_us: Option<i64>,
     last_runtime: Option<f64>,
@@ -141,16 +140,10 @@ pub fn decode_run(
     for path in files {
         let path = path.as_ref();
         let shown = path.display().to_string();
-        let file = File::open(path).map_err(|source| DecodeError::Open {
-            path: shown.clone(),
-            source,
-        })?;
+        let file = File::open(path).map_err(|source| DecodeError::Open { path: shown.clone(), source })?;
         newest_mtime = newest_mtime.max(file.metadata().and_then(|m| m.modified()).ok());
         let mut reader = TransactionLogReader::new(BufReader::with_capacity(256 * 1024, file))
-            .map_err(|source| DecodeError::Log {
-                path: shown.clone(),
-                source,
-            })?;
+            .map_err(|source| DecodeError::Log { path: shown.clone(), source })?;
         // Each log holds its own exit record; a resumed run's state is its last log's.
         d.exit = None;
         loop {
@@ -158,16 +151,12 @@ pub fn decode_run(
                 Ok(Some(rec)) => rec,
                 Ok(None) => break,
                 Err(source) => {
-                    return Err(DecodeError::Log {
-                        path: shown,
-                        source,
-                    });
+                    return Err(DecodeError::Log { path: shown, source });
                 }
             };
             d.counts.read += 1;
             if let Err(e) = d.record(rec) {
-                d.warnings
-                    .push(format!("{shown}: record {} skipped: {e}", d.counts.read));
+                d.warnings.push(format!("{shown}: record {} skipped: {e}", d.counts.read));
             }
         }
         d.counts.bytes += reader.bytes_read();
@@ -193,32 +182,31 @@ impl RunDecoder<'_> {
                 self.counts.decoded_run += 1;
                 let mut run = RunRecord::decode(payload).map_err(err)?;
                 if let Some(c) = run.config.take().filter(|_| self.needs.config) {
-                    self.apply_updates(&c, true);
+                    self.apply_prost_updates(&c, true);
                 }
                 if let Some(s) = run.summary.take().filter(|_| self.needs.summary) {
-                    self.apply_updates(&s, false);
+                    self.apply_prost_updates(&s, false);
                 }
                 if let Some(t) = &run.start_time {
                     self.note_time(timestamp_micros(t));
                 }
-                if self.run.is_none() {
-                    self.run = Some(run);
-                }
+                self.merge_run(run);
             }
             RecordType::Config => {
                 self.counts.decoded_config += 1;
-                let c = UpdateRecord::decode(payload).map_err(err)?;
-                self.apply_updates(&c, true);
+                let tree = &mut self.config;
+                update_items(payload, |removal, item| apply_item(tree, removal, &item)).map_err(|e| e.to_string())?;
             }
             RecordType::Summary => {
                 self.counts.decoded_summary += 1;
-                let s = UpdateRecord::decode(payload).map_err(err)?;
-                self.apply_updates(&s, false);
+                let tree = &mut self.summary;
+                update_items(payload, |removal, item| apply_item(tree, removal, &item)).map_err(|e| e.to_string())?;
             }
             RecordType::History => {
                 self.counts.decoded_history += 1;
-                let h = HistoryRecord::decode(payload).map_err(err)?;
-                self.history_row(h);
+                let mut items = Vec::new();
+                let step = history_items(payload, |item| items.push(item)).map_err(|e| e.to_string())?;
+                self.history_row(step, items);
             }
             RecordType::Stats => {
                 self.counts.decoded_stats += 1;
@@ -235,124 +223,104 @@ impl RunDecoder<'_> {
         Ok(())
     }
 
+    /// The first run record gives the identity; a later one (a resumed run)
+    /// overrides the fields it sets, except the start time.
+    fn merge_run(&mut self, new: RunRecord) {
+        let Some(old) = self.run.as_mut() else {
+            self.run = Some(new);
+            return;
+        };
+        let keep = |old: &mut String, new: String| {
+            if !new.is_empty() {
+                *old = new;
+            }
+        };
+        keep(&mut old.run_id, new.run_id);
+        keep(&mut old.entity, new.entity);
+        keep(&mut old.project, new.project);
+        keep(&mut old.display_name, new.display_name);
+        keep(&mut old.run_group, new.run_group);
+        keep(&mut old.job_type, new.job_type);
+        keep(&mut old.notes, new.notes);
+        keep(&mut old.host, new.host);
+        if !new.tags.is_empty() {
+            old.tags = new.tags;
+        }
+        if let Some(g) = new.git {
+            let og = old.git.get_or_insert_with(Default::default);
+            keep(&mut og.remote_url, g.remote_url);
+            keep(&mut og.commit, g.commit);
+        }
+        if old.start_time.is_none() {
+            old.start_time = new.start_time;
+        }
+    }
+
     fn note_time(&mut self, t: Option<i64>) {
         if t.is_some() {
             self.last_time_us = self.last_time_us.max(t);
         }
     }
 
-    fn apply_updates(&mut self, rec: &UpdateRecord, config: bool) {
-        for KeyedValue {
-            key,
-            nested_key,
-            value_json,
-        } in &rec.update
-        {
-            let path = item_path(key, nested_key);
-            let value = match Value::parse(value_json) {
-                Ok(v) => v,
-                Err(e) => {
-                    let what = if config { "config" } else { "summary" };
-                    self.warnings.push(format!(
-                        "{what} value at {} kept as text: {e}",
-                        encode_path(&path)
-                    ));
-                    Value::Str(value_json.clone())
-                }
-            };
-            let tree = if config {
-                &mut self.config
-            } else {
-                &mut self.summary
-            };
-            tree.set(&path, value);
-        }
-        for KeyedValue {
-            key, nested_key, ..
-        } in &rec.remove
-        {
-            let tree = if config {
-                &mut self.config
-            } else {
-                &mut self.summary
-            };
-            tree.remove(&item_path(key, nested_key));
-        }
-    }
-
-    fn item_value(&mut self, item: &HistoryItem) -> Value {
-        let parse = |text: &str, warnings: &mut Vec<String>| match Value::parse(text) {
-            Ok(v) => v,
-            Err(e) => {
-                warnings.push(format!(
-                    "history value at {} kept as text: {e}",
-                    encode_path(&item_path(&item.key, &item.nested_key))
-                ));
-                Value::Str(text.to_string())
+    /// Config and summary embedded in a run record (rare: prost-decoded).
+    fn apply_prost_updates(&mut self, rec: &UpdateRecord, config: bool) {
+        let tree = if config { &mut self.config } else { &mut self.summary };
+        for (removal, items) in [(false, &rec.update), (true, &rec.remove)] {
+            for kv in items {
+                let nested: Vec<&str> = kv.nested_key.iter().map(String::as_str).collect();
+                let item = ItemRef { key: &kv.key, nested_key: nested, value: RawValue::Json(&kv.value_json) };
+                apply_item(tree, removal, &item);
             }
-        };
-        match &item.typed {
-            Some(TypedValue::None(_)) => Value::Null,
-            Some(TypedValue::Boolean(b)) => Value::Bool(*b),
-            Some(TypedValue::Integer(i)) => Value::Int(*i),
-            Some(TypedValue::Number(f)) => Value::Float(*f),
-            Some(TypedValue::Text(s)) => Value::Str(s.clone()),
-            Some(TypedValue::Json(j)) => parse(j, &mut self.warnings),
-            None => parse(&item.value_json, &mut self.warnings),
         }
     }
 
-    fn history_row(&mut self, h: HistoryRecord) {
+    fn history_row(&mut self, step: Option<i64>, items: Vec<ItemRef<'_>>) {
         let row_index = self.history.rows.len() as u32;
-        let mut row = HistoryRow {
-            step: 0,
-            timestamp: None,
-            runtime_s: None,
-        };
+        let mut row = HistoryRow { step: 0, timestamp: None, runtime_s: None };
         let mut step_item = None;
-        for item in &h.item {
-            let path = item_path(&item.key, &item.nested_key);
-            match path.as_slice() {
-                ["_step"] => step_item = self.item_value(item).as_f64(),
+        // Media objects (images, histograms) are written key by key, with a
+        // `_type` item: gather each back into one object.
+        let media: Vec<&[&str]> = items
+            .iter()
+            .filter_map(|i| match i.path() {
+                [prefix @ .., "_type"] if !prefix.is_empty() => Some(prefix),
+                _ => None,
+            })
+            .collect();
+        let mut media_trees: Vec<Tree> = vec![Tree::default(); media.len()];
+        for item in &items {
+            let path = item.path();
+            if let Some(m) = media.iter().position(|p| path.len() > p.len() && path.starts_with(p)) {
+                let rest = &path[media[m].len()..];
+                match item.value {
+                    RawValue::Json(text) => media_trees[m].set_raw(rest, text),
+                    other => media_trees[m].set(rest, raw_to_value(other, path, &mut self.warnings)),
+                }
+                continue;
+            }
+            match path {
+                ["_step"] => step_item = raw_to_value(item.value, path, &mut self.warnings).as_f64(),
                 ["_timestamp"] => {
-                    row.timestamp = self.item_value(item).as_f64().and_then(seconds_to_micros)
+                    row.timestamp =
+                        raw_to_value(item.value, path, &mut self.warnings).as_f64().and_then(seconds_to_micros)
                 }
-                ["_runtime"] => row.runtime_s = self.item_value(item).as_f64(),
-                _ => {
-                    if !self.plan.history {
-                        continue;
-                    }
-                    let prefix = encode_path(&path);
-                    // Cheap pre-check on the item's own path when it cannot be an object.
-                    let value = self.item_value(item);
-                    let mut leaves = Vec::new();
-                    flatten(&prefix, &value, &mut |p, leaf| {
-                        leaves.push((p.to_string(), leaf.clone()))
-                    });
-                    for (key, leaf) in leaves {
-                        let id = match self.key_ids.get(&key) {
-                            Some(id) => *id,
-                            None => {
-                                if !self.plan.wants_history_key(&key) {
-                                    continue;
-                                }
-                                let id = self.history.keys.len() as u32;
-                                self.history.keys.push(key.clone());
-                                self.key_ids.insert(key, id);
-                                id
-                            }
-                        };
-                        self.history.points.push(HistoryPoint {
-                            row: row_index,
-                            key: id,
-                            value: leaf,
-                        });
-                    }
+                ["_runtime"] => row.runtime_s = raw_to_value(item.value, path, &mut self.warnings).as_f64(),
+                _ if self.plan.history => {
+                    let value = raw_to_value(item.value, path, &mut self.warnings);
+                    self.push_point(row_index, path, value);
                 }
+                _ => {}
             }
         }
-        row.step = match (&h.step, step_item) {
-            (Some(s), _) => s.num,
+        for (prefix, tree) in media.iter().zip(media_trees) {
+            if self.plan.history {
+                let shown = encode_path(prefix);
+                let value = tree.to_value(&mut |w| self.warnings.push(w), &shown);
+                self.push_point(row_index, prefix, value);
+            }
+        }
+        row.step = match (step, step_item) {
+            (Some(s), _) => s,
             (None, Some(f)) => f as i64,
             (None, None) => self.history.rows.last().map_or(0, |r| r.step + 1),
         };
@@ -365,11 +333,49 @@ impl RunDecoder<'_> {
         }
     }
 
+    /// Adds a value at `path`, flattening objects from older writers.
+    fn push_point(&mut self, row: u32, path: &[&str], value: Value) {
+        // The common case: a flat key that needs no escaping.
+        if let ([segment], false) = (path, matches!(value, Value::Object(_)))
+            && !segment.contains(['.', '\\'])
+        {
+            if let Some(id) = self.key_id(segment) {
+                self.history.points.push(HistoryPoint { row, key: id, value });
+            }
+            return;
+        }
+        let prefix = encode_path(path);
+        let mut leaves = Vec::new();
+        flatten(&prefix, &value, &mut |p, leaf| leaves.push((p.to_string(), leaf.clone())));
+        for (key, leaf) in leaves {
+            if let Some(id) = self.key_id(&key) {
+                self.history.points.push(HistoryPoint { row, key: id, value: leaf });
+            }
+        }
+    }
+
+    /// The interned id of a key, or `None` when the selection excludes it.
+    fn key_id(&mut self, key: &str) -> Option<u32> {
+        let id = match self.key_ids.get(key) {
+            Some(id) => *id,
+            None => {
+                let id = if self.plan.wants_history_key(key) {
+                    self.history.keys.push(key.to_string());
+                    (self.history.keys.len() - 1) as u32
+                } else {
+                    EXCLUDED
+                };
+                self.key_ids.insert(key.to_string(), id);
+                id
+            }
+        };
+        (id != EXCLUDED).then_some(id)
+    }
+
     fn finish(mut self, run_id: &str, mtime: Option<SystemTime>) -> RunData {
         let run = self.run.take().unwrap_or_default();
         if run.run_id.is_empty() {
-            self.warnings
-                .push("no run record: identity columns are empty".to_string());
+            self.warnings.push("no run record: identity columns are empty".to_string());
         }
         let nonempty = |s: String| if s.is_empty() { None } else { Some(s) };
         let created_at = run.start_time.as_ref().and_then(timestamp_micros);
@@ -377,9 +383,8 @@ impl RunDecoder<'_> {
             Some(e) if e.exit_code == 0 => "finished",
             Some(_) => "failed",
             None => {
-                let live = mtime
-                    .and_then(|m| SystemTime::now().duration_since(m).ok())
-                    .is_some_and(|age| age < LIVE_WINDOW);
+                let live =
+                    mtime.and_then(|m| SystemTime::now().duration_since(m).ok()).is_some_and(|age| age < LIVE_WINDOW);
                 if live { "running" } else { "crashed" }
             }
         };
@@ -388,20 +393,12 @@ impl RunDecoder<'_> {
             source: "wandb".to_string(),
             entity: nonempty(run.entity),
             project: nonempty(run.project),
-            run_id: if run.run_id.is_empty() {
-                run_id.to_string()
-            } else {
-                run.run_id
-            },
+            run_id: if run.run_id.is_empty() { run_id.to_string() } else { run.run_id },
             name: nonempty(run.display_name),
             state: Some(state.to_string()),
             created_at,
             updated_at: self.last_time_us,
-            runtime_s: self
-                .exit
-                .as_ref()
-                .map(|e| f64::from(e.runtime))
-                .or(self.last_runtime),
+            runtime_s: self.exit.as_ref().map(|e| f64::from(e.runtime)).or(self.last_runtime),
             exit_code: self.exit.as_ref().map(|e| i64::from(e.exit_code)),
             group: nonempty(run.run_group),
             job_type: nonempty(run.job_type),
@@ -412,34 +409,44 @@ impl RunDecoder<'_> {
             git_commit: nonempty(git.commit),
         };
         let plan = self.plan;
+        let warnings = &mut self.warnings;
         let mut config = Vec::new();
         if plan.config {
-            self.config.flatten_into(
-                &["_wandb"],
-                &mut |p| plan.wants_column("config.", p),
-                &mut config,
-            );
+            let keep = &mut |p: &str| plan.wants_column("config.", p);
+            self.config.flatten_into(&["_wandb"], keep, &mut |w| warnings.push(format!("config: {w}")), &mut config);
         }
         let mut summary = Vec::new();
         if plan.summary {
-            self.summary.flatten_into(
-                &["_wandb"],
-                &mut |p| plan.wants_column("summary.", p),
-                &mut summary,
-            );
+            let keep = &mut |p: &str| plan.wants_column("summary.", p);
+            self.summary.flatten_into(&["_wandb"], keep, &mut |w| warnings.push(format!("summary: {w}")), &mut summary);
         }
-        RunData {
-            identity,
-            config,
-            summary,
-            history: plan.history.then_some(self.history),
-            warnings: self.warnings,
+        RunData { identity, config, summary, history: plan.history.then_some(self.history), warnings: self.warnings }
+    }
+}
+
+/// Applies one config or summary item to its tree.
+fn apply_item(tree: &mut Tree, removal: bool, item: &ItemRef<'_>) {
+    if removal {
+        tree.remove(item.path());
+    } else if let RawValue::Json(text) = item.value {
+        tree.set_raw(item.path(), text);
+    }
+}
+
+/// A history value as a [`Value`]; JSON text that does not parse is kept as a string.
+fn raw_to_value(raw: RawValue<'_>, path: &[&str], warnings: &mut Vec<String>) -> Value {
+    match raw {
+        RawValue::Null => Value::Null,
+        RawValue::Bool(b) => Value::Bool(b),
+        RawValue::Int(i) => Value::Int(i),
+        RawValue::Number(f) => Value::Float(f),
+        RawValue::Text(s) => Value::Str(s.to_string()),
+        RawValue::Json(text) => {
+            parse_or_keep(text, &encode_path(path), &mut |w| warnings.push(format!("history: {w}")))
         }
     }
 }
 
 fn timestamp_micros(t: &Timestamp) -> Option<i64> {
-    t.seconds
-        .checked_mul(1_000_000)?
-        .checked_add(i64::from(t.nanos) / 1000)
+    t.seconds.checked_mul(1_000_000)?.checked_add(i64::from(t.nanos) / 1000)
 }

@@ -58,17 +58,11 @@ impl std::fmt::Display for LogWarning {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.kind {
             LogWarningKind::Corrupt => {
-                write!(
-                    f,
-                    "corrupt chunk at byte {}: skipped to the next 32 KiB block",
-                    self.offset
-                )
+                write!(f, "corrupt chunk at byte {}: skipped to the next 32 KiB block", self.offset)
             }
-            LogWarningKind::Truncated => write!(
-                f,
-                "file ends inside a record at byte {}: kept what was complete",
-                self.offset
-            ),
+            LogWarningKind::Truncated => {
+                write!(f, "file ends inside a record at byte {}: kept what was complete", self.offset)
+            }
         }
     }
 }
@@ -240,11 +234,7 @@ impl<R: Read> TransactionLogReader<R> {
     fn next_block(&mut self) -> Result<bool, LogError> {
         let leftover = self.block_len - self.block_pos;
         if self.eof {
-            if leftover > 0
-                && self.block[self.block_pos..self.block_len]
-                    .iter()
-                    .any(|&b| b != 0)
-            {
+            if leftover > 0 && self.block[self.block_pos..self.block_len].iter().any(|&b| b != 0) {
                 self.warn(self.block_pos, LogWarningKind::Truncated);
             } else if self.in_fragment {
                 self.warn_at(self.fragment_start, LogWarningKind::Truncated);
@@ -364,20 +354,11 @@ mod tests {
 
     #[test]
     fn rejects_files_that_are_not_logs() {
-        assert!(matches!(
-            TransactionLogReader::new(&b"PAR1 not a log"[..]),
-            Err(LogError::NotATransactionLog)
-        ));
-        assert!(matches!(
-            TransactionLogReader::new(&b""[..]),
-            Err(LogError::NotATransactionLog)
-        ));
+        assert!(matches!(TransactionLogReader::new(&b"PAR1 not a log"[..]), Err(LogError::NotATransactionLog)));
+        assert!(matches!(TransactionLogReader::new(&b""[..]), Err(LogError::NotATransactionLog)));
         let mut v = HEADER.to_vec();
         v[6] = 9;
-        assert!(matches!(
-            TransactionLogReader::new(&v[..]),
-            Err(LogError::UnsupportedVersion(9))
-        ));
+        assert!(matches!(TransactionLogReader::new(&v[..]), Err(LogError::UnsupportedVersion(9))));
     }
 
     #[test]
@@ -396,13 +377,7 @@ mod tests {
         bytes[HEADER.len() + CHUNK_HEADER] ^= 0xFF;
         let (got, warnings) = read_all(&bytes);
         assert_eq!(warnings.len(), 1, "{warnings:?}");
-        assert_eq!(
-            warnings[0],
-            LogWarning {
-                offset: HEADER.len() as u64,
-                kind: LogWarningKind::Corrupt
-            }
-        );
+        assert_eq!(warnings[0], LogWarning { offset: HEADER.len() as u64, kind: LogWarningKind::Corrupt });
         // The 70,000-byte record started in block 0, so its later pieces are
         // orphans, skipped without a second warning; reading then resumes.
         assert!(!got.contains(&recs[0]));
@@ -422,10 +397,7 @@ mod tests {
         let bytes = encode_log(&refs);
         for cut in [bytes.len() - 1, bytes.len() - 50, 40_000, 8, 7 + 3] {
             let (got, warnings) = read_all(&bytes[..cut]);
-            assert!(
-                recs.starts_with(&got),
-                "cut at {cut}: records must be a prefix"
-            );
+            assert!(recs.starts_with(&got), "cut at {cut}: records must be a prefix");
             assert_eq!(warnings.len(), 1, "cut at {cut}: {warnings:?}");
             assert_eq!(warnings[0].kind, LogWarningKind::Truncated);
         }

@@ -10,6 +10,7 @@ pub mod decode;
 pub mod log_reader;
 pub mod records;
 pub mod tree;
+pub mod wire;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -41,14 +42,12 @@ impl WandbFiles {
     /// Finds the runs under `root`. Errors when the path cannot be read or
     /// holds no W&B run.
     pub fn discover(root: &Path) -> Result<WandbFiles> {
-        let meta = fs::metadata(root)
-            .map_err(|e| Error::source(root.display(), format!("cannot read: {e}")))?;
+        let meta = fs::metadata(root).map_err(|e| Error::source(root.display(), format!("cannot read: {e}")))?;
         let mut logs = Vec::new();
         if meta.is_file() {
             logs.push(root.to_path_buf());
         } else {
-            find_logs(root, 0, &mut logs)
-                .map_err(|e| Error::source(root.display(), format!("cannot list: {e}")))?;
+            find_logs(root, 0, &mut logs).map_err(|e| Error::source(root.display(), format!("cannot list: {e}")))?;
         }
         // Dedupe links (latest-run) by the file they resolve to.
         let mut seen = std::collections::HashSet::new();
@@ -68,22 +67,11 @@ impl WandbFiles {
             .map(|(run_id, mut files)| {
                 // Folder names start with the run's start time: name order is time order.
                 files.sort_by(|a, b| a.parent().cmp(&b.parent()).then(a.cmp(b)));
-                let bytes = files
-                    .iter()
-                    .filter_map(|f| fs::metadata(f).ok())
-                    .map(|m| m.len())
-                    .sum();
-                RunFiles {
-                    run_id,
-                    files,
-                    bytes,
-                }
+                let bytes = files.iter().filter_map(|f| fs::metadata(f).ok()).map(|m| m.len()).sum();
+                RunFiles { run_id, files, bytes }
             })
             .collect();
-        Ok(WandbFiles {
-            root: root.to_path_buf(),
-            runs,
-        })
+        Ok(WandbFiles { root: root.to_path_buf(), runs })
     }
 
     pub fn total_bytes(&self) -> u64 {
@@ -118,13 +106,8 @@ fn tables(plan: &FetchPlan) -> Vec<&'static str> {
 
 /// `run-<id>.wandb` → `<id>`; otherwise the file stem.
 fn run_id_of(log: &Path) -> String {
-    let stem = log
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    stem.strip_prefix("run-")
-        .map(str::to_string)
-        .unwrap_or(stem)
+    let stem = log.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    stem.strip_prefix("run-").map(str::to_string).unwrap_or(stem)
 }
 
 fn is_run_folder(name: &str) -> bool {
@@ -178,12 +161,7 @@ mod tests {
 
     #[test]
     fn run_ids_from_file_names() {
-        assert_eq!(
-            run_id_of(Path::new(
-                "x/offline-run-20240101_000000-abc123/run-abc123.wandb"
-            )),
-            "abc123"
-        );
+        assert_eq!(run_id_of(Path::new("x/offline-run-20240101_000000-abc123/run-abc123.wandb")), "abc123");
         assert_eq!(run_id_of(Path::new("custom.wandb")), "custom");
     }
 
@@ -202,21 +180,12 @@ mod tests {
             fs::create_dir_all(f.join("files")).unwrap();
         }
         #[cfg(unix)]
-        std::os::unix::fs::symlink(w.join("run-20240103_000000-aaa"), w.join("latest-run"))
-            .unwrap();
+        std::os::unix::fs::symlink(w.join("run-20240103_000000-aaa"), w.join("latest-run")).unwrap();
         for root in [dir.path().to_path_buf(), w.clone()] {
             let found = WandbFiles::discover(&root).unwrap();
-            let ids: Vec<_> = found
-                .runs
-                .iter()
-                .map(|r| (r.run_id.as_str(), r.files.len()))
-                .collect();
+            let ids: Vec<_> = found.runs.iter().map(|r| (r.run_id.as_str(), r.files.len())).collect();
             assert_eq!(ids, [("aaa", 2), ("bbb", 1)], "from {root:?}");
-            assert!(
-                found.runs[0].files[0]
-                    .to_string_lossy()
-                    .contains("20240101")
-            );
+            assert!(found.runs[0].files[0].to_string_lossy().contains("20240101"));
         }
         let single = WandbFiles::discover(&w.join("offline-run-20240102_000000-bbb")).unwrap();
         assert_eq!(single.runs.len(), 1);

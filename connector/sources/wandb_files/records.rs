@@ -42,6 +42,8 @@ pub enum EnvelopeError {
     Truncated,
     #[error("record envelope holds a protobuf group")]
     Group,
+    #[error("record holds a string that is not UTF-8")]
+    NotUtf8,
 }
 
 /// Finds the record type and its payload inside an encoded `Record`.
@@ -201,11 +203,7 @@ pub struct RunExitRecord {
 
 /// The path of an item: `nested_key` when the writer filled it, else `[key]`.
 pub fn item_path<'a>(key: &'a str, nested_key: &'a [String]) -> Vec<&'a str> {
-    if nested_key.is_empty() {
-        vec![key]
-    } else {
-        nested_key.iter().map(String::as_str).collect()
-    }
+    if nested_key.is_empty() { vec![key] } else { nested_key.iter().map(String::as_str).collect() }
 }
 
 #[cfg(test)]
@@ -223,11 +221,7 @@ mod tests {
 
     #[test]
     fn peeks_the_record_type_without_decoding_the_rest() {
-        let hist = HistoryRecord {
-            item: vec![],
-            step: Some(HistoryStep { num: 3 }),
-        }
-        .encode_to_vec();
+        let hist = HistoryRecord { item: vec![], step: Some(HistoryStep { num: 3 }) }.encode_to_vec();
         let rec = envelope(2, &hist);
         let (t, payload) = peek_record_type(&rec).unwrap().unwrap();
         assert_eq!(t, RecordType::History);

@@ -1,14 +1,19 @@
 //! Config and summary as a tree of keyed values, updated and pruned in log order.
+//!
+//! Values are kept as the writer's JSON text and parsed once, when the tree is
+//! flattened: the SDK rewrites most summary keys at every step, and only the
+//! last value of each matters.
 
 use indexmap::IndexMap;
 
-use crate::columns::{flatten, push_segment};
+use crate::columns::{encode_path, flatten, push_segment};
 use crate::value::Value;
 
-/// A node: a whole value, or a branch reached by nested keys.
+/// A node: a whole value (parsed or still JSON text), or a branch reached by nested keys.
 #[derive(Debug, Clone, PartialEq)]
 enum Node {
     Leaf(Value),
+    Raw(String),
     Branch(Tree),
 }
 
@@ -19,77 +24,100 @@ pub struct Tree {
 }
 
 impl Tree {
-    /// Sets the value at `path`, replacing whatever was there. A leaf object
-    /// met on the way is opened into a branch; any other leaf is replaced.
-    pub fn set(&mut self, path: &[&str], value: Value) {
-        let Some((last, parents)) = path.split_last() else {
-            return;
-        };
-        let mut tree = self;
-        for seg in parents {
-            let node = tree
-                .children
-                .entry((*seg).to_string())
-                .or_insert_with(|| Node::Branch(Tree::default()));
-            if let Node::Leaf(v) = node {
-                *node = match std::mem::replace(v, Value::Null) {
-                    Value::Object(fields) if !fields.iter().any(|(k, _)| k == "_type") => {
-                        Node::Branch(Tree::from_fields(fields))
-                    }
-                    _ => Node::Branch(Tree::default()),
-                };
+    /// Sets the JSON text at `path`, replacing whatever was there.
+    pub fn set_raw(&mut self, path: &[&str], json: &str) {
+        if let Some((last, parents)) = path.split_last() {
+            let tree = self.branch_at(parents);
+            match tree.children.get_mut(*last) {
+                Some(Node::Raw(s)) => {
+                    s.clear();
+                    s.push_str(json);
+                }
+                Some(node) => *node = Node::Raw(json.to_string()),
+                None => {
+                    tree.children.insert((*last).to_string(), Node::Raw(json.to_string()));
+                }
             }
-            let Node::Branch(next) = node else {
-                unreachable!("invariant: node was just made a branch")
+        }
+    }
+
+    /// Sets a parsed value at `path`, replacing whatever was there.
+    pub fn set(&mut self, path: &[&str], value: Value) {
+        if let Some((last, parents)) = path.split_last() {
+            self.branch_at(parents).children.insert((*last).to_string(), Node::Leaf(value));
+        }
+    }
+
+    /// The branch at `path`, created as needed. A whole object met on the way
+    /// is opened into a branch; any other value there is replaced.
+    fn branch_at(&mut self, path: &[&str]) -> &mut Tree {
+        let mut tree = self;
+        for seg in path {
+            let idx = match tree.children.get_index_of(*seg) {
+                Some(i) => i,
+                None => tree.children.insert_full((*seg).to_string(), Node::Branch(Tree::default())).0,
             };
+            let node = &mut tree.children[idx];
+            if !matches!(node, Node::Branch(_)) {
+                let opened = match std::mem::replace(node, Node::Leaf(Value::Null)) {
+                    Node::Leaf(v) => Tree::from_value(v),
+                    Node::Raw(s) => Value::parse(&s).map(Tree::from_value).unwrap_or_default(),
+                    // (media objects are replaced, not opened: see from_value)
+                    Node::Branch(_) => unreachable!("invariant: checked above"),
+                };
+                *node = Node::Branch(opened);
+            }
+            let Node::Branch(next) = node else { unreachable!("invariant: node was just made a branch") };
             tree = next;
         }
-        tree.children.insert((*last).to_string(), Node::Leaf(value));
+        tree
     }
 
     /// Removes the subtree at `path`; nothing happens when it is absent.
     pub fn remove(&mut self, path: &[&str]) {
-        let Some((last, parents)) = path.split_last() else {
-            return;
-        };
+        let Some((last, parents)) = path.split_last() else { return };
         let mut tree = self;
         for seg in parents {
-            match tree.children.get_mut(*seg) {
-                Some(Node::Branch(next)) => tree = next,
-                Some(node @ Node::Leaf(_)) => {
-                    // Removing inside a whole object: open it first.
-                    if let Node::Leaf(Value::Object(fields)) = node {
-                        let fields = std::mem::take(fields);
-                        *node = Node::Branch(Tree::from_fields(fields));
-                        let Node::Branch(next) = node else {
-                            unreachable!("invariant: just made a branch")
-                        };
-                        tree = next;
-                    } else {
-                        return;
-                    }
-                }
-                None => return,
+            // Walk existing branches only; a whole object on the way is opened.
+            let openable = match tree.children.get(*seg) {
+                None => false,
+                Some(Node::Branch(_)) | Some(Node::Leaf(Value::Object(_))) => true,
+                Some(Node::Raw(s)) => s.trim_start().starts_with('{'),
+                Some(Node::Leaf(_)) => false,
+            };
+            if !openable {
+                return;
             }
+            tree = tree.branch_at(std::slice::from_ref(seg));
         }
         tree.children.shift_remove(*last);
     }
 
-    fn from_fields(fields: Vec<(String, Value)>) -> Tree {
+    /// A plain object opened into a branch; anything else (media objects
+    /// included) gives an empty branch.
+    fn from_value(v: Value) -> Tree {
         let mut t = Tree::default();
-        for (k, v) in fields {
-            t.children.insert(k, Node::Leaf(v));
+        if v.is_opaque_object() {
+            return t;
+        }
+        if let Value::Object(fields) = v {
+            for (k, v) in fields {
+                t.children.insert(k, Node::Leaf(v));
+            }
         }
         t
     }
 
     /// Every leaf as `(encoded path, value)`, skipping the top-level keys in
-    /// `skip`; `keep(path)` filters by encoded path. Empty branches are
-    /// written as `{}` leaves.
+    /// `skip`; `keep(path)` filters by encoded path. A branch emptied by
+    /// removals yields nothing (an empty object that was set is `{}`); a branch holding `_type` (W&B media, which the SDK
+    /// writes key by key) is written whole, as one object. JSON text that does
+    /// not parse is kept as a string and reported through `warn`.
     pub fn flatten_into(
         &self,
         skip: &[&str],
         keep: &mut impl FnMut(&str) -> bool,
+        warn: &mut impl FnMut(String),
         out: &mut Vec<(String, Value)>,
     ) {
         for (k, node) in &self.children {
@@ -98,38 +126,79 @@ impl Tree {
             }
             let mut path = String::new();
             push_segment(&mut path, true, k);
-            node.flatten_into(&path, keep, out);
+            node.flatten_into(&path, keep, warn, out);
         }
+    }
+
+    /// The tree as one object value.
+    pub fn to_value(&self, warn: &mut impl FnMut(String), path: &str) -> Value {
+        Value::Object(
+            self.children
+                .iter()
+                .map(|(k, n)| {
+                    let mut p = path.to_string();
+                    push_segment(&mut p, false, k);
+                    (k.clone(), n.to_value(warn, &p))
+                })
+                .collect(),
+        )
     }
 }
 
+/// Parses JSON text written by the SDK; text that does not parse is kept as a string.
+pub fn parse_or_keep(json: &str, path: &str, warn: &mut impl FnMut(String)) -> Value {
+    Value::parse(json).unwrap_or_else(|e| {
+        warn(format!("value at {path} is not valid JSON ({e}); kept as text"));
+        Value::Str(json.to_string())
+    })
+}
+
 impl Node {
+    fn to_value(&self, warn: &mut impl FnMut(String), path: &str) -> Value {
+        match self {
+            Node::Leaf(v) => v.clone(),
+            Node::Raw(s) => parse_or_keep(s, path, warn),
+            Node::Branch(t) => t.to_value(warn, path),
+        }
+    }
+
     fn flatten_into(
         &self,
         prefix: &str,
         keep: &mut impl FnMut(&str) -> bool,
+        warn: &mut impl FnMut(String),
         out: &mut Vec<(String, Value)>,
     ) {
         match self {
-            Node::Leaf(v) => flatten(prefix, v, &mut |p, leaf| {
-                if keep(p) {
-                    out.push((p.to_string(), leaf.clone()));
-                }
-            }),
-            Node::Branch(t) if t.children.is_empty() => {
+            Node::Leaf(_) | Node::Raw(_) => {
+                let v = self.to_value(warn, prefix);
+                flatten(prefix, &v, &mut |p, leaf| {
+                    if keep(p) {
+                        out.push((p.to_string(), leaf.clone()));
+                    }
+                });
+            }
+            // A branch emptied by removals holds nothing.
+            Node::Branch(t) if t.children.is_empty() => {}
+            Node::Branch(t) if t.children.contains_key("_type") => {
                 if keep(prefix) {
-                    out.push((prefix.to_string(), Value::Object(Vec::new())));
+                    out.push((prefix.to_string(), t.to_value(warn, prefix)));
                 }
             }
             Node::Branch(t) => {
                 for (k, child) in &t.children {
                     let mut path = prefix.to_string();
                     push_segment(&mut path, false, k);
-                    child.flatten_into(&path, keep, out);
+                    child.flatten_into(&path, keep, warn, out);
                 }
             }
         }
     }
+}
+
+/// The encoded path of an item path (for messages).
+pub fn shown_path(path: &[&str]) -> String {
+    encode_path(path)
 }
 
 #[cfg(test)]
@@ -138,52 +207,65 @@ mod tests {
 
     fn flat(t: &Tree) -> Vec<(String, String)> {
         let mut out = Vec::new();
-        t.flatten_into(&["_wandb"], &mut |_| true, &mut out);
+        t.flatten_into(&["_wandb"], &mut |_| true, &mut |w| panic!("unexpected warning {w}"), &mut out);
         out.into_iter().map(|(p, v)| (p, v.to_json())).collect()
+    }
+
+    fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
     }
 
     #[test]
     fn updates_replace_and_nested_keys_open_objects() {
         let mut t = Tree::default();
-        t.set(&["_wandb"], Value::parse("{}").unwrap());
-        t.set(
-            &["opt"],
-            Value::parse(r#"{"lr": 0.1, "mom": 0.9}"#).unwrap(),
-        );
-        t.set(&["a.b"], Value::Int(3));
-        t.set(&["opt", "lr"], Value::Float(0.2));
-        t.set(&["x", "y"], Value::Int(1));
-        assert_eq!(
-            flat(&t),
-            [
-                ("opt.lr", "0.2"),
-                ("opt.mom", "0.9"),
-                ("a\\.b", "3"),
-                ("x.y", "1")
-            ]
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-        );
+        t.set_raw(&["_wandb"], "{}");
+        t.set_raw(&["opt"], r#"{"lr": 0.1, "mom": 0.9}"#);
+        t.set_raw(&["a.b"], "3");
+        t.set_raw(&["opt", "lr"], "0.2");
+        t.set_raw(&["x", "y"], "1");
+        t.set_raw(&["x", "y"], "2");
+        assert_eq!(flat(&t), pairs(&[("opt.lr", "0.2"), ("opt.mom", "0.9"), ("a\\.b", "3"), ("x.y", "2")]));
         // A whole-value update replaces the subtree.
-        t.set(&["opt"], Value::Int(7));
+        t.set_raw(&["opt"], "7");
         assert_eq!(flat(&t)[0], ("opt".to_string(), "7".to_string()));
     }
 
     #[test]
     fn removals_delete_subtrees() {
         let mut t = Tree::default();
-        t.set(&["acc"], Value::Int(1));
-        t.set(&["nest", "x"], Value::Int(1));
-        t.set(&["nest", "y"], Value::Int(2));
-        t.set(&["obj"], Value::parse(r#"{"p": 1, "q": 2}"#).unwrap());
+        t.set_raw(&["acc"], "1");
+        t.set_raw(&["nest", "x"], "1");
+        t.set_raw(&["nest", "y"], "2");
+        t.set_raw(&["obj"], r#"{"p": 1, "q": 2}"#);
         t.remove(&["acc"]);
         t.remove(&["nest", "x"]);
         t.remove(&["obj", "q"]);
         t.remove(&["missing", "deep"]);
-        assert_eq!(
-            flat(&t),
-            [("nest.y", "2"), ("obj.p", "1")].map(|(a, b)| (a.to_string(), b.to_string()))
-        );
+        assert_eq!(flat(&t), pairs(&[("nest.y", "2"), ("obj.p", "1")]));
         t.remove(&["nest", "y"]);
-        assert_eq!(flat(&t)[0], ("nest".to_string(), "{}".to_string()));
+        assert_eq!(flat(&t), pairs(&[("obj.p", "1")]));
+        t.set_raw(&["e"], "{}");
+        assert_eq!(flat(&t)[1], ("e".to_string(), "{}".to_string()));
+    }
+
+    #[test]
+    fn media_written_key_by_key_is_one_object() {
+        let mut t = Tree::default();
+        t.set_raw(&["img", "_type"], "\"image-file\"");
+        t.set_raw(&["img", "path"], "\"media/a.png\"");
+        t.set_raw(&["loss"], "NaN");
+        assert_eq!(flat(&t), pairs(&[("img", r#"{"_type":"image-file","path":"media/a.png"}"#), ("loss", "\"NaN\"")]));
+    }
+
+    #[test]
+    fn bad_json_is_kept_as_text_with_a_warning() {
+        let mut t = Tree::default();
+        t.set_raw(&["x"], "{oops");
+        let mut warnings = Vec::new();
+        let mut out = Vec::new();
+        t.flatten_into(&[], &mut |_| true, &mut |w| warnings.push(w), &mut out);
+        assert_eq!(out, vec![("x".to_string(), Value::Str("{oops".into()))]);
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains("value at x"), "{warnings:?}");
     }
 }
