@@ -4,9 +4,7 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let source = args
-        .next()
-        .unwrap_or_else(|| "examples/data/wandb".to_string());
+    let source = args.next().unwrap_or_else(|| "examples/data/wandb".to_string());
     let out = args.next().unwrap_or_else(|| "out/example".to_string());
 
     let mut opts = runport::ExportOptions::new(source, out);

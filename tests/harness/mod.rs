@@ -16,9 +16,7 @@ pub fn repo_root() -> PathBuf {
 }
 
 pub fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target"))
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"))
 }
 
 pub fn testbed_dir() -> PathBuf {
@@ -51,9 +49,7 @@ pub fn fnv(parts: &[&[u8]]) -> u64 {
 }
 
 fn run_checked(cmd: &mut Command, what: &str) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: cannot start {cmd:?}: {e}"));
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: cannot start {cmd:?}: {e}"));
     if !out.status.success() {
         panic!(
             "{what} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
@@ -81,11 +77,7 @@ pub fn python() -> PathBuf {
         return py;
     }
     let python3 = std::env::var("RUNPORT_TEST_PYTHON").unwrap_or_else(|_| "python3".to_string());
-    eprintln!(
-        "test bed: creating {} from {} (first run only)",
-        venv.display(),
-        requirements.display()
-    );
+    eprintln!("test bed: creating {} from {} (first run only)", venv.display(), requirements.display());
     let _ = fs::remove_dir_all(&venv);
     run_checked(
         Command::new(&python3).args(["-m", "venv"]).arg(&venv),
@@ -93,14 +85,7 @@ pub fn python() -> PathBuf {
     );
     run_checked(
         Command::new(&py)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "-r",
-            ])
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
             .arg(&requirements),
         "installing tests/testbed/requirements.txt",
     );
@@ -112,10 +97,7 @@ pub fn python() -> PathBuf {
 pub fn testbed_script(script: &str, args: &[&std::ffi::OsStr]) -> Output {
     let py = python();
     run_checked(
-        Command::new(py)
-            .arg(testbed_dir().join(script))
-            .args(args)
-            .env("WANDB_SILENT", "true"),
+        Command::new(py).arg(testbed_dir().join(script)).args(args).env("WANDB_SILENT", "true"),
         &format!("tests/testbed/{script}"),
     )
 }
@@ -127,9 +109,7 @@ pub fn wandb_runs(set: &str) -> PathBuf {
     let source = fs::read(&script).expect("read tests/testbed/make_wandb_runs.py");
     let reqs = fs::read(testbed_dir().join("requirements.txt")).expect("read requirements");
     let key = fnv(&[&source, &reqs, set.as_bytes()]);
-    let dir = target_dir()
-        .join("testbed-data")
-        .join(format!("wandb-{set}-{key:016x}"));
+    let dir = target_dir().join("testbed-data").join(format!("wandb-{set}-{key:016x}"));
     let done = dir.join(".complete");
     if done.exists() {
         return dir;
@@ -141,20 +121,10 @@ pub fn wandb_runs(set: &str) -> PathBuf {
     }
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).expect("create test data dir");
-    eprintln!(
-        "test bed: writing W&B runs ({set}) into {} (first run only)",
-        dir.display()
-    );
+    eprintln!("test bed: writing W&B runs ({set}) into {} (first run only)", dir.display());
     testbed_script(
         "make_wandb_runs.py",
-        &[
-            "--out".as_ref(),
-            dir.as_os_str(),
-            "--set".as_ref(),
-            set.as_ref(),
-            "--jobs".as_ref(),
-            "2".as_ref(),
-        ],
+        &["--out".as_ref(), dir.as_os_str(), "--set".as_ref(), set.as_ref(), "--jobs".as_ref(), "2".as_ref()],
     );
     fs::write(&done, b"").expect("write data marker");
     dir
@@ -169,7 +139,8 @@ pub fn scenarios(dir: &Path) -> serde_json::Value {
 /// The run id of a named scenario.
 pub fn scenario_run_id(dir: &Path, name: &str) -> String {
     let s = scenarios(dir);
-    s.get(name)
+    s["scenarios"]
+        .get(name)
         .and_then(|v| v.get("run_id").or(Some(v)))
         .and_then(|v| v.as_str())
         .unwrap_or_else(|| panic!("scenario {name:?} missing from scenarios.json: {s}"))
@@ -194,28 +165,17 @@ pub fn runport_out(args: &[&std::ffi::OsStr]) -> (i32, String, String) {
 
 /// The JSON summary on the last stdout line of `--json`.
 pub fn last_json_line(stdout: &str) -> serde_json::Value {
-    let line = stdout
-        .lines()
-        .last()
-        .unwrap_or_else(|| panic!("no stdout: {stdout:?}"));
+    let line = stdout.lines().last().unwrap_or_else(|| panic!("no stdout: {stdout:?}"));
     serde_json::from_str(line).unwrap_or_else(|e| panic!("last line is not JSON ({e}): {line}"))
 }
 
 /// Exports `source` into `out` with extra args; asserts the exit code; returns the summary.
 pub fn export_json(source: &Path, out: &Path, extra: &[&str], want_code: i32) -> serde_json::Value {
-    let mut args: Vec<&std::ffi::OsStr> = vec![
-        "export".as_ref(),
-        source.as_os_str(),
-        "-o".as_ref(),
-        out.as_os_str(),
-        "--json".as_ref(),
-    ];
+    let mut args: Vec<&std::ffi::OsStr> =
+        vec!["export".as_ref(), source.as_os_str(), "-o".as_ref(), out.as_os_str(), "--json".as_ref()];
     args.extend(extra.iter().map(|s| s.as_ref() as &std::ffi::OsStr));
     let (code, stdout, stderr) = runport_out(&args);
-    assert_eq!(
-        code, want_code,
-        "runport {args:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
-    );
+    assert_eq!(code, want_code, "runport {args:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr}");
     last_json_line(&stdout)
 }
 
@@ -238,29 +198,16 @@ pub fn reference_check(runs: &Path, export: &Path, layout: &str) -> String {
 
 /// Runs a Python snippet in the test-bed venv; returns stdout.
 pub fn python_snippet(code: &str, args: &[&std::ffi::OsStr]) -> String {
-    let out = run_checked(
-        Command::new(python()).arg("-c").arg(code).args(args),
-        "python snippet",
-    );
+    let out = run_checked(Command::new(python()).arg("-c").arg(code).args(args), "python snippet");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Reads a Parquet file with the parquet crate: (column names, rows).
 pub fn read_parquet(path: &Path) -> (Vec<String>, Vec<arrow_array::RecordBatch>) {
     let f = File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
-        .expect("a Parquet file");
-    let names = builder
-        .schema()
-        .fields()
-        .iter()
-        .map(|f| f.name().clone())
-        .collect();
-    let batches: Vec<_> = builder
-        .build()
-        .expect("a reader")
-        .map(|b| b.expect("a batch"))
-        .collect();
+    let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f).expect("a Parquet file");
+    let names = builder.schema().fields().iter().map(|f| f.name().clone()).collect();
+    let batches: Vec<_> = builder.build().expect("a reader").map(|b| b.expect("a batch")).collect();
     (names, batches)
 }
 
