@@ -11,6 +11,8 @@ pub mod export;
 pub mod output;
 pub mod pipeline;
 pub mod plan;
+#[cfg(feature = "polars")]
+pub mod polars_io;
 pub mod run;
 pub mod selection;
 pub mod sources;

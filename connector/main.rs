@@ -99,7 +99,8 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    match run(cli.command) {
+    let json_logs = matches!(cli.log_format, LogFormat::Json);
+    match run(cli.command, json_logs) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             let code = match &e {
@@ -107,7 +108,11 @@ fn main() -> ExitCode {
                 Error::Source { .. } => EXIT_SOURCE,
                 _ => EXIT_PARTIAL,
             };
-            eprintln!("runport: {e}");
+            if json_logs {
+                tracing::error!(exit_code = code, "{e}");
+            } else {
+                eprintln!("runport: {e}");
+            }
             ExitCode::from(code)
         }
     }
@@ -129,7 +134,7 @@ fn print_json(v: &impl serde::Serialize) {
     let _ = writeln!(out, "{line}");
 }
 
-fn run(command: Command) -> Result<u8, Error> {
+fn run(command: Command, json_logs: bool) -> Result<u8, Error> {
     match command {
         Command::Export { common, out, fail_fast } => {
             let opts = ExportOptions {
@@ -142,7 +147,8 @@ fn run(command: Command) -> Result<u8, Error> {
                 progress: std::io::stderr().is_terminal(),
             };
             let summary = runport::export(&opts)?;
-            for f in &summary.failures {
+            // In JSON log mode the export already logged each failure as a record.
+            for f in summary.failures.iter().filter(|_| !json_logs) {
                 eprintln!("runport: run {} failed ({}): {}", f.run, f.stage, f.error);
             }
             let history = summary.rows.get("history").copied().unwrap_or(0);

@@ -200,6 +200,20 @@ fn a_file_that_is_not_a_log_fails_its_run_only() {
     assert!(failures[0]["error"].as_str().unwrap().contains("not a W&B transaction log"), "{summary}");
     assert_eq!(summary["runs"], good["runs"], "every other run is exported");
 
+    // With --fail-fast the export stops at that run and writes nothing.
+    let ff = tempdir();
+    let (code, _, stderr) = runport_out(&[
+        "export".as_ref(),
+        work.path().as_os_str(),
+        "-o".as_ref(),
+        ff.path().as_os_str(),
+        "--fail-fast".as_ref(),
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("run bogus failed"), "{stderr}");
+    assert!(!ff.path().join("runs.parquet").exists() && !ff.path().join("_manifest.json").exists());
+    assert_eq!(fs::read_dir(ff.path()).unwrap().flatten().filter(|e| e.path().is_file()).count(), 0, "no partial file");
+
     // Given directly, the same file is a source error: exit 3, naming the file.
     let (code, _, stderr) = runport_out(&["export".as_ref(), bogus.as_os_str(), "-o".as_ref(), out.path().as_os_str()]);
     assert_eq!(code, 3, "{stderr}");
@@ -226,6 +240,29 @@ fn usage_and_source_errors_have_their_exit_codes() {
     assert!(stderr.contains("no/such/folder"), "{stderr}");
     let (code, _, stderr) = runport_out(&["export".as_ref(), runs.as_os_str()]);
     assert_eq!(code, 2, "missing -o: {stderr}");
+    // JSON logs: every stderr line is one JSON object.
+    let (code, _, stderr) = runport_out(&[
+        "--log-format".as_ref(),
+        "json".as_ref(),
+        "export".as_ref(),
+        "no/such/folder".as_ref(),
+        "-o".as_ref(),
+        out.path().as_os_str(),
+    ]);
+    assert_eq!(code, 3);
+    let err: serde_json::Value = serde_json::from_str(stderr.trim()).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    assert!(err["fields"]["message"].as_str().unwrap().contains("no/such/folder"), "{err}");
+    let out2 = tempdir();
+    let mut cmd = runport();
+    cmd.env("RUST_LOG", "runport=info").args(["--log-format", "json", "export"]).arg(&runs).arg("-o").arg(out2.path());
+    let o = cmd.output().unwrap();
+    assert!(o.status.success());
+    let logs = String::from_utf8_lossy(&o.stderr);
+    assert!(logs.lines().count() >= 1, "{logs}");
+    for line in logs.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v.get("level").is_some(), "{line}");
+    }
     let (code, _, stderr) = runport_out(&[
         "export".as_ref(),
         runs.as_os_str(),

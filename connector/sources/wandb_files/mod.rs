@@ -187,6 +187,12 @@ mod tests {
             assert_eq!(ids, [("aaa", 2), ("bbb", 1)], "from {root:?}");
             assert!(found.runs[0].files[0].to_string_lossy().contains("20240101"));
         }
+        // A `.wandb/` folder instead of `wandb/`.
+        let hidden = tempfile::tempdir().unwrap();
+        let f = hidden.path().join(".wandb/run-20240101_000000-ccc");
+        fs::create_dir_all(&f).unwrap();
+        fs::write(f.join("run-ccc.wandb"), log_reader::HEADER).unwrap();
+        assert_eq!(WandbFiles::discover(hidden.path()).unwrap().runs[0].run_id, "ccc");
         let single = WandbFiles::discover(&w.join("offline-run-20240102_000000-bbb")).unwrap();
         assert_eq!(single.runs.len(), 1);
         let err = WandbFiles::discover(&dir.path().join("nope")).unwrap_err();
