@@ -450,3 +450,154 @@ fn raw_to_value(raw: RawValue<'_>, path: &[&str], warnings: &mut Vec<String>) ->
 fn timestamp_micros(t: &Timestamp) -> Option<i64> {
     t.seconds.checked_mul(1_000_000)?.checked_add(i64::from(t.nanos) / 1000)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{HistoryLayout, WANDB_IDENTITY_COLUMNS};
+    use crate::selection::Selection;
+    use crate::sources::wandb_files::log_reader::encode_log;
+    use crate::sources::wandb_files::records::{
+        HistoryItem, HistoryRecord, HistoryStep, KeyedValue, TypedValue, UpdateRecord,
+    };
+
+    fn envelope(field: u32, msg: &impl Message) -> Vec<u8> {
+        let mut buf = Vec::new();
+        prost::encoding::message::encode(field, msg, &mut buf);
+        buf
+    }
+
+    fn item(key: &str, nested: &[&str], typed: Option<TypedValue>, json: &str) -> HistoryItem {
+        HistoryItem {
+            key: key.into(),
+            nested_key: nested.iter().map(|s| s.to_string()).collect(),
+            typed,
+            value_json: json.into(),
+        }
+    }
+
+    fn write_log(records: &[Vec<u8>]) -> tempfile::NamedTempFile {
+        let refs: Vec<&[u8]> = records.iter().map(|r| r.as_slice()).collect();
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), encode_log(&refs)).unwrap();
+        f
+    }
+
+    fn decode(records: &[Vec<u8>], select: Option<&str>) -> (RunData, RecordCounts) {
+        let f = write_log(records);
+        let sel = select.map_or_else(Selection::all, |s| {
+            Selection::parse(s, WANDB_IDENTITY_COLUMNS, crate::plan::WANDB_PREFIXES).unwrap()
+        });
+        let plan = FetchPlan::new(sel, HistoryLayout::Long, WANDB_IDENTITY_COLUMNS);
+        let mut counts = RecordCounts::default();
+        let run = decode_run("fallback", &[f.path()], &plan, &mut counts).unwrap();
+        (run, counts)
+    }
+
+    fn points(run: &RunData) -> Vec<(i64, String, String)> {
+        let h = run.history.as_ref().unwrap();
+        h.points
+            .iter()
+            .map(|p| (h.rows[p.row as usize].step, h.keys[p.key as usize].clone(), p.value.to_json()))
+            .collect()
+    }
+
+    #[test]
+    fn legacy_object_values_typed_values_and_steps() {
+        let rec = HistoryRecord {
+            item: vec![
+                // An older writer: one key holding an object.
+                item("legacy", &[], None, r#"{"a": 1, "b": {"c": 2.5}}"#),
+                // A newer writer: typed values.
+                item("n", &[], Some(TypedValue::Integer(7)), ""),
+                item("t", &[], Some(TypedValue::Text("x".into())), ""),
+                item("j", &[], Some(TypedValue::Json("[1, NaN]".into())), ""),
+                item("_timestamp", &[], None, "1700000000.25"),
+                item("_step", &[], None, "9"),
+            ],
+            step: None,
+        };
+        let with_step = HistoryRecord {
+            item: vec![item("", &["nest", "x"], None, "Infinity"), item("bad", &[], None, "{oops")],
+            step: Some(HistoryStep { num: 12 }),
+        };
+        let (run, _) = decode(&[envelope(2, &rec), envelope(2, &with_step)], None);
+        assert_eq!(
+            points(&run),
+            [
+                (9, "legacy.a", "1"),
+                (9, "legacy.b.c", "2.5"),
+                (9, "n", "7"),
+                (9, "t", "\"x\""),
+                (9, "j", "[1,\"NaN\"]"),
+                (12, "nest.x", "\"Infinity\""),
+                (12, "bad", "\"{oops\""),
+            ]
+            .map(|(s, k, v)| (s, k.to_string(), v.to_string()))
+        );
+        let h = run.history.as_ref().unwrap();
+        assert_eq!(h.rows[0].timestamp, Some(1_700_000_000_250_000));
+        assert_eq!(run.warnings.len(), 2, "{:?}", run.warnings);
+        assert!(run.warnings[0].contains("value at bad is not valid JSON"), "{:?}", run.warnings);
+        assert!(run.warnings[1].contains("no run record"), "{:?}", run.warnings);
+        assert_eq!(run.identity.run_id, "fallback", "the id from the file name");
+        assert_eq!(run.identity.state.as_deref(), Some("running"), "fresh file without exit record");
+    }
+
+    #[test]
+    fn config_summary_and_identity_from_records() {
+        let run = RunRecord {
+            run_id: "r1".into(),
+            display_name: "first".into(),
+            tags: vec!["a".into()],
+            config: Some(UpdateRecord {
+                update: vec![KeyedValue { key: "opt".into(), nested_key: vec![], value_json: r#"{"lr": 0.1}"#.into() }],
+                remove: vec![],
+            }),
+            ..Default::default()
+        };
+        let resumed = RunRecord { run_id: "r1".into(), display_name: "second".into(), ..Default::default() };
+        let summary = UpdateRecord {
+            update: vec![
+                KeyedValue { key: String::new(), nested_key: vec!["m".into(), "x".into()], value_json: "1".into() },
+                KeyedValue { key: "gone".into(), nested_key: vec![], value_json: "2".into() },
+            ],
+            remove: vec![KeyedValue { key: "gone".into(), nested_key: vec![], value_json: String::new() }],
+        };
+        let config = UpdateRecord {
+            update: vec![KeyedValue {
+                key: String::new(),
+                nested_key: vec!["opt".into(), "lr".into()],
+                value_json: "0.2".into(),
+            }],
+            remove: vec![],
+        };
+        let exit = RunExitRecord { exit_code: 2, runtime: 5 };
+        let records = [
+            envelope(17, &run),
+            envelope(3, &summary),
+            envelope(5, &config),
+            envelope(17, &resumed),
+            envelope(18, &exit),
+        ];
+        let (data, counts) = decode(&records, None);
+        assert_eq!(data.identity.run_id, "r1");
+        assert_eq!(data.identity.name.as_deref(), Some("second"), "a resumed run's record overrides");
+        assert_eq!(data.identity.tags, ["a"]);
+        assert_eq!(data.identity.state.as_deref(), Some("failed"));
+        assert_eq!(data.identity.exit_code, Some(2));
+        assert_eq!(data.identity.runtime_s, Some(5.0));
+        assert_eq!(data.config, vec![("opt.lr".to_string(), Value::Float(0.2))]);
+        assert_eq!(data.summary, vec![("m.x".to_string(), Value::Int(1))]);
+        assert_eq!(
+            (counts.decoded_run, counts.decoded_summary, counts.decoded_config, counts.decoded_exit),
+            (2, 1, 1, 1)
+        );
+
+        // Selecting name,state decodes neither config nor summary records.
+        let (data, counts) = decode(&records, Some("name,state"));
+        assert!(data.config.is_empty() && data.summary.is_empty() && data.history.is_none());
+        assert_eq!((counts.decoded_summary, counts.decoded_config, counts.decoded_history), (0, 0, 0));
+        assert_eq!(counts.read, 5);
+    }
+}
