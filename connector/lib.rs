@@ -8,6 +8,7 @@
 pub mod columns;
 pub mod error;
 pub mod export;
+pub mod http;
 pub mod output;
 pub mod pipeline;
 pub mod plan;
