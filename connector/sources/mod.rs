@@ -1,5 +1,6 @@
 //! Sources: where runs come from. One module per source.
 
+pub mod wandb_api;
 pub mod wandb_files;
 
 use std::path::PathBuf;
