@@ -4,4 +4,5 @@
 //! history is fetched only for runs whose `historyKeys` hold a selected key.
 
 pub mod credentials;
+pub mod listing;
 pub mod queries;
