@@ -123,16 +123,12 @@ pub fn parse_run_node(
         git_commit: text(node, "commit"),
     };
     let mut config = Vec::new();
-    if plan.config {
-        if let Some(c) = json_field(node, "config")? {
-            flatten_object(c, "config.", true, plan, &mut config);
-        }
+    if let Some(c) = if plan.config { json_field(node, "config")? } else { None } {
+        flatten_object(c, "config.", true, plan, &mut config);
     }
     let mut summary_cols = Vec::new();
-    if plan.summary {
-        if let Some(s) = summary {
-            flatten_object(s, "summary.", false, plan, &mut summary_cols);
-        }
+    if let Some(s) = summary.filter(|_| plan.summary) {
+        flatten_object(s, "summary.", false, plan, &mut summary_cols);
     }
     let (history_keys, last_step) = match json_field(node, "historyKeys")? {
         Some(Value::Object(fields)) => {
