@@ -13,20 +13,21 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use serde::Serialize;
 
 use crate::columns::ColumnKind;
 use crate::error::{Error, Result};
-use crate::output::history::{collect_kinds, long_batch, long_schema, wide_batch, wide_schema};
+use crate::output::history::{collect_kinds, long_schema, wide_schema};
 use crate::output::runs::RunsTable;
 use crate::output::{DatasetDir, Provenance, TableWriter, writer_properties};
-use crate::pipeline::for_each_run;
+use crate::pipeline::{HistoryEncoding, ReadRun, for_each_run};
 use crate::plan::{FetchPlan, HistoryLayout, WANDB_IDENTITY_COLUMNS, WANDB_PREFIXES};
-use crate::run::{RunData, RunHistory, RunIdentity};
+use crate::run::{RunData, RunIdentity};
 use crate::selection::Selection;
 use crate::sources::SourceSpec;
+use crate::sources::wandb_api::read::ListingError;
+use crate::sources::wandb_api::{self, DEFAULT_BASE_URL, DEFAULT_PER_PAGE, WandbApi, WandbApiOptions};
 use crate::sources::wandb_files::log_reader::TransactionLogReader;
 use crate::sources::wandb_files::{RecordCounts, WandbFiles, decode_run};
 
@@ -43,6 +44,23 @@ pub struct ExportOptions {
     pub concurrency: usize,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// Options of network sources.
+    pub remote: RemoteOptions,
+}
+
+/// Options of the API sources (ignored by local ones).
+#[derive(Debug, Clone, Default)]
+pub struct RemoteOptions {
+    /// `--base-url`; else `WANDB_BASE_URL`; else the public API.
+    pub base_url: Option<String>,
+    /// `--where`: the source's own filter (a W&B filter in JSON).
+    pub filters: Option<String>,
+    /// `--order`.
+    pub order: Option<String>,
+    /// `--per-page`.
+    pub per_page: Option<usize>,
+    /// `--samples N`: a sampled history instead of the full one.
+    pub samples: Option<usize>,
 }
 
 impl ExportOptions {
@@ -55,12 +73,18 @@ impl ExportOptions {
             fail_fast: false,
             concurrency: default_concurrency(),
             progress: false,
+            remote: RemoteOptions::default(),
         }
     }
 }
 
 pub fn default_concurrency() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)
+}
+
+/// Requests in flight for API sources, CPU threads for local ones.
+pub fn default_concurrency_for(source: &str) -> usize {
+    if source.contains("://") { 16 } else { default_concurrency() }
 }
 
 /// A run that could not be exported; the others were.
@@ -92,42 +116,97 @@ pub struct ExportSummary {
     pub out: String,
 }
 
+/// An opened source.
+pub enum Opened {
+    WandbFiles(Arc<WandbFiles>),
+    WandbApi(Arc<WandbApi>),
+}
+
 /// A source opened and planned.
 pub struct Planned {
-    pub files: Arc<WandbFiles>,
+    pub source: Opened,
     pub plan: Arc<FetchPlan>,
     pub provenance: Provenance,
 }
 
 /// Opens the source and plans the export; reads no run.
-pub fn open(source: &str, selection: Option<&str>, history: HistoryLayout) -> Result<Planned> {
+pub fn open(
+    source: &str,
+    selection: Option<&str>,
+    history: HistoryLayout,
+    concurrency: usize,
+    remote: &RemoteOptions,
+) -> Result<Planned> {
     let selection = match selection {
         None => Selection::all(),
         Some(text) => Selection::parse(text, WANDB_IDENTITY_COLUMNS, WANDB_PREFIXES)?,
     };
-    let SourceSpec::WandbFiles(path) = SourceSpec::parse(source)?;
-    let files = WandbFiles::discover(&path)?;
-    if path.is_file() {
-        // A single file that is not a log is a source error, not a run failure.
-        let f = File::open(&path).map_err(|e| Error::source(path.display(), e))?;
-        TransactionLogReader::new(f).map_err(|e| Error::source(path.display(), e))?;
-    }
     let plan = FetchPlan::new(selection, history, WANDB_IDENTITY_COLUMNS);
-    let provenance = Provenance {
-        source: source.to_string(),
-        source_kind: "wandb-files".into(),
-        selection: plan.selection.to_string(),
+    let (opened, kind) = match SourceSpec::parse(source)? {
+        SourceSpec::WandbFiles(path) => {
+            let files = WandbFiles::discover(&path)?;
+            if path.is_file() {
+                // A single file that is not a log is a source error, not a run failure.
+                let f = File::open(&path).map_err(|e| Error::source(path.display(), e))?;
+                TransactionLogReader::new(f).map_err(|e| Error::source(path.display(), e))?;
+            }
+            (Opened::WandbFiles(Arc::new(files)), "wandb-files")
+        }
+        SourceSpec::WandbApi { entity, project } => {
+            let base_url = remote
+                .base_url
+                .clone()
+                .or_else(|| std::env::var("WANDB_BASE_URL").ok().filter(|u| !u.is_empty()))
+                .unwrap_or_else(|| DEFAULT_BASE_URL.to_string());
+            let api = WandbApi::connect(WandbApiOptions {
+                entity,
+                project,
+                base_url,
+                per_page: remote.per_page.unwrap_or(DEFAULT_PER_PAGE).max(1),
+                filters: remote.filters.clone(),
+                order: remote.order.clone(),
+                samples: remote.samples,
+                concurrency,
+            })?;
+            (Opened::WandbApi(Arc::new(api)), "wandb-api")
+        }
     };
-    Ok(Planned { files: Arc::new(files), plan: Arc::new(plan), provenance })
+    let provenance =
+        Provenance { source: source.to_string(), source_kind: kind.into(), selection: plan.selection.to_string() };
+    Ok(Planned { source: opened, plan: Arc::new(plan), provenance })
 }
 
 impl Planned {
     /// What `runport plan` prints.
-    pub fn describe(&self) -> serde_json::Value {
-        let mut v = self.files.describe_plan(&self.plan);
+    pub fn describe(&self) -> Result<serde_json::Value> {
+        let mut v = match &self.source {
+            Opened::WandbFiles(files) => files.describe_plan(&self.plan),
+            Opened::WandbApi(api) => api.describe_plan(&self.plan).map_err(|e| Error::source(api.name(), e))?,
+        };
         v["source"] = self.provenance.source.clone().into();
         v["plan"] = serde_json::to_value(&*self.plan).expect("invariant: the plan serialises");
-        v
+        Ok(v)
+    }
+
+    /// The plan as recorded in the manifest (no request).
+    fn manifest_plan(&self) -> serde_json::Value {
+        match &self.source {
+            Opened::WandbFiles(files) => files.describe_plan(&self.plan),
+            Opened::WandbApi(api) => serde_json::json!({
+                "source_kind": "wandb-api",
+                "base_url": api.opts.base_url,
+                "listing_fields": wandb_api::queries::ListingFields::from_plan(&self.plan),
+                "per_page": api.opts.per_page,
+            }),
+        }
+    }
+
+    /// The number of runs, when known before reading (local files).
+    pub fn run_count(&self) -> Option<usize> {
+        match &self.source {
+            Opened::WandbFiles(files) => Some(files.runs.len()),
+            Opened::WandbApi(_) => None,
+        }
     }
 
     /// Reads every run with `plan` and hands them to `consume` in run-id order.
@@ -139,39 +218,50 @@ impl Planned {
         concurrency: usize,
         encoding: Option<Arc<HistoryEncoding>>,
         mut consume: impl FnMut(&str, Result<ReadRun, String>, RecordCounts) -> ControlFlow<()>,
-    ) {
-        let files = Arc::clone(&self.files);
-        let plan = Arc::clone(plan);
-        let work = move |i: usize| {
-            let run = &files.runs[i];
-            let mut counts = RecordCounts::default();
-            let out = decode_run(&run.run_id, &run.files, &plan, &mut counts).map_err(|e| e.to_string()).and_then(
-                |mut data| {
-                    let batch = match (&encoding, data.history.take()) {
-                        (Some(enc), Some(h)) => Some(enc.batch(&data.identity.run_id, &h).map_err(|e| e.to_string())?),
-                        (None, h) => {
-                            data.history = h;
-                            None
-                        }
-                        (Some(_), None) => None,
-                    };
-                    Ok(ReadRun { data, batch })
-                },
-            );
-            (out, counts)
-        };
-        let workers = concurrency.max(1);
-        for_each_run(self.files.runs.len(), workers, workers * 2, work, |i, out| {
-            let label = self.files.runs[i].run_id.as_str();
-            match out {
-                Ok((run, counts)) => consume(label, run, counts),
-                Err(panic) => consume(label, Err(format!("internal error: {panic}")), RecordCounts::default()),
+    ) -> Result<Option<RunFailure>> {
+        match &self.source {
+            Opened::WandbFiles(files) => {
+                let files = Arc::clone(files);
+                let plan = Arc::clone(plan);
+                let runs = Arc::clone(&files);
+                let work = move |i: usize| {
+                    let run = &runs.runs[i];
+                    let mut counts = RecordCounts::default();
+                    let out = decode_run(&run.run_id, &run.files, &plan, &mut counts)
+                        .map_err(|e| e.to_string())
+                        .and_then(|data| ReadRun::encode(data, encoding.as_deref()));
+                    (out, counts)
+                };
+                let workers = concurrency.max(1);
+                for_each_run(files.runs.len(), workers, workers * 2, work, |i, out| {
+                    let label = files.runs[i].run_id.as_str();
+                    match out {
+                        Ok((run, counts)) => consume(label, run, counts),
+                        Err(panic) => consume(label, Err(format!("internal error: {panic}")), RecordCounts::default()),
+                    }
+                });
+                Ok(None)
             }
-        });
+            Opened::WandbApi(api) => {
+                let window = concurrency.max(1) * 4;
+                let outcome = wandb_api::read::read_runs(api, plan, window, encoding, |label, run| {
+                    consume(label, run, RecordCounts::default())
+                })?;
+                match outcome {
+                    None => Ok(None),
+                    Some(ListingError::Unreadable(e)) => Err(Error::source(api.name(), e)),
+                    Some(ListingError::Cut { page, error }) => Ok(Some(RunFailure {
+                        run: format!("listing page {page} and later"),
+                        stage: "listing".into(),
+                        error,
+                    })),
+                }
+            }
+        }
     }
 
     /// Key kinds of the selected history over all runs (the wide schema).
-    fn wide_kinds(&self, concurrency: usize) -> BTreeMap<String, ColumnKind> {
+    fn wide_kinds(&self, concurrency: usize) -> Result<BTreeMap<String, ColumnKind>> {
         let mut history_only = (*self.plan).clone();
         history_only.config = false;
         history_only.summary = false;
@@ -182,35 +272,8 @@ impl Planned {
                 collect_kinds(h, &mut kinds);
             }
             ControlFlow::Continue(())
-        });
-        kinds
-    }
-}
-
-/// One run as read, with its history already encoded when asked.
-struct ReadRun {
-    data: RunData,
-    batch: Option<RecordBatch>,
-}
-
-/// How history becomes Arrow: the long layout, or the wide one with its column kinds.
-enum HistoryEncoding {
-    Long(SchemaRef),
-    Wide(SchemaRef, BTreeMap<String, ColumnKind>),
-}
-
-impl HistoryEncoding {
-    fn schema(&self) -> &SchemaRef {
-        match self {
-            HistoryEncoding::Long(s) | HistoryEncoding::Wide(s, _) => s,
-        }
-    }
-
-    fn batch(&self, run_id: &str, h: &RunHistory) -> Result<RecordBatch> {
-        match self {
-            HistoryEncoding::Long(s) => long_batch(s, run_id, h),
-            HistoryEncoding::Wide(s, kinds) => wide_batch(s, kinds, run_id, h),
-        }
+        })?;
+        Ok(kinds)
     }
 }
 
@@ -218,14 +281,14 @@ impl HistoryEncoding {
 /// `Err` means nothing was committed.
 pub fn export(opts: &ExportOptions) -> Result<ExportSummary> {
     let started = Instant::now();
-    let planned = open(&opts.source, opts.selection.as_deref(), opts.history)?;
+    let planned = open(&opts.source, opts.selection.as_deref(), opts.history, opts.concurrency, &opts.remote)?;
     let plan = Arc::clone(&planned.plan);
     let dataset = DatasetDir::open(&opts.out)?;
     let prov = &planned.provenance;
 
     let encoding = match (plan.history, plan.history_layout) {
         (true, HistoryLayout::Wide) => {
-            let kinds = planned.wide_kinds(opts.concurrency);
+            let kinds = planned.wide_kinds(opts.concurrency)?;
             Some(Arc::new(HistoryEncoding::Wide(wide_schema(&kinds), kinds)))
         }
         (true, _) => Some(Arc::new(HistoryEncoding::Long(long_schema()))),
@@ -236,13 +299,13 @@ pub fn export(opts: &ExportOptions) -> Result<ExportSummary> {
         TableWriter::new(Arc::clone(s), writer_properties(prov, "history", &["run_id", "key"]), "history/part-", true)
     });
 
-    let progress = progress_bar(opts.progress, planned.files.runs.len());
+    let progress = progress_bar(opts.progress, planned.run_count());
     let mut runs = RunsTable::new(&plan.identity_columns);
     let mut failures = Vec::new();
     let mut warnings = Vec::new();
     let mut records = RecordCounts::default();
     let mut fatal: Option<Error> = None;
-    planned.read_runs(&plan, opts.concurrency, encoding, |label, run, counts| {
+    let listing_cut = planned.read_runs(&plan, opts.concurrency, encoding, |label, run, counts| {
         records.add(&counts);
         progress.inc(1);
         let ReadRun { data: mut run, batch } = match run {
@@ -269,10 +332,14 @@ pub fn export(opts: &ExportOptions) -> Result<ExportSummary> {
         }
         runs.push(&mut run);
         ControlFlow::Continue(())
-    });
+    })?;
     progress.finish_and_clear();
     if let Some(e) = fatal {
         return Err(e);
+    }
+    if let Some(cut) = listing_cut {
+        tracing::error!(stage = "listing", error = %cut.error, "the listing stopped early; later runs are missing");
+        failures.push(cut);
     }
 
     let runs_schema = runs.schema();
@@ -311,7 +378,7 @@ pub fn export(opts: &ExportOptions) -> Result<ExportSummary> {
         "source_kind": prov.source_kind,
         "selection": prov.selection,
         "history_layout": if plan.history { plan.history_layout.as_str() } else { "none" },
-        "plan": planned.describe(),
+        "plan": planned.manifest_plan(),
         "tables": tables,
         "runs": run_count,
         "failures": failures,
@@ -356,11 +423,11 @@ fn column_names(schema: &SchemaRef) -> Vec<String> {
     schema.fields().iter().map(|f| f.name().clone()).collect()
 }
 
-fn progress_bar(enabled: bool, len: usize) -> indicatif::ProgressBar {
+fn progress_bar(enabled: bool, len: Option<usize>) -> indicatif::ProgressBar {
     if !enabled {
         return indicatif::ProgressBar::hidden();
     }
-    let bar = indicatif::ProgressBar::with_draw_target(Some(len as u64), indicatif::ProgressDrawTarget::stderr());
+    let bar = indicatif::ProgressBar::with_draw_target(len.map(|l| l as u64), indicatif::ProgressDrawTarget::stderr());
     if let Ok(style) =
         indicatif::ProgressStyle::with_template("{spinner} {pos}/{len} runs [{elapsed_precise}] {wide_bar} {eta}")
     {
@@ -379,17 +446,22 @@ pub struct RunListing {
 }
 
 /// Lists runs (id, name, state, created), reading only run and exit records.
-pub fn list_runs(source: &str, concurrency: usize) -> Result<(Vec<RunListing>, Vec<RunFailure>)> {
-    let planned = open(source, Some("name,state,created_at"), HistoryLayout::None)?;
+pub fn list_runs(
+    source: &str,
+    concurrency: usize,
+    remote: &RemoteOptions,
+) -> Result<(Vec<RunListing>, Vec<RunFailure>)> {
+    let planned = open(source, Some("name,state,created_at"), HistoryLayout::None, concurrency, remote)?;
     let mut out = Vec::new();
     let mut failures = Vec::new();
-    planned.read_runs(&planned.plan, concurrency, None, |label, run, _| {
+    let cut = planned.read_runs(&planned.plan, concurrency, None, |label, run, _| {
         match run {
             Ok(run) => out.push(listing(&run.data.identity)),
             Err(error) => failures.push(RunFailure { run: label.to_string(), stage: "decode".into(), error }),
         }
         ControlFlow::Continue(())
-    });
+    })?;
+    failures.extend(cut);
     Ok((out, failures))
 }
 
@@ -408,8 +480,9 @@ pub fn schemas(
     selection: Option<&str>,
     history: HistoryLayout,
     concurrency: usize,
+    remote: &RemoteOptions,
 ) -> Result<(SchemaRef, Option<SchemaRef>)> {
-    let planned = open(source, selection, history)?;
+    let planned = open(source, selection, history, concurrency, remote)?;
     let plan = &planned.plan;
     let mut runs = RunsTable::new(&plan.identity_columns);
     let mut kinds = BTreeMap::new();
@@ -421,7 +494,7 @@ pub fn schemas(
             runs.push(&mut run);
         }
         ControlFlow::Continue(())
-    });
+    })?;
     let history = match (plan.history, plan.history_layout) {
         (false, _) | (_, HistoryLayout::None) => None,
         (true, HistoryLayout::Wide) => Some(wide_schema(&kinds)),

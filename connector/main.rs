@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use runport::export::{ExportOptions, default_concurrency, list_runs, open, schema_json, schemas};
+use runport::export::{ExportOptions, RemoteOptions, default_concurrency_for, list_runs, open, schema_json, schemas};
 use runport::{Error, HistoryLayout};
 
 const EXIT_PARTIAL: u8 = 1;
@@ -49,7 +49,7 @@ impl From<Layout> for HistoryLayout {
 
 #[derive(clap::Args)]
 struct Common {
-    /// A wandb/ folder, a run folder or a .wandb file.
+    /// wandb://ENTITY/PROJECT, or a wandb/ folder, a run folder or a .wandb file.
     source: String,
     /// Columns to export, comma-separated, `*` globs: name,state,config.*,summary.loss,history.loss
     /// (default: every run column and all history).
@@ -58,9 +58,25 @@ struct Common {
     /// History layout.
     #[arg(long, value_enum, default_value_t = Layout::Long)]
     history: Layout,
-    /// Runs read at once (default: the number of CPUs).
+    /// Runs read at once: CPU threads for local files (default: the number of CPUs),
+    /// requests in flight for APIs (default 16; lowered automatically on 429).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    concurrency: Option<u32>,
+    /// API base URL (default: WANDB_BASE_URL, else https://api.wandb.ai).
     #[arg(long)]
-    concurrency: Option<usize>,
+    base_url: Option<String>,
+    /// A filter passed to the source (W&B: a MongoDB-like JSON filter).
+    #[arg(long = "where")]
+    filter: Option<String>,
+    /// Listing order (W&B: +created_at, -heartbeat_at, +summary_metrics.loss ...).
+    #[arg(long)]
+    order: Option<String>,
+    /// Runs per listing page (W&B default 500).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    per_page: Option<u32>,
+    /// Sampled history: at most N rows per key and run (quick look; not a full export).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    samples: Option<u32>,
     /// Print one JSON object as the last line of stdout.
     #[arg(long)]
     json: bool,
@@ -134,6 +150,22 @@ fn print_json(v: &impl serde::Serialize) {
     let _ = writeln!(out, "{line}");
 }
 
+impl Common {
+    fn concurrency(&self) -> usize {
+        self.concurrency.map_or_else(|| default_concurrency_for(&self.source), |c| c as usize)
+    }
+
+    fn remote(&self) -> RemoteOptions {
+        RemoteOptions {
+            base_url: self.base_url.clone(),
+            filters: self.filter.clone(),
+            order: self.order.clone(),
+            per_page: self.per_page.map(|p| p as usize),
+            samples: self.samples.map(|s| s as usize),
+        }
+    }
+}
+
 fn run(command: Command, json_logs: bool) -> Result<u8, Error> {
     match command {
         Command::Export { common, out, fail_fast } => {
@@ -143,8 +175,9 @@ fn run(command: Command, json_logs: bool) -> Result<u8, Error> {
                 selection: common.select.clone(),
                 history: common.history.into(),
                 fail_fast,
-                concurrency: common.concurrency.unwrap_or_else(default_concurrency),
+                concurrency: common.concurrency(),
                 progress: std::io::stderr().is_terminal(),
+                remote: common.remote(),
             };
             let summary = runport::export(&opts)?;
             // In JSON log mode the export already logged each failure as a record.
@@ -180,8 +213,14 @@ fn run(command: Command, json_logs: bool) -> Result<u8, Error> {
             Ok(if summary.failures.is_empty() { 0 } else { EXIT_PARTIAL })
         }
         Command::Plan { common } => {
-            let planned = open(&common.source, common.select.as_deref(), common.history.into())?;
-            let plan = planned.describe();
+            let planned = open(
+                &common.source,
+                common.select.as_deref(),
+                common.history.into(),
+                common.concurrency(),
+                &common.remote(),
+            )?;
+            let plan = planned.describe()?;
             if common.json {
                 print_json(&plan);
             } else {
@@ -190,7 +229,7 @@ fn run(command: Command, json_logs: bool) -> Result<u8, Error> {
             Ok(0)
         }
         Command::Ls { common } => {
-            let (runs, failures) = list_runs(&common.source, common.concurrency.unwrap_or_else(default_concurrency))?;
+            let (runs, failures) = list_runs(&common.source, common.concurrency(), &common.remote())?;
             let mut out = std::io::stdout().lock();
             for r in &runs {
                 if common.json {
@@ -216,7 +255,8 @@ fn run(command: Command, json_logs: bool) -> Result<u8, Error> {
                 &common.source,
                 common.select.as_deref(),
                 common.history.into(),
-                common.concurrency.unwrap_or_else(default_concurrency),
+                common.concurrency(),
+                &common.remote(),
             )?;
             if common.json {
                 print_json(&serde_json::json!({

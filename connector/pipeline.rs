@@ -11,6 +11,56 @@ use std::ops::ControlFlow;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
+use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef;
+
+use crate::columns::ColumnKind;
+
+use crate::output::history::{long_batch, wide_batch};
+use crate::run::{RunData, RunHistory};
+
+/// One run as read, with its history already encoded when asked.
+pub struct ReadRun {
+    pub data: RunData,
+    pub batch: Option<RecordBatch>,
+}
+
+impl ReadRun {
+    /// Turns the run's history into its Arrow batch when `encoding` is given.
+    pub fn encode(mut data: RunData, encoding: Option<&HistoryEncoding>) -> Result<ReadRun, String> {
+        let batch = match (encoding, data.history.take()) {
+            (Some(enc), Some(h)) => Some(enc.batch(&data.identity.run_id, &h).map_err(|e| e.to_string())?),
+            (None, h) => {
+                data.history = h;
+                None
+            }
+            (Some(_), None) => None,
+        };
+        Ok(ReadRun { data, batch })
+    }
+}
+
+/// How history becomes Arrow: the long layout, or the wide one with its column kinds.
+pub enum HistoryEncoding {
+    Long(SchemaRef),
+    Wide(SchemaRef, BTreeMap<String, ColumnKind>),
+}
+
+impl HistoryEncoding {
+    pub fn schema(&self) -> &SchemaRef {
+        match self {
+            HistoryEncoding::Long(s) | HistoryEncoding::Wide(s, _) => s,
+        }
+    }
+
+    pub fn batch(&self, run_id: &str, h: &RunHistory) -> crate::error::Result<RecordBatch> {
+        match self {
+            HistoryEncoding::Long(s) => long_batch(s, run_id, h),
+            HistoryEncoding::Wide(s, kinds) => wide_batch(s, kinds, run_id, h),
+        }
+    }
+}
+
 /// What a read produced, or the message of a panic inside it.
 pub type TaskResult<T> = Result<T, String>;
 

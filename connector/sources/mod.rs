@@ -12,6 +12,8 @@ use crate::error::{Error, Result};
 pub enum SourceSpec {
     /// A `wandb/` folder, a run folder or a `.wandb` file.
     WandbFiles(PathBuf),
+    /// `wandb://ENTITY/PROJECT`.
+    WandbApi { entity: String, project: String },
 }
 
 impl SourceSpec {
@@ -21,10 +23,14 @@ impl SourceSpec {
         if text.is_empty() {
             return Err(Error::Usage("SOURCE is empty".into()));
         }
-        for scheme in ["wandb://", "mlflow+http://", "mlflow+https://", "sqlite://"] {
+        if text.starts_with("wandb://") {
+            let (entity, project) = wandb_api::WandbApiOptions::parse_uri(text)?;
+            return Ok(SourceSpec::WandbApi { entity, project });
+        }
+        for scheme in ["mlflow+http://", "mlflow+https://", "sqlite://"] {
             if text.starts_with(scheme) {
                 return Err(Error::Usage(format!(
-                    "{scheme} sources are not supported by this version of runport; give a path to a wandb/ folder, a run folder or a .wandb file"
+                    "{scheme} sources are not supported by this version of runport; give wandb://ENTITY/PROJECT, or a path to a wandb/ folder, a run folder or a .wandb file"
                 )));
             }
         }

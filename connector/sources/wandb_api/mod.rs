@@ -1,8 +1,355 @@
 //! The W&B GraphQL API source: `wandb://ENTITY/PROJECT`.
 //!
-//! The listing asks for exactly the fields the plan needs (see [`queries`]);
-//! history is fetched only for runs whose `historyKeys` hold a selected key.
+//! - The listing asks for exactly the fields the plan needs ([`queries`]),
+//!   `--per-page` runs a page; selecting `config.lr` costs the listing pages
+//!   and nothing more.
+//! - History is fetched only for runs whose `historyKeys` hold a selected key:
+//!   the exported Parquet files (downloaded without credentials, read with
+//!   only the selected columns) plus the live rows; `--samples N` asks for a
+//!   sampled history instead; without `parquetHistory`, history pages.
+//! - Every request goes through [`crate::http::Http`]: one retry policy,
+//!   an adaptive number of requests in flight.
 
 pub mod credentials;
+pub mod history;
 pub mod listing;
 pub mod queries;
+pub mod read;
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use serde_json::json;
+
+use crate::error::{Error, Result};
+use crate::http::{Http, HttpError, RetryPolicy, build_client};
+use crate::plan::FetchPlan;
+use crate::run::RunData;
+
+use credentials::{ApiKey, KeySource, find_api_key};
+use history::HistoryBuilder;
+use listing::{ListedRun, has_selected_history_key, parse_run_node};
+use queries::{HISTORY_PAGE, ListingFields, PARQUET_HISTORY, SAMPLED_HISTORY};
+
+pub const DEFAULT_BASE_URL: &str = "https://api.wandb.ai";
+pub const DEFAULT_PER_PAGE: usize = 500;
+/// Rows asked per page when history has to be paged.
+const HISTORY_PAGE_ROWS: i64 = 10_000;
+
+/// What the user asked for (validated, not yet connected).
+#[derive(Debug, Clone)]
+pub struct WandbApiOptions {
+    pub entity: String,
+    pub project: String,
+    pub base_url: String,
+    pub per_page: usize,
+    pub filters: Option<String>,
+    pub order: Option<String>,
+    pub samples: Option<usize>,
+    pub concurrency: usize,
+}
+
+impl WandbApiOptions {
+    /// Parses `wandb://ENTITY/PROJECT`.
+    pub fn parse_uri(uri: &str) -> Result<(String, String)> {
+        let rest = uri.strip_prefix("wandb://").ok_or_else(|| Error::Usage(format!("not a wandb:// source: {uri}")))?;
+        let mut parts = rest.trim_end_matches('/').split('/');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(e), Some(p), None) if !e.is_empty() && !p.is_empty() => Ok((e.to_string(), p.to_string())),
+            _ => Err(Error::Usage(format!("expected wandb://ENTITY/PROJECT, got {uri}"))),
+        }
+    }
+}
+
+/// A connected W&B API source.
+pub struct WandbApi {
+    pub opts: WandbApiOptions,
+    pub http: Http,
+    key: ApiKey,
+    key_source: KeySource,
+    graphql_url: reqwest::Url,
+    host: String,
+}
+
+impl std::fmt::Debug for WandbApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WandbApi").field("opts", &self.opts).field("key_source", &self.key_source).finish()
+    }
+}
+
+/// The user agent the official client's server gates some fields on.
+pub fn user_agent() -> String {
+    format!("W&B Public Client runport/{}", env!("CARGO_PKG_VERSION"))
+}
+
+impl WandbApi {
+    pub fn connect(opts: WandbApiOptions) -> Result<WandbApi> {
+        let base = reqwest::Url::parse(&opts.base_url)
+            .map_err(|e| Error::Usage(format!("--base-url {}: {e}", opts.base_url)))?;
+        let host = base.host_str().unwrap_or_default().to_string();
+        let (key, key_source) = find_api_key(&host).ok_or_else(|| {
+            Error::source(
+                format!("wandb://{}/{}", opts.entity, opts.project),
+                format!("no W&B API key for {host}: set WANDB_API_KEY or add a ~/.netrc entry for {host}"),
+            )
+        })?;
+        let graphql_url = base.join("graphql").map_err(|e| Error::Usage(format!("--base-url: {e}")))?;
+        let policy = RetryPolicy::default();
+        let client = build_client(&user_agent(), policy.attempt_timeout).map_err(|e| Error::Usage(e.to_string()))?;
+        let http = Http::new(client, policy, opts.concurrency.max(1));
+        Ok(WandbApi { opts, http, key, key_source, graphql_url, host })
+    }
+
+    pub fn name(&self) -> String {
+        format!("wandb://{}/{}", self.opts.entity, self.opts.project)
+    }
+
+    /// A GraphQL request with credentials; `what` names it in errors.
+    pub async fn graphql(
+        &self,
+        what: &str,
+        query: &str,
+        variables: serde_json::Value,
+    ) -> Result<serde_json::Value, String> {
+        let body = json!({"query": query, "variables": variables});
+        let resp = self
+            .http
+            .send(what, |c| c.post(self.graphql_url.clone()).basic_auth("api", Some(self.key.expose())).json(&body))
+            .await
+            .map_err(|e| self.explain(e))?;
+        let v: serde_json::Value = serde_json::from_slice(&resp.body)
+            .map_err(|e| format!("{what}: the API answered with invalid JSON: {e}"))?;
+        if let Some(errors) = v.get("errors").and_then(|e| e.as_array()).filter(|e| !e.is_empty()) {
+            let msgs: Vec<String> = errors
+                .iter()
+                .map(|e| e.get("message").and_then(|m| m.as_str()).unwrap_or("error").to_string())
+                .collect();
+            return Err(format!("{what}: the API answered with errors: {}", msgs.join("; ")));
+        }
+        v.get("data").cloned().ok_or_else(|| format!("{what}: the API answered without data"))
+    }
+
+    /// Turns HTTP failures into messages that say what to check.
+    fn explain(&self, e: HttpError) -> String {
+        match e.status() {
+            Some(401) => format!("W&B rejected the API key for {} (401); check {}", self.host, self.key_source),
+            Some(403) => format!(
+                "W&B refused access to {} (403); check that the key's user can read entity {:?}",
+                self.name(),
+                self.opts.entity
+            ),
+            Some(404) => format!("W&B answered 404 for {}; check the entity, the project and --base-url", self.name()),
+            _ => e.to_string(),
+        }
+    }
+
+    fn base_vars(&self) -> serde_json::Value {
+        json!({"entity": self.opts.entity, "project": self.opts.project})
+    }
+
+    /// One listing page: the runs and the cursor of the next page.
+    pub async fn list_page(
+        &self,
+        fields: &ListingFields,
+        document: &str,
+        cursor: Option<&str>,
+        page: usize,
+        plan: &FetchPlan,
+    ) -> Result<(Vec<Result<ListedRun, (String, String)>>, Option<String>, Option<u64>), String> {
+        let mut vars = self.base_vars();
+        vars["cursor"] = cursor.map_or(serde_json::Value::Null, |c| c.into());
+        vars["perPage"] = self.opts.per_page.into();
+        vars["order"] = self.opts.order.clone().unwrap_or_else(|| "+created_at".into()).into();
+        vars["filters"] = self.opts.filters.clone().map_or(serde_json::Value::Null, |f| f.into());
+        if let (true, Some(keys)) = (fields.config, &fields.config_keys) {
+            vars["configKeys"] = json!(keys);
+        }
+        if let (true, Some(keys)) = (fields.summary, &fields.summary_keys) {
+            vars["summaryKeys"] = json!(keys);
+        }
+        let what = format!("listing page {page} of {}", self.name());
+        let data = self.graphql(&what, document, vars).await?;
+        let project = data.get("project").filter(|p| !p.is_null()).ok_or_else(|| {
+            format!("project {}/{} not found; check the entity and project names", self.opts.entity, self.opts.project)
+        })?;
+        let total = project.get("runCount").and_then(|c| c.as_u64());
+        let runs = project.get("runs").ok_or_else(|| format!("{what}: no runs field"))?;
+        let edges = runs.get("edges").and_then(|e| e.as_array()).cloned().unwrap_or_default();
+        let listed = edges
+            .iter()
+            .filter_map(|e| e.get("node"))
+            .map(|node| {
+                parse_run_node(node, plan, &self.opts.entity, &self.opts.project).map_err(|err| {
+                    let id = node.get("name").and_then(|n| n.as_str()).unwrap_or("?").to_string();
+                    (id, err)
+                })
+            })
+            .collect();
+        let info = runs.get("pageInfo");
+        let has_next = info.and_then(|i| i.get("hasNextPage")).and_then(|h| h.as_bool()).unwrap_or(false);
+        let next = info.and_then(|i| i.get("endCursor")).and_then(|c| c.as_str()).map(str::to_string);
+        Ok((listed, if has_next { next } else { None }, total))
+    }
+
+    /// The project's run count (one small request), for `runport plan`.
+    pub async fn run_count(&self) -> Result<u64, String> {
+        let query = "query RunCount($project: String!, $entity: String!, $filters: JSONString) {\n  project(name: $project, entityName: $entity) {\n    runCount(filters: $filters)\n  }\n}";
+        let mut vars = self.base_vars();
+        vars["filters"] = self.opts.filters.clone().map_or(serde_json::Value::Null, |f| f.into());
+        let data = self.graphql(&format!("run count of {}", self.name()), query, vars).await?;
+        data.pointer("/project/runCount").and_then(|c| c.as_u64()).ok_or_else(|| {
+            format!("project {}/{} not found; check the entity and project names", self.opts.entity, self.opts.project)
+        })
+    }
+
+    /// What `runport plan` shows: the queries and the requests per stage.
+    /// Sends one run-count request; reads no run.
+    pub fn describe_plan(&self, plan: &FetchPlan) -> Result<serde_json::Value, String> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+        let count = rt.block_on(self.run_count())?;
+        let fields = ListingFields::from_plan(plan);
+        let pages = count.div_ceil(self.opts.per_page as u64).max(1);
+        let history = if !plan.history {
+            json!({"stage": "history", "requests": 0})
+        } else if let Some(samples) = self.opts.samples {
+            json!({"stage": "history", "query": SAMPLED_HISTORY, "samples": samples,
+                   "requests_at_most": count, "only": "runs whose historyKeys hold a selected key"})
+        } else {
+            json!({"stage": "history", "query": PARQUET_HISTORY,
+                   "requests_at_most": count, "plus": "one download per history file (no credentials)",
+                   "only": "runs whose historyKeys hold a selected key"})
+        };
+        Ok(json!({
+            "source_kind": "wandb-api",
+            "base_url": self.opts.base_url,
+            "runs": count,
+            "per_page": self.opts.per_page,
+            "concurrency": self.opts.concurrency,
+            "stages": [
+                {"stage": "listing", "requests": pages, "query": fields.document(), "fields": fields},
+                history,
+            ],
+        }))
+    }
+
+    /// Whether the run needs a history request at all.
+    pub fn needs_history(&self, plan: &FetchPlan, run: &ListedRun) -> bool {
+        plan.history && run.history_keys.as_ref().is_none_or(|keys| has_selected_history_key(plan, keys))
+    }
+
+    /// Fetches a run's selected history: raw material for the CPU stage.
+    pub async fn fetch_history(&self, plan: &FetchPlan, run: &ListedRun) -> Result<FetchedHistory, String> {
+        let name = &run.data.identity.run_id;
+        if let Some(samples) = self.opts.samples {
+            return self.sampled(plan, run, samples).await;
+        }
+        let mut vars = self.base_vars();
+        vars["name"] = name.clone().into();
+        vars["liveKeys"] = json!(["_step"]);
+        let what = format!("history of run {name}");
+        let parquet = match self.graphql(&what, PARQUET_HISTORY, vars).await {
+            Ok(data) => data.pointer("/project/run/parquetHistory").filter(|p| !p.is_null()).cloned(),
+            Err(e) if e.contains("parquetHistory") || e.contains("Cannot query field") => None,
+            Err(e) => return Err(e),
+        };
+        let Some(parquet) = parquet else {
+            return self.paged(run).await;
+        };
+        let urls: Vec<String> = parquet
+            .get("parquetUrls")
+            .and_then(|u| u.as_array())
+            .map(|a| a.iter().filter_map(|u| u.as_str().map(str::to_string)).collect())
+            .unwrap_or_default();
+        let live = parquet.get("liveData").and_then(|l| l.as_array()).cloned().unwrap_or_default();
+        let mut files = Vec::with_capacity(urls.len());
+        for (i, u) in urls.iter().enumerate() {
+            files.push(self.download(&format!("history file {} of run {name}", i + 1), u).await?);
+        }
+        Ok(FetchedHistory { files, rows: live })
+    }
+
+    /// Downloads a history file. No credentials: the URL may be another host.
+    async fn download(&self, what: &str, url: &str) -> Result<Bytes, String> {
+        let url = match reqwest::Url::parse(url) {
+            Ok(u) => u,
+            Err(_) => self.graphql_url.join(url).map_err(|e| format!("{what}: bad URL: {e}"))?,
+        };
+        let resp = self.http.send(what, |c| c.get(url.clone())).await.map_err(|e| e.to_string())?;
+        Ok(resp.body)
+    }
+
+    async fn sampled(&self, plan: &FetchPlan, run: &ListedRun, samples: usize) -> Result<FetchedHistory, String> {
+        let name = &run.data.identity.run_id;
+        let keys: Vec<String> = run
+            .history_keys
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|k| !k.starts_with('_') && has_selected_history_key(plan, std::slice::from_ref(k)))
+            .collect();
+        if keys.is_empty() {
+            return Ok(FetchedHistory::default());
+        }
+        // One spec per key: a spec only returns rows holding all its keys.
+        let specs: Vec<String> =
+            keys.iter().map(|k| json!({"keys": ["_step", k], "samples": samples}).to_string()).collect();
+        let mut vars = self.base_vars();
+        vars["name"] = name.clone().into();
+        vars["specs"] = json!(specs);
+        let data = self.graphql(&format!("sampled history of run {name}"), SAMPLED_HISTORY, vars).await?;
+        let lists = data.pointer("/project/run/sampledHistory").and_then(|s| s.as_array()).cloned().unwrap_or_default();
+        let mut by_step: BTreeMap<i64, serde_json::Map<String, serde_json::Value>> = BTreeMap::new();
+        for list in lists {
+            for row in list.as_array().into_iter().flatten() {
+                let Some(obj) = row.as_object() else { continue };
+                let Some(step) = obj.get("_step").and_then(|s| s.as_f64()) else { continue };
+                by_step.entry(step as i64).or_default().extend(obj.clone());
+            }
+        }
+        Ok(FetchedHistory { files: Vec::new(), rows: by_step.into_values().map(serde_json::Value::Object).collect() })
+    }
+
+    /// History pages (`history(minStep, maxStep)`), for servers without parquetHistory.
+    async fn paged(&self, run: &ListedRun) -> Result<FetchedHistory, String> {
+        let name = &run.data.identity.run_id;
+        let last = run.last_step.unwrap_or(i64::MAX / 2);
+        let mut rows = Vec::new();
+        let mut min = 0i64;
+        while min <= last {
+            let max = min.saturating_add(HISTORY_PAGE_ROWS);
+            let mut vars = self.base_vars();
+            vars["name"] = name.clone().into();
+            vars["minStep"] = min.into();
+            vars["maxStep"] = max.into();
+            vars["samples"] = HISTORY_PAGE_ROWS.into();
+            let data = self.graphql(&format!("history page from step {min} of run {name}"), HISTORY_PAGE, vars).await?;
+            let page = data.pointer("/project/run/history").and_then(|h| h.as_array()).cloned().unwrap_or_default();
+            if page.is_empty() && run.last_step.is_none() {
+                break;
+            }
+            rows.extend(page);
+            min = max;
+        }
+        Ok(FetchedHistory { files: Vec::new(), rows })
+    }
+}
+
+/// A run's history as fetched: Parquet files and JSON rows.
+#[derive(Debug, Default)]
+pub struct FetchedHistory {
+    pub files: Vec<Bytes>,
+    pub rows: Vec<serde_json::Value>,
+}
+
+impl FetchedHistory {
+    /// CPU stage: decodes the files (selected columns only) and merges the rows.
+    pub fn decode(self, plan: &FetchPlan, run: &mut RunData) -> Result<(), String> {
+        let mut b = HistoryBuilder::new(plan);
+        for f in self.files {
+            b.add_parquet(f)?;
+        }
+        b.add_live_rows(&self.rows);
+        run.history = Some(b.finish());
+        Ok(())
+    }
+}

@@ -1,0 +1,233 @@
+//! History from the API: the wide Parquet files the server exported (one
+//! column per key plus `_step`; nested objects as struct columns), read with
+//! only the selected keys' columns, then the live rows not exported yet.
+//!
+//! Column names are single path segments (a flat key `a.b` is the column
+//! `a.b`, encoded `a\.b`); struct children add segments (`nest.x`).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, UInt32Type, UInt64Type};
+use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_schema::DataType;
+use bytes::Bytes;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use crate::columns::{flatten, push_segment};
+use crate::plan::FetchPlan;
+use crate::run::{HistoryPoint, HistoryRow, RunHistory, seconds_to_micros};
+use crate::value::Value;
+
+use super::listing::restore_non_finite;
+
+const ROW_COLUMNS: [&str; 3] = ["_step", "_timestamp", "_runtime"];
+
+/// Builds a run's history in step order.
+pub struct HistoryBuilder<'p> {
+    plan: &'p FetchPlan,
+    history: RunHistory,
+    key_ids: HashMap<String, Option<u32>>,
+    steps: BTreeSet<i64>,
+}
+
+impl<'p> HistoryBuilder<'p> {
+    pub fn new(plan: &'p FetchPlan) -> Self {
+        HistoryBuilder { plan, history: RunHistory::default(), key_ids: HashMap::new(), steps: BTreeSet::new() }
+    }
+
+    fn key_id(&mut self, key: &str) -> Option<u32> {
+        if let Some(id) = self.key_ids.get(key) {
+            return *id;
+        }
+        let id = self.plan.wants_history_key(key).then(|| {
+            self.history.keys.push(key.to_string());
+            (self.history.keys.len() - 1) as u32
+        });
+        self.key_ids.insert(key.to_string(), id);
+        id
+    }
+
+    /// Whether a top-level column can hold a selected key.
+    fn wants_column(&self, name: &str, is_struct: bool) -> bool {
+        if ROW_COLUMNS.contains(&name) {
+            return true;
+        }
+        let mut key = String::new();
+        push_segment(&mut key, true, name);
+        self.plan.wants_history_key(&key) || (is_struct && self.plan.selection.wants_prefix(&format!("history.{key}.")))
+    }
+
+    /// Adds the rows of one exported Parquet file. Returns the rows added.
+    pub fn add_parquet(&mut self, file: Bytes) -> Result<usize, String> {
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| format!("history file: {e}"))?;
+        let schema = Arc::clone(builder.schema());
+        let roots: Vec<usize> = schema
+            .fields()
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| self.wants_column(f.name(), matches!(f.data_type(), DataType::Struct(_))))
+            .map(|(i, _)| i)
+            .collect();
+        let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+        let reader =
+            builder.with_projection(mask).with_batch_size(8192).build().map_err(|e| format!("history file: {e}"))?;
+        let mut added = 0;
+        for batch in reader {
+            let batch = batch.map_err(|e| format!("history file: {e}"))?;
+            added += self.add_batch(&batch)?;
+        }
+        Ok(added)
+    }
+
+    fn add_batch(&mut self, batch: &RecordBatch) -> Result<usize, String> {
+        let schema = batch.schema();
+        let step_col = batch.column_by_name("_step").ok_or("history file without a _step column")?;
+        let ts_col = batch.column_by_name("_timestamp");
+        let rt_col = batch.column_by_name("_runtime");
+        let others: Vec<(String, &ArrayRef)> = schema
+            .fields()
+            .iter()
+            .zip(batch.columns())
+            .filter(|(f, _)| !ROW_COLUMNS.contains(&f.name().as_str()))
+            .map(|(f, c)| {
+                let mut key = String::new();
+                push_segment(&mut key, true, f.name());
+                (key, c)
+            })
+            .collect();
+        let mut added = 0;
+        for i in 0..batch.num_rows() {
+            let Some(step) = cell(step_col, i).and_then(|v| v.as_f64()) else { continue };
+            let step = step as i64;
+            if !self.steps.insert(step) {
+                continue;
+            }
+            let row = self.history.rows.len() as u32;
+            self.history.rows.push(HistoryRow {
+                step,
+                timestamp: ts_col.and_then(|c| cell(c, i)).and_then(|v| v.as_f64()).and_then(seconds_to_micros),
+                runtime_s: rt_col.and_then(|c| cell(c, i)).and_then(|v| v.as_f64()),
+            });
+            for (key, col) in &others {
+                if let Some(v) = cell(col, i) {
+                    self.push(row, key, v);
+                }
+            }
+            added += 1;
+        }
+        Ok(added)
+    }
+
+    fn push(&mut self, row: u32, key: &str, value: Value) {
+        let mut leaves = Vec::new();
+        flatten(key, &value, &mut |p, leaf| leaves.push((p.to_string(), leaf.clone())));
+        for (k, leaf) in leaves {
+            if let Some(id) = self.key_id(&k) {
+                self.history.points.push(HistoryPoint { row, key: id, value: leaf });
+            }
+        }
+    }
+
+    /// Adds live rows (JSON objects with `_step`) whose steps the files did not hold.
+    pub fn add_live_rows(&mut self, rows: &[serde_json::Value]) -> usize {
+        let mut added = 0;
+        for r in rows {
+            let r = match r {
+                serde_json::Value::String(s) => match serde_json::from_str::<serde_json::Value>(s) {
+                    Ok(v) => v,
+                    Err(_) => match Value::parse(s) {
+                        Ok(v) => serde_json::from_str(&v.to_json()).unwrap_or(serde_json::Value::Null),
+                        Err(_) => continue,
+                    },
+                },
+                other => other.clone(),
+            };
+            let Some(obj) = r.as_object() else { continue };
+            let Some(step) = obj.get("_step").and_then(|s| s.as_f64()) else { continue };
+            let step = step as i64;
+            if !self.steps.insert(step) {
+                continue;
+            }
+            let row = self.history.rows.len() as u32;
+            self.history.rows.push(HistoryRow {
+                step,
+                timestamp: obj.get("_timestamp").and_then(|v| v.as_f64()).and_then(seconds_to_micros),
+                runtime_s: obj.get("_runtime").and_then(|v| v.as_f64()),
+            });
+            for (k, v) in obj {
+                if ROW_COLUMNS.contains(&k.as_str()) || v.is_null() {
+                    continue;
+                }
+                let mut key = String::new();
+                push_segment(&mut key, true, k);
+                let value = restore_non_finite(Value::parse(&v.to_string()).unwrap_or(Value::Null));
+                self.push(row, &key, value);
+            }
+            added += 1;
+        }
+        added
+    }
+
+    /// The history, rows in step order.
+    pub fn finish(mut self) -> RunHistory {
+        let rows = &self.history.rows;
+        if !rows.windows(2).all(|w| w[0].step <= w[1].step) {
+            let mut order: Vec<u32> = (0..rows.len() as u32).collect();
+            order.sort_by_key(|i| rows[*i as usize].step);
+            let mut new_index = vec![0u32; rows.len()];
+            for (new, old) in order.iter().enumerate() {
+                new_index[*old as usize] = new as u32;
+            }
+            self.history.rows = order.iter().map(|i| rows[*i as usize]).collect();
+            for p in &mut self.history.points {
+                p.row = new_index[p.row as usize];
+            }
+            self.history.points.sort_by_key(|p| p.row);
+        }
+        self.history
+    }
+}
+
+/// One cell as a value; `None` when null.
+fn cell(col: &ArrayRef, i: usize) -> Option<Value> {
+    if col.is_null(i) {
+        return None;
+    }
+    Some(match col.data_type() {
+        DataType::Float64 => Value::Float(col.as_primitive::<Float64Type>().value(i)),
+        DataType::Float32 => Value::Float(f64::from(col.as_primitive::<Float32Type>().value(i))),
+        DataType::Int64 => Value::Int(col.as_primitive::<Int64Type>().value(i)),
+        DataType::Int32 => Value::Int(i64::from(col.as_primitive::<Int32Type>().value(i))),
+        DataType::Int16 => Value::Int(i64::from(col.as_primitive::<Int16Type>().value(i))),
+        DataType::Int8 => Value::Int(i64::from(col.as_primitive::<Int8Type>().value(i))),
+        DataType::UInt32 => Value::Int(i64::from(col.as_primitive::<UInt32Type>().value(i))),
+        DataType::UInt64 => {
+            let v = col.as_primitive::<UInt64Type>().value(i);
+            i64::try_from(v).map(Value::Int).unwrap_or(Value::Float(v as f64))
+        }
+        DataType::Boolean => Value::Bool(col.as_boolean().value(i)),
+        DataType::Utf8 => Value::Str(col.as_string::<i32>().value(i).to_string()),
+        DataType::LargeUtf8 => Value::Str(col.as_string::<i64>().value(i).to_string()),
+        DataType::Utf8View => Value::Str(col.as_string_view().value(i).to_string()),
+        DataType::Struct(fields) => {
+            let s = col.as_struct();
+            Value::Object(
+                fields.iter().zip(s.columns()).filter_map(|(f, c)| cell(c, i).map(|v| (f.name().clone(), v))).collect(),
+            )
+        }
+        DataType::List(_) => {
+            let l = col.as_list::<i32>();
+            let items = l.value(i);
+            Value::List((0..items.len()).map(|j| cell(&items, j).unwrap_or(Value::Null)).collect())
+        }
+        DataType::LargeList(_) => {
+            let l = col.as_list::<i64>();
+            let items = l.value(i);
+            Value::List((0..items.len()).map(|j| cell(&items, j).unwrap_or(Value::Null)).collect())
+        }
+        other => Value::Str(format!("<unsupported {other}>")),
+    })
+}
