@@ -3,4 +3,5 @@
 //! reference reader) is set up on first use; see `harness`.
 
 mod harness;
+mod wandb_api;
 mod wandb_files;

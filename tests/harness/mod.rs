@@ -217,3 +217,105 @@ pub fn tempdir() -> tempfile::TempDir {
     fs::create_dir_all(&base).expect("create test tmp");
     tempfile::tempdir_in(base).expect("tempdir")
 }
+
+/// The API key the W&B test server expects (the official client wants 40+ word characters).
+pub const TEST_API_KEY: &str = "runport_testbed_key_0123456789abcdefghijklmnop";
+
+/// A running W&B API test server (`tests/testbed/wandb_server.py`); stopped on drop.
+pub struct WandbServer {
+    child: std::process::Child,
+    pub base_url: String,
+    pub files_url: String,
+    pub entity: String,
+    pub project: String,
+}
+
+impl WandbServer {
+    /// Starts a server for the runs under `runs` on free loopback ports.
+    pub fn start(runs: &Path, extra: &[&str]) -> WandbServer {
+        use std::io::BufRead;
+        let cache = target_dir().join("testbed-data").join("wandb-server-cache");
+        let mut child = Command::new(python())
+            .arg(testbed_dir().join("wandb_server.py"))
+            .arg("--runs")
+            .arg(runs)
+            .args(["--port", "0", "--files-port", "0", "--api-key", TEST_API_KEY, "--exit-with-stdin", "--cache"])
+            .arg(&cache)
+            .args(extra)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("start tests/testbed/wandb_server.py");
+        let stdout = child.stdout.take().expect("server stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(300))
+            .unwrap_or_else(|_| panic!("the W&B test server did not start within 300 s"));
+        let info: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("the W&B test server printed {line:?}: {e}"));
+        let s = |k: &str| info[k].as_str().unwrap_or_else(|| panic!("server info lacks {k}: {info}")).to_string();
+        WandbServer {
+            base_url: s("base_url"),
+            files_url: s("files_url"),
+            entity: s("entity"),
+            project: s("project"),
+            child,
+        }
+    }
+
+    pub fn uri(&self) -> String {
+        format!("wandb://{}/{}", self.entity, self.project)
+    }
+
+    /// Calls an admin endpoint (`/_testbed/...`) of the API origin.
+    pub fn admin(&self, path: &str, body: Option<serde_json::Value>) -> serde_json::Value {
+        use std::io::{Read, Write};
+        let addr = self.base_url.trim_start_matches("http://");
+        let mut conn = std::net::TcpStream::connect(addr).expect("connect to the test server");
+        let (method, payload) = match &body {
+            Some(b) => ("POST", b.to_string()),
+            None => ("GET", String::new()),
+        };
+        write!(
+            conn,
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
+            payload.len()
+        )
+        .expect("send admin request");
+        let mut resp = String::new();
+        conn.read_to_string(&mut resp).expect("read admin response");
+        let body = resp.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("admin {path}: {e}: {resp}"))
+    }
+
+    /// `runport` with the key in its environment (never on the command line).
+    pub fn runport(&self, args: &[&str]) -> (i32, String, String) {
+        let out = runport()
+            .env("WANDB_API_KEY", TEST_API_KEY)
+            .env_remove("WANDB_BASE_URL")
+            .arg(args[0])
+            .arg(self.uri())
+            .args(&args[1..])
+            .args(["--base-url", &self.base_url])
+            .output()
+            .expect("start runport");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for WandbServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -166,7 +166,9 @@ def encode_path(path) -> str:
     return ".".join(encode_segment(s) for s in path)
 
 
-def _json_ready(v):
+def json_ready(v):
+    """NaN and the infinities as the strings "NaN", "Infinity", "-Infinity"
+    (as the W&B API writes them), everywhere in a value."""
     if isinstance(v, float):
         if math.isnan(v):
             return "NaN"
@@ -174,15 +176,15 @@ def _json_ready(v):
             return "Infinity" if v > 0 else "-Infinity"
         return v
     if isinstance(v, dict):
-        return {k: _json_ready(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_json_ready(x) for x in v]
+        return {k: json_ready(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_ready(x) for x in v]
     return v
 
 
 def json_text(v) -> str:
     """Compact JSON, source key order, non-finite numbers as strings."""
-    return json.dumps(_json_ready(v), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return json.dumps(json_ready(v), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def number_text(v) -> str:

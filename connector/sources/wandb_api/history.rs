@@ -30,12 +30,13 @@ pub struct HistoryBuilder<'p> {
     plan: &'p FetchPlan,
     history: RunHistory,
     key_ids: HashMap<String, Option<u32>>,
-    steps: BTreeSet<i64>,
+    /// Steps the exported files hold (a resumed run may repeat a step: all kept).
+    file_steps: BTreeSet<i64>,
 }
 
 impl<'p> HistoryBuilder<'p> {
     pub fn new(plan: &'p FetchPlan) -> Self {
-        HistoryBuilder { plan, history: RunHistory::default(), key_ids: HashMap::new(), steps: BTreeSet::new() }
+        HistoryBuilder { plan, history: RunHistory::default(), key_ids: HashMap::new(), file_steps: BTreeSet::new() }
     }
 
     fn key_id(&mut self, key: &str) -> Option<u32> {
@@ -102,9 +103,7 @@ impl<'p> HistoryBuilder<'p> {
         for i in 0..batch.num_rows() {
             let Some(step) = cell(step_col, i).and_then(|v| v.as_f64()) else { continue };
             let step = step as i64;
-            if !self.steps.insert(step) {
-                continue;
-            }
+            self.file_steps.insert(step);
             let row = self.history.rows.len() as u32;
             self.history.rows.push(HistoryRow {
                 step,
@@ -131,8 +130,11 @@ impl<'p> HistoryBuilder<'p> {
         }
     }
 
-    /// Adds live rows (JSON objects with `_step`) whose steps the files did not hold.
+    /// Adds live rows (JSON objects with `_step`) whose steps the files did
+    /// not hold: the live tail starts after the exported rows, and a row the
+    /// server has already exported is not added twice.
     pub fn add_live_rows(&mut self, rows: &[serde_json::Value]) -> usize {
+        let exported_up_to = self.file_steps.last().copied();
         let mut added = 0;
         for r in rows {
             let r = match r {
@@ -148,7 +150,7 @@ impl<'p> HistoryBuilder<'p> {
             let Some(obj) = r.as_object() else { continue };
             let Some(step) = obj.get("_step").and_then(|s| s.as_f64()) else { continue };
             let step = step as i64;
-            if !self.steps.insert(step) {
+            if exported_up_to.is_some_and(|last| step <= last) {
                 continue;
             }
             let row = self.history.rows.len() as u32;
@@ -171,22 +173,8 @@ impl<'p> HistoryBuilder<'p> {
         added
     }
 
-    /// The history, rows in step order.
-    pub fn finish(mut self) -> RunHistory {
-        let rows = &self.history.rows;
-        if !rows.windows(2).all(|w| w[0].step <= w[1].step) {
-            let mut order: Vec<u32> = (0..rows.len() as u32).collect();
-            order.sort_by_key(|i| rows[*i as usize].step);
-            let mut new_index = vec![0u32; rows.len()];
-            for (new, old) in order.iter().enumerate() {
-                new_index[*old as usize] = new as u32;
-            }
-            self.history.rows = order.iter().map(|i| rows[*i as usize]).collect();
-            for p in &mut self.history.points {
-                p.row = new_index[p.row as usize];
-            }
-            self.history.points.sort_by_key(|p| p.row);
-        }
+    /// The history: exported rows in the server's order, then the live tail.
+    pub fn finish(self) -> RunHistory {
         self.history
     }
 }

@@ -260,12 +260,27 @@ impl WandbApi {
             .and_then(|u| u.as_array())
             .map(|a| a.iter().filter_map(|u| u.as_str().map(str::to_string)).collect())
             .unwrap_or_default();
+        // liveData holds the live rows' `_step` (the live keys) only: the rows
+        // themselves are read with history pages from the first live step.
         let live = parquet.get("liveData").and_then(|l| l.as_array()).cloned().unwrap_or_default();
+        let first_live = live
+            .iter()
+            .filter_map(|r| match r {
+                serde_json::Value::String(s) => serde_json::from_str::<serde_json::Value>(s).ok(),
+                other => Some(other.clone()),
+            })
+            .filter_map(|r| r.get("_step").and_then(|s| s.as_f64()))
+            .map(|f| f as i64)
+            .min();
         let mut files = Vec::with_capacity(urls.len());
         for (i, u) in urls.iter().enumerate() {
             files.push(self.download(&format!("history file {} of run {name}", i + 1), u).await?);
         }
-        Ok(FetchedHistory { files, rows: live })
+        let rows = match first_live {
+            Some(from) => self.pages(run, from).await?,
+            None => Vec::new(),
+        };
+        Ok(FetchedHistory { files, rows })
     }
 
     /// Downloads a history file. No credentials: the URL may be another host.
@@ -311,17 +326,24 @@ impl WandbApi {
 
     /// History pages (`history(minStep, maxStep)`), for servers without parquetHistory.
     async fn paged(&self, run: &ListedRun) -> Result<FetchedHistory, String> {
+        Ok(FetchedHistory { files: Vec::new(), rows: self.pages(run, 0).await? })
+    }
+
+    /// History rows from step `from` to the run's last step, a page at a time.
+    /// A page asks for twice as many rows as it spans steps, so that steps
+    /// logged twice (resumed runs) are not sampled away.
+    async fn pages(&self, run: &ListedRun, from: i64) -> Result<Vec<serde_json::Value>, String> {
         let name = &run.data.identity.run_id;
         let last = run.last_step.unwrap_or(i64::MAX / 2);
         let mut rows = Vec::new();
-        let mut min = 0i64;
+        let mut min = from;
         while min <= last {
             let max = min.saturating_add(HISTORY_PAGE_ROWS);
             let mut vars = self.base_vars();
             vars["name"] = name.clone().into();
             vars["minStep"] = min.into();
             vars["maxStep"] = max.into();
-            vars["samples"] = HISTORY_PAGE_ROWS.into();
+            vars["samples"] = (2 * HISTORY_PAGE_ROWS).into();
             let data = self.graphql(&format!("history page from step {min} of run {name}"), HISTORY_PAGE, vars).await?;
             let page = data.pointer("/project/run/history").and_then(|h| h.as_array()).cloned().unwrap_or_default();
             if page.is_empty() && run.last_step.is_none() {
@@ -330,7 +352,7 @@ impl WandbApi {
             rows.extend(page);
             min = max;
         }
-        Ok(FetchedHistory { files: Vec::new(), rows })
+        Ok(rows)
     }
 }
 

@@ -88,40 +88,52 @@ async fn produce(
 ) -> Option<ListingError> {
     let fields = ListingFields::from_plan(&plan);
     let document = fields.document();
+    // The whole listing first (a few requests): runs are then read in
+    // run-id order, the order of the dataset's files.
     let mut cursor: Option<String> = None;
-    let mut index = 0usize;
     let mut page = 1usize;
+    let mut listed = Vec::new();
+    let mut cut = None;
     loop {
-        let (runs, next, _total) = match api.list_page(&fields, &document, cursor.as_deref(), page, &plan).await {
-            Ok(p) => p,
-            Err(error) if page == 1 => return Some(ListingError::Unreadable(error)),
-            Err(error) => return Some(ListingError::Cut { page, error }),
-        };
-        for listed in runs {
-            let Ok(permit) = Arc::clone(&slots).acquire_owned().await else { return None };
-            let i = index;
-            index += 1;
-            let tx = tx.clone();
-            match listed {
-                Err((id, error)) => {
-                    let _ = tx.send((i, id, Err(error), permit)).await;
-                }
-                Ok(listed) => {
-                    let (api, plan, encoding) = (Arc::clone(&api), Arc::clone(&plan), encoding.clone());
-                    tokio::spawn(async move {
-                        let label = listed.data.identity.run_id.clone();
-                        let result = read_one(&api, &plan, encoding, listed).await;
-                        let _ = tx.send((i, label, result, permit)).await;
-                    });
+        match api.list_page(&fields, &document, cursor.as_deref(), page, &plan).await {
+            Ok((runs, next, _total)) => {
+                listed.extend(runs);
+                match next {
+                    Some(c) => cursor = Some(c),
+                    None => break,
                 }
             }
-        }
-        match next {
-            Some(c) => cursor = Some(c),
-            None => return None,
+            Err(error) if page == 1 => return Some(ListingError::Unreadable(error)),
+            Err(error) => {
+                cut = Some(ListingError::Cut { page, error });
+                break;
+            }
         }
         page += 1;
     }
+    let id_of = |r: &Result<super::listing::ListedRun, (String, String)>| match r {
+        Ok(l) => l.data.identity.run_id.clone(),
+        Err((id, _)) => id.clone(),
+    };
+    listed.sort_by_key(id_of);
+    for (i, listed) in listed.into_iter().enumerate() {
+        let Ok(permit) = Arc::clone(&slots).acquire_owned().await else { return cut };
+        let tx = tx.clone();
+        match listed {
+            Err((id, error)) => {
+                let _ = tx.send((i, id, Err(error), permit)).await;
+            }
+            Ok(listed) => {
+                let (api, plan, encoding) = (Arc::clone(&api), Arc::clone(&plan), encoding.clone());
+                tokio::spawn(async move {
+                    let label = listed.data.identity.run_id.clone();
+                    let result = read_one(&api, &plan, encoding, listed).await;
+                    let _ = tx.send((i, label, result, permit)).await;
+                });
+            }
+        }
+    }
+    cut
 }
 
 async fn read_one(

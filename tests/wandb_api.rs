@@ -1,0 +1,290 @@
+//! The W&B API source against the W&B API test server (graphql-core, loaded
+//! from the `.wandb` files the real SDK wrote), which the official client is
+//! checked against too.
+
+use std::fs;
+use std::path::Path;
+
+use crate::harness::*;
+
+/// Columns the API cannot give as the local files do (see the README):
+/// entity (offline runs have none locally), name (the server names unnamed
+/// runs by id), runtime_s (summary `_runtime` vs the exit record), exit_code.
+const API_ONLY_DIFFERENCES: &str = "entity,name,runtime_s,exit_code";
+
+fn compare_exports(a: &Path, b: &Path, extra: &[&str]) -> String {
+    let mut args: Vec<&std::ffi::OsStr> = vec![a.as_os_str(), b.as_os_str()];
+    args.extend(extra.iter().map(|s| s.as_ref() as &std::ffi::OsStr));
+    let out = testbed_script("compare_exports.py", &args);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn requests(server: &WandbServer) -> serde_json::Value {
+    server.admin("/_testbed/requests", None)
+}
+
+fn reset(server: &WandbServer) {
+    server.admin("/_testbed/reset", Some(serde_json::json!({})));
+}
+
+fn op_count(req: &serde_json::Value, op: &str) -> u64 {
+    req["by_operation"][op].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn api_export_equals_local_export() {
+    let runs = wandb_runs("standard");
+    let server = WandbServer::start(&runs, &[]);
+    for layout in ["long", "wide"] {
+        let local = tempdir();
+        export_json(&runs, local.path(), &["--history", layout], 0);
+        let api = tempdir();
+        let (code, stdout, stderr) =
+            server.runport(&["export", "-o", api.path().to_str().unwrap(), "--history", layout, "--json"]);
+        assert_eq!(code, 0, "{stdout}\n{stderr}");
+        let summary = last_json_line(&stdout);
+        assert!(summary["failures"].as_array().unwrap().is_empty(), "{summary}");
+        let report = compare_exports(
+            local.path(),
+            api.path(),
+            &["--ignore-columns", API_ONLY_DIFFERENCES, "--allow-missing-null-values"],
+        );
+        eprintln!("{layout}: {report}");
+    }
+}
+
+#[test]
+fn live_tail_merges_without_duplicate_or_missing_steps() {
+    let runs = wandb_runs("standard");
+    let server = WandbServer::start(&runs, &[]);
+    let full = tempdir();
+    let (code, _, stderr) = server.runport(&["export", "-o", full.path().to_str().unwrap(), "--select", "history.*"]);
+    assert_eq!(code, 0, "{stderr}");
+    // The last 777 steps of the long run, and the last 2 of every run with
+    // increasing steps, exist only as live data.
+    server.admin("/_testbed/live", Some(serde_json::json!({"steps": 2})));
+    server.admin("/_testbed/live", Some(serde_json::json!({"run": scenario_run_id(&runs, "long"), "steps": 777})));
+    server.admin("/_testbed/live", Some(serde_json::json!({"run": scenario_run_id(&runs, "resumed"), "steps": 0})));
+    reset_requests_only(&server);
+    let live = tempdir();
+    let (code, _, stderr) = server.runport(&["export", "-o", live.path().to_str().unwrap(), "--select", "history.*"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(op_count(&requests(&server), "RunHistoryPage") > 0, "the live rows were read");
+    compare_exports(full.path(), live.path(), &[]);
+}
+
+fn reset_requests_only(server: &WandbServer) {
+    server.admin("/_testbed/reset", Some(serde_json::json!({"requests": true})));
+}
+
+#[test]
+fn requests_follow_the_selection() {
+    let runs = wandb_runs("standard");
+    let server = WandbServer::start(&runs, &[]);
+    let n = scenarios(&runs)["scenarios"].as_object().unwrap().len() as u64;
+    let pages = n.div_ceil(2);
+    let out = tempdir();
+    let o = out.path().to_str().unwrap();
+
+    reset(&server);
+    let (code, _, stderr) = server.runport(&["export", "-o", o, "--select", "name,state", "--per-page", "2"]);
+    assert_eq!(code, 0, "{stderr}");
+    let req = requests(&server);
+    assert_eq!(op_count(&req, "Runs"), pages, "{}", req["by_operation"]);
+    assert_eq!(req["total"].as_u64().unwrap(), pages, "listing only: {}", req["by_operation"]);
+    assert_eq!(req["by_field"]["Run.config"].as_u64().unwrap_or(0), 0);
+
+    reset(&server);
+    let (code, _, stderr) = server.runport(&["export", "-o", o, "--select", "name,config.lr", "--per-page", "2"]);
+    assert_eq!(code, 0, "{stderr}");
+    let req = requests(&server);
+    assert_eq!(req["total"].as_u64().unwrap(), pages, "config.lr adds no request: {}", req["by_operation"]);
+    let args = &req["field_args"]["Run.config"];
+    assert!(args.to_string().contains("[\"lr\"]"), "config(keys: [lr]) was asked: {args}");
+
+    // history.loss: history is asked only for runs whose historyKeys hold loss.
+    let local = tempdir();
+    export_json(&runs, local.path(), &["--select", "history.loss"], 0);
+    let with_loss = python_snippet(
+        "import sys, polars as pl; print(pl.read_parquet(sys.argv[1] + '/history/').filter(pl.col('key') == 'loss')['run_id'].n_unique())",
+        &[local.path().as_os_str()],
+    );
+    let with_loss: u64 = with_loss.trim().parse().unwrap();
+    assert!(with_loss > 0 && with_loss < n, "the test needs runs with and without loss: {with_loss} of {n}");
+    reset(&server);
+    let (code, _, stderr) = server.runport(&["export", "-o", o, "--select", "history.loss", "--per-page", "2"]);
+    assert_eq!(code, 0, "{stderr}");
+    let req = requests(&server);
+    assert_eq!(op_count(&req, "RunParquetHistory"), with_loss, "{}", req["by_operation"]);
+    compare_exports(local.path(), out.path(), &["--ignore-columns", API_ONLY_DIFFERENCES]);
+
+    // `runport plan` shows the listing query and the number of pages.
+    let (code, stdout, stderr) = server.runport(&["plan", "--select", "name,config.lr", "--per-page", "2", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let plan = last_json_line(&stdout);
+    assert_eq!(plan["stages"][0]["requests"], pages);
+    assert!(plan["stages"][0]["query"].as_str().unwrap().contains("config(keys: $configKeys)"), "{plan}");
+}
+
+#[test]
+fn faults_change_nothing_and_secrets_stay_put() {
+    let runs = wandb_runs("standard");
+    let server = WandbServer::start(&runs, &[]);
+    let clean = tempdir();
+    let (code, _, stderr) = server.runport(&["export", "-o", clean.path().to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    reset(&server);
+    let rules = serde_json::json!({"rules": [
+        {"origin": "api", "operation": "Runs", "action": "status", "status": 429, "retry_after": 1, "times": 2},
+        {"origin": "api", "field": "parquetHistory", "action": "status", "status": 503, "times": 3},
+        {"origin": "api", "field": "parquetHistory", "action": "status", "status": 429, "ratelimit_reset": 1, "times": 1},
+        {"origin": "api", "action": "reset", "times": 2},
+        {"origin": "files", "action": "truncate", "times": 2},
+        {"origin": "files", "action": "reset", "times": 1},
+        {"origin": "files", "action": "status", "status": 502, "times": 2},
+        {"origin": "api", "action": "delay", "delay": 0.2, "times": 3},
+        {"origin": "*", "action": "rate_limit", "rate": 40, "burst": 8}
+    ], "replace": true});
+    server.admin("/_testbed/faults", Some(rules));
+    let faulty = tempdir();
+    let (code, stdout, stderr) = runport()
+        .env("WANDB_API_KEY", TEST_API_KEY)
+        .env("RUST_LOG", "runport=debug")
+        .args([
+            "export",
+            &server.uri(),
+            "-o",
+            faulty.path().to_str().unwrap(),
+            "--json",
+            "--base-url",
+            &server.base_url,
+        ])
+        .output()
+        .map(|o| {
+            (
+                o.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&o.stdout).into_owned(),
+                String::from_utf8_lossy(&o.stderr).into_owned(),
+            )
+        })
+        .unwrap();
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let faults = server.admin("/_testbed/faults", None);
+    let fired: u64 = faults["rules"].as_array().unwrap().iter().map(|r| r["hits"].as_u64().unwrap_or(0)).sum();
+    assert!(fired >= 10, "the faults fired: {faults}");
+    compare_exports(clean.path(), faulty.path(), &[]);
+
+    let req = requests(&server);
+    assert_eq!(req["files"]["rejected_credentials"], 0, "no credentials at the file origin: {}", req["files"]);
+    assert_eq!(req["credential_leaks"].as_u64().unwrap_or(0), 0, "{}", req["credential_leaks"]);
+    assert!(req["files"]["downloads"].as_u64().unwrap() > 0);
+    // The key never shows in output, logs or the dataset.
+    assert!(!stdout.contains(TEST_API_KEY) && !stderr.contains(TEST_API_KEY), "the API key leaked into the output");
+    assert!(stderr.contains("retrying"), "debug logs show the retries");
+    for e in walk(faulty.path()) {
+        let bytes = fs::read(&e).unwrap();
+        assert!(!bytes.windows(TEST_API_KEY.len()).any(|w| w == TEST_API_KEY.as_bytes()), "key in {}", e.display());
+    }
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn bad_key_and_unknown_project_say_what_to_check() {
+    let runs = wandb_runs("standard");
+    let server = WandbServer::start(&runs, &[]);
+    let out = tempdir();
+    let wrong = "wrong_key_0123456789abcdefghijklmnopqrstuvwxyz";
+    let o = runport()
+        .env("WANDB_API_KEY", wrong)
+        .args(["export", &server.uri(), "-o", out.path().to_str().unwrap(), "--base-url", &server.base_url])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("rejected the API key") && stderr.contains("WANDB_API_KEY"), "{stderr}");
+    assert!(!stderr.contains(wrong), "the key is not printed: {stderr}");
+
+    let o = runport()
+        .env("WANDB_API_KEY", TEST_API_KEY)
+        .args([
+            "export",
+            "wandb://testbed/no-such-project",
+            "-o",
+            out.path().to_str().unwrap(),
+            "--base-url",
+            &server.base_url,
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("not found") && stderr.contains("no-such-project"), "{stderr}");
+
+    let o = runport()
+        .env_remove("WANDB_API_KEY")
+        .env("HOME", out.path())
+        .env_remove("NETRC")
+        .args(["ls", &server.uri(), "--base-url", &server.base_url])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("set WANDB_API_KEY"), "{stderr}");
+
+    // A key from ~/.netrc for the API host works.
+    fs::write(out.path().join(".netrc"), format!("machine 127.0.0.1\n  login user\n  password {TEST_API_KEY}\n"))
+        .unwrap();
+    let o = runport()
+        .env_remove("WANDB_API_KEY")
+        .env("HOME", out.path())
+        .env_remove("NETRC")
+        .args(["ls", &server.uri(), "--base-url", &server.base_url])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&scenario_run_id(&runs, "long")));
+}
+
+#[test]
+fn sampled_history_uses_sampled_requests() {
+    let runs = wandb_runs("standard");
+    let server = WandbServer::start(&runs, &[]);
+    reset(&server);
+    let out = tempdir();
+    let (code, stdout, stderr) = server.runport(&[
+        "export",
+        "-o",
+        out.path().to_str().unwrap(),
+        "--select",
+        "history.loss",
+        "--samples",
+        "50",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let req = requests(&server);
+    assert!(op_count(&req, "RunSampledHistory") > 0, "{}", req["by_operation"]);
+    assert_eq!(op_count(&req, "RunParquetHistory"), 0);
+    let summary = last_json_line(&stdout);
+    let rows = summary["rows"]["history"].as_u64().unwrap();
+    assert!(rows > 0 && rows < 1000, "a sample, not the 100,000-step history: {rows}");
+}
+
+#[test]
+fn official_client_reads_back_what_the_sdk_logged() {
+    let runs = wandb_runs("standard");
+    let out = testbed_script("check_official_client.py", &["--runs".as_ref(), runs.as_os_str()]);
+    eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+}
