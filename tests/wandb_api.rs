@@ -93,6 +93,17 @@ fn requests_follow_the_selection() {
     assert_eq!(op_count(&req, "Runs"), pages, "{}", req["by_operation"]);
     assert_eq!(req["total"].as_u64().unwrap(), pages, "listing only: {}", req["by_operation"]);
     assert_eq!(req["by_field"]["Run.config"].as_u64().unwrap_or(0), 0);
+    for entry in req["log"].as_array().unwrap() {
+        let ua = entry["user_agent"].as_str().unwrap_or_default();
+        assert!(ua.starts_with("W&B Public Client runport/"), "user agent {ua:?}");
+    }
+
+    // --where passes a W&B filter to the server.
+    let crashed = scenario_run_id(&runs, "killed");
+    let (code, stdout, stderr) = server.runport(&["ls", "--where", r#"{"state": "crashed"}"#]);
+    assert_eq!(code, 0, "{stderr}");
+    let ids: Vec<&str> = stdout.lines().map(|l| l.split('\t').next().unwrap()).collect();
+    assert_eq!(ids, [crashed.as_str()], "{stdout}");
 
     reset(&server);
     let (code, _, stderr) = server.runport(&["export", "-o", o, "--select", "name,config.lr", "--per-page", "2"]);
@@ -204,6 +215,7 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 fn bad_key_and_unknown_project_say_what_to_check() {
     let runs = wandb_runs("standard");
     let server = WandbServer::start(&runs, &[]);
+    reset(&server);
     let out = tempdir();
     let wrong = "wrong_key_0123456789abcdefghijklmnopqrstuvwxyz";
     let o = runport()
@@ -215,6 +227,7 @@ fn bad_key_and_unknown_project_say_what_to_check() {
     assert_eq!(o.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("rejected the API key") && stderr.contains("WANDB_API_KEY"), "{stderr}");
     assert!(!stderr.contains(wrong), "the key is not printed: {stderr}");
+    assert_eq!(requests(&server)["by_status"]["401"], 1, "a 401 is not retried");
 
     let o = runport()
         .env("WANDB_API_KEY", TEST_API_KEY)
