@@ -243,7 +243,9 @@ impl Planned {
                 Ok(None)
             }
             Opened::WandbApi(api) => {
-                let window = concurrency.max(1) * 4;
+                // Runs in flight or waiting: enough to keep the requests busy, few
+                // enough that memory stays flat (a run's history is held until written).
+                let window = concurrency.max(4) + 2;
                 let outcome = wandb_api::read::read_runs(api, plan, window, encoding, |label, run| {
                     consume(label, run, RecordCounts::default())
                 })?;
