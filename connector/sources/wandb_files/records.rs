@@ -201,11 +201,6 @@ pub struct RunExitRecord {
     pub runtime: i32,
 }
 
-/// The path of an item: `nested_key` when the writer filled it, else `[key]`.
-pub fn item_path<'a>(key: &'a str, nested_key: &'a [String]) -> Vec<&'a str> {
-    if nested_key.is_empty() { vec![key] } else { nested_key.iter().map(String::as_str).collect() }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,7 +6,7 @@
 
 use indexmap::IndexMap;
 
-use crate::columns::{encode_path, flatten, push_segment};
+use crate::columns::{flatten, push_segment};
 use crate::value::Value;
 
 /// A node: a whole value (parsed or still JSON text), or a branch reached by nested keys.
@@ -194,11 +194,6 @@ impl Node {
             }
         }
     }
-}
-
-/// The encoded path of an item path (for messages).
-pub fn shown_path(path: &[&str]) -> String {
-    encode_path(path)
 }
 
 #[cfg(test)]
