@@ -201,6 +201,11 @@ impl Planned {
         }
     }
 
+    /// The source's column groups of `runs.parquet`, in output order.
+    pub fn prefixes(&self) -> &'static [&'static str] {
+        WANDB_PREFIXES
+    }
+
     /// The number of runs, when known before reading (local files).
     pub fn run_count(&self) -> Option<usize> {
         match &self.source {
@@ -302,7 +307,7 @@ pub fn export(opts: &ExportOptions) -> Result<ExportSummary> {
     });
 
     let progress = progress_bar(opts.progress, planned.run_count());
-    let mut runs = RunsTable::new(&plan.identity_columns);
+    let mut runs = RunsTable::new(&plan.identity_columns, planned.prefixes());
     let mut failures = Vec::new();
     let mut warnings = Vec::new();
     let mut records = RecordCounts::default();
@@ -486,7 +491,7 @@ pub fn schemas(
 ) -> Result<(SchemaRef, Option<SchemaRef>)> {
     let planned = open(source, selection, history, concurrency, remote)?;
     let plan = &planned.plan;
-    let mut runs = RunsTable::new(&plan.identity_columns);
+    let mut runs = RunsTable::new(&plan.identity_columns, planned.prefixes());
     let mut kinds = BTreeMap::new();
     planned.read_runs(plan, concurrency, None, |_, run, _| {
         if let Ok(ReadRun { data: mut run, .. }) = run {

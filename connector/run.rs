@@ -24,6 +24,15 @@ pub struct RunIdentity {
     pub host: Option<String>,
     pub git_remote: Option<String>,
     pub git_commit: Option<String>,
+    // MLflow (`name` is the run name there).
+    pub experiment_id: Option<String>,
+    pub experiment_name: Option<String>,
+    pub status: Option<String>,
+    pub artifact_uri: Option<String>,
+    pub start_time: Option<i64>,
+    pub end_time: Option<i64>,
+    pub user_id: Option<String>,
+    pub lifecycle_stage: Option<String>,
 }
 
 /// One history value at one row of a run.
@@ -57,13 +66,19 @@ pub struct RunHistory {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RunData {
     pub identity: RunIdentity,
-    /// `(encoded path, leaf value)`, paths without the `config.` prefix.
-    pub config: Vec<(String, Value)>,
-    /// `(encoded path, leaf value)`, paths without the `summary.` prefix.
-    pub summary: Vec<(String, Value)>,
+    /// Flattened column groups in output order: `(prefix, [(path, leaf)])`,
+    /// e.g. `("config.", [("opt.lr", 0.1)])`; paths without the prefix.
+    pub groups: Vec<(&'static str, Vec<(String, Value)>)>,
     pub history: Option<RunHistory>,
     /// Damage that was skipped over while reading this run.
     pub warnings: Vec<String>,
+}
+
+impl RunData {
+    /// The values of one column group (empty when the run has none).
+    pub fn group(&self, prefix: &str) -> &[(String, Value)] {
+        self.groups.iter().find(|(p, _)| *p == prefix).map_or(&[], |(_, v)| v.as_slice())
+    }
 }
 
 /// Seconds (as W&B writes `_timestamp`) to microseconds, rounded half away from zero.

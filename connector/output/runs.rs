@@ -18,7 +18,9 @@ use crate::value::Value;
 /// The Arrow type of an identity column.
 pub fn identity_field(name: &str) -> Field {
     let dt = match name {
-        "created_at" | "updated_at" => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        "created_at" | "updated_at" | "start_time" | "end_time" => {
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+        }
         "runtime_s" => DataType::Float64,
         "exit_code" => DataType::Int64,
         "tags" => DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
@@ -29,25 +31,25 @@ pub fn identity_field(name: &str) -> Field {
 
 struct Row {
     identity: RunIdentity,
-    config: Vec<(String, Value)>,
-    summary: Vec<(String, Value)>,
+    /// Per group (in `RunsTable::groups` order): path → value.
+    groups: Vec<Vec<(String, Value)>>,
 }
 
 /// Collects runs and builds the table.
 pub struct RunsTable {
     identity_columns: Vec<String>,
     rows: Vec<Row>,
-    config_kinds: BTreeMap<String, ColumnKind>,
-    summary_kinds: BTreeMap<String, ColumnKind>,
+    /// Column groups in output order, with their columns' kinds.
+    groups: Vec<(&'static str, BTreeMap<String, ColumnKind>)>,
 }
 
 impl RunsTable {
-    pub fn new(identity_columns: &[String]) -> RunsTable {
+    /// `prefixes` are the source's column groups in output order (`config.`, `summary.`).
+    pub fn new(identity_columns: &[String], prefixes: &[&'static str]) -> RunsTable {
         RunsTable {
             identity_columns: identity_columns.to_vec(),
             rows: Vec::new(),
-            config_kinds: BTreeMap::new(),
-            summary_kinds: BTreeMap::new(),
+            groups: prefixes.iter().map(|p| (*p, BTreeMap::new())).collect(),
         }
     }
 
@@ -61,29 +63,26 @@ impl RunsTable {
 
     /// Adds a run (its history is not kept).
     pub fn push(&mut self, run: &mut RunData) {
-        for (path, v) in &run.config {
-            let k = self.config_kinds.entry(path.clone()).or_insert(ColumnKind::Null);
-            *k = k.unify(ColumnKind::of(v));
+        let mut groups = vec![Vec::new(); self.groups.len()];
+        for (prefix, values) in std::mem::take(&mut run.groups) {
+            let Some(g) = self.groups.iter().position(|(p, _)| *p == prefix) else { continue };
+            let kinds = &mut self.groups[g].1;
+            for (path, v) in &values {
+                let k = kinds.entry(path.clone()).or_insert(ColumnKind::Null);
+                *k = k.unify(ColumnKind::of(v));
+            }
+            groups[g] = values;
         }
-        for (path, v) in &run.summary {
-            let k = self.summary_kinds.entry(path.clone()).or_insert(ColumnKind::Null);
-            *k = k.unify(ColumnKind::of(v));
-        }
-        self.rows.push(Row {
-            identity: std::mem::take(&mut run.identity),
-            config: std::mem::take(&mut run.config),
-            summary: std::mem::take(&mut run.summary),
-        });
+        self.rows.push(Row { identity: std::mem::take(&mut run.identity), groups });
     }
 
     /// The schema the table will have with the runs pushed so far.
     pub fn schema(&self) -> SchemaRef {
         let mut fields: Vec<Field> = self.identity_columns.iter().map(|c| identity_field(c)).collect();
-        for (p, k) in &self.config_kinds {
-            fields.push(k.field(&format!("config.{p}")));
-        }
-        for (p, k) in &self.summary_kinds {
-            fields.push(k.field(&format!("summary.{p}")));
+        for (prefix, kinds) in &self.groups {
+            for (p, k) in kinds {
+                fields.push(k.field(&format!("{prefix}{p}")));
+            }
         }
         Arc::new(Schema::new(fields))
     }
@@ -97,16 +96,10 @@ impl RunsTable {
         for c in &self.identity_columns {
             columns.push(identity_column(c, &self.rows));
         }
-        for (prefix_config, kinds) in [(true, &self.config_kinds), (false, &self.summary_kinds)] {
-            // Index each row's values by path once per table part.
-            let indexed: Vec<BTreeMap<&str, &Value>> = self
-                .rows
-                .iter()
-                .map(|r| {
-                    let vals = if prefix_config { &r.config } else { &r.summary };
-                    vals.iter().map(|(p, v)| (p.as_str(), v)).collect()
-                })
-                .collect();
+        for (g, (_, kinds)) in self.groups.iter().enumerate() {
+            // Index each row's values by path once per group.
+            let indexed: Vec<BTreeMap<&str, &Value>> =
+                self.rows.iter().map(|r| r.groups[g].iter().map(|(p, v)| (p.as_str(), v)).collect()).collect();
             for (path, kind) in kinds {
                 let mut b = ColumnBuilder::new(*kind, n);
                 for row in &indexed {
@@ -133,7 +126,13 @@ fn identity_column(name: &str, rows: &[Row]) -> ArrayRef {
         "entity" => text(&|i| i.entity.as_deref()),
         "project" => text(&|i| i.project.as_deref()),
         "run_id" => text(&|i| Some(i.run_id.as_str())),
-        "name" => text(&|i| i.name.as_deref()),
+        "name" | "run_name" => text(&|i| i.name.as_deref()),
+        "experiment_id" => text(&|i| i.experiment_id.as_deref()),
+        "experiment_name" => text(&|i| i.experiment_name.as_deref()),
+        "status" => text(&|i| i.status.as_deref()),
+        "artifact_uri" => text(&|i| i.artifact_uri.as_deref()),
+        "user_id" => text(&|i| i.user_id.as_deref()),
+        "lifecycle_stage" => text(&|i| i.lifecycle_stage.as_deref()),
         "state" => text(&|i| i.state.as_deref()),
         "group" => text(&|i| i.group.as_deref()),
         "job_type" => text(&|i| i.job_type.as_deref()),
@@ -141,10 +140,16 @@ fn identity_column(name: &str, rows: &[Row]) -> ArrayRef {
         "host" => text(&|i| i.host.as_deref()),
         "git_remote" => text(&|i| i.git_remote.as_deref()),
         "git_commit" => text(&|i| i.git_commit.as_deref()),
-        "created_at" | "updated_at" => {
+        "created_at" | "updated_at" | "start_time" | "end_time" => {
             let mut b = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
             for r in rows {
-                b.append_option(if name == "created_at" { r.identity.created_at } else { r.identity.updated_at });
+                let i = &r.identity;
+                b.append_option(match name {
+                    "created_at" => i.created_at,
+                    "updated_at" => i.updated_at,
+                    "start_time" => i.start_time,
+                    _ => i.end_time,
+                });
             }
             Arc::new(b.finish())
         }

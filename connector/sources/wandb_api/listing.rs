@@ -121,6 +121,7 @@ pub fn parse_run_node(
         host: text(node, "host"),
         git_remote: None,
         git_commit: text(node, "commit"),
+        ..Default::default()
     };
     let mut config = Vec::new();
     if let Some(c) = if plan.config { json_field(node, "config")? } else { None } {
@@ -146,7 +147,12 @@ pub fn parse_run_node(
         _ => (None, None),
     };
     Ok(ListedRun {
-        data: RunData { identity, config, summary: summary_cols, history: None, warnings: Vec::new() },
+        data: RunData {
+            identity,
+            groups: vec![("config.", config), ("summary.", summary_cols)],
+            history: None,
+            warnings: Vec::new(),
+        },
         history_keys,
         last_step,
         history_line_count: node.get("historyLineCount").and_then(|v| v.as_i64()),
@@ -190,11 +196,12 @@ mod tests {
         assert_eq!((i.run_id.as_str(), i.name.as_deref(), i.group.as_deref()), ("abc", Some("my run"), None));
         assert_eq!(i.created_at, Some(1_704_164_645_250_000));
         assert_eq!(i.runtime_s, Some(12.5));
-        let config: Vec<(String, String)> = r.data.config.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
+        let config: Vec<(String, String)> =
+            r.data.group("config.").iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
         assert_eq!(config, [("opt.lr".to_string(), "0.1".to_string()), ("a\\.b".to_string(), "\"NaN\"".to_string())]);
-        assert!(matches!(r.data.config[1].1, Value::Float(f) if f.is_nan()));
-        assert_eq!(r.data.summary[0], ("loss".to_string(), Value::Float(f64::INFINITY)));
-        assert_eq!(r.data.summary[2].0, "img", "media stay whole");
+        assert!(matches!(r.data.group("config.")[1].1, Value::Float(f) if f.is_nan()));
+        assert_eq!(r.data.group("summary.")[0], ("loss".to_string(), Value::Float(f64::INFINITY)));
+        assert_eq!(r.data.group("summary.")[2].0, "img", "media stay whole");
         assert_eq!(r.history_keys.as_deref(), Some(&["loss".to_string(), "nest.x".to_string()][..]));
         assert_eq!((r.last_step, r.history_line_count), (Some(99), Some(100)));
     }

@@ -407,6 +407,7 @@ impl RunDecoder<'_> {
             host: nonempty(run.host),
             git_remote: nonempty(git.remote_url),
             git_commit: nonempty(git.commit),
+            ..Default::default()
         };
         let plan = self.plan;
         let warnings = &mut self.warnings;
@@ -420,7 +421,12 @@ impl RunDecoder<'_> {
             let keep = &mut |p: &str| plan.wants_column("summary.", p);
             self.summary.flatten_into(&["_wandb"], keep, &mut |w| warnings.push(format!("summary: {w}")), &mut summary);
         }
-        RunData { identity, config, summary, history: plan.history.then_some(self.history), warnings: self.warnings }
+        RunData {
+            identity,
+            groups: vec![("config.", config), ("summary.", summary)],
+            history: plan.history.then_some(self.history),
+            warnings: self.warnings,
+        }
     }
 }
 
@@ -587,8 +593,8 @@ mod tests {
         assert_eq!(data.identity.state.as_deref(), Some("failed"));
         assert_eq!(data.identity.exit_code, Some(2));
         assert_eq!(data.identity.runtime_s, Some(5.0));
-        assert_eq!(data.config, vec![("opt.lr".to_string(), Value::Float(0.2))]);
-        assert_eq!(data.summary, vec![("m.x".to_string(), Value::Int(1))]);
+        assert_eq!(data.group("config."), [("opt.lr".to_string(), Value::Float(0.2))]);
+        assert_eq!(data.group("summary."), [("m.x".to_string(), Value::Int(1))]);
         assert_eq!(
             (counts.decoded_run, counts.decoded_summary, counts.decoded_config, counts.decoded_exit),
             (2, 1, 1, 1)
@@ -596,7 +602,7 @@ mod tests {
 
         // Selecting name,state decodes neither config nor summary records.
         let (data, counts) = decode(&records, Some("name,state"));
-        assert!(data.config.is_empty() && data.summary.is_empty() && data.history.is_none());
+        assert!(data.group("config.").is_empty() && data.group("summary.").is_empty() && data.history.is_none());
         assert_eq!((counts.decoded_summary, counts.decoded_config, counts.decoded_history), (0, 0, 0));
         assert_eq!(counts.read, 5);
     }
