@@ -23,10 +23,10 @@ use crate::output::runs::RunsTable;
 use crate::output::{DatasetDir, Provenance, TableWriter, writer_properties};
 use crate::pipeline::{HistoryEncoding, ReadRun, for_each_run};
 use crate::plan::{FetchPlan, HistoryLayout, WANDB_IDENTITY_COLUMNS, WANDB_PREFIXES};
+use crate::remote::{self, ListingError};
 use crate::run::{RunData, RunIdentity};
 use crate::selection::Selection;
 use crate::sources::SourceSpec;
-use crate::sources::wandb_api::read::ListingError;
 use crate::sources::wandb_api::{self, DEFAULT_BASE_URL, DEFAULT_PER_PAGE, WandbApi, WandbApiOptions};
 use crate::sources::wandb_files::log_reader::TransactionLogReader;
 use crate::sources::wandb_files::{RecordCounts, WandbFiles, decode_run};
@@ -251,7 +251,7 @@ impl Planned {
                 // Runs in flight or waiting: enough to keep the requests busy, few
                 // enough that memory stays flat (a run's history is held until written).
                 let window = concurrency.max(4) + 2;
-                let outcome = wandb_api::read::read_runs(api, plan, window, encoding, |label, run| {
+                let outcome = remote::read_runs(api, plan, window, encoding, |label, run| {
                     consume(label, run, RecordCounts::default())
                 })?;
                 match outcome {

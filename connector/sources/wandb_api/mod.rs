@@ -14,9 +14,9 @@ pub mod credentials;
 pub mod history;
 pub mod listing;
 pub mod queries;
-pub mod read;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde_json::json;
@@ -24,6 +24,7 @@ use serde_json::json;
 use crate::error::{Error, Result};
 use crate::http::{Http, HttpError, RetryPolicy, build_client};
 use crate::plan::FetchPlan;
+use crate::remote::{Listing, ListingError, RemoteSource};
 use crate::run::RunData;
 
 use credentials::{ApiKey, KeySource, find_api_key};
@@ -353,6 +354,54 @@ impl WandbApi {
             min = max;
         }
         Ok(rows)
+    }
+}
+
+impl RemoteSource for WandbApi {
+    type Listed = ListedRun;
+
+    async fn list(self: Arc<Self>, plan: Arc<FetchPlan>) -> Listing<ListedRun> {
+        let fields = ListingFields::from_plan(&plan);
+        let document = fields.document();
+        let mut cursor: Option<String> = None;
+        let mut listed = Vec::new();
+        for page in 1.. {
+            match self.list_page(&fields, &document, cursor.as_deref(), page, &plan).await {
+                Ok((runs, next, _total)) => {
+                    listed.extend(runs);
+                    match next {
+                        Some(c) => cursor = Some(c),
+                        None => break,
+                    }
+                }
+                Err(error) if page == 1 => return (listed, Some(ListingError::Unreadable(error))),
+                Err(error) => return (listed, Some(ListingError::Cut { page, error })),
+            }
+        }
+        (listed, None)
+    }
+
+    fn run_id(listed: &ListedRun) -> &str {
+        &listed.data.identity.run_id
+    }
+
+    async fn read(self: Arc<Self>, plan: Arc<FetchPlan>, listed: ListedRun) -> Result<RunData, String> {
+        if !self.needs_history(&plan, &listed) {
+            // No history request for this run; an empty history when history was asked.
+            let mut data = listed.data;
+            if plan.history {
+                data.history = Some(Default::default());
+            }
+            return Ok(data);
+        }
+        let fetched = self.fetch_history(&plan, &listed).await?;
+        let mut data = listed.data;
+        tokio::task::spawn_blocking(move || {
+            fetched.decode(&plan, &mut data)?;
+            Ok(data)
+        })
+        .await
+        .map_err(|e| format!("internal error while decoding history: {e}"))?
     }
 }
 

@@ -1,10 +1,11 @@
-//! The API pipeline: listing pages (sequential, cursor-paged) → history
-//! fetches (async, bounded by the HTTP limit) → decoding and Arrow building
-//! (blocking pool) → the caller's consumer, in listing order.
+//! The pipeline of network sources: the whole listing (a few pages) → runs
+//! sorted by id → per-run fetches (async, bounded by the HTTP limit) →
+//! decoding and Arrow building (blocking pool) → the caller's consumer, in
+//! run-id order.
 //!
 //! At most `window` runs are in flight or waiting for the consumer: a run's
 //! slot is freed only once consumed, so memory stays flat however many runs
-//! the project holds. The consumer runs on the calling thread.
+//! the source holds. The consumer runs on the calling thread.
 
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
@@ -12,11 +13,34 @@ use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
-use super::WandbApi;
-use super::queries::ListingFields;
+use std::future::Future;
+
 use crate::error::{Error, Result};
 use crate::pipeline::{HistoryEncoding, ReadRun};
 use crate::plan::FetchPlan;
+use crate::run::RunData;
+
+/// The outcome of a listing: each run, or its id and why it could not be
+/// listed; and how the listing ended when it did not end normally.
+pub type Listing<L> = (Vec<Result<L, (String, String)>>, Option<ListingError>);
+
+/// A source read over the network: a listing, then one read per run.
+pub trait RemoteSource: Send + Sync + 'static {
+    /// A run as the listing gives it.
+    type Listed: Send + 'static;
+
+    /// The whole listing.
+    fn list(self: Arc<Self>, plan: Arc<FetchPlan>) -> impl Future<Output = Listing<Self::Listed>> + Send;
+
+    fn run_id(listed: &Self::Listed) -> &str;
+
+    /// Everything the plan needs of one run (CPU work on the blocking pool).
+    fn read(
+        self: Arc<Self>,
+        plan: Arc<FetchPlan>,
+        listed: Self::Listed,
+    ) -> impl Future<Output = Result<RunData, String>> + Send;
+}
 
 /// One run's outcome, with its slot.
 type Delivered = (usize, String, Result<ReadRun, String>, OwnedSemaphorePermit);
@@ -32,8 +56,8 @@ pub enum ListingError {
 
 /// Lists and reads every run; calls `consume(label, result)` in listing order.
 /// Returns how the listing ended.
-pub fn read_runs(
-    api: &Arc<WandbApi>,
+pub fn read_runs<S: RemoteSource>(
+    api: &Arc<S>,
     plan: &Arc<FetchPlan>,
     window: usize,
     encoding: Option<Arc<HistoryEncoding>>,
@@ -79,43 +103,25 @@ pub fn read_runs(
     })
 }
 
-async fn produce(
-    api: Arc<WandbApi>,
+async fn produce<S: RemoteSource>(
+    api: Arc<S>,
     plan: Arc<FetchPlan>,
     encoding: Option<Arc<HistoryEncoding>>,
     tx: mpsc::Sender<Delivered>,
     slots: Arc<Semaphore>,
 ) -> Option<ListingError> {
-    let fields = ListingFields::from_plan(&plan);
-    let document = fields.document();
-    // The whole listing first (a few requests): runs are then read in
-    // run-id order, the order of the dataset's files.
-    let mut cursor: Option<String> = None;
-    let mut page = 1usize;
-    let mut listed = Vec::new();
-    let mut cut = None;
-    loop {
-        match api.list_page(&fields, &document, cursor.as_deref(), page, &plan).await {
-            Ok((runs, next, _total)) => {
-                listed.extend(runs);
-                match next {
-                    Some(c) => cursor = Some(c),
-                    None => break,
-                }
-            }
-            Err(error) if page == 1 => return Some(ListingError::Unreadable(error)),
-            Err(error) => {
-                cut = Some(ListingError::Cut { page, error });
-                break;
-            }
-        }
-        page += 1;
+    let (mut listed, cut) = Arc::clone(&api).list(Arc::clone(&plan)).await;
+    if let Some(ListingError::Unreadable(e)) = cut {
+        return Some(ListingError::Unreadable(e));
     }
-    let id_of = |r: &Result<super::listing::ListedRun, (String, String)>| match r {
-        Ok(l) => l.data.identity.run_id.clone(),
-        Err((id, _)) => id.clone(),
-    };
-    listed.sort_by_key(id_of);
+    // Runs are read in run-id order, the order of the dataset's files.
+    listed.sort_by(|a, b| {
+        let id = |r: &Result<S::Listed, (String, String)>| match r {
+            Ok(l) => S::run_id(l).to_string(),
+            Err((id, _)) => id.clone(),
+        };
+        id(a).cmp(&id(b))
+    });
     for (i, listed) in listed.into_iter().enumerate() {
         let Ok(permit) = Arc::clone(&slots).acquire_owned().await else { return cut };
         let tx = tx.clone();
@@ -126,37 +132,17 @@ async fn produce(
             Ok(listed) => {
                 let (api, plan, encoding) = (Arc::clone(&api), Arc::clone(&plan), encoding.clone());
                 tokio::spawn(async move {
-                    let label = listed.data.identity.run_id.clone();
-                    let result = read_one(&api, &plan, encoding, listed).await;
+                    let label = S::run_id(&listed).to_string();
+                    let result = match api.read(plan, listed).await {
+                        Ok(data) => tokio::task::spawn_blocking(move || ReadRun::encode(data, encoding.as_deref()))
+                            .await
+                            .unwrap_or_else(|e| Err(format!("internal error while encoding: {e}"))),
+                        Err(e) => Err(e),
+                    };
                     let _ = tx.send((i, label, result, permit)).await;
                 });
             }
         }
     }
     cut
-}
-
-async fn read_one(
-    api: &WandbApi,
-    plan: &Arc<FetchPlan>,
-    encoding: Option<Arc<HistoryEncoding>>,
-    listed: super::listing::ListedRun,
-) -> Result<ReadRun, String> {
-    if !api.needs_history(plan, &listed) {
-        // No history request for this run; an empty history when history was asked.
-        let mut data = listed.data;
-        if plan.history {
-            data.history = Some(Default::default());
-        }
-        return ReadRun::encode(data, encoding.as_deref());
-    }
-    let fetched = api.fetch_history(plan, &listed).await?;
-    let plan = Arc::clone(plan);
-    let mut data = listed.data;
-    tokio::task::spawn_blocking(move || {
-        fetched.decode(&plan, &mut data)?;
-        ReadRun::encode(data, encoding.as_deref())
-    })
-    .await
-    .map_err(|e| format!("internal error while decoding history: {e}"))?
 }
