@@ -27,6 +27,8 @@ use crate::remote::{self, ListingError};
 use crate::run::{RunData, RunIdentity};
 use crate::selection::Selection;
 use crate::sources::SourceSpec;
+use crate::sources::mlflow::rest::{DEFAULT_MAX_RESULTS, MlflowRest, MlflowRestOptions};
+use crate::sources::mlflow::{MLFLOW_IDENTITY_COLUMNS, MLFLOW_PREFIXES, RunView};
 use crate::sources::wandb_api::{self, DEFAULT_BASE_URL, DEFAULT_PER_PAGE, WandbApi, WandbApiOptions};
 use crate::sources::wandb_files::log_reader::TransactionLogReader;
 use crate::sources::wandb_files::{RecordCounts, WandbFiles, decode_run};
@@ -61,6 +63,10 @@ pub struct RemoteOptions {
     pub per_page: Option<usize>,
     /// `--samples N`: a sampled history instead of the full one.
     pub samples: Option<usize>,
+    /// `--experiment NAME|ID` (MLflow), repeatable.
+    pub experiments: Vec<String>,
+    /// `--view active|deleted|all` (MLflow).
+    pub view: Option<String>,
 }
 
 impl ExportOptions {
@@ -120,6 +126,7 @@ pub struct ExportSummary {
 pub enum Opened {
     WandbFiles(Arc<WandbFiles>),
     WandbApi(Arc<WandbApi>),
+    MlflowRest(Arc<MlflowRest>),
 }
 
 /// A source opened and planned.
@@ -137,12 +144,17 @@ pub fn open(
     concurrency: usize,
     remote: &RemoteOptions,
 ) -> Result<Planned> {
+    let spec = SourceSpec::parse(source)?;
+    let (identity_columns, prefixes) = match spec {
+        SourceSpec::MlflowRest(_) => (MLFLOW_IDENTITY_COLUMNS, MLFLOW_PREFIXES),
+        _ => (WANDB_IDENTITY_COLUMNS, WANDB_PREFIXES),
+    };
     let selection = match selection {
         None => Selection::all(),
-        Some(text) => Selection::parse(text, WANDB_IDENTITY_COLUMNS, WANDB_PREFIXES)?,
+        Some(text) => Selection::parse(text, identity_columns, prefixes)?,
     };
-    let plan = FetchPlan::new(selection, history, WANDB_IDENTITY_COLUMNS);
-    let (opened, kind) = match SourceSpec::parse(source)? {
+    let plan = FetchPlan::new(selection, history, identity_columns);
+    let (opened, kind) = match spec {
         SourceSpec::WandbFiles(path) => {
             let files = WandbFiles::discover(&path)?;
             if path.is_file() {
@@ -170,6 +182,22 @@ pub fn open(
             })?;
             (Opened::WandbApi(Arc::new(api)), "wandb-api")
         }
+        SourceSpec::MlflowRest(base_url) => {
+            let view = match remote.view.as_deref() {
+                None => RunView::Active,
+                Some(v) => RunView::parse(v)
+                    .ok_or_else(|| Error::Usage(format!("--view {v}: expected active, deleted or all")))?,
+            };
+            let api = MlflowRest::connect(MlflowRestOptions {
+                base_url,
+                experiments: remote.experiments.clone(),
+                view,
+                filter: remote.filters.clone(),
+                max_results: remote.per_page.unwrap_or(DEFAULT_MAX_RESULTS).clamp(1, 50_000),
+                concurrency,
+            })?;
+            (Opened::MlflowRest(Arc::new(api)), "mlflow-rest")
+        }
     };
     let provenance =
         Provenance { source: source.to_string(), source_kind: kind.into(), selection: plan.selection.to_string() };
@@ -182,6 +210,16 @@ impl Planned {
         let mut v = match &self.source {
             Opened::WandbFiles(files) => files.describe_plan(&self.plan),
             Opened::WandbApi(api) => api.describe_plan(&self.plan).map_err(|e| Error::source(api.name(), e))?,
+            Opened::MlflowRest(api) => serde_json::json!({
+                "source_kind": "mlflow-rest",
+                "base_url": api.opts.base_url,
+                "stages": [
+                    {"stage": "listing", "endpoint": "POST runs/search", "max_results": api.opts.max_results,
+                     "order_by": "attributes.start_time ASC", "requests": "one per page"},
+                    {"stage": "history", "endpoint": "GET metrics/get-history",
+                     "requests": if self.plan.history { "one per (run, selected metric key), paged" } else { "none" }},
+                ],
+            }),
         };
         v["source"] = self.provenance.source.clone().into();
         v["plan"] = serde_json::to_value(&*self.plan).expect("invariant: the plan serialises");
@@ -198,19 +236,28 @@ impl Planned {
                 "listing_fields": wandb_api::queries::ListingFields::from_plan(&self.plan),
                 "per_page": api.opts.per_page,
             }),
+            Opened::MlflowRest(api) => serde_json::json!({
+                "source_kind": "mlflow-rest",
+                "base_url": api.opts.base_url,
+                "max_results": api.opts.max_results,
+                "view": api.opts.view.api_name(),
+            }),
         }
     }
 
     /// The source's column groups of `runs.parquet`, in output order.
     pub fn prefixes(&self) -> &'static [&'static str] {
-        WANDB_PREFIXES
+        match &self.source {
+            Opened::MlflowRest(_) => MLFLOW_PREFIXES,
+            _ => WANDB_PREFIXES,
+        }
     }
 
     /// The number of runs, when known before reading (local files).
     pub fn run_count(&self) -> Option<usize> {
         match &self.source {
             Opened::WandbFiles(files) => Some(files.runs.len()),
-            Opened::WandbApi(_) => None,
+            Opened::WandbApi(_) | Opened::MlflowRest(_) => None,
         }
     }
 
@@ -259,6 +306,21 @@ impl Planned {
                     Some(ListingError::Unreadable(e)) => Err(Error::source(api.name(), e)),
                     Some(ListingError::Cut { page, error }) => Ok(Some(RunFailure {
                         run: format!("listing page {page} and later"),
+                        stage: "listing".into(),
+                        error,
+                    })),
+                }
+            }
+            Opened::MlflowRest(api) => {
+                let window = concurrency.max(4) + 2;
+                let outcome = remote::read_runs(api, plan, window, encoding, |label, run| {
+                    consume(label, run, RecordCounts::default())
+                })?;
+                match outcome {
+                    None => Ok(None),
+                    Some(ListingError::Unreadable(e)) => Err(Error::source(api.name(), e)),
+                    Some(ListingError::Cut { page, error }) => Ok(Some(RunFailure {
+                        run: format!("runs/search page {page} and later"),
                         stage: "listing".into(),
                         error,
                     })),

@@ -49,7 +49,8 @@ impl From<Layout> for HistoryLayout {
 
 #[derive(clap::Args)]
 struct Common {
-    /// wandb://ENTITY/PROJECT, or a wandb/ folder, a run folder or a .wandb file.
+    /// wandb://ENTITY/PROJECT, mlflow+http(s)://HOST:PORT (or `mlflow` for MLFLOW_TRACKING_URI),
+    /// or a wandb/ folder, a run folder or a .wandb file.
     source: String,
     /// Columns to export, comma-separated, `*` globs: name,state,config.*,summary.loss,history.loss
     /// (default: every run column and all history).
@@ -71,12 +72,18 @@ struct Common {
     /// Listing order (W&B: +created_at, -heartbeat_at, +summary_metrics.loss ...).
     #[arg(long)]
     order: Option<String>,
-    /// Runs per listing page (W&B default 500).
+    /// Runs per listing page (W&B default 500; MLflow max_results, default 10000, at most 50000).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10000))]
     per_page: Option<u32>,
     /// Sampled history: at most N rows per key and run (quick look; not a full export).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     samples: Option<u32>,
+    /// MLflow: an experiment to export, by name or id (repeatable; default: every experiment in the view).
+    #[arg(long = "experiment")]
+    experiments: Vec<String>,
+    /// MLflow: which runs (and experiments): active, deleted or all.
+    #[arg(long, value_parser = ["active", "deleted", "all"])]
+    view: Option<String>,
     /// Print one JSON object as the last line of stdout.
     #[arg(long)]
     json: bool,
@@ -162,6 +169,8 @@ impl Common {
             order: self.order.clone(),
             per_page: self.per_page.map(|p| p as usize),
             samples: self.samples.map(|s| s as usize),
+            experiments: self.experiments.clone(),
+            view: self.view.clone(),
         }
     }
 }

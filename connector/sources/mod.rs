@@ -1,5 +1,6 @@
 //! Sources: where runs come from. One module per source.
 
+pub mod mlflow;
 pub mod wandb_api;
 pub mod wandb_files;
 
@@ -14,6 +15,8 @@ pub enum SourceSpec {
     WandbFiles(PathBuf),
     /// `wandb://ENTITY/PROJECT`.
     WandbApi { entity: String, project: String },
+    /// An MLflow tracking server: its `http(s)://` base URL.
+    MlflowRest(String),
 }
 
 impl SourceSpec {
@@ -27,7 +30,21 @@ impl SourceSpec {
             let (entity, project) = wandb_api::WandbApiOptions::parse_uri(text)?;
             return Ok(SourceSpec::WandbApi { entity, project });
         }
-        for scheme in ["mlflow+http://", "mlflow+https://", "sqlite://"] {
+        if let Some(url) = text.strip_prefix("mlflow+") {
+            if url.starts_with("http://") || url.starts_with("https://") {
+                return Ok(SourceSpec::MlflowRest(url.to_string()));
+            }
+            return Err(Error::Usage(format!("expected mlflow+http://HOST:PORT or mlflow+https://..., got {text}")));
+        }
+        if text == "mlflow" {
+            let uri = std::env::var("MLFLOW_TRACKING_URI")
+                .map_err(|_| Error::Usage("SOURCE `mlflow` reads MLFLOW_TRACKING_URI, which is not set".to_string()))?;
+            if uri.starts_with("http://") || uri.starts_with("https://") {
+                return Ok(SourceSpec::MlflowRest(uri));
+            }
+            return SourceSpec::parse(&uri);
+        }
+        for scheme in ["sqlite://"] {
             if text.starts_with(scheme) {
                 return Err(Error::Usage(format!(
                     "{scheme} sources are not supported by this version of runport; give wandb://ENTITY/PROJECT, or a path to a wandb/ folder, a run folder or a .wandb file"

@@ -1,0 +1,205 @@
+//! MLflow sources: a tracking server's REST API (`mlflow+http(s)://`), its
+//! `sqlite:///.../mlflow.db` read directly, and a `mlruns/` FileStore folder.
+//!
+//! All three give the same dataset: the runs table named as
+//! `mlflow.search_runs()` names its columns (`run_id, experiment_id, status,
+//! artifact_uri, start_time, end_time`, then `run_name, user_id,
+//! lifecycle_stage, experiment_name`, then `metrics.<k>`, `params.<k>`,
+//! `tags.<k>` with keys verbatim), and full metric histories in the long
+//! layout, read only for the metric keys the selection needs.
+
+pub mod rest;
+
+use crate::run::{HistoryPoint, HistoryRow, RunData, RunHistory, RunIdentity};
+use crate::value::Value;
+
+/// Identity columns of MLflow sources, in output order.
+pub const MLFLOW_IDENTITY_COLUMNS: &[&str] = &[
+    "run_id",
+    "experiment_id",
+    "status",
+    "artifact_uri",
+    "start_time",
+    "end_time",
+    "run_name",
+    "user_id",
+    "lifecycle_stage",
+    "experiment_name",
+];
+
+/// Column groups of MLflow sources' runs table.
+pub const MLFLOW_PREFIXES: &[&str] = &["metrics.", "params.", "tags."];
+
+/// Which runs: `--view`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RunView {
+    #[default]
+    Active,
+    Deleted,
+    All,
+}
+
+impl RunView {
+    pub fn parse(s: &str) -> Option<RunView> {
+        match s {
+            "active" => Some(RunView::Active),
+            "deleted" => Some(RunView::Deleted),
+            "all" => Some(RunView::All),
+            _ => None,
+        }
+    }
+
+    pub fn api_name(self) -> &'static str {
+        match self {
+            RunView::Active => "ACTIVE_ONLY",
+            RunView::Deleted => "DELETED_ONLY",
+            RunView::All => "ALL",
+        }
+    }
+
+    pub fn includes(self, lifecycle_stage: &str) -> bool {
+        match self {
+            RunView::Active => lifecycle_stage == "active",
+            RunView::Deleted => lifecycle_stage == "deleted",
+            RunView::All => true,
+        }
+    }
+}
+
+/// One metric value as MLflow stores it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MetricPoint {
+    pub value: f64,
+    /// Milliseconds since the epoch.
+    pub timestamp_ms: i64,
+    pub step: i64,
+}
+
+/// A run as every MLflow store describes it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MlflowRun {
+    pub run_id: String,
+    pub experiment_id: String,
+    pub experiment_name: Option<String>,
+    pub run_name: Option<String>,
+    pub user_id: Option<String>,
+    pub status: Option<String>,
+    pub start_time_ms: Option<i64>,
+    pub end_time_ms: Option<i64>,
+    pub artifact_uri: Option<String>,
+    pub lifecycle_stage: Option<String>,
+    /// Latest value per key.
+    pub metrics: Vec<(String, f64)>,
+    pub params: Vec<(String, String)>,
+    pub tags: Vec<(String, String)>,
+}
+
+/// MLflow's FileStore run status numbers.
+pub fn status_name(code: i64) -> Option<&'static str> {
+    Some(match code {
+        1 => "RUNNING",
+        2 => "SCHEDULED",
+        3 => "FINISHED",
+        4 => "FAILED",
+        5 => "KILLED",
+        _ => return None,
+    })
+}
+
+/// Metric values as the stores spell them: numbers, `"NaN"`, Python's `nan`/`inf`.
+pub fn parse_metric_value(text: &str) -> Option<f64> {
+    match text.trim() {
+        "NaN" | "nan" => Some(f64::NAN),
+        "Infinity" | "inf" | "+inf" => Some(f64::INFINITY),
+        "-Infinity" | "-inf" => Some(f64::NEG_INFINITY),
+        t => t.parse().ok(),
+    }
+}
+
+impl MlflowRun {
+    /// The run's columns, cut down to what `plan` selects.
+    pub fn into_run_data(self, plan: &crate::plan::FetchPlan) -> RunData {
+        let ms = |t: Option<i64>| t.and_then(|t| t.checked_mul(1000));
+        let identity = RunIdentity {
+            source: "mlflow".into(),
+            run_id: self.run_id,
+            name: self.run_name,
+            experiment_id: Some(self.experiment_id),
+            experiment_name: self.experiment_name,
+            status: self.status,
+            artifact_uri: self.artifact_uri,
+            start_time: ms(self.start_time_ms),
+            end_time: ms(self.end_time_ms),
+            user_id: self.user_id,
+            lifecycle_stage: self.lifecycle_stage,
+            ..Default::default()
+        };
+        let pick = |prefix: &str, items: Vec<(String, Value)>| -> Vec<(String, Value)> {
+            let mut v: Vec<(String, Value)> = items.into_iter().filter(|(k, _)| plan.wants_column(prefix, k)).collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        let metrics = if plan.selection.wants_prefix("metrics.") {
+            pick("metrics.", self.metrics.into_iter().map(|(k, v)| (k, Value::Float(v))).collect())
+        } else {
+            Vec::new()
+        };
+        let params = if plan.selection.wants_prefix("params.") {
+            pick("params.", self.params.into_iter().map(|(k, v)| (k, Value::Str(v))).collect())
+        } else {
+            Vec::new()
+        };
+        let tags = if plan.selection.wants_prefix("tags.") {
+            pick("tags.", self.tags.into_iter().map(|(k, v)| (k, Value::Str(v))).collect())
+        } else {
+            Vec::new()
+        };
+        RunData {
+            identity,
+            groups: vec![("metrics.", metrics), ("params.", params), ("tags.", tags)],
+            history: None,
+            warnings: Vec::new(),
+        }
+    }
+}
+
+/// Builds a run's history from per-key series (each in the store's order).
+pub fn history_from_series(series: Vec<(String, Vec<MetricPoint>)>) -> RunHistory {
+    let mut h = RunHistory::default();
+    for (key, points) in series {
+        let id = h.keys.len() as u32;
+        h.keys.push(key);
+        for p in points {
+            let row = h.rows.len() as u32;
+            h.rows.push(HistoryRow { step: p.step, timestamp: p.timestamp_ms.checked_mul(1000), runtime_s: None });
+            h.points.push(HistoryPoint { row, key: id, value: Value::Float(p.value) });
+        }
+    }
+    h
+}
+
+/// The metric keys of a run whose history the plan selects.
+pub fn history_keys(plan: &crate::plan::FetchPlan, latest: &[(String, f64)]) -> Vec<String> {
+    if !plan.history {
+        return Vec::new();
+    }
+    latest.iter().filter(|(k, _)| plan.wants_history_key(k)).map(|(k, _)| k.clone()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_values_in_every_spelling() {
+        assert!(parse_metric_value("NaN").unwrap().is_nan());
+        assert!(parse_metric_value("nan").unwrap().is_nan());
+        assert_eq!(parse_metric_value("inf"), Some(f64::INFINITY));
+        assert_eq!(parse_metric_value("-inf"), Some(f64::NEG_INFINITY));
+        assert_eq!(parse_metric_value("1.7976931348623157e308"), Some(f64::MAX));
+        assert_eq!(parse_metric_value(" 0.5\n"), Some(0.5));
+        assert_eq!(parse_metric_value("x"), None);
+        assert_eq!(status_name(3), Some("FINISHED"));
+        assert_eq!(status_name(9), None);
+    }
+}
