@@ -28,7 +28,7 @@ use crate::run::{RunData, RunIdentity};
 use crate::selection::Selection;
 use crate::sources::SourceSpec;
 use crate::sources::mlflow::rest::{DEFAULT_MAX_RESULTS, MlflowRest, MlflowRestOptions};
-use crate::sources::mlflow::{MLFLOW_IDENTITY_COLUMNS, MLFLOW_PREFIXES, RunView};
+use crate::sources::mlflow::{LocalStore, MLFLOW_IDENTITY_COLUMNS, MLFLOW_PREFIXES, MlflowLocal, RunView};
 use crate::sources::wandb_api::{self, DEFAULT_BASE_URL, DEFAULT_PER_PAGE, WandbApi, WandbApiOptions};
 use crate::sources::wandb_files::log_reader::TransactionLogReader;
 use crate::sources::wandb_files::{RecordCounts, WandbFiles, decode_run};
@@ -127,6 +127,7 @@ pub enum Opened {
     WandbFiles(Arc<WandbFiles>),
     WandbApi(Arc<WandbApi>),
     MlflowRest(Arc<MlflowRest>),
+    MlflowLocal(Arc<MlflowLocal>),
 }
 
 /// A source opened and planned.
@@ -146,8 +147,16 @@ pub fn open(
 ) -> Result<Planned> {
     let spec = SourceSpec::parse(source)?;
     let (identity_columns, prefixes) = match spec {
-        SourceSpec::MlflowRest(_) => (MLFLOW_IDENTITY_COLUMNS, MLFLOW_PREFIXES),
-        _ => (WANDB_IDENTITY_COLUMNS, WANDB_PREFIXES),
+        SourceSpec::MlflowRest(_) | SourceSpec::MlflowSqlite(_) | SourceSpec::MlflowFiles(_) => {
+            (MLFLOW_IDENTITY_COLUMNS, MLFLOW_PREFIXES)
+        }
+        SourceSpec::WandbFiles(_) | SourceSpec::WandbApi { .. } => (WANDB_IDENTITY_COLUMNS, WANDB_PREFIXES),
+    };
+    let view = match remote.view.as_deref() {
+        None => RunView::Active,
+        Some(v) => {
+            RunView::parse(v).ok_or_else(|| Error::Usage(format!("--view {v}: expected active, deleted or all")))?
+        }
     };
     let selection = match selection {
         None => Selection::all(),
@@ -182,12 +191,22 @@ pub fn open(
             })?;
             (Opened::WandbApi(Arc::new(api)), "wandb-api")
         }
+        SourceSpec::MlflowSqlite(_) | SourceSpec::MlflowFiles(_) if remote.filters.is_some() => {
+            return Err(Error::Usage(
+                "--where is evaluated by the MLflow server: use the mlflow+http(s):// source to filter".into(),
+            ));
+        }
+        SourceSpec::MlflowSqlite(path) => {
+            let local = MlflowLocal::open(LocalStore::Sqlite(path.clone()), &remote.experiments, view)
+                .map_err(|e| Error::source(source, e))?;
+            (Opened::MlflowLocal(Arc::new(local)), "mlflow-sqlite")
+        }
+        SourceSpec::MlflowFiles(path) => {
+            let local = MlflowLocal::open(LocalStore::FileStore(path.clone()), &remote.experiments, view)
+                .map_err(|e| Error::source(source, e))?;
+            (Opened::MlflowLocal(Arc::new(local)), "mlflow-files")
+        }
         SourceSpec::MlflowRest(base_url) => {
-            let view = match remote.view.as_deref() {
-                None => RunView::Active,
-                Some(v) => RunView::parse(v)
-                    .ok_or_else(|| Error::Usage(format!("--view {v}: expected active, deleted or all")))?,
-            };
             let api = MlflowRest::connect(MlflowRestOptions {
                 base_url,
                 experiments: remote.experiments.clone(),
@@ -210,6 +229,7 @@ impl Planned {
         let mut v = match &self.source {
             Opened::WandbFiles(files) => files.describe_plan(&self.plan),
             Opened::WandbApi(api) => api.describe_plan(&self.plan).map_err(|e| Error::source(api.name(), e))?,
+            Opened::MlflowLocal(local) => local_plan(local, &self.plan),
             Opened::MlflowRest(api) => serde_json::json!({
                 "source_kind": "mlflow-rest",
                 "base_url": api.opts.base_url,
@@ -236,6 +256,7 @@ impl Planned {
                 "listing_fields": wandb_api::queries::ListingFields::from_plan(&self.plan),
                 "per_page": api.opts.per_page,
             }),
+            Opened::MlflowLocal(local) => local_plan(local, &self.plan),
             Opened::MlflowRest(api) => serde_json::json!({
                 "source_kind": "mlflow-rest",
                 "base_url": api.opts.base_url,
@@ -248,7 +269,7 @@ impl Planned {
     /// The source's column groups of `runs.parquet`, in output order.
     pub fn prefixes(&self) -> &'static [&'static str] {
         match &self.source {
-            Opened::MlflowRest(_) => MLFLOW_PREFIXES,
+            Opened::MlflowRest(_) | Opened::MlflowLocal(_) => MLFLOW_PREFIXES,
             _ => WANDB_PREFIXES,
         }
     }
@@ -257,6 +278,7 @@ impl Planned {
     pub fn run_count(&self) -> Option<usize> {
         match &self.source {
             Opened::WandbFiles(files) => Some(files.runs.len()),
+            Opened::MlflowLocal(local) => Some(local.runs.len()),
             Opened::WandbApi(_) | Opened::MlflowRest(_) => None,
         }
     }
@@ -311,6 +333,23 @@ impl Planned {
                     })),
                 }
             }
+            Opened::MlflowLocal(local) => {
+                let (local, plan) = (Arc::clone(local), Arc::clone(plan));
+                let runs = Arc::clone(&local);
+                let work = move |i: usize| {
+                    let out = runs.read_run(i, &plan).and_then(|data| ReadRun::encode(data, encoding.as_deref()));
+                    (out, RecordCounts::default())
+                };
+                let workers = concurrency.max(1);
+                for_each_run(local.runs.len(), workers, workers * 2, work, |i, out| {
+                    let label = local.runs[i].run.run_id.as_str();
+                    match out {
+                        Ok((run, counts)) => consume(label, run, counts),
+                        Err(panic) => consume(label, Err(format!("internal error: {panic}")), RecordCounts::default()),
+                    }
+                });
+                Ok(None)
+            }
             Opened::MlflowRest(api) => {
                 let window = concurrency.max(4) + 2;
                 let outcome = remote::read_runs(api, plan, window, encoding, |label, run| {
@@ -344,6 +383,20 @@ impl Planned {
         })?;
         Ok(kinds)
     }
+}
+
+/// What `runport plan` shows for a local MLflow store.
+fn local_plan(local: &MlflowLocal, plan: &FetchPlan) -> serde_json::Value {
+    let keys: usize = local.runs.iter().map(|r| crate::sources::mlflow::history_keys(plan, &r.run.metrics).len()).sum();
+    serde_json::json!({
+        "source_kind": match local.store { LocalStore::Sqlite(_) => "mlflow-sqlite", LocalStore::FileStore(_) => "mlflow-files" },
+        "store": local.name(),
+        "runs": local.runs.len(),
+        "stages": [
+            {"stage": "listing", "reads": "runs, latest metrics, params and tags (done)"},
+            {"stage": "history", "reads": "the selected metric keys of each run", "series": keys},
+        ],
+    })
 }
 
 /// Exports the source into `opts.out`. Per-run failures are in the summary;

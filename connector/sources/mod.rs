@@ -17,6 +17,10 @@ pub enum SourceSpec {
     WandbApi { entity: String, project: String },
     /// An MLflow tracking server: its `http(s)://` base URL.
     MlflowRest(String),
+    /// `sqlite:///.../mlflow.db`, read directly.
+    MlflowSqlite(PathBuf),
+    /// A `mlruns/` FileStore folder, read directly.
+    MlflowFiles(PathBuf),
 }
 
 impl SourceSpec {
@@ -44,13 +48,20 @@ impl SourceSpec {
             }
             return SourceSpec::parse(&uri);
         }
-        for scheme in ["sqlite://"] {
-            if text.starts_with(scheme) {
-                return Err(Error::Usage(format!(
-                    "{scheme} sources are not supported by this version of runport; give wandb://ENTITY/PROJECT, or a path to a wandb/ folder, a run folder or a .wandb file"
-                )));
-            }
+        if text.starts_with("sqlite:") {
+            return mlflow::sqlite::path_of(text).map(SourceSpec::MlflowSqlite).ok_or_else(|| {
+                Error::Usage(format!(
+                    "expected sqlite:///relative/mlflow.db or sqlite:////absolute/mlflow.db, got {text}"
+                ))
+            });
         }
-        Ok(SourceSpec::WandbFiles(PathBuf::from(text)))
+        if let Some(rest) = text.strip_prefix("file:") {
+            return Ok(SourceSpec::MlflowFiles(PathBuf::from(rest.trim_start_matches("//"))));
+        }
+        let path = PathBuf::from(text);
+        if mlflow::filestore::is_filestore(&path) {
+            return Ok(SourceSpec::MlflowFiles(path));
+        }
+        Ok(SourceSpec::WandbFiles(path))
     }
 }

@@ -8,7 +8,11 @@
 //! `tags.<k>` with keys verbatim), and full metric histories in the long
 //! layout, read only for the metric keys the selection needs.
 
+pub mod filestore;
 pub mod rest;
+pub mod sqlite;
+
+use std::path::PathBuf;
 
 use crate::run::{HistoryPoint, HistoryRow, RunData, RunHistory, RunIdentity};
 use crate::value::Value;
@@ -92,6 +96,69 @@ pub struct MlflowRun {
     pub metrics: Vec<(String, f64)>,
     pub params: Vec<(String, String)>,
     pub tags: Vec<(String, String)>,
+}
+
+/// A local MLflow store, read directly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocalStore {
+    Sqlite(PathBuf),
+    FileStore(PathBuf),
+}
+
+/// A local store opened: its runs listed (runs table material), histories read per run.
+#[derive(Debug)]
+pub struct MlflowLocal {
+    pub store: LocalStore,
+    pub runs: Vec<filestore::StoredRun>,
+}
+
+impl MlflowLocal {
+    pub fn open(store: LocalStore, experiments: &[String], view: RunView) -> Result<MlflowLocal, String> {
+        let runs = match &store {
+            LocalStore::Sqlite(p) => sqlite::list_runs(p, experiments, view)?
+                .into_iter()
+                .map(|run| filestore::StoredRun { run, metric_files: Vec::new() })
+                .collect(),
+            LocalStore::FileStore(root) => filestore::list_runs(root, experiments, view)?,
+        };
+        Ok(MlflowLocal { store, runs })
+    }
+
+    pub fn name(&self) -> String {
+        match &self.store {
+            LocalStore::Sqlite(p) => format!("sqlite:///{}", p.display()),
+            LocalStore::FileStore(p) => p.display().to_string(),
+        }
+    }
+
+    /// Run `i` with the histories of its selected metric keys.
+    pub fn read_run(&self, i: usize, plan: &crate::plan::FetchPlan) -> Result<RunData, String> {
+        let stored = &self.runs[i];
+        let keys = history_keys(plan, &stored.run.metrics);
+        let mut data = stored.run.clone().into_run_data(plan);
+        if plan.history {
+            let mut series = match &self.store {
+                LocalStore::Sqlite(p) => {
+                    let conn = sqlite::open(p)?;
+                    sqlite::histories(&conn, p, &stored.run.run_id, &keys)?
+                }
+                LocalStore::FileStore(_) => keys
+                    .iter()
+                    .map(|k| {
+                        let path = stored.metric_files.iter().find(|(mk, _)| mk == k).map(|(_, p)| p);
+                        let points = match path {
+                            Some(p) => filestore::read_metric_file(p)?,
+                            None => Vec::new(),
+                        };
+                        Ok((k.clone(), points))
+                    })
+                    .collect::<Result<Vec<_>, String>>()?,
+            };
+            series.sort_by(|a, b| a.0.cmp(&b.0));
+            data.history = Some(history_from_series(series));
+        }
+        Ok(data)
+    }
 }
 
 /// MLflow's FileStore run status numbers.

@@ -1,0 +1,194 @@
+//! `sqlite:///PATH/mlflow.db`, read directly and read-only (the database
+//! may be in use by a server or a client: readers never block its writers in
+//! WAL mode, and nothing is written).
+//!
+//! Tables: `experiments`, `runs` (`run_uuid`, `name`, `status`, times in ms,
+//! `lifecycle_stage`, `experiment_id`, `user_id`, `artifact_uri`),
+//! `latest_metrics`, `params`, `tags`, and `metrics` (history; NaN stored as
+//! 0 with `is_nan = 1`).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OpenFlags, params};
+
+use super::{MetricPoint, MlflowRun, RunView};
+
+/// Opens the database read-only.
+pub fn open(path: &Path) -> Result<Connection, String> {
+    if !path.is_file() {
+        return Err(format!("{}: no such database file", path.display()));
+    }
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| format!("{}: {e}", path.display()))?;
+    conn.busy_timeout(std::time::Duration::from_secs(30)).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(conn)
+}
+
+/// The file of a SQLAlchemy SQLite URI, as MLflow reads it: `sqlite:///mlflow.db`
+/// is relative to the working directory, `sqlite:////abs/mlflow.db` absolute.
+pub fn path_of(uri: &str) -> Option<PathBuf> {
+    let rest = uri.strip_prefix("sqlite:///")?;
+    (!rest.is_empty()).then(|| PathBuf::from(rest))
+}
+
+fn err(path: &Path) -> impl Fn(rusqlite::Error) -> String + '_ {
+    move |e| format!("{}: {e}", path.display())
+}
+
+/// Every run of the selected experiments (all when `experiments` is empty)
+/// in the view, with latest metrics, params and tags.
+pub fn list_runs(path: &Path, experiments: &[String], view: RunView) -> Result<Vec<MlflowRun>, String> {
+    let conn = open(path)?;
+    let e = err(path);
+    // One snapshot for the whole listing.
+    conn.execute_batch("BEGIN").map_err(&e)?;
+    let mut exps: Vec<(String, String, String)> = Vec::new();
+    {
+        let mut st = conn.prepare("SELECT experiment_id, name, lifecycle_stage FROM experiments").map_err(&e)?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?.to_string(),
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                ))
+            })
+            .map_err(&e)?;
+        for row in rows {
+            exps.push(row.map_err(&e)?);
+        }
+    }
+    let wanted: Vec<String> = if experiments.is_empty() {
+        exps.iter().filter(|(_, _, stage)| view.includes(stage)).map(|(id, _, _)| id.clone()).collect()
+    } else {
+        let mut ids = Vec::new();
+        for w in experiments {
+            let id = exps
+                .iter()
+                .find(|(_, name, _)| name == w)
+                .or_else(|| exps.iter().find(|(id, _, _)| id == w))
+                .map(|(id, _, _)| id.clone())
+                .ok_or_else(|| format!("{}: no experiment named or numbered {w:?}", path.display()))?;
+            ids.push(id);
+        }
+        ids
+    };
+    let names: HashMap<String, String> = exps.iter().map(|(id, n, _)| (id.clone(), n.clone())).collect();
+    let mut runs: Vec<MlflowRun> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    {
+        let mut st = conn
+            .prepare(
+                "SELECT run_uuid, name, user_id, status, start_time, end_time, lifecycle_stage, experiment_id, artifact_uri \
+                 FROM runs ORDER BY run_uuid",
+            )
+            .map_err(&e)?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(MlflowRun {
+                    run_id: r.get(0)?,
+                    run_name: r.get(1)?,
+                    user_id: r.get(2)?,
+                    status: r.get(3)?,
+                    start_time_ms: r.get(4)?,
+                    end_time_ms: r.get(5)?,
+                    lifecycle_stage: r.get(6)?,
+                    experiment_id: r.get::<_, Option<i64>>(7)?.map(|i| i.to_string()).unwrap_or_default(),
+                    artifact_uri: r.get(8)?,
+                    ..Default::default()
+                })
+            })
+            .map_err(&e)?;
+        for row in rows {
+            let mut run = row.map_err(&e)?;
+            if !wanted.contains(&run.experiment_id)
+                || !view.includes(run.lifecycle_stage.as_deref().unwrap_or("active"))
+            {
+                continue;
+            }
+            run.experiment_name = names.get(&run.experiment_id).cloned();
+            index.insert(run.run_id.clone(), runs.len());
+            runs.push(run);
+        }
+    }
+    {
+        let mut st = conn.prepare("SELECT run_uuid, key, value, is_nan FROM latest_metrics").map_err(&e)?;
+        let rows = st
+            .query_map([], |r| {
+                let nan: bool = r.get(3)?;
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, if nan { f64::NAN } else { r.get(2)? }))
+            })
+            .map_err(&e)?;
+        for row in rows {
+            let (run, key, value) = row.map_err(&e)?;
+            if let Some(i) = index.get(&run) {
+                runs[*i].metrics.push((key, value));
+            }
+        }
+    }
+    for (table, params) in [("params", true), ("tags", false)] {
+        let mut st = conn.prepare(&format!("SELECT run_uuid, key, value FROM {table}")).map_err(&e)?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<String>>(2)?.unwrap_or_default()))
+            })
+            .map_err(&e)?;
+        for row in rows {
+            let (run, key, value) = row.map_err(&e)?;
+            if let Some(i) = index.get(&run) {
+                if params {
+                    runs[*i].params.push((key, value));
+                } else {
+                    runs[*i].tags.push((key, value));
+                }
+            }
+        }
+    }
+    conn.execute_batch("COMMIT").map_err(&e)?;
+    Ok(runs)
+}
+
+/// The histories of `keys` of one run, per key in (step, timestamp) order.
+pub fn histories(
+    conn: &Connection,
+    path: &Path,
+    run_id: &str,
+    keys: &[String],
+) -> Result<Vec<(String, Vec<MetricPoint>)>, String> {
+    let e = err(path);
+    let mut st = conn
+        .prepare_cached(
+            "SELECT value, timestamp, step, is_nan FROM metrics WHERE run_uuid = ?1 AND key = ?2 ORDER BY step, timestamp, value",
+        )
+        .map_err(&e)?;
+    let mut out = Vec::with_capacity(keys.len());
+    for key in keys {
+        let rows = st
+            .query_map(params![run_id, key], |r| {
+                let nan: bool = r.get(3)?;
+                Ok(MetricPoint {
+                    value: if nan { f64::NAN } else { r.get(0)? },
+                    timestamp_ms: r.get(1)?,
+                    step: r.get(2)?,
+                })
+            })
+            .map_err(&e)?;
+        let points = rows.collect::<Result<Vec<_>, _>>().map_err(&e)?;
+        out.push((key.clone(), points));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uris_to_paths() {
+        assert_eq!(path_of("sqlite:////tmp/a/mlflow.db"), Some(PathBuf::from("/tmp/a/mlflow.db")));
+        assert_eq!(path_of("sqlite:///mlflow.db"), Some(PathBuf::from("mlflow.db")));
+        assert_eq!(path_of("sqlite:///"), None);
+        assert_eq!(path_of("http://x"), None);
+    }
+}
