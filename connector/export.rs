@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use crate::columns::ColumnKind;
 use crate::error::{Error, Result};
+use crate::http::HttpCounts;
 use crate::output::history::{collect_kinds, long_schema, wide_schema};
 use crate::output::runs::RunsTable;
 use crate::output::{DatasetDir, Provenance, TableWriter, writer_properties};
@@ -119,6 +120,8 @@ pub struct ExportSummary {
     pub warnings: Vec<RunWarning>,
     pub seconds: f64,
     pub records: RecordCounts,
+    /// Requests, retries and 429s of network sources.
+    pub http: Option<HttpCounts>,
     pub out: String,
 }
 
@@ -271,6 +274,15 @@ impl Planned {
         match &self.source {
             Opened::MlflowRest(_) | Opened::MlflowLocal(_) => MLFLOW_PREFIXES,
             _ => WANDB_PREFIXES,
+        }
+    }
+
+    /// Request counters of network sources.
+    pub fn http_counts(&self) -> Option<HttpCounts> {
+        match &self.source {
+            Opened::WandbApi(api) => Some(api.http.stats.snapshot()),
+            Opened::MlflowRest(api) => Some(api.http.stats.snapshot()),
+            Opened::WandbFiles(_) | Opened::MlflowLocal(_) => None,
         }
     }
 
@@ -521,6 +533,7 @@ pub fn export(opts: &ExportOptions) -> Result<ExportSummary> {
         warnings,
         seconds: started.elapsed().as_secs_f64(),
         records,
+        http: planned.http_counts(),
         out: opts.out.display().to_string(),
     })
 }
