@@ -182,7 +182,7 @@ fn is_safe_relative(rel: &str) -> bool {
 /// row groups, dictionaries only for the named columns, provenance metadata.
 pub fn writer_properties(prov: &Provenance, table: &str, dictionary_columns: &[&str]) -> WriterProperties {
     let mut b = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("invariant: zstd level 3 is valid")))
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("invariant: zstd level 1 is valid")))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_bytes(Some(ROW_GROUP_BYTES))
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))

@@ -99,25 +99,53 @@ impl<'p> HistoryBuilder<'p> {
                 (key, c)
             })
             .collect();
-        let mut added = 0;
+        // Rows first (a row per `_step`), then each key column at once: the
+        // common numeric columns go straight to points, one key lookup per column.
+        let first_row = self.history.rows.len() as u32;
+        let mut row_of = Vec::with_capacity(batch.num_rows());
         for i in 0..batch.num_rows() {
-            let Some(step) = cell(step_col, i).and_then(|v| v.as_f64()) else { continue };
+            let Some(step) = cell(step_col, i).and_then(|v| v.as_f64()) else {
+                row_of.push(None);
+                continue;
+            };
             let step = step as i64;
             self.file_steps.insert(step);
-            let row = self.history.rows.len() as u32;
+            row_of.push(Some(self.history.rows.len() as u32));
             self.history.rows.push(HistoryRow {
                 step,
                 timestamp: ts_col.and_then(|c| cell(c, i)).and_then(|v| v.as_f64()).and_then(seconds_to_micros),
                 runtime_s: rt_col.and_then(|c| cell(c, i)).and_then(|v| v.as_f64()),
             });
-            for (key, col) in &others {
-                if let Some(v) = cell(col, i) {
-                    self.push(row, key, v);
+        }
+        for (key, col) in &others {
+            match col.data_type() {
+                DataType::Float64 | DataType::Int64 => {
+                    let Some(id) = self.key_id(key) else { continue };
+                    let points = &mut self.history.points;
+                    if let Some(f) = col.as_primitive_opt::<Float64Type>() {
+                        for (i, v) in f.iter().enumerate() {
+                            if let (Some(v), Some(row)) = (v, row_of[i]) {
+                                points.push(HistoryPoint { row, key: id, value: Value::Float(v) });
+                            }
+                        }
+                    } else if let Some(n) = col.as_primitive_opt::<Int64Type>() {
+                        for (i, v) in n.iter().enumerate() {
+                            if let (Some(v), Some(row)) = (v, row_of[i]) {
+                                points.push(HistoryPoint { row, key: id, value: Value::Int(v) });
+                            }
+                        }
+                    }
+                }
+                _ => {
+                    for (i, row) in row_of.iter().enumerate() {
+                        if let (Some(row), Some(v)) = (row, cell(col, i)) {
+                            self.push(*row, key, v);
+                        }
+                    }
                 }
             }
-            added += 1;
         }
-        Ok(added)
+        Ok((self.history.rows.len() as u32 - first_row) as usize)
     }
 
     fn push(&mut self, row: u32, key: &str, value: Value) {
