@@ -586,7 +586,13 @@ pub fn list_runs(
     concurrency: usize,
     remote: &RemoteOptions,
 ) -> Result<(Vec<RunListing>, Vec<RunFailure>)> {
-    let planned = open(source, Some("name,state,created_at"), HistoryLayout::None, concurrency, remote)?;
+    let columns = match SourceSpec::parse(source)? {
+        SourceSpec::WandbFiles(_) | SourceSpec::WandbApi { .. } => "name,state,created_at",
+        SourceSpec::MlflowRest(_) | SourceSpec::MlflowSqlite(_) | SourceSpec::MlflowFiles(_) => {
+            "run_name,status,start_time"
+        }
+    };
+    let planned = open(source, Some(columns), HistoryLayout::None, concurrency, remote)?;
     let mut out = Vec::new();
     let mut failures = Vec::new();
     let cut = planned.read_runs(&planned.plan, concurrency, None, |label, run, _| {
@@ -604,8 +610,12 @@ fn listing(i: &RunIdentity) -> RunListing {
     RunListing {
         run_id: i.run_id.clone(),
         name: i.name.clone(),
-        state: i.state.clone(),
-        created_at: i.created_at.and_then(chrono::DateTime::from_timestamp_micros).map(|t| t.to_rfc3339()),
+        state: i.state.clone().or_else(|| i.status.clone()),
+        created_at: i
+            .created_at
+            .or(i.start_time)
+            .and_then(chrono::DateTime::from_timestamp_micros)
+            .map(|t| t.to_rfc3339()),
     }
 }
 

@@ -70,10 +70,8 @@ fn glob_match(p: &[u8], s: &[u8]) -> bool {
 pub enum SelectionError {
     #[error("--select has an empty item (check for a stray comma)")]
     Empty,
-    #[error(
-        "--select item {0:?} is not a column: run columns are {1}; or use config.<path>, summary.<path>, history.<key>"
-    )]
-    UnknownColumn(String, String),
+    #[error("--select item {0:?} is not a column: run columns are {1}; or use {2}history.<key>")]
+    UnknownColumn(String, String, String),
 }
 
 /// The parsed `--select`.
@@ -109,7 +107,8 @@ impl Selection {
                 || prefixes.iter().any(|pre| p.can_match_prefix(pre))
                 || p.can_match_prefix("history.");
             if !known {
-                return Err(SelectionError::UnknownColumn(item.to_string(), identity_columns.join(", ")));
+                let groups: String = prefixes.iter().map(|p| format!("{p}<key>, ")).collect();
+                return Err(SelectionError::UnknownColumn(item.to_string(), identity_columns.join(", "), groups));
             }
             patterns.push(p);
         }

@@ -3,5 +3,6 @@
 //! reference reader) is set up on first use; see `harness`.
 
 mod harness;
+mod mlflow;
 mod wandb_api;
 mod wandb_files;

@@ -319,3 +319,71 @@ impl Drop for WandbServer {
         let _ = self.child.wait();
     }
 }
+
+/// A real `mlflow server` on a SQLite file (`mlflow_testbed.py serve`); stopped
+/// when dropped, or when this process ends (its stdin closes).
+pub struct MlflowServer {
+    child: std::process::Child,
+    pub tracking_uri: String,
+    pub db: PathBuf,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl MlflowServer {
+    pub fn start(db: &Path, basic_auth: bool) -> MlflowServer {
+        use std::io::BufRead;
+        let mut cmd = Command::new(python());
+        cmd.arg(testbed_dir().join("mlflow_testbed.py")).arg("serve").arg("--db").arg(db).args(["--port", "0"]);
+        if basic_auth {
+            cmd.arg("--basic-auth");
+        }
+        let mut child = cmd
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("start tests/testbed/mlflow_testbed.py serve");
+        let stdout = child.stdout.take().expect("serve stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(300))
+            .unwrap_or_else(|_| panic!("mlflow server did not answer /health within 300 s"));
+        let info: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("mlflow_testbed.py serve printed {line:?}: {e}"));
+        let s = |k: &str| info[k].as_str().map(str::to_string);
+        MlflowServer {
+            tracking_uri: s("tracking_uri").expect("tracking_uri"),
+            db: db.to_path_buf(),
+            username: s("username"),
+            password: s("password"),
+            child,
+        }
+    }
+
+    /// `mlflow+http://...` for runport.
+    pub fn source(&self) -> String {
+        format!("mlflow+{}", self.tracking_uri)
+    }
+}
+
+impl Drop for MlflowServer {
+    fn drop(&mut self) {
+        // Closing stdin lets the test bed stop the server cleanly.
+        drop(self.child.stdin.take());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -3,8 +3,10 @@
 //! `<exp>/meta.yaml` describes an experiment; `<exp>/<run>/meta.yaml` a run
 //! (`status` is a number there: 1 RUNNING .. 5 KILLED), with `metrics/`,
 //! `params/` and `tags/` below it, one file per key (keys with `/` are
-//! nested folders). Metric lines are `timestamp value [step [dataset digest]]`
-//! with Python's `nan`/`inf`. Deleted experiments live in `.trash/`; folders
+//! nested folders). Metric lines are `timestamp value`, `timestamp value
+//! step` or `timestamp value step dataset digest` with Python's `nan`/`inf`;
+//! as MLflow's own reader does, only 3-field lines carry a step (the others
+//! read as step 0, which `get_metric_history` on a FileStore returns). Deleted experiments live in `.trash/`; folders
 //! under an experiment without a run's `meta.yaml` (`tags`, `datasets`,
 //! `traces`, `models`) are not runs.
 
@@ -113,9 +115,13 @@ pub fn read_metric_file(path: &Path) -> Result<Vec<MetricPoint>, String> {
         out.push(MetricPoint {
             timestamp_ms: f[0].parse().map_err(|_| bad())?,
             value: parse_metric_value(f[1]).ok_or_else(bad)?,
-            step: match f.get(2) {
-                Some(s) => s.parse().map_err(|_| bad())?,
-                None => 0,
+            // As MLflow's own FileStore reader does: only 3-field lines carry
+            // a step; 2-field (legacy) and 5-field (with a dataset name and
+            // digest) lines read as step 0.
+            step: match (f.len(), f.get(2)) {
+                (3, Some(s)) => s.parse().map_err(|_| bad())?,
+                (2 | 5, _) => 0,
+                _ => return Err(bad()),
             },
         });
     }
@@ -223,8 +229,10 @@ mod tests {
         assert_eq!(pts.len(), 4);
         assert_eq!((pts[0].step, pts[0].timestamp_ms, pts[0].value), (0, 1000, 0.5));
         assert!(pts[1].value.is_nan());
-        assert_eq!((pts[2].step, pts[2].value), (2, f64::INFINITY));
+        assert_eq!((pts[2].step, pts[2].value), (0, f64::INFINITY), "5-field lines read as step 0, as MLflow does");
         assert_eq!(latest(&pts), Some(f64::NEG_INFINITY), "greatest (step, timestamp)");
+        fs::write(&p, "1000 0.5 1 x\n").unwrap();
+        assert!(read_metric_file(&p).is_err(), "4 fields is not a metric line");
         fs::write(&p, "oops\n").unwrap();
         assert!(read_metric_file(&p).unwrap_err().contains("line 1"));
     }
