@@ -1,0 +1,193 @@
+//! Writes seed corpora for the fuzz targets:
+//!
+//!     cargo run --example make_seeds -- corpus
+//!
+//! creates `corpus/{log_reader,decode_run,value_parser}/seed-*`: small and
+//! multi-block transaction logs built with `encode_log` (each once as a whole
+//! file and once in the "behind a valid header" form, first byte 0x01), and
+//! JSON values for the value parser. Real `.wandb` files make good extra
+//! seeds: copy them into the log_reader and decode_run folders.
+
+use std::fs;
+use std::path::Path;
+
+use prost::Message;
+use runport::sources::wandb_files::log_reader::{HEADER, encode_log};
+use runport::sources::wandb_files::records::{
+    GitRepoRecord, HistoryItem, HistoryRecord, HistoryStep, KeyedValue, RunExitRecord, RunRecord, StatsRecord,
+    Timestamp, TypedValue, UpdateRecord,
+};
+
+/// A `Record` envelope: `num`, a uuid, then the payload in its oneof field.
+fn envelope(num: i64, field: u32, payload: &[u8]) -> Vec<u8> {
+    let mut buf = Vec::new();
+    prost::encoding::int64::encode(1, &num, &mut buf);
+    prost::encoding::bytes::encode(field, &payload.to_vec(), &mut buf);
+    prost::encoding::string::encode(19, &format!("u-{num}"), &mut buf);
+    buf
+}
+
+fn kv(path: &[&str], json: &str) -> KeyedValue {
+    KeyedValue {
+        key: if path.len() == 1 { path[0].to_string() } else { String::new() },
+        nested_key: if path.len() > 1 { path.iter().map(|s| s.to_string()).collect() } else { vec![] },
+        value_json: json.to_string(),
+    }
+}
+
+fn item(path: &[&str], json: &str) -> HistoryItem {
+    HistoryItem {
+        key: String::new(),
+        nested_key: path.iter().map(|s| s.to_string()).collect(),
+        typed: None,
+        value_json: json.to_string(),
+    }
+}
+
+fn history(step: i64, extra: Vec<HistoryItem>) -> Vec<u8> {
+    let mut items = vec![
+        item(&["_step"], &step.to_string()),
+        item(&["_timestamp"], &format!("{}", 1.7e9 + step as f64 * 0.25)),
+        item(&["_runtime"], &format!("{}", step as f64 * 0.25)),
+    ];
+    items.extend(extra);
+    HistoryRecord { item: items, step: Some(HistoryStep { num: step }) }.encode_to_vec()
+}
+
+fn small_run() -> Vec<Vec<u8>> {
+    let run = RunRecord {
+        run_id: "abc123".into(),
+        entity: "e".into(),
+        project: "p".into(),
+        config: Some(UpdateRecord {
+            update: vec![
+                kv(&["lr"], "0.1"),
+                kv(&["nested"], r#"{"a": 1, "b": [1, 2], "c": {"d": "x"}}"#),
+                kv(&["a.b"], "3"),
+                kv(&["_wandb"], r#"{"value": {"cli_version": "0.31.0"}}"#),
+            ],
+            remove: vec![],
+        }),
+        summary: None,
+        run_group: "g".into(),
+        job_type: "train".into(),
+        display_name: "disp".into(),
+        notes: "hello".into(),
+        tags: vec!["x".into(), "y".into()],
+        host: "h".into(),
+        start_time: Some(Timestamp { seconds: 1_700_000_000, nanos: 5 }),
+        git: Some(GitRepoRecord { remote_url: "https://example.com/r.git".into(), commit: "deadbeef".into() }),
+    };
+    let mut recs = vec![envelope(1, 17, &run.encode_to_vec())];
+    recs.push(envelope(
+        2,
+        5,
+        &UpdateRecord { update: vec![kv(&["later"], r#""yes""#)], remove: vec![kv(&["lr"], "")] }.encode_to_vec(),
+    ));
+    for i in 0..5i64 {
+        let mut extra = vec![
+            item(&["loss"], &format!("{}", 1.0 / (i + 1) as f64)),
+            item(&["acc"], &i.to_string()),
+            item(&["s"], r#""str""#),
+            item(&["nest", "x"], &i.to_string()),
+            item(&["a.b"], if i == 2 { "NaN" } else { "Infinity" }),
+            item(&["img"], r#"{"_type": "image-file", "path": "media/a.png"}"#),
+        ];
+        extra.push(HistoryItem {
+            key: "typed".into(),
+            nested_key: vec![],
+            typed: Some(if i % 2 == 0 {
+                TypedValue::Number(i as f64 * 0.5)
+            } else {
+                TypedValue::Json("[1, null, true]".into())
+            }),
+            value_json: String::new(),
+        });
+        recs.push(envelope(3 + i, 2, &history(i * 2, extra)));
+    }
+    recs.push(envelope(
+        9,
+        7,
+        &StatsRecord { timestamp: Some(Timestamp { seconds: 1_700_000_010, nanos: 0 }) }.encode_to_vec(),
+    ));
+    // A telemetry record (type 11), which runport skips.
+    recs.push(envelope(10, 11, b"\x08\x01"));
+    recs.push(envelope(
+        11,
+        3,
+        &UpdateRecord {
+            update: vec![kv(&["extra"], "5"), kv(&["best", "loss"], "0.2")],
+            remove: vec![kv(&["acc"], "")],
+        }
+        .encode_to_vec(),
+    ));
+    recs.push(envelope(12, 18, &RunExitRecord { exit_code: 0, runtime: 10 }.encode_to_vec()));
+    recs
+}
+
+/// Enough history to span several 32 KiB blocks, plus one record larger than a block.
+fn multi_block_run() -> Vec<Vec<u8>> {
+    let mut recs = small_run();
+    for i in 0..120i64 {
+        let extra =
+            (0..10).map(|k| item(&[&format!("metric_{k:02}")], &format!("{}", (i * 10 + k) as f64 / 7.0))).collect();
+        recs.push(envelope(100 + i, 2, &history(100 + i, extra)));
+    }
+    let big = "x".repeat(40_000);
+    recs.push(envelope(
+        1000,
+        3,
+        &UpdateRecord { update: vec![kv(&["big"], &format!("\"{big}\""))], remove: vec![] }.encode_to_vec(),
+    ));
+    recs
+}
+
+fn write_log(dir: &Path, name: &str, recs: &[Vec<u8>]) {
+    let refs: Vec<&[u8]> = recs.iter().map(Vec::as_slice).collect();
+    let log = encode_log(&refs);
+    fs::write(dir.join(format!("seed-{name}")), &log).unwrap();
+    // The same log in the "behind a valid header" form of the targets.
+    let mut behind = vec![0x01];
+    behind.extend_from_slice(&log[HEADER.len()..]);
+    fs::write(dir.join(format!("seed-{name}-behind-header")), &behind).unwrap();
+}
+
+fn main() {
+    let root = std::env::args().nth(1).unwrap_or_else(|| "corpus".into());
+    let root = Path::new(&root);
+    for target in ["log_reader", "decode_run"] {
+        let dir = root.join(target);
+        fs::create_dir_all(&dir).unwrap();
+        write_log(&dir, "empty", &[]);
+        write_log(&dir, "small", &small_run());
+        if target == "log_reader" {
+            write_log(&dir, "multi-block", &multi_block_run());
+        } else {
+            // decode_run writes a file per input: keep its seeds small.
+            let mut recs = small_run();
+            recs.truncate(8);
+            write_log(&dir, "partial", &recs);
+        }
+    }
+    let dir = root.join("value_parser");
+    fs::create_dir_all(&dir).unwrap();
+    let values = [
+        "0",
+        "-12",
+        "3.5e-7",
+        "1.795496877284472e+09",
+        "99999999999999999999",
+        "NaN",
+        "-Infinity",
+        "true",
+        "null",
+        r#""h\u00e9\n\ud83d\ude00 \"q\" \/""#,
+        r#"{"_type": "histogram", "bins": [0, 0.5, 1], "values": [3, 4]}"#,
+        r#"[1, [2, [3, {"a": {}}]], [], "x"]"#,
+        r#" { "b" : 1 , "a" : [ NaN , Infinity ] } "#,
+    ];
+    for (i, v) in values.iter().enumerate() {
+        fs::write(dir.join(format!("seed-{i:02}")), v).unwrap();
+    }
+    println!("seeds written under {}", root.display());
+}
