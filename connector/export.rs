@@ -303,7 +303,7 @@ impl Planned {
         plan: &Arc<FetchPlan>,
         concurrency: usize,
         encoding: Option<Arc<HistoryEncoding>>,
-        mut consume: impl FnMut(&str, Result<ReadRun, String>, RecordCounts) -> ControlFlow<()>,
+        consume: impl FnMut(&str, Result<ReadRun, String>, RecordCounts) -> ControlFlow<()>,
     ) -> Result<Option<RunFailure>> {
         match &self.source {
             Opened::WandbFiles(files) => {
@@ -318,32 +318,11 @@ impl Planned {
                         .and_then(|data| ReadRun::encode(data, encoding.as_deref()));
                     (out, counts)
                 };
-                let workers = concurrency.max(1);
-                for_each_run(files.runs.len(), workers, workers * 2, work, |i, out| {
-                    let label = files.runs[i].run_id.as_str();
-                    match out {
-                        Ok((run, counts)) => consume(label, run, counts),
-                        Err(panic) => consume(label, Err(format!("internal error: {panic}")), RecordCounts::default()),
-                    }
-                });
+                read_local(files.runs.len(), |i| files.runs[i].run_id.as_str(), work, concurrency, consume);
                 Ok(None)
             }
             Opened::WandbApi(api) => {
-                // Runs in flight or waiting: enough to keep the requests busy, few
-                // enough that memory stays flat (a run's history is held until written).
-                let window = concurrency.max(4) + 2;
-                let outcome = remote::read_runs(api, plan, window, encoding, |label, run| {
-                    consume(label, run, RecordCounts::default())
-                })?;
-                match outcome {
-                    None => Ok(None),
-                    Some(ListingError::Unreadable(e)) => Err(Error::source(api.name(), e)),
-                    Some(ListingError::Cut { page, error }) => Ok(Some(RunFailure {
-                        run: format!("listing page {page} and later"),
-                        stage: "listing".into(),
-                        error,
-                    })),
-                }
+                read_remote(api, &api.name(), "listing page", plan, concurrency, encoding, consume)
             }
             Opened::MlflowLocal(local) => {
                 let (local, plan) = (Arc::clone(local), Arc::clone(plan));
@@ -352,30 +331,11 @@ impl Planned {
                     let out = runs.read_run(i, &plan).and_then(|data| ReadRun::encode(data, encoding.as_deref()));
                     (out, RecordCounts::default())
                 };
-                let workers = concurrency.max(1);
-                for_each_run(local.runs.len(), workers, workers * 2, work, |i, out| {
-                    let label = local.runs[i].run.run_id.as_str();
-                    match out {
-                        Ok((run, counts)) => consume(label, run, counts),
-                        Err(panic) => consume(label, Err(format!("internal error: {panic}")), RecordCounts::default()),
-                    }
-                });
+                read_local(local.runs.len(), |i| local.runs[i].run.run_id.as_str(), work, concurrency, consume);
                 Ok(None)
             }
             Opened::MlflowRest(api) => {
-                let window = concurrency.max(4) + 2;
-                let outcome = remote::read_runs(api, plan, window, encoding, |label, run| {
-                    consume(label, run, RecordCounts::default())
-                })?;
-                match outcome {
-                    None => Ok(None),
-                    Some(ListingError::Unreadable(e)) => Err(Error::source(api.name(), e)),
-                    Some(ListingError::Cut { page, error }) => Ok(Some(RunFailure {
-                        run: format!("runs/search page {page} and later"),
-                        stage: "listing".into(),
-                        error,
-                    })),
-                }
+                read_remote(api, &api.name(), "runs/search page", plan, concurrency, encoding, consume)
             }
         }
     }
@@ -394,6 +354,48 @@ impl Planned {
             ControlFlow::Continue(())
         })?;
         Ok(kinds)
+    }
+}
+
+type RunResult = (Result<ReadRun, String>, RecordCounts);
+
+/// Local sources: `work(i)` reads run `i` on the CPU pool; results reach
+/// `consume` in run order.
+fn read_local<'a>(
+    n: usize,
+    label: impl Fn(usize) -> &'a str,
+    work: impl Fn(usize) -> RunResult + Send + Sync + 'static,
+    concurrency: usize,
+    mut consume: impl FnMut(&str, Result<ReadRun, String>, RecordCounts) -> ControlFlow<()>,
+) {
+    let workers = concurrency.max(1);
+    for_each_run(n, workers, workers * 2, work, |i, out| match out {
+        Ok((run, counts)) => consume(label(i), run, counts),
+        Err(panic) => consume(label(i), Err(format!("internal error: {panic}")), RecordCounts::default()),
+    });
+}
+
+/// Network sources: the shared async pipeline; a listing cut short becomes a failure.
+fn read_remote<S: remote::RemoteSource>(
+    api: &Arc<S>,
+    name: &str,
+    page_label: &str,
+    plan: &Arc<FetchPlan>,
+    concurrency: usize,
+    encoding: Option<Arc<HistoryEncoding>>,
+    mut consume: impl FnMut(&str, Result<ReadRun, String>, RecordCounts) -> ControlFlow<()>,
+) -> Result<Option<RunFailure>> {
+    // Runs in flight or waiting: enough to keep the requests busy, few enough
+    // that memory stays flat (a run's history is held until written).
+    let window = concurrency.max(4) + 2;
+    let outcome =
+        remote::read_runs(api, plan, window, encoding, |label, run| consume(label, run, RecordCounts::default()))?;
+    match outcome {
+        None => Ok(None),
+        Some(ListingError::Unreadable(e)) => Err(Error::source(name, e)),
+        Some(ListingError::Cut { page, error }) => {
+            Ok(Some(RunFailure { run: format!("{page_label} {page} and later"), stage: "listing".into(), error }))
+        }
     }
 }
 
