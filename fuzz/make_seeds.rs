@@ -4,8 +4,9 @@
 //!
 //! creates `corpus/{log_reader,decode_run,value_parser}/seed-*`: small and
 //! multi-block transaction logs built with `encode_log` (each once as a whole
-//! file and once in the "behind a valid header" form, first byte 0x01), and
-//! JSON values for the value parser. Real `.wandb` files make good extra
+//! file and once in the "behind a valid header" form, first byte 0x05), chunk
+//! lists for `log_reader` (first byte 0x03), and JSON values for the value
+//! parser. Real `.wandb` files make good extra
 //! seeds: copy them into the log_reader and decode_run folders.
 
 use std::fs;
@@ -146,10 +147,23 @@ fn write_log(dir: &Path, name: &str, recs: &[Vec<u8>]) {
     let refs: Vec<&[u8]> = recs.iter().map(Vec::as_slice).collect();
     let log = encode_log(&refs);
     fs::write(dir.join(format!("seed-{name}")), &log).unwrap();
-    // The same log in the "behind a valid header" form of the targets.
-    let mut behind = vec![0x01];
+    // The same log in the "behind a valid header" form of the targets
+    // (0x05: odd, bit 1 clear; `log_reader` reads it 1019 bytes at a time).
+    let mut behind = vec![0x05];
     behind.extend_from_slice(&log[HEADER.len()..]);
     fs::write(dir.join(format!("seed-{name}-behind-header")), &behind).unwrap();
+}
+
+/// `log_reader`'s chunk-list form (first byte 0x03): `kind | len u16 LE | payload`,
+/// a kind with the high bit set starting a new block.
+fn chunk_list(chunks: &[(u8, &[u8])]) -> Vec<u8> {
+    let mut out = vec![0x03];
+    for (kind, payload) in chunks {
+        out.push(*kind);
+        out.extend_from_slice(&(payload.len() as u16).to_le_bytes());
+        out.extend_from_slice(payload);
+    }
+    out
 }
 
 fn main() {
@@ -162,6 +176,20 @@ fn main() {
         write_log(&dir, "small", &small_run());
         if target == "log_reader" {
             write_log(&dir, "multi-block", &multi_block_run());
+            let recs = small_run();
+            let (a, b) = recs[2].split_at(recs[2].len() / 2);
+            let (b, c) = b.split_at(b.len() / 2);
+            let lists: [(&str, Vec<(u8, &[u8])>); 3] = [
+                // A record in three pieces, then one whole.
+                ("fragments", vec![(2, a), (3, b), (4, c), (1, &recs[3])]),
+                // A piece without its first, a first without its last.
+                ("orphans", vec![(4, c), (3, b), (1, &recs[3]), (2, a), (1, &recs[4])]),
+                // A record split over a block end, an unknown chunk type.
+                ("blocks", vec![(1, &recs[0]), (2, a), (0x80 | 4, c), (5, b), (0x80 | 1, &recs[1])]),
+            ];
+            for (name, chunks) in lists {
+                fs::write(dir.join(format!("seed-chunks-{name}")), chunk_list(&chunks)).unwrap();
+            }
         } else {
             // decode_run writes a file per input: keep its seeds small.
             let mut recs = small_run();

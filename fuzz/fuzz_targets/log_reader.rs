@@ -6,11 +6,17 @@
 //! record they must find the same items (the zero-copy readers may accept
 //! records prost rejects: they do not check the wire type of unknown fields).
 //!
-//! The first byte picks the mode. When it is odd, the rest of the input is
-//! read behind a valid header (so mutations are not all stopped by the header
-//! check), through a reader that returns short reads of a size taken from the
-//! first byte. Otherwise the input is read as it is, which is what the seeds
-//! (whole logs, starting with `:` = 0x3A) use.
+//! The first byte picks the mode:
+//! * even: the input is read as it is, which is what the seeds (whole logs,
+//!   starting with `:` = 0x3A) use;
+//! * odd, bit 1 clear: the rest is read behind a valid header (so mutations
+//!   are not all stopped by the header check), through a reader that returns
+//!   short reads of a size taken from the first byte;
+//! * odd, bit 1 set: the rest is a list of chunks `kind u8 | len u16 LE |
+//!   payload`, written behind a valid header with correct checksums (which
+//!   random mutations almost never produce), so that fragments, orphaned
+//!   pieces and chunks across block ends are reached. A kind byte with its
+//!   high bit set first pads with zeros to the next 32 KiB block.
 
 #![no_main]
 
@@ -18,7 +24,7 @@ use std::io::{self, Read};
 
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
-use runport::sources::wandb_files::log_reader::{HEADER, TransactionLogReader};
+use runport::sources::wandb_files::log_reader::{BLOCK_SIZE, HEADER, TransactionLogReader};
 use runport::sources::wandb_files::records::{
     HistoryItem, HistoryRecord, KeyedValue, RecordType, RunExitRecord, RunRecord, StatsRecord, TypedValue,
     UpdateRecord, peek_record_type,
@@ -201,8 +207,38 @@ fn read_log(r: impl Read, len: usize) {
     }
 }
 
+/// A log of the chunks described by `body`, with valid checksums.
+fn chunked_log(mut body: &[u8]) -> Vec<u8> {
+    let mut out = HEADER.to_vec();
+    while let [kind, rest @ ..] = body {
+        if kind & 0x80 != 0 {
+            let left = BLOCK_SIZE - out.len() % BLOCK_SIZE;
+            out.resize(out.len() + left, 0);
+        }
+        let kind = kind & 0x7F;
+        let (len, rest) = match rest {
+            [a, b, rest @ ..] => (u16::from_le_bytes([*a, *b]) as usize, rest),
+            _ => (0, &[][..]),
+        };
+        let (payload, rest) = rest.split_at(len.min(rest.len()));
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&[kind]);
+        hasher.update(payload);
+        out.extend_from_slice(&hasher.finalize().to_le_bytes());
+        out.extend_from_slice(&(payload.len() as u16).to_le_bytes());
+        out.push(kind);
+        out.extend_from_slice(payload);
+        body = rest;
+    }
+    out
+}
+
 fuzz_target!(|data: &[u8]| {
     match data.split_first() {
+        Some((&mode, body)) if mode & 3 == 3 => {
+            let log = chunked_log(body);
+            read_log(log.as_slice(), log.len());
+        }
         Some((&mode, body)) if mode & 1 == 1 => {
             let step = 1 + (mode as usize >> 1) * 509;
             let r = ShortReads { header: &HEADER, body, step };
