@@ -218,6 +218,30 @@ pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir_in(base).expect("tempdir")
 }
 
+/// Starts a test-bed server whose first stdout line is a JSON object saying it
+/// is ready; its stdin stays open (the servers stop when it closes).
+fn spawn_ready(mut cmd: Command, what: &str) -> (std::process::Child, serde_json::Value) {
+    use std::io::BufRead;
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    let stdout = child.stdout.take().expect("invariant: stdout is piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(std::time::Duration::from_secs(300))
+        .unwrap_or_else(|_| panic!("{what} was not ready within 300 s"));
+    let info = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{what} printed {line:?}: {e}"));
+    (child, info)
+}
+
 /// The API key the W&B test server expects (the official client wants 40+ word characters).
 pub const TEST_API_KEY: &str = "runport_testbed_key_0123456789abcdefghijklmnop";
 
@@ -233,32 +257,15 @@ pub struct WandbServer {
 impl WandbServer {
     /// Starts a server for the runs under `runs` on free loopback ports.
     pub fn start(runs: &Path, extra: &[&str]) -> WandbServer {
-        use std::io::BufRead;
         let cache = target_dir().join("testbed-data").join("wandb-server-cache");
-        let mut child = Command::new(python())
-            .arg(testbed_dir().join("wandb_server.py"))
+        let mut cmd = Command::new(python());
+        cmd.arg(testbed_dir().join("wandb_server.py"))
             .arg("--runs")
             .arg(runs)
             .args(["--port", "0", "--files-port", "0", "--api-key", TEST_API_KEY, "--exit-with-stdin", "--cache"])
             .arg(&cache)
-            .args(extra)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
-            .spawn()
-            .expect("start tests/testbed/wandb_server.py");
-        let stdout = child.stdout.take().expect("server stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx
-            .recv_timeout(std::time::Duration::from_secs(300))
-            .unwrap_or_else(|_| panic!("the W&B test server did not start within 300 s"));
-        let info: serde_json::Value =
-            serde_json::from_str(&line).unwrap_or_else(|e| panic!("the W&B test server printed {line:?}: {e}"));
+            .args(extra);
+        let (child, info) = spawn_ready(cmd, "the W&B test server");
         let s = |k: &str| info[k].as_str().unwrap_or_else(|| panic!("server info lacks {k}: {info}")).to_string();
         WandbServer {
             base_url: s("base_url"),
@@ -332,30 +339,12 @@ pub struct MlflowServer {
 
 impl MlflowServer {
     pub fn start(db: &Path, basic_auth: bool) -> MlflowServer {
-        use std::io::BufRead;
         let mut cmd = Command::new(python());
         cmd.arg(testbed_dir().join("mlflow_testbed.py")).arg("serve").arg("--db").arg(db).args(["--port", "0"]);
         if basic_auth {
             cmd.arg("--basic-auth");
         }
-        let mut child = cmd
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
-            .spawn()
-            .expect("start tests/testbed/mlflow_testbed.py serve");
-        let stdout = child.stdout.take().expect("serve stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx
-            .recv_timeout(std::time::Duration::from_secs(300))
-            .unwrap_or_else(|_| panic!("mlflow server did not answer /health within 300 s"));
-        let info: serde_json::Value =
-            serde_json::from_str(&line).unwrap_or_else(|e| panic!("mlflow_testbed.py serve printed {line:?}: {e}"));
+        let (child, info) = spawn_ready(cmd, "mlflow_testbed.py serve");
         let s = |k: &str| info[k].as_str().map(str::to_string);
         MlflowServer {
             tracking_uri: s("tracking_uri").expect("tracking_uri"),
