@@ -154,9 +154,12 @@ fn write_log(dir: &Path, name: &str, recs: &[Vec<u8>]) {
     fs::write(dir.join(format!("seed-{name}-behind-header")), &behind).unwrap();
 }
 
+/// A chunk of `log_reader`'s chunk-list form: kind byte and payload.
+type Chunk<'a> = (u8, &'a [u8]);
+
 /// `log_reader`'s chunk-list form (first byte 0x03): `kind | len u16 LE | payload`,
 /// a kind with the high bit set starting a new block.
-fn chunk_list(chunks: &[(u8, &[u8])]) -> Vec<u8> {
+fn chunk_list(chunks: &[Chunk<'_>]) -> Vec<u8> {
     let mut out = vec![0x03];
     for (kind, payload) in chunks {
         out.push(*kind);
@@ -179,7 +182,7 @@ fn main() {
             let recs = small_run();
             let (a, b) = recs[2].split_at(recs[2].len() / 2);
             let (b, c) = b.split_at(b.len() / 2);
-            let lists: [(&str, Vec<(u8, &[u8])>); 3] = [
+            let lists: [(&str, Vec<Chunk<'_>>); 3] = [
                 // A record in three pieces, then one whole.
                 ("fragments", vec![(2, a), (3, b), (4, c), (1, &recs[3])]),
                 // A piece without its first, a first without its last.
