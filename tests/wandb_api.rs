@@ -98,12 +98,13 @@ fn requests_follow_the_selection() {
         assert!(ua.starts_with("W&B Public Client runport/"), "user agent {ua:?}");
     }
 
-    // --where passes a W&B filter to the server.
-    let crashed = scenario_run_id(&runs, "killed");
-    let (code, stdout, stderr) = server.runport(&["ls", "--where", r#"{"state": "crashed"}"#]);
+    // --where passes a W&B filter to the server (the failed run's state does
+    // not depend on how long ago its file was written, the killed run's does).
+    let failed = scenario_run_id(&runs, "failed");
+    let (code, stdout, stderr) = server.runport(&["ls", "--where", r#"{"state": "failed"}"#]);
     assert_eq!(code, 0, "{stderr}");
     let ids: Vec<&str> = stdout.lines().map(|l| l.split('\t').next().unwrap()).collect();
-    assert_eq!(ids, [crashed.as_str()], "{stdout}");
+    assert_eq!(ids, [failed.as_str()], "{stdout}");
 
     reset(&server);
     let (code, _, stderr) = server.runport(&["export", "-o", o, "--select", "name,config.lr", "--per-page", "2"]);
