@@ -33,7 +33,13 @@ const MAX_DEPTH: usize = 256;
 impl Value {
     /// Parses one value; surrounding whitespace is allowed, anything else after it is not.
     pub fn parse(text: &str) -> Result<Value, ValueError> {
-        let mut p = Parser { s: text.as_bytes(), pos: 0 };
+        Value::parse_bytes(text.as_bytes())
+    }
+
+    /// [`Value::parse`] of text not yet checked to be UTF-8: strings in it
+    /// are checked as they are read, so nothing else needs to be.
+    pub fn parse_bytes(text: &[u8]) -> Result<Value, ValueError> {
+        let mut p = Parser { s: text, pos: 0 };
         p.skip_ws();
         let v = p.value(0)?;
         p.skip_ws();

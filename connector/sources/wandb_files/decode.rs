@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::BufReader;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
@@ -11,9 +10,10 @@ use prost::Message;
 use serde::Serialize;
 
 use super::log_reader::{LogError, TransactionLogReader};
+use super::records::EnvelopeError;
 use super::records::{RecordType, RunExitRecord, RunRecord, StatsRecord, Timestamp, UpdateRecord, peek_record_type};
 use super::tree::{Tree, parse_or_keep};
-use super::wire::{ItemRef, RawValue, history_items, update_items};
+use super::wire::{ItemRef, RawBytes, RawItem, RawValue, history_items_raw, update_items_raw};
 use crate::columns::{encode_path, flatten};
 use crate::plan::FetchPlan;
 use crate::run::{HistoryPoint, HistoryRow, RunData, RunHistory, RunIdentity, seconds_to_micros};
@@ -107,6 +107,10 @@ struct RunDecoder<'p> {
     history: RunHistory,
     /// Key (encoded path) → index in `history.keys`, or [`EXCLUDED`].
     key_ids: HashMap<String, u32>,
+    /// What raw keys resolved to, per record type (see [`Slots`]).
+    config_slots: Slots<usize>,
+    summary_slots: Slots<usize>,
+    history_slots: Slots<u32>,
     last_time_us: Option<i64>,
     last_runtime: Option<f64>,
     exit: Option<RunExitRecord>,
@@ -130,6 +134,9 @@ pub fn decode_run(
         summary: Tree::default(),
         history: RunHistory::default(),
         key_ids: HashMap::new(),
+        config_slots: Slots::default(),
+        summary_slots: Slots::default(),
+        history_slots: Slots::default(),
         last_time_us: None,
         last_runtime: None,
         exit: None,
@@ -142,8 +149,8 @@ pub fn decode_run(
         let shown = path.display().to_string();
         let file = File::open(path).map_err(|source| DecodeError::Open { path: shown.clone(), source })?;
         newest_mtime = newest_mtime.max(file.metadata().and_then(|m| m.modified()).ok());
-        let mut reader = TransactionLogReader::new(BufReader::with_capacity(256 * 1024, file))
-            .map_err(|source| DecodeError::Log { path: shown.clone(), source })?;
+        let mut reader =
+            TransactionLogReader::new(file).map_err(|source| DecodeError::Log { path: shown.clone(), source })?;
         // Each log holds its own exit record; a resumed run's state is its last log's.
         d.exit = None;
         loop {
@@ -183,9 +190,11 @@ impl RunDecoder<'_> {
                 let mut run = RunRecord::decode(payload).map_err(err)?;
                 if let Some(c) = run.config.take().filter(|_| self.needs.config) {
                     self.apply_prost_updates(&c, true);
+                    self.config_slots.clear();
                 }
                 if let Some(s) = run.summary.take().filter(|_| self.needs.summary) {
                     self.apply_prost_updates(&s, false);
+                    self.summary_slots.clear();
                 }
                 if let Some(t) = &run.start_time {
                     self.note_time(timestamp_micros(t));
@@ -194,19 +203,27 @@ impl RunDecoder<'_> {
             }
             RecordType::Config => {
                 self.counts.decoded_config += 1;
-                let tree = &mut self.config;
-                update_items(payload, |removal, item| apply_item(tree, removal, &item)).map_err(|e| e.to_string())?;
+                apply_updates(&mut self.config, &mut self.config_slots, payload).map_err(|e| e.to_string())?;
             }
             RecordType::Summary => {
                 self.counts.decoded_summary += 1;
-                let tree = &mut self.summary;
-                update_items(payload, |removal, item| apply_item(tree, removal, &item)).map_err(|e| e.to_string())?;
+                apply_updates(&mut self.summary, &mut self.summary_slots, payload).map_err(|e| e.to_string())?;
             }
             RecordType::History => {
                 self.counts.decoded_history += 1;
                 let mut items = Vec::new();
-                let step = history_items(payload, |item| items.push(item)).map_err(|e| e.to_string())?;
-                self.history_row(step, items);
+                let step = history_items_raw(payload, |item| items.push(item)).map_err(|e| e.to_string())?;
+                if items.iter().all(|i| i.single_segment().is_some()) {
+                    let kept = self.history.points.len();
+                    if let Err(e) = self.flat_history_row(step, &items) {
+                        // The row is skipped whole.
+                        self.history.points.truncate(kept);
+                        return Err(e.to_string());
+                    }
+                } else {
+                    let items = items.iter().map(RawItem::validate).collect::<Result<Vec<_>, _>>();
+                    self.history_row(step, items.map_err(|e| e.to_string())?);
+                }
             }
             RecordType::Stats => {
                 self.counts.decoded_stats += 1;
@@ -274,6 +291,75 @@ impl RunDecoder<'_> {
         }
     }
 
+    /// A history row whose keys all have one segment (what the SDK writes
+    /// for `run.log({"loss": ...})`): keys are resolved through the slot
+    /// cache, so text seen at the same position before is neither checked
+    /// nor hashed again.
+    fn flat_history_row(&mut self, step: Option<i64>, items: &[RawItem<'_>]) -> Result<(), EnvelopeError> {
+        let row_index = self.history.rows.len() as u32;
+        let mut row = HistoryRow { step: 0, timestamp: None, runtime_s: None };
+        let mut step_item = None;
+        for item in items {
+            let segment = item.single_segment().expect("invariant: checked by the caller");
+            match segment {
+                b"_step" => step_item = self.raw_value(item.value, segment)?.as_f64(),
+                b"_timestamp" => {
+                    row.timestamp = self.raw_value(item.value, segment)?.as_f64().and_then(seconds_to_micros)
+                }
+                b"_runtime" => row.runtime_s = self.raw_value(item.value, segment)?.as_f64(),
+                _ if self.plan.history => {
+                    let value = self.raw_value(item.value, segment)?;
+                    if matches!(value, Value::Object(_)) {
+                        let key = std::str::from_utf8(segment).map_err(|_| EnvelopeError::NotUtf8)?;
+                        self.push_point(row_index, &[key], value);
+                    } else if let Some(id) = self.slot_key_id(segment)? {
+                        self.history.points.push(HistoryPoint { row: row_index, key: id, value });
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.end_row(row, step, step_item);
+        Ok(())
+    }
+
+    /// A history value as a [`Value`]; JSON text that does not parse is kept
+    /// as a string, with a warning.
+    fn raw_value(&mut self, raw: RawBytes<'_>, segment: &[u8]) -> Result<Value, EnvelopeError> {
+        Ok(match raw {
+            RawBytes::Null => Value::Null,
+            RawBytes::Bool(b) => Value::Bool(b),
+            RawBytes::Int(i) => Value::Int(i),
+            RawBytes::Number(f) => Value::Float(f),
+            RawBytes::Text(b) => Value::Str(std::str::from_utf8(b).map_err(|_| EnvelopeError::NotUtf8)?.to_string()),
+            RawBytes::Json(text) => {
+                parse_or_keep(text, || encode_path(&[String::from_utf8_lossy(segment).as_ref()]), &mut |w| {
+                    self.warnings.push(format!("history: {w}"))
+                })
+            }
+        })
+    }
+
+    /// The key id of a one-segment history key.
+    fn slot_key_id(&mut self, segment: &[u8]) -> Result<Option<u32>, EnvelopeError> {
+        let id = match self.history_slots.get(segment) {
+            Some(id) => id,
+            None => {
+                let key = std::str::from_utf8(segment).map_err(|_| EnvelopeError::NotUtf8)?;
+                let id = if key.contains(['.', '\\']) {
+                    let encoded = encode_path(&[key]);
+                    self.key_id(&encoded)
+                } else {
+                    self.key_id(key)
+                };
+                let id = id.unwrap_or(EXCLUDED);
+                self.history_slots.set(segment, id);
+                id
+            }
+        };
+        Ok((id != EXCLUDED).then_some(id))
+    }
+
     fn history_row(&mut self, step: Option<i64>, items: Vec<ItemRef<'_>>) {
         let row_index = self.history.rows.len() as u32;
         let mut row = HistoryRow { step: 0, timestamp: None, runtime_s: None };
@@ -293,7 +379,9 @@ impl RunDecoder<'_> {
             if let Some(m) = media.iter().position(|p| path.len() > p.len() && path.starts_with(p)) {
                 let rest = &path[media[m].len()..];
                 match item.value {
-                    RawValue::Json(text) => media_trees[m].set_raw(rest, text),
+                    RawValue::Json(text) => {
+                        media_trees[m].set_raw(rest, text);
+                    }
                     other => media_trees[m].set(rest, raw_to_value(other, path, &mut self.warnings)),
                 }
                 continue;
@@ -319,6 +407,12 @@ impl RunDecoder<'_> {
                 self.push_point(row_index, prefix, value);
             }
         }
+        self.end_row(row, step, step_item);
+    }
+
+    /// Completes a row: its step from the record, else `_step`, else the
+    /// previous row's plus one.
+    fn end_row(&mut self, mut row: HistoryRow, step: Option<i64>, step_item: Option<f64>) {
         row.step = match (step, step_item) {
             (Some(s), _) => s,
             (None, Some(f)) => f as i64,
@@ -430,6 +524,74 @@ impl RunDecoder<'_> {
     }
 }
 
+/// What raw keys resolved to before: the SDK writes the same keys at every
+/// step (in varying order), so a key met again resolves without checking its
+/// text again or hashing it with the slower hasher of the maps it indexes.
+struct Slots<T> {
+    map: HashMap<Vec<u8>, T, foldhash::fast::RandomState>,
+}
+
+impl<T> Default for Slots<T> {
+    fn default() -> Self {
+        Slots { map: HashMap::default() }
+    }
+}
+
+impl<T: Copy> Slots<T> {
+    fn get(&self, key: &[u8]) -> Option<T> {
+        self.map.get(key).copied()
+    }
+
+    fn set(&mut self, key: &[u8], value: T) {
+        self.map.insert(key.to_vec(), value);
+    }
+
+    fn clear(&mut self) {
+        self.map.clear();
+    }
+}
+
+/// Applies a config or summary record to its tree. One-segment keys are
+/// resolved through `slots` to their top-level index (indices stay valid
+/// until a removal, which clears the cache).
+fn apply_updates(tree: &mut Tree, slots: &mut Slots<usize>, payload: &[u8]) -> Result<(), EnvelopeError> {
+    let mut failed = None;
+    update_items_raw(payload, |removal, item| {
+        if failed.is_none()
+            && let Err(e) = apply_raw_item(tree, slots, removal, &item)
+        {
+            failed = Some(e);
+        }
+    })?;
+    failed.map_or(Ok(()), Err)
+}
+
+fn apply_raw_item(
+    tree: &mut Tree,
+    slots: &mut Slots<usize>,
+    removal: bool,
+    item: &RawItem<'_>,
+) -> Result<(), EnvelopeError> {
+    if let (false, Some(segment), RawBytes::Json(json)) = (removal, item.single_segment(), item.value) {
+        if let Some(index) = slots.get(segment)
+            && tree.set_raw_at(index, json)
+        {
+            return Ok(());
+        }
+        let key = std::str::from_utf8(segment).map_err(|_| EnvelopeError::NotUtf8)?;
+        if let Some(index) = tree.set_raw(&[key], json) {
+            slots.set(segment, index);
+        }
+        return Ok(());
+    }
+    let item = item.validate()?;
+    if removal {
+        slots.clear();
+    }
+    apply_item(tree, removal, &item);
+    Ok(())
+}
+
 /// Applies one config or summary item to its tree.
 fn apply_item(tree: &mut Tree, removal: bool, item: &ItemRef<'_>) {
     if removal {
@@ -448,7 +610,7 @@ fn raw_to_value(raw: RawValue<'_>, path: &[&str], warnings: &mut Vec<String>) ->
         RawValue::Number(f) => Value::Float(f),
         RawValue::Text(s) => Value::Str(s.to_string()),
         RawValue::Json(text) => {
-            parse_or_keep(text, &encode_path(path), &mut |w| warnings.push(format!("history: {w}")))
+            parse_or_keep(text.as_bytes(), || encode_path(path), &mut |w| warnings.push(format!("history: {w}")))
         }
     }
 }
@@ -548,6 +710,58 @@ mod tests {
         assert!(run.warnings[1].contains("no run record"), "{:?}", run.warnings);
         assert_eq!(run.identity.run_id, "fallback", "the id from the file name");
         assert_eq!(run.identity.state.as_deref(), Some("running"), "fresh file without exit record");
+    }
+
+    fn kv(nested: &[&str], json: &str) -> KeyedValue {
+        KeyedValue {
+            key: String::new(),
+            nested_key: nested.iter().map(|s| s.to_string()).collect(),
+            value_json: json.into(),
+        }
+    }
+
+    #[test]
+    fn cached_keys_stay_right_across_removals_and_orders() {
+        let update = |update: Vec<KeyedValue>, remove: Vec<KeyedValue>| envelope(3, &UpdateRecord { update, remove });
+        let records = [
+            update(vec![kv(&["a"], "1"), kv(&["b"], "2"), kv(&["c"], "3")], vec![]),
+            update(vec![kv(&["c"], "4"), kv(&["a"], "5")], vec![]),
+            // A removal shifts the keys after it: cached positions must not be reused.
+            update(vec![], vec![kv(&["a"], "")]),
+            update(vec![kv(&["c"], "6"), kv(&["b"], "7")], vec![]),
+            update(vec![kv(&["a"], "8"), kv(&["d", "e"], "9")], vec![]),
+            update(vec![kv(&["d"], "10")], vec![]),
+        ];
+        let (run, _) = decode(&records, None);
+        let got: Vec<(String, String)> = run.group("summary.").iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
+        let want = [("b", "7"), ("c", "6"), ("a", "8"), ("d", "10")].map(|(k, v)| (k.to_string(), v.to_string()));
+        assert_eq!(got, want);
+
+        // History rows with the same keys in varying order, a key with a dot,
+        // and a key that is not UTF-8 (that row is skipped whole, with a warning).
+        let row = |items: Vec<HistoryItem>, step| {
+            envelope(2, &HistoryRecord { item: items, step: Some(HistoryStep { num: step }) })
+        };
+        let mut bad = row(vec![item("", &["x"], None, "1"), item("", &["ok"], None, "1")], 3);
+        let at = bad.windows(2).position(|w| w == b"ok").unwrap();
+        bad[at] = 0xFF;
+        let records = [
+            row(vec![item("", &["x"], None, "1"), item("", &["a.b"], None, "2")], 0),
+            row(vec![item("", &["a.b"], None, "3"), item("", &["x"], None, "4")], 1),
+            bad,
+            row(vec![item("", &["x"], None, "5")], 2),
+        ];
+        let (run, _) = decode(&records, None);
+        assert_eq!(
+            points(&run),
+            [(0, "x", "1"), (0, "a\\.b", "2"), (1, "a\\.b", "3"), (1, "x", "4"), (2, "x", "5")].map(|(s, k, v)| (
+                s,
+                k.to_string(),
+                v.to_string()
+            ))
+        );
+        assert_eq!(run.history.as_ref().unwrap().rows.len(), 3);
+        assert!(run.warnings.iter().any(|w| w.contains("record 3 skipped")), "{:?}", run.warnings);
     }
 
     #[test]

@@ -13,7 +13,8 @@ use crate::value::Value;
 #[derive(Debug, Clone, PartialEq)]
 enum Node {
     Leaf(Value),
-    Raw(String),
+    /// JSON text as written, checked to be UTF-8 only when parsed.
+    Raw(Vec<u8>),
     Branch(Tree),
 }
 
@@ -24,21 +25,39 @@ pub struct Tree {
 }
 
 impl Tree {
-    /// Sets the JSON text at `path`, replacing whatever was there.
-    pub fn set_raw(&mut self, path: &[&str], json: &str) {
-        if let Some((last, parents)) = path.split_last() {
-            let tree = self.branch_at(parents);
-            match tree.children.get_mut(*last) {
-                Some(Node::Raw(s)) => {
-                    s.clear();
-                    s.push_str(json);
-                }
-                Some(node) => *node = Node::Raw(json.to_string()),
-                None => {
-                    tree.children.insert((*last).to_string(), Node::Raw(json.to_string()));
-                }
+    /// Sets the JSON text at `path`, replacing whatever was there. Returns
+    /// the key's index among the top-level keys when `path` has one segment
+    /// (see [`Tree::set_raw_at`]).
+    pub fn set_raw(&mut self, path: &[&str], json: impl AsRef<[u8]>) -> Option<usize> {
+        let json = json.as_ref();
+        let (last, parents) = path.split_last()?;
+        let tree = self.branch_at(parents);
+        let index = match tree.children.get_index_of(*last) {
+            Some(i) => {
+                set_node_raw(&mut tree.children[i], json);
+                i
             }
+            None => tree.children.insert_full((*last).to_string(), Node::Raw(json.to_vec())).0,
+        };
+        parents.is_empty().then_some(index)
+    }
+
+    /// Sets the JSON text of the top-level key at `index`, as `set_raw` of
+    /// that key would. Indices stay valid until a key is removed; `false`
+    /// when there is no such index.
+    pub fn set_raw_at(&mut self, index: usize, json: &[u8]) -> bool {
+        match self.children.get_index_mut(index) {
+            Some((_, node)) => {
+                set_node_raw(node, json);
+                true
+            }
+            None => false,
         }
+    }
+
+    /// The top-level key at `index`.
+    pub fn key_at(&self, index: usize) -> Option<&str> {
+        self.children.get_index(index).map(|(k, _)| k.as_str())
     }
 
     /// Sets a parsed value at `path`, replacing whatever was there.
@@ -61,7 +80,7 @@ impl Tree {
             if !matches!(node, Node::Branch(_)) {
                 let opened = match std::mem::replace(node, Node::Leaf(Value::Null)) {
                     Node::Leaf(v) => Tree::from_value(v),
-                    Node::Raw(s) => Value::parse(&s).map(Tree::from_value).unwrap_or_default(),
+                    Node::Raw(s) => Value::parse_bytes(&s).map(Tree::from_value).unwrap_or_default(),
                     // (media objects are replaced, not opened: see from_value)
                     Node::Branch(_) => unreachable!("invariant: checked above"),
                 };
@@ -82,7 +101,7 @@ impl Tree {
             let openable = match tree.children.get(*seg) {
                 None => false,
                 Some(Node::Branch(_)) | Some(Node::Leaf(Value::Object(_))) => true,
-                Some(Node::Raw(s)) => s.trim_start().starts_with('{'),
+                Some(Node::Raw(s)) => s.trim_ascii_start().starts_with(b"{"),
                 Some(Node::Leaf(_)) => false,
             };
             if !openable {
@@ -145,11 +164,23 @@ impl Tree {
     }
 }
 
-/// Parses JSON text written by the SDK; text that does not parse is kept as a string.
-pub fn parse_or_keep(json: &str, path: &str, warn: &mut impl FnMut(String)) -> Value {
-    Value::parse(json).unwrap_or_else(|e| {
-        warn(format!("value at {path} is not valid JSON ({e}); kept as text"));
-        Value::Str(json.to_string())
+/// Replaces a node by JSON text, reusing its buffer when it already held text.
+fn set_node_raw(node: &mut Node, json: &[u8]) {
+    match node {
+        Node::Raw(s) => {
+            s.clear();
+            s.extend_from_slice(json);
+        }
+        other => *other = Node::Raw(json.to_vec()),
+    }
+}
+
+/// Parses JSON text written by the SDK; text that does not parse (or is not
+/// UTF-8) is kept as a string, and `path()` names it in the warning.
+pub fn parse_or_keep(json: &[u8], path: impl FnOnce() -> String, warn: &mut impl FnMut(String)) -> Value {
+    Value::parse_bytes(json).unwrap_or_else(|e| {
+        warn(format!("value at {} is not valid JSON ({e}); kept as text", path()));
+        Value::Str(String::from_utf8_lossy(json).into_owned())
     })
 }
 
@@ -157,7 +188,7 @@ impl Node {
     fn to_value(&self, warn: &mut impl FnMut(String), path: &str) -> Value {
         match self {
             Node::Leaf(v) => v.clone(),
-            Node::Raw(s) => parse_or_keep(s, path, warn),
+            Node::Raw(s) => parse_or_keep(s, || path.to_string(), warn),
             Node::Branch(t) => t.to_value(warn, path),
         }
     }

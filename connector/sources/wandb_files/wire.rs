@@ -5,6 +5,8 @@
 //!
 //! Field numbers as in `records.rs`; unknown fields are skipped.
 
+use smallvec::SmallVec;
+
 use super::records::EnvelopeError;
 
 /// A value as the writer put it: the typed oneof, or `value_json` text.
@@ -62,10 +64,6 @@ fn bytes<'a>(buf: &mut &'a [u8]) -> Result<&'a [u8], EnvelopeError> {
     Ok(head)
 }
 
-fn string<'a>(buf: &mut &'a [u8]) -> Result<&'a str, EnvelopeError> {
-    std::str::from_utf8(bytes(buf)?).map_err(|_| EnvelopeError::NotUtf8)
-}
-
 fn skip(buf: &mut &[u8], wire: u8) -> Result<(), EnvelopeError> {
     match wire {
         0 => {
@@ -81,41 +79,91 @@ fn skip(buf: &mut &[u8], wire: u8) -> Result<(), EnvelopeError> {
     Ok(())
 }
 
-fn item(mut buf: &[u8], typed: bool) -> Result<ItemRef<'_>, EnvelopeError> {
-    let mut out = ItemRef { key: "", nested_key: Vec::new(), value: RawValue::Json("") };
+/// A value as the writer put it, with text not yet checked to be UTF-8.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RawBytes<'a> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Number(f64),
+    Text(&'a [u8]),
+    Json(&'a [u8]),
+}
+
+/// One item as raw bytes: what the decoder's hot path compares and copies
+/// without validating text it has seen before.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawItem<'a> {
+    pub key: &'a [u8],
+    pub nested_key: SmallVec<[&'a [u8]; 2]>,
+    pub value: RawBytes<'a>,
+}
+
+impl<'a> RawItem<'a> {
+    /// The path: `nested_key` when the writer filled it, else `[key]`.
+    pub fn path(&self) -> &[&'a [u8]] {
+        if self.nested_key.is_empty() { std::slice::from_ref(&self.key) } else { &self.nested_key }
+    }
+
+    /// The single path segment, when the path has exactly one.
+    pub fn single_segment(&self) -> Option<&'a [u8]> {
+        match self.path() {
+            [one] => Some(one),
+            _ => None,
+        }
+    }
+
+    /// The item with its text checked to be UTF-8.
+    pub fn validate(&self) -> Result<ItemRef<'a>, EnvelopeError> {
+        let text = |b: &'a [u8]| std::str::from_utf8(b).map_err(|_| EnvelopeError::NotUtf8);
+        let nested_key = self.nested_key.iter().map(|b| text(b)).collect::<Result<Vec<_>, _>>()?;
+        let value = match self.value {
+            RawBytes::Null => RawValue::Null,
+            RawBytes::Bool(b) => RawValue::Bool(b),
+            RawBytes::Int(i) => RawValue::Int(i),
+            RawBytes::Number(f) => RawValue::Number(f),
+            RawBytes::Text(b) => RawValue::Text(text(b)?),
+            RawBytes::Json(b) => RawValue::Json(text(b)?),
+        };
+        Ok(ItemRef { key: text(self.key)?, nested_key, value })
+    }
+}
+
+fn raw_item(mut buf: &[u8], typed: bool) -> Result<RawItem<'_>, EnvelopeError> {
+    let mut out = RawItem { key: b"", nested_key: SmallVec::new(), value: RawBytes::Json(b"") };
     let mut have_typed = false;
     while !buf.is_empty() {
         let (field, wire) = key(&mut buf)?;
         match (field, wire) {
-            (1, 2) => out.key = string(&mut buf)?,
-            (2, 2) => out.nested_key.push(string(&mut buf)?),
-            (16, 2) if !have_typed => out.value = RawValue::Json(string(&mut buf)?),
+            (1, 2) => out.key = bytes(&mut buf)?,
+            (2, 2) => out.nested_key.push(bytes(&mut buf)?),
+            (16, 2) if !have_typed => out.value = RawBytes::Json(bytes(&mut buf)?),
             (3, 0) if typed => {
                 varint(&mut buf)?;
-                out.value = RawValue::Null;
+                out.value = RawBytes::Null;
                 have_typed = true;
             }
             (4, 0) if typed => {
-                out.value = RawValue::Bool(varint(&mut buf)? != 0);
+                out.value = RawBytes::Bool(varint(&mut buf)? != 0);
                 have_typed = true;
             }
             (5, 0) if typed => {
                 let z = varint(&mut buf)?;
-                out.value = RawValue::Int(((z >> 1) as i64) ^ -((z & 1) as i64));
+                out.value = RawBytes::Int(((z >> 1) as i64) ^ -((z & 1) as i64));
                 have_typed = true;
             }
             (6, 1) if typed => {
                 let b: [u8; 8] = buf.get(..8).ok_or(EnvelopeError::Truncated)?.try_into().expect("invariant: 8 bytes");
                 buf = &buf[8..];
-                out.value = RawValue::Number(f64::from_le_bytes(b));
+                out.value = RawBytes::Number(f64::from_le_bytes(b));
                 have_typed = true;
             }
             (7, 2) if typed => {
-                out.value = RawValue::Text(string(&mut buf)?);
+                out.value = RawBytes::Text(bytes(&mut buf)?);
                 have_typed = true;
             }
             (8, 2) if typed => {
-                out.value = RawValue::Json(string(&mut buf)?);
+                out.value = RawBytes::Json(bytes(&mut buf)?);
                 have_typed = true;
             }
             (_, w) => skip(&mut buf, w)?,
@@ -124,14 +172,14 @@ fn item(mut buf: &[u8], typed: bool) -> Result<ItemRef<'_>, EnvelopeError> {
     Ok(out)
 }
 
-/// Calls `f` for every item of a `HistoryRecord`; returns its `step.num`
-/// when the record has a step.
-pub fn history_items<'a>(mut buf: &'a [u8], mut f: impl FnMut(ItemRef<'a>)) -> Result<Option<i64>, EnvelopeError> {
+/// Calls `f` for every item of a `HistoryRecord`, text unchecked; returns its
+/// `step.num` when the record has a step.
+pub fn history_items_raw<'a>(mut buf: &'a [u8], mut f: impl FnMut(RawItem<'a>)) -> Result<Option<i64>, EnvelopeError> {
     let mut step = None;
     while !buf.is_empty() {
         let (field, wire) = key(&mut buf)?;
         match (field, wire) {
-            (1, 2) => f(item(bytes(&mut buf)?, true)?),
+            (1, 2) => f(raw_item(bytes(&mut buf)?, true)?),
             (2, 2) => {
                 let mut s = bytes(&mut buf)?;
                 let mut num = 0i64;
@@ -150,15 +198,37 @@ pub fn history_items<'a>(mut buf: &'a [u8], mut f: impl FnMut(ItemRef<'a>)) -> R
 }
 
 /// Calls `f(is_removal, item)` for every update and removal of a
-/// `ConfigRecord` or `SummaryRecord`, in record order.
-pub fn update_items<'a>(mut buf: &'a [u8], mut f: impl FnMut(bool, ItemRef<'a>)) -> Result<(), EnvelopeError> {
+/// `ConfigRecord` or `SummaryRecord`, in record order, text unchecked.
+pub fn update_items_raw<'a>(mut buf: &'a [u8], mut f: impl FnMut(bool, RawItem<'a>)) -> Result<(), EnvelopeError> {
     while !buf.is_empty() {
         let (field, wire) = key(&mut buf)?;
         match (field, wire) {
-            (1, 2) => f(false, item(bytes(&mut buf)?, false)?),
-            (2, 2) => f(true, item(bytes(&mut buf)?, false)?),
+            (1, 2) => f(false, raw_item(bytes(&mut buf)?, false)?),
+            (2, 2) => f(true, raw_item(bytes(&mut buf)?, false)?),
             (_, w) => skip(&mut buf, w)?,
         }
+    }
+    Ok(())
+}
+
+/// Calls `f` for every item of a `HistoryRecord`; returns its `step.num`
+/// when the record has a step.
+pub fn history_items<'a>(buf: &'a [u8], mut f: impl FnMut(ItemRef<'a>)) -> Result<Option<i64>, EnvelopeError> {
+    let mut items = Vec::new();
+    let step = history_items_raw(buf, |i| items.push(i))?;
+    for i in &items {
+        f(i.validate()?);
+    }
+    Ok(step)
+}
+
+/// Calls `f(is_removal, item)` for every update and removal of a
+/// `ConfigRecord` or `SummaryRecord`, in record order.
+pub fn update_items<'a>(buf: &'a [u8], mut f: impl FnMut(bool, ItemRef<'a>)) -> Result<(), EnvelopeError> {
+    let mut items = Vec::new();
+    update_items_raw(buf, |removal, i| items.push((removal, i)))?;
+    for (removal, i) in &items {
+        f(*removal, i.validate()?);
     }
     Ok(())
 }
