@@ -388,8 +388,12 @@ fn read_remote<S: remote::RemoteSource>(
     // Runs in flight or waiting: enough to keep the requests busy, few enough
     // that memory stays flat (a run's history is held until written).
     let window = concurrency.max(4) + 2;
-    let outcome =
-        remote::read_runs(api, plan, window, encoding, |label, run| consume(label, run, RecordCounts::default()))?;
+    // Decoded runs (several times the size of what the server sent) waiting
+    // for the writer: one per core and one more.
+    let decode_ahead = std::thread::available_parallelism().map_or(2, |n| n.get()) + 1;
+    let outcome = remote::read_runs(api, plan, window, decode_ahead, encoding, |label, run| {
+        consume(label, run, RecordCounts::default())
+    })?;
     match outcome {
         None => Ok(None),
         Some(ListingError::Unreadable(e)) => Err(Error::source(name, e)),

@@ -5,13 +5,17 @@
 //!
 //! At most `window` runs are in flight or waiting for the consumer: a run's
 //! slot is freed only once consumed, so memory stays flat however many runs
-//! the source holds. The consumer runs on the calling thread.
+//! the source holds. Fetched runs wait as the bytes the server sent; a run is
+//! decoded only when it is among the next `decode_ahead` runs the consumer
+//! will take, so at most that many decoded runs (the large form) exist at
+//! once, and the run the consumer waits for is never kept from decoding. The
+//! consumer runs on the calling thread.
 
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use std::future::Future;
 
@@ -32,14 +36,20 @@ pub trait RemoteSource: Send + Sync + 'static {
     /// The whole listing.
     fn list(self: Arc<Self>, plan: Arc<FetchPlan>) -> impl Future<Output = Listing<Self::Listed>> + Send;
 
+    /// A run as fetched, before decoding (the server's bytes).
+    type Fetched: Send + 'static;
+
     fn run_id(listed: &Self::Listed) -> &str;
 
-    /// Everything the plan needs of one run (CPU work on the blocking pool).
-    fn read(
+    /// Every request the plan needs for one run.
+    fn fetch(
         self: Arc<Self>,
         plan: Arc<FetchPlan>,
         listed: Self::Listed,
-    ) -> impl Future<Output = Result<RunData, String>> + Send;
+    ) -> impl Future<Output = Result<Self::Fetched, String>> + Send;
+
+    /// The CPU stage: the fetched run as [`RunData`] (runs on the blocking pool).
+    fn decode(&self, plan: &FetchPlan, fetched: Self::Fetched) -> Result<RunData, String>;
 }
 
 /// One run's outcome, with its slot.
@@ -60,6 +70,7 @@ pub fn read_runs<S: RemoteSource>(
     api: &Arc<S>,
     plan: &Arc<FetchPlan>,
     window: usize,
+    decode_ahead: usize,
     encoding: Option<Arc<HistoryEncoding>>,
     mut consume: impl FnMut(&str, Result<ReadRun, String>) -> ControlFlow<()>,
 ) -> Result<Option<ListingError>> {
@@ -73,7 +84,9 @@ pub fn read_runs<S: RemoteSource>(
     rt.block_on(async move {
         let (tx, mut rx) = mpsc::channel::<Delivered>(window);
         let slots = Arc::new(Semaphore::new(window));
-        let producer = tokio::spawn(produce(Arc::clone(api), Arc::clone(plan), encoding, tx, slots));
+        let (consumed_tx, consumed) = watch::channel(0usize);
+        let order = Order { consumed, ahead: decode_ahead.max(1) };
+        let producer = tokio::spawn(produce(Arc::clone(api), Arc::clone(plan), encoding, tx, slots, order));
         let mut next = 0usize;
         let mut waiting: BTreeMap<usize, Delivered> = BTreeMap::new();
         let mut stopped = false;
@@ -83,6 +96,7 @@ pub fn read_runs<S: RemoteSource>(
                 next += 1;
                 let flow = consume(&label, result);
                 drop(permit);
+                consumed_tx.send_replace(next);
                 if flow.is_break() {
                     stopped = true;
                     break;
@@ -103,12 +117,29 @@ pub fn read_runs<S: RemoteSource>(
     })
 }
 
+/// Ordered admission to the decoding stage: run `i` decodes once fewer than
+/// `ahead` runs before it are still to be consumed.
+#[derive(Clone)]
+struct Order {
+    consumed: watch::Receiver<usize>,
+    ahead: usize,
+}
+
+impl Order {
+    /// Waits until run `i` may decode; `false` when the consumer has stopped.
+    async fn admit(mut self, i: usize) -> bool {
+        let ahead = self.ahead;
+        self.consumed.wait_for(|&n| i < n + ahead).await.is_ok()
+    }
+}
+
 async fn produce<S: RemoteSource>(
     api: Arc<S>,
     plan: Arc<FetchPlan>,
     encoding: Option<Arc<HistoryEncoding>>,
     tx: mpsc::Sender<Delivered>,
     slots: Arc<Semaphore>,
+    order: Order,
 ) -> Option<ListingError> {
     let (mut listed, cut) = Arc::clone(&api).list(Arc::clone(&plan)).await;
     if let Some(ListingError::Unreadable(e)) = cut {
@@ -130,13 +161,21 @@ async fn produce<S: RemoteSource>(
                 let _ = tx.send((i, id, Err(error), permit)).await;
             }
             Ok(listed) => {
-                let (api, plan, encoding) = (Arc::clone(&api), Arc::clone(&plan), encoding.clone());
+                let (api, plan, encoding, order) =
+                    (Arc::clone(&api), Arc::clone(&plan), encoding.clone(), order.clone());
                 tokio::spawn(async move {
                     let label = S::run_id(&listed).to_string();
-                    let result = match api.read(plan, listed).await {
-                        Ok(data) => tokio::task::spawn_blocking(move || ReadRun::encode(data, encoding.as_deref()))
+                    let result = match Arc::clone(&api).fetch(Arc::clone(&plan), listed).await {
+                        Ok(fetched) => {
+                            if !order.admit(i).await {
+                                return;
+                            }
+                            tokio::task::spawn_blocking(move || {
+                                api.decode(&plan, fetched).and_then(|data| ReadRun::encode(data, encoding.as_deref()))
+                            })
                             .await
-                            .unwrap_or_else(|e| Err(format!("internal error while encoding: {e}"))),
+                            .unwrap_or_else(|e| Err(format!("internal error while decoding: {e}")))
+                        }
                         Err(e) => Err(e),
                     };
                     let _ = tx.send((i, label, result, permit)).await;
@@ -145,4 +184,69 @@ async fn produce<S: RemoteSource>(
         }
     }
     cut
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{HistoryLayout, WANDB_IDENTITY_COLUMNS};
+    use crate::run::RunIdentity;
+    use crate::selection::Selection;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    /// Runs whose fetches finish in reverse order (the last run first).
+    struct Reversed {
+        runs: usize,
+        /// Decoded runs not consumed yet, and the most seen at once.
+        live: Mutex<(usize, usize)>,
+    }
+
+    impl RemoteSource for Reversed {
+        type Listed = usize;
+        type Fetched = usize;
+
+        async fn list(self: Arc<Self>, _plan: Arc<FetchPlan>) -> Listing<usize> {
+            ((0..self.runs).map(Ok).collect(), None)
+        }
+
+        fn run_id(listed: &usize) -> &str {
+            ["r0", "r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9"][*listed]
+        }
+
+        async fn fetch(self: Arc<Self>, _plan: Arc<FetchPlan>, i: usize) -> Result<usize, String> {
+            tokio::time::sleep(Duration::from_millis(10 * (self.runs - i) as u64)).await;
+            Ok(i)
+        }
+
+        fn decode(&self, _plan: &FetchPlan, i: usize) -> Result<RunData, String> {
+            let mut live = self.live.lock().unwrap();
+            live.0 += 1;
+            live.1 = live.1.max(live.0);
+            let identity = RunIdentity { run_id: Self::run_id(&i).to_string(), ..Default::default() };
+            Ok(RunData { identity, ..Default::default() })
+        }
+    }
+
+    #[test]
+    fn runs_arrive_in_order_and_decoding_stays_just_ahead_of_the_consumer() {
+        let plan = Arc::new(FetchPlan::new(Selection::all(), HistoryLayout::Long, WANDB_IDENTITY_COLUMNS));
+        for ahead in [1, 3] {
+            let api = Arc::new(Reversed { runs: 10, live: Mutex::new((0, 0)) });
+            let mut seen = Vec::new();
+            let outcome = read_runs(&api, &plan, 10, ahead, None, |label, run| {
+                assert_eq!(run.unwrap().data.identity.run_id, label);
+                seen.push(label.to_string());
+                api.live.lock().unwrap().0 -= 1;
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+            assert!(outcome.is_none());
+            assert_eq!(seen, (0..10).map(|i| format!("r{i}")).collect::<Vec<_>>());
+            // All ten are fetched before the first one: without ordered
+            // admission all ten would be decoded at once.
+            let most = api.live.lock().unwrap().1;
+            assert!(most <= ahead, "{most} decoded runs waited at once with decode_ahead {ahead}");
+        }
+    }
 }

@@ -334,6 +334,7 @@ pub fn parse_run(r: &Json, experiment_names: &HashMap<&str, &str>) -> MlflowRun 
 
 impl RemoteSource for MlflowRest {
     type Listed = MlflowRun;
+    type Fetched = (MlflowRun, Vec<(String, Vec<MetricPoint>)>);
 
     async fn list(self: Arc<Self>, _plan: Arc<FetchPlan>) -> Listing<MlflowRun> {
         let (runs, cut) = self.list_runs().await;
@@ -344,14 +345,20 @@ impl RemoteSource for MlflowRest {
         &listed.run_id
     }
 
-    async fn read(self: Arc<Self>, plan: Arc<FetchPlan>, run: MlflowRun) -> Result<RunData, String> {
-        let keys = history_keys(&plan, &run.metrics);
-        let run_id = run.run_id.clone();
-        let mut data = run.into_run_data(&plan);
+    async fn fetch(self: Arc<Self>, plan: Arc<FetchPlan>, run: MlflowRun) -> Result<Self::Fetched, String> {
+        let mut named = Vec::new();
         if plan.history {
-            let fetches = keys.iter().map(|k| self.metric_history(&run_id, k));
+            let keys = history_keys(&plan, &run.metrics);
+            let fetches = keys.iter().map(|k| self.metric_history(&run.run_id, k));
             let series = futures_util::future::try_join_all(fetches).await?;
-            let mut named: Vec<(String, Vec<MetricPoint>)> = keys.into_iter().zip(series).collect();
+            named = keys.into_iter().zip(series).collect();
+        }
+        Ok((run, named))
+    }
+
+    fn decode(&self, plan: &FetchPlan, (run, mut named): Self::Fetched) -> Result<RunData, String> {
+        let mut data = run.into_run_data(plan);
+        if plan.history {
             named.sort_by(|a, b| a.0.cmp(&b.0));
             data.history = Some(history_from_series(named));
         }

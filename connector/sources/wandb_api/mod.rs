@@ -359,6 +359,7 @@ impl WandbApi {
 
 impl RemoteSource for WandbApi {
     type Listed = ListedRun;
+    type Fetched = (RunData, FetchedHistory);
 
     async fn list(self: Arc<Self>, plan: Arc<FetchPlan>) -> Listing<ListedRun> {
         let fields = ListingFields::from_plan(&plan);
@@ -385,23 +386,24 @@ impl RemoteSource for WandbApi {
         &listed.data.identity.run_id
     }
 
-    async fn read(self: Arc<Self>, plan: Arc<FetchPlan>, listed: ListedRun) -> Result<RunData, String> {
+    async fn fetch(
+        self: Arc<Self>,
+        plan: Arc<FetchPlan>,
+        listed: ListedRun,
+    ) -> Result<(RunData, FetchedHistory), String> {
         if !self.needs_history(&plan, &listed) {
             // No history request for this run; an empty history when history was asked.
-            let mut data = listed.data;
-            if plan.history {
-                data.history = Some(Default::default());
-            }
-            return Ok(data);
+            return Ok((listed.data, FetchedHistory::default()));
         }
         let fetched = self.fetch_history(&plan, &listed).await?;
-        let mut data = listed.data;
-        tokio::task::spawn_blocking(move || {
-            fetched.decode(&plan, &mut data)?;
-            Ok(data)
-        })
-        .await
-        .map_err(|e| format!("internal error while decoding history: {e}"))?
+        Ok((listed.data, fetched))
+    }
+
+    fn decode(&self, plan: &FetchPlan, (mut data, fetched): (RunData, FetchedHistory)) -> Result<RunData, String> {
+        if plan.history {
+            fetched.decode(plan, &mut data)?;
+        }
+        Ok(data)
     }
 }
 
