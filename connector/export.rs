@@ -239,8 +239,11 @@ impl Planned {
                 "stages": [
                     {"stage": "listing", "endpoint": "POST runs/search", "max_results": api.opts.max_results,
                      "order_by": "attributes.start_time ASC", "requests": "one per page"},
-                    {"stage": "history", "endpoint": "GET metrics/get-history",
-                     "requests": if self.plan.history { "one per (run, selected metric key), paged" } else { "none" }},
+                    {"stage": "history", "endpoint": "GET ajax-api metrics/get-history-bulk, GET metrics/get-history",
+                     "requests": if self.plan.history {
+                         "one bulk request per (group of runs, selected metric key) when its answer is not cut; \
+                          else one per (run, selected metric key), paged"
+                     } else { "none" }},
                 ],
             }),
         };

@@ -124,6 +124,53 @@ fn selections_without_history_make_listing_requests_only() {
     assert_eq!(summary["http"]["requests"].as_u64().unwrap(), 1 + pages + runs_with_key.len() as u64, "{summary}");
 }
 
+/// Histories come in bulk (one request per key for a group of runs holding
+/// it) except where the bulk answer may have been cut: `runport-std-dense`
+/// holds a run of 26,000 points on 10 steps, whose listing suggests 10, and
+/// two small runs sharing `acc` (with NaN and infinities), in one group.
+#[test]
+fn bulk_history_requests_and_cut_answers() {
+    let std = standard();
+    let out = tempdir();
+    let dense = "runport-std-dense";
+    let source = std.server.source();
+    let args: Vec<&std::ffi::OsStr> = vec![
+        "export".as_ref(),
+        source.as_ref(),
+        "-o".as_ref(),
+        out.path().as_os_str(),
+        "--json".as_ref(),
+        "--experiment".as_ref(),
+        dense.as_ref(),
+    ];
+    let run = runport().env("RUST_LOG", "runport=debug").args(&args).output().expect("start runport");
+    let (stdout, stderr) = (String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
+    assert_eq!(run.status.code(), Some(0), "{stdout}\n{stderr}");
+    let summary = last_json_line(&stdout);
+    assert_eq!(summary["rows"]["history"], 26_030, "{summary}");
+    assert!(stderr.contains("bulk answer may be cut"), "{stderr}");
+    // experiments/search, runs/search, bulk `acc`, the cut bulk `loss`, then
+    // get-history of `loss`: two pages of 25,000 for the dense run, one for
+    // its neighbour.
+    assert_eq!(summary["http"]["requests"], 7, "{summary}");
+    eprintln!("{dense}: {}", check(&std.server.tracking_uri, out.path(), &["--experiments", dense]));
+
+    // The main experiment: fewer requests than (run, key) series.
+    let out = tempdir();
+    let summary = export_source(&std.server.source(), out.path(), &["--experiment", "runport-std"], 0);
+    let (_, batches) = read_parquet(&out.path().join("history/part-00000.parquet"));
+    let mut series = std::collections::BTreeSet::new();
+    for b in &batches {
+        let col = |n: &str| b.column_by_name(n).unwrap().as_any().downcast_ref::<arrow_array::StringArray>().unwrap();
+        for (r, k) in col("run_id").iter().zip(col("key").iter()) {
+            series.insert((r.unwrap().to_string(), k.unwrap().to_string()));
+        }
+    }
+    let requests = summary["http"]["requests"].as_u64().unwrap();
+    assert!(requests < 2 + series.len() as u64, "{requests} requests for {} series: {summary}", series.len());
+    eprintln!("runport-std: {}", check(&std.server.tracking_uri, out.path(), &["--experiments", "runport-std"]));
+}
+
 #[test]
 fn basic_auth_rejects_a_wrong_password_and_accepts_the_right_one() {
     let dir = tempdir();

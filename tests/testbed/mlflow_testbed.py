@@ -53,6 +53,7 @@ STD_EXPERIMENTS = {
     "main": "runport-std",
     "unicode": "runport-std-é 実験",
     "deleted": "runport-std-deleted",
+    "dense": "runport-std-dense",
 }
 BENCH_EXPERIMENT = "runport-bench"
 USER = "testbed"
@@ -406,6 +407,17 @@ def standard_set(c):
         expect={"experiment_name": STD_EXPERIMENTS["unicode"], "params.lr": "0.5"})
     run("unicode-exp-2", "second run there, other keys (nulls across runs)", exp="unicode", name="运行-ü 2",
         params=[("batch", "32")], metrics=series("other", 2, lambda s: s))
+    t = T0 + index[0] * HOUR
+    run("dense-steps", "26,000 points on 10 steps: the listing's latest step underestimates the history, "
+        "so the bulk answer for its experiment is cut and runport must ask per run",
+        exp="dense", metrics=[("loss", float(i), t + i, i // 2600) for i in range(26_000)],
+        expect={"metrics.loss": 25_999.0})
+    run("dense-neighbour", "a small run beside dense-steps, the same key; and `acc` with a NaN", exp="dense",
+        metrics=series("loss", 10, lambda s: s) + series("acc", 10, lambda s: math.nan if s == 3 else s / 10),
+        expect={"metrics.loss": 9.0, "metrics.acc": 0.9})
+    run("dense-acc", "`acc` with NaN and infinities: its bulk answer (written with bare NaN) is used", exp="dense",
+        metrics=series("acc", 10, lambda s: {5: math.nan, 6: math.inf, 7: -math.inf}.get(s, s / 20)),
+        expect={"metrics.acc": 0.45})
     run("deleted-exp-run", "a run of an experiment that is deleted afterwards", exp="deleted",
         metrics=series("loss", 3, lambda s: s), lifecycle="deleted")
     c.delete_experiment(exps["deleted"])

@@ -1,13 +1,23 @@
 //! MLflow's REST API (`/api/2.0/mlflow/`): `runs/search` pages with a large
 //! `max_results` ordered by start time (runs created during the export land
-//! on later pages), then `metrics/get-history` per (run, selected key), paged
-//! and in parallel. Latest metric values come from the listing.
+//! on later pages), then the selected metrics' histories, in parallel. Latest
+//! metric values come from the listing.
+//!
+//! Histories: runs (in the run-id order they are read in) are grouped while
+//! their expected points (latest step + 1, from the listing) stay under
+//! [`BULK_BUDGET`], at most 100 runs. A group asks `ajax-api`'s
+//! `metrics/get-history-bulk` once per key; that endpoint cuts its answer at
+//! [`BULK_MAX`] rows across all runs, so an answer is used only when it holds
+//! fewer rows than that (nothing was cut). Otherwise, for runs that are alone
+//! in their group, or when the server lacks the endpoint,
+//! `metrics/get-history` is asked per (run, key), paged.
 //!
 //! Auth as the official client: `MLFLOW_TRACKING_USERNAME` and
 //! `MLFLOW_TRACKING_PASSWORD` (Basic), or `MLFLOW_TRACKING_TOKEN` (Bearer).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde_json::{Value as Json, json};
 
@@ -18,11 +28,18 @@ use crate::plan::FetchPlan;
 use crate::remote::{Listing, ListingError, RemoteSource};
 use crate::run::RunData;
 use crate::sources::wandb_api::credentials::ApiKey;
+use crate::value::Value;
 
 /// Runs asked per `runs/search` page (the server allows up to 50,000).
 pub const DEFAULT_MAX_RESULTS: usize = 10_000;
 /// Points asked per `get-history` page.
 const HISTORY_PAGE: usize = 25_000;
+/// Rows `get-history-bulk` answers at most (the server's cap).
+const BULK_MAX: usize = 25_000;
+/// Expected points per bulk request, leaving room for estimates that are low.
+const BULK_BUDGET: i64 = 20_000;
+/// Runs per bulk request (the server's cap).
+const BULK_RUNS: usize = 100;
 
 #[derive(Debug, Clone)]
 pub struct MlflowRestOptions {
@@ -78,7 +95,27 @@ pub struct MlflowRest {
     pub http: Http,
     auth: Auth,
     api: reqwest::Url,
+    ajax: reqwest::Url,
     host: String,
+    /// Bulk history groups, by run id (set by the listing).
+    groups: OnceLock<HashMap<String, Arc<BulkGroup>>>,
+    /// Set when the server lacks `get-history-bulk`.
+    no_bulk: AtomicBool,
+}
+
+/// Runs whose histories are asked together, one bulk request per key.
+struct BulkGroup {
+    /// Per metric key: the runs of the group that have it, and the answer.
+    keys: HashMap<String, KeyBatch>,
+}
+
+/// Points per run of one bulk answer; each run takes its own out.
+type BulkAnswer = Mutex<HashMap<String, Vec<MetricPoint>>>;
+
+struct KeyBatch {
+    run_ids: Vec<String>,
+    /// Points per run once asked; `None` when the answer cannot be used.
+    answer: tokio::sync::OnceCell<Option<BulkAnswer>>,
 }
 
 /// An experiment: id, name, lifecycle stage.
@@ -98,12 +135,22 @@ impl MlflowRest {
             base.set_path(&p);
         }
         let api = base.join("api/2.0/mlflow/").map_err(|e| Error::Usage(e.to_string()))?;
+        let ajax = base.join("ajax-api/2.0/mlflow/").map_err(|e| Error::Usage(e.to_string()))?;
         let host = base.host_str().unwrap_or_default().to_string();
         let policy = RetryPolicy::default();
         let client = build_client(&format!("runport/{}", env!("CARGO_PKG_VERSION")), policy.attempt_timeout)
             .map_err(Error::Usage)?;
         let http = Http::new(client, policy, opts.concurrency.max(1));
-        Ok(MlflowRest { opts, http, auth: Auth::from_env(), api, host })
+        Ok(MlflowRest {
+            opts,
+            http,
+            auth: Auth::from_env(),
+            api,
+            ajax,
+            host,
+            groups: OnceLock::new(),
+            no_bulk: AtomicBool::new(false),
+        })
     }
 
     pub fn name(&self) -> String {
@@ -126,7 +173,24 @@ impl MlflowRest {
         query: &[(&str, String)],
         body: Option<&Json>,
     ) -> Result<Json, String> {
-        let mut url = self.api.join(endpoint).map_err(|e| format!("{what}: {e}"))?;
+        let body = self.call_raw(&self.api, what, endpoint, query, body).await.map_err(|(_, e)| e)?;
+        if body.is_empty() {
+            return Ok(json!({}));
+        }
+        serde_json::from_slice(&body).map_err(|e| format!("{what}: the server answered with invalid JSON: {e}"))
+    }
+
+    /// The body of a request to `endpoint` under `base`; on failure, the
+    /// HTTP status when there was one, and the error.
+    async fn call_raw(
+        &self,
+        base: &reqwest::Url,
+        what: &str,
+        endpoint: &str,
+        query: &[(&str, String)],
+        body: Option<&Json>,
+    ) -> Result<bytes::Bytes, (Option<u16>, String)> {
+        let mut url = base.join(endpoint).map_err(|e| (None, format!("{what}: {e}")))?;
         if !query.is_empty() {
             url.query_pairs_mut().extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
         }
@@ -140,11 +204,8 @@ impl MlflowRest {
                 self.auth.apply(r)
             })
             .await
-            .map_err(|e| self.explain(e))?;
-        if resp.body.is_empty() {
-            return Ok(json!({}));
-        }
-        serde_json::from_slice(&resp.body).map_err(|e| format!("{what}: the server answered with invalid JSON: {e}"))
+            .map_err(|e| (e.status(), self.explain(e)))?;
+        Ok(resp.body)
     }
 
     /// Every experiment (all lifecycle stages), to name runs' experiments and
@@ -196,19 +257,22 @@ impl MlflowRest {
             .collect()
     }
 
-    async fn list_runs(&self) -> (Vec<MlflowRun>, Option<ListingError>) {
+    /// The runs, the points each run's histories are expected to hold
+    /// (latest step + 1), and how the listing ended.
+    async fn list_runs(&self) -> (Vec<MlflowRun>, HashMap<String, i64>, Option<ListingError>) {
         let experiments = match self.experiments().await {
             Ok(e) => e,
-            Err(e) => return (Vec::new(), Some(ListingError::Unreadable(e))),
+            Err(e) => return (Vec::new(), HashMap::new(), Some(ListingError::Unreadable(e))),
         };
         let ids = match self.select_experiments(&experiments) {
             Ok(ids) => ids,
-            Err(e) => return (Vec::new(), Some(ListingError::Unreadable(e))),
+            Err(e) => return (Vec::new(), HashMap::new(), Some(ListingError::Unreadable(e))),
         };
         let names: HashMap<&str, &str> = experiments.iter().map(|e| (e.id.as_str(), e.name.as_str())).collect();
         let mut runs = Vec::new();
+        let mut expected = HashMap::new();
         if ids.is_empty() {
-            return (runs, None);
+            return (runs, expected, None);
         }
         let mut token: Option<String> = None;
         for page in 1.. {
@@ -227,17 +291,107 @@ impl MlflowRest {
             let what = format!("runs/search page {page}");
             let resp = match self.call(&what, "runs/search", &[], Some(&body)).await {
                 Ok(r) => r,
-                Err(error) => return (runs, Some(ListingError::Cut { page, error })),
+                Err(error) => return (runs, expected, Some(ListingError::Cut { page, error })),
             };
             for r in resp.get("runs").and_then(|r| r.as_array()).into_iter().flatten() {
-                runs.push(parse_run(r, &names));
+                let run = parse_run(r, &names);
+                expected.insert(run.run_id.clone(), expected_points(r));
+                runs.push(run);
             }
             match resp.get("next_page_token").and_then(|t| t.as_str()).filter(|t| !t.is_empty()) {
                 Some(t) if token.as_deref() != Some(t) => token = Some(t.to_string()),
                 _ => break,
             }
         }
-        (runs, None)
+        (runs, expected, None)
+    }
+
+    /// Groups the listed runs for bulk history requests (see the module
+    /// documentation), in run-id order.
+    fn plan_groups(&self, plan: &FetchPlan, runs: &[MlflowRun], expected: &HashMap<String, i64>) {
+        let mut order: Vec<&MlflowRun> = runs.iter().filter(|r| !history_keys(plan, &r.metrics).is_empty()).collect();
+        order.sort_by(|a, b| a.run_id.cmp(&b.run_id));
+        let mut groups = HashMap::new();
+        let mut members: Vec<&MlflowRun> = Vec::new();
+        let mut points = 0i64;
+        let mut close = |members: &mut Vec<&MlflowRun>| {
+            if members.len() > 1 {
+                let mut keys: HashMap<String, KeyBatch> = HashMap::new();
+                for r in members.iter() {
+                    for k in history_keys(plan, &r.metrics) {
+                        keys.entry(k)
+                            .or_insert_with(|| KeyBatch { run_ids: Vec::new(), answer: Default::default() })
+                            .run_ids
+                            .push(r.run_id.clone());
+                    }
+                }
+                let group = Arc::new(BulkGroup { keys });
+                for r in members.iter() {
+                    groups.insert(r.run_id.clone(), Arc::clone(&group));
+                }
+            }
+            members.clear();
+        };
+        for r in order {
+            let n = expected.get(&r.run_id).copied().unwrap_or(BULK_BUDGET);
+            if !members.is_empty() && (points + n > BULK_BUDGET || members.len() == BULK_RUNS) {
+                close(&mut members);
+                points = 0;
+            }
+            members.push(r);
+            points += n;
+        }
+        close(&mut members);
+        let _ = self.groups.set(groups);
+    }
+
+    /// A metric's history from its run's bulk group; `None` when it must be
+    /// asked on its own.
+    async fn bulk_history(&self, run_id: &str, key: &str) -> Result<Option<Vec<MetricPoint>>, String> {
+        let Some(batch) = self.groups.get().and_then(|g| g.get(run_id)).and_then(|g| g.keys.get(key)) else {
+            return Ok(None);
+        };
+        if batch.run_ids.len() < 2 {
+            return Ok(None);
+        }
+        let answer = batch.answer.get_or_try_init(|| self.ask_bulk(key, &batch.run_ids)).await?;
+        Ok(answer.as_ref().map(|a| a.lock().expect("invariant: not poisoned").remove(run_id).unwrap_or_default()))
+    }
+
+    /// One `get-history-bulk` request: points per run, or `None` when the
+    /// answer may have been cut or the server lacks the endpoint.
+    async fn ask_bulk(&self, key: &str, run_ids: &[String]) -> Result<Option<BulkAnswer>, String> {
+        if self.no_bulk.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let mut q: Vec<(&str, String)> = run_ids.iter().map(|id| ("run_id", id.clone())).collect();
+        q.push(("metric_key", key.to_string()));
+        q.push(("max_results", BULK_MAX.to_string()));
+        let what = format!(
+            "history of metric {key:?} of {} runs ({} to {})",
+            run_ids.len(),
+            run_ids[0],
+            run_ids[run_ids.len() - 1]
+        );
+        let body = match self.call_raw(&self.ajax, &what, "metrics/get-history-bulk", &q, None).await {
+            Ok(b) => b,
+            Err((Some(400 | 404 | 405 | 501), e)) => {
+                tracing::info!(error = %e, "get-history-bulk unavailable; asking get-history per run and key");
+                self.no_bulk.store(true, Ordering::Relaxed);
+                return Ok(None);
+            }
+            Err((_, e)) => return Err(e),
+        };
+        let points = parse_bulk(&body).map_err(|e| format!("{what}: {e}"))?;
+        if points.len() >= BULK_MAX {
+            tracing::debug!(request = %what, "bulk answer may be cut; asking per run");
+            return Ok(None);
+        }
+        let mut per_run: HashMap<String, Vec<MetricPoint>> = HashMap::new();
+        for (run_id, p) in points {
+            per_run.entry(run_id).or_default().push(p);
+        }
+        Ok(Some(Mutex::new(per_run)))
     }
 
     /// A metric's full history, paged (servers that ignore paging answer at once).
@@ -291,6 +445,58 @@ fn metric_point(m: &Json) -> Option<MetricPoint> {
     })
 }
 
+/// The points a run's selected histories are expected to hold: its largest
+/// latest step + 1 (steps usually count from 0); 1 when it has no metrics.
+fn expected_points(r: &Json) -> i64 {
+    let metrics = r.get("data").and_then(|d| d.get("metrics")).and_then(|m| m.as_array());
+    metrics.into_iter().flatten().filter_map(|m| int(m.get("step"))).max().map_or(1, |s| s.max(0).saturating_add(1))
+}
+
+/// A `get-history-bulk` answer: `{"metrics": [{key, value, timestamp, step,
+/// run_id}]}`. The endpoint writes NaN as a bare `NaN`, which is not JSON, so
+/// it is read with runport's own value parser.
+fn parse_bulk(body: &[u8]) -> Result<Vec<(String, MetricPoint)>, String> {
+    if body.trim_ascii().is_empty() {
+        return Ok(Vec::new());
+    }
+    let v = Value::parse_bytes(body).map_err(|e| format!("the server answered with invalid JSON: {e}"))?;
+    let field = |fields: &[(String, Value)], k: &str| fields.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let Value::Object(top) = v else { return Err("the answer is not an object".into()) };
+    let metrics = match field(&top, "metrics") {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::List(items)) => items,
+        Some(_) => return Err("`metrics` is not a list".into()),
+    };
+    let as_int = |v: Option<Value>| match v {
+        Some(Value::Int(i)) => Some(i),
+        Some(Value::Float(f)) if f.fract() == 0.0 => Some(f as i64),
+        Some(Value::Str(s)) => s.parse().ok(),
+        _ => None,
+    };
+    metrics
+        .into_iter()
+        .map(|m| {
+            let Value::Object(m) = m else { return Err("a point is not an object".to_string()) };
+            let run_id = match field(&m, "run_id") {
+                Some(Value::Str(s)) => s,
+                _ => return Err("a point has no run_id".to_string()),
+            };
+            let value = match field(&m, "value") {
+                Some(Value::Float(f)) => f,
+                Some(Value::Int(i)) => i as f64,
+                Some(Value::Str(s)) => parse_metric_value(&s).ok_or_else(|| format!("unreadable value {s:?}"))?,
+                other => return Err(format!("unreadable value {other:?}")),
+            };
+            let point = MetricPoint {
+                value,
+                timestamp_ms: as_int(field(&m, "timestamp")).unwrap_or(0),
+                step: as_int(field(&m, "step")).unwrap_or(0),
+            };
+            Ok((run_id, point))
+        })
+        .collect()
+}
+
 fn pairs(v: Option<&Json>) -> Vec<(String, String)> {
     v.and_then(|v| v.as_array())
         .into_iter()
@@ -336,8 +542,9 @@ impl RemoteSource for MlflowRest {
     type Listed = MlflowRun;
     type Fetched = (MlflowRun, Vec<(String, Vec<MetricPoint>)>);
 
-    async fn list(self: Arc<Self>, _plan: Arc<FetchPlan>) -> Listing<MlflowRun> {
-        let (runs, cut) = self.list_runs().await;
+    async fn list(self: Arc<Self>, plan: Arc<FetchPlan>) -> Listing<MlflowRun> {
+        let (runs, expected, cut) = self.list_runs().await;
+        self.plan_groups(&plan, &runs, &expected);
         (runs.into_iter().map(Ok).collect(), cut)
     }
 
@@ -349,7 +556,12 @@ impl RemoteSource for MlflowRest {
         let mut named = Vec::new();
         if plan.history {
             let keys = history_keys(&plan, &run.metrics);
-            let fetches = keys.iter().map(|k| self.metric_history(&run.run_id, k));
+            let fetches = keys.iter().map(|k| async {
+                match self.bulk_history(&run.run_id, k).await? {
+                    Some(points) => Ok(points),
+                    None => self.metric_history(&run.run_id, k).await,
+                }
+            });
             let series = futures_util::future::try_join_all(fetches).await?;
             named = keys.into_iter().zip(series).collect();
         }
@@ -369,6 +581,20 @@ impl RemoteSource for MlflowRest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bulk_answers_with_bare_nan() {
+        // As mlflow 3.17's server writes it: NaN bare, infinities clamped.
+        let body = br#"{"metrics":[{"key":"x","run_id":"a1","step":0,"timestamp":1,"value":NaN},{"key":"x","run_id":"a1","step":1,"timestamp":2,"value":1.7976931348623157e+308},{"key":"x","run_id":"b2","step":2,"timestamp":3,"value":1.5}]}"#;
+        let got = parse_bulk(body).unwrap();
+        assert_eq!(got.len(), 3);
+        assert!(got[0].1.value.is_nan() && got[0].0 == "a1");
+        assert_eq!(got[1].1, MetricPoint { value: f64::MAX, timestamp_ms: 2, step: 1 });
+        assert_eq!((got[2].0.as_str(), got[2].1.step, got[2].1.timestamp_ms), ("b2", 2, 3));
+        assert!(parse_bulk(b"{}").unwrap().is_empty() && parse_bulk(b"").unwrap().is_empty());
+        assert!(parse_bulk(br#"{"metrics":[{"key":"x","step":0,"value":1}]}"#).unwrap_err().contains("run_id"));
+        assert!(parse_bulk(b"<html>").is_err());
+    }
 
     #[test]
     fn search_runs_json_becomes_a_run() {
