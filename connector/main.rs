@@ -73,7 +73,7 @@ struct Common {
     #[arg(long)]
     order: Option<String>,
     /// Runs per listing page (W&B default 500; MLflow max_results, default 10000, at most 50000).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=50000))]
     per_page: Option<u32>,
     /// Sampled history: at most N rows per key and run (quick look; not a full export).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
