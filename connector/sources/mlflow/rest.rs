@@ -97,16 +97,25 @@ pub struct MlflowRest {
     api: reqwest::Url,
     ajax: reqwest::Url,
     host: String,
-    /// Bulk history groups, by run id (set by the listing).
-    groups: OnceLock<HashMap<String, Arc<BulkGroup>>>,
+    /// Bulk history groups (set by the listing).
+    groups: OnceLock<Groups>,
     /// Set when the server lacks `get-history-bulk`.
     no_bulk: AtomicBool,
+}
+
+/// The bulk groups in reading order, and each grouped run's group.
+#[derive(Default)]
+struct Groups {
+    list: Vec<Arc<BulkGroup>>,
+    of_run: HashMap<String, usize>,
 }
 
 /// Runs whose histories are asked together, one bulk request per key.
 struct BulkGroup {
     /// Per metric key: the runs of the group that have it, and the answer.
-    keys: HashMap<String, KeyBatch>,
+    keys: HashMap<String, Arc<KeyBatch>>,
+    /// Whether its requests were started ahead of its runs.
+    prefetched: AtomicBool,
 }
 
 /// Points per run of one bulk answer; each run takes its own out.
@@ -311,7 +320,7 @@ impl MlflowRest {
     fn plan_groups(&self, plan: &FetchPlan, runs: &[MlflowRun], expected: &HashMap<String, i64>) {
         let mut order: Vec<&MlflowRun> = runs.iter().filter(|r| !history_keys(plan, &r.metrics).is_empty()).collect();
         order.sort_by(|a, b| a.run_id.cmp(&b.run_id));
-        let mut groups = HashMap::new();
+        let mut groups = Groups::default();
         let mut members: Vec<&MlflowRun> = Vec::new();
         let mut points = 0i64;
         let mut close = |members: &mut Vec<&MlflowRun>| {
@@ -325,10 +334,11 @@ impl MlflowRest {
                             .push(r.run_id.clone());
                     }
                 }
-                let group = Arc::new(BulkGroup { keys });
+                let keys = keys.into_iter().map(|(k, b)| (k, Arc::new(b))).collect();
                 for r in members.iter() {
-                    groups.insert(r.run_id.clone(), Arc::clone(&group));
+                    groups.of_run.insert(r.run_id.clone(), groups.list.len());
                 }
+                groups.list.push(Arc::new(BulkGroup { keys, prefetched: AtomicBool::new(false) }));
             }
             members.clear();
         };
@@ -345,10 +355,39 @@ impl MlflowRest {
         let _ = self.groups.set(groups);
     }
 
+    /// Starts the bulk requests of the groups after `run_id`'s, as many as
+    /// make `--concurrency` requests, so that the server always has work
+    /// queued while earlier groups' runs are decoded and written (answers
+    /// held this way are bounded by the groups' row budget). A failed
+    /// request is asked again by the run that needs it.
+    fn prefetch_next_groups(self: &Arc<Self>, run_id: &str) {
+        let Some(groups) = self.groups.get() else { return };
+        let Some(&at) = groups.of_run.get(run_id) else { return };
+        let mut requests = 0;
+        for next in groups.list.iter().skip(at + 1) {
+            if requests >= self.opts.concurrency {
+                break;
+            }
+            let batches: Vec<_> = next.keys.iter().filter(|(_, b)| b.run_ids.len() > 1).collect();
+            requests += batches.len();
+            if next.prefetched.swap(true, Ordering::Relaxed) {
+                continue;
+            }
+            for (key, batch) in batches {
+                let (api, key, batch) = (Arc::clone(self), key.clone(), Arc::clone(batch));
+                tokio::spawn(async move {
+                    let _ = batch.answer.get_or_try_init(|| api.ask_bulk(&key, &batch.run_ids)).await;
+                });
+            }
+        }
+    }
+
     /// A metric's history from its run's bulk group; `None` when it must be
     /// asked on its own.
     async fn bulk_history(&self, run_id: &str, key: &str) -> Result<Option<Vec<MetricPoint>>, String> {
-        let Some(batch) = self.groups.get().and_then(|g| g.get(run_id)).and_then(|g| g.keys.get(key)) else {
+        let Some(groups) = self.groups.get() else { return Ok(None) };
+        let group = groups.of_run.get(run_id).and_then(|g| groups.list.get(*g));
+        let Some(batch) = group.and_then(|g| g.keys.get(key)) else {
             return Ok(None);
         };
         if batch.run_ids.len() < 2 {
@@ -555,6 +594,7 @@ impl RemoteSource for MlflowRest {
     async fn fetch(self: Arc<Self>, plan: Arc<FetchPlan>, run: MlflowRun) -> Result<Self::Fetched, String> {
         let mut named = Vec::new();
         if plan.history {
+            self.prefetch_next_groups(&run.run_id);
             let keys = history_keys(&plan, &run.metrics);
             let fetches = keys.iter().map(|k| async {
                 match self.bulk_history(&run.run_id, k).await? {

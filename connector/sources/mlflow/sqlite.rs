@@ -149,6 +149,9 @@ pub fn list_runs(path: &Path, experiments: &[String], view: RunView) -> Result<V
     Ok(runs)
 }
 
+/// MLflow's index of the metrics table by (run_uuid, key, step).
+const RUN_KEY_INDEX: &str = "index_metrics_run_uuid_key_step";
+
 /// The histories of `keys` of one run, per key in (step, timestamp) order.
 pub fn histories(
     conn: &Connection,
@@ -157,11 +160,18 @@ pub fn histories(
     keys: &[String],
 ) -> Result<Vec<(String, Vec<MetricPoint>)>, String> {
     let e = err(path);
-    let mut st = conn
-        .prepare_cached(
-            "SELECT value, timestamp, step, is_nan FROM metrics WHERE run_uuid = ?1 AND key = ?2 ORDER BY step, timestamp, value",
-        )
+    // MLflow's schema indexes (run_uuid, key, step), but without statistics
+    // (ANALYZE) recent SQLite versions prefer the primary key, which starts
+    // with `key`: every query would then scan the key's rows of all runs.
+    let indexed: bool = conn
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?1)")
+        .and_then(|mut st| st.query_row([RUN_KEY_INDEX], |r| r.get(0)))
         .map_err(&e)?;
+    let query = format!(
+        "SELECT value, timestamp, step, is_nan FROM metrics {} WHERE run_uuid = ?1 AND key = ?2 ORDER BY step, timestamp, value",
+        if indexed { format!("INDEXED BY {RUN_KEY_INDEX}") } else { String::new() }
+    );
+    let mut st = conn.prepare_cached(&query).map_err(&e)?;
     let mut out = Vec::with_capacity(keys.len());
     for key in keys {
         let rows = st
@@ -183,6 +193,31 @@ pub fn histories(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn histories_with_and_without_the_run_key_index() {
+        for indexed in [true, false] {
+            let conn = Connection::open_in_memory().unwrap();
+            conn.execute_batch(
+                "CREATE TABLE metrics (key VARCHAR(250) NOT NULL, value FLOAT NOT NULL, timestamp BIGINT NOT NULL, \
+                 run_uuid VARCHAR(32) NOT NULL, step BIGINT DEFAULT '0' NOT NULL, is_nan BOOLEAN DEFAULT '0' NOT NULL, \
+                 CONSTRAINT metric_pk PRIMARY KEY (key, timestamp, step, run_uuid, value, is_nan));
+                 INSERT INTO metrics VALUES ('loss', 2.0, 20, 'r1', 1, 0), ('loss', 1.0, 10, 'r1', 0, 0),
+                   ('loss', 0.0, 30, 'r1', 2, 1), ('loss', 9.0, 10, 'r2', 0, 0), ('acc', 0.5, 10, 'r1', 0, 0);",
+            )
+            .unwrap();
+            if indexed {
+                conn.execute_batch(&format!("CREATE INDEX {RUN_KEY_INDEX} ON metrics (run_uuid, key, step)")).unwrap();
+            }
+            let got =
+                histories(&conn, Path::new("mlflow.db"), "r1", &["loss".to_string(), "none".to_string()]).unwrap();
+            assert_eq!(got.len(), 2);
+            let loss: Vec<(i64, i64)> = got[0].1.iter().map(|p| (p.step, p.timestamp_ms)).collect();
+            assert_eq!((got[0].0.as_str(), loss), ("loss", vec![(0, 10), (1, 20), (2, 30)]));
+            assert!(got[0].1[2].value.is_nan(), "is_nan rows read as NaN");
+            assert!(got[1].1.is_empty());
+        }
+    }
 
     #[test]
     fn uris_to_paths() {
