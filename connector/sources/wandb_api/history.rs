@@ -5,7 +5,7 @@
 //! Column names are single path segments (a flat key `a.b` is the column
 //! `a.b`, encoded `a\.b`); struct children add segments (`nest.x`).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
@@ -30,13 +30,14 @@ pub struct HistoryBuilder<'p> {
     plan: &'p FetchPlan,
     history: RunHistory,
     key_ids: HashMap<String, Option<u32>>,
-    /// Steps the exported files hold (a resumed run may repeat a step: all kept).
-    file_steps: BTreeSet<i64>,
+    /// The last step the exported files hold (a resumed run may repeat a
+    /// step: every file row is kept).
+    last_file_step: Option<i64>,
 }
 
 impl<'p> HistoryBuilder<'p> {
     pub fn new(plan: &'p FetchPlan) -> Self {
-        HistoryBuilder { plan, history: RunHistory::default(), key_ids: HashMap::new(), file_steps: BTreeSet::new() }
+        HistoryBuilder { plan, history: RunHistory::default(), key_ids: HashMap::new(), last_file_step: None }
     }
 
     fn key_id(&mut self, key: &str) -> Option<u32> {
@@ -109,7 +110,7 @@ impl<'p> HistoryBuilder<'p> {
                 continue;
             };
             let step = step as i64;
-            self.file_steps.insert(step);
+            self.last_file_step = self.last_file_step.max(Some(step));
             row_of.push(Some(self.history.rows.len() as u32));
             self.history.rows.push(HistoryRow {
                 step,
@@ -162,7 +163,7 @@ impl<'p> HistoryBuilder<'p> {
     /// not hold: the live tail starts after the exported rows, and a row the
     /// server has already exported is not added twice.
     pub fn add_live_rows(&mut self, rows: &[serde_json::Value]) -> usize {
-        let exported_up_to = self.file_steps.last().copied();
+        let exported_up_to = self.last_file_step;
         let mut added = 0;
         for r in rows {
             let r = match r {
