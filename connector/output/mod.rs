@@ -7,15 +7,16 @@
 //! is dropped. See `schemas/output/README.md`.
 
 pub mod history;
+pub mod parallel;
 pub mod runs;
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use self::parallel::ParallelWriter;
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
-use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
@@ -208,7 +209,7 @@ pub struct TableWriter {
     /// `runs.parquet`, or `history/part-` for parted tables.
     name: String,
     parted: bool,
-    current: Option<(ArrowWriter<File>, TempFile)>,
+    current: Option<(ParallelWriter<File>, TempFile)>,
     done: Vec<TempFile>,
     pub rows: u64,
 }
@@ -230,7 +231,7 @@ impl TableWriter {
             let rel =
                 if self.parted { format!("{}{:05}.parquet", self.name, self.done.len()) } else { self.name.clone() };
             let (file, tmp) = dataset.create(&rel)?;
-            let writer = ArrowWriter::try_new(file, Arc::clone(&self.schema), Some(self.props.clone()))
+            let writer = ParallelWriter::try_new(file, Arc::clone(&self.schema), self.props.clone())
                 .map_err(|e| Error::Parquet { path: rel.clone(), source: e })?;
             self.current = Some((writer, tmp));
         }
@@ -258,7 +259,7 @@ impl TableWriter {
     pub fn finish(mut self, dataset: &DatasetDir) -> Result<Vec<TempFile>> {
         if !self.parted && self.current.is_none() && self.done.is_empty() {
             let (file, tmp) = dataset.create(&self.name)?;
-            let writer = ArrowWriter::try_new(file, Arc::clone(&self.schema), Some(self.props.clone()))
+            let writer = ParallelWriter::try_new(file, Arc::clone(&self.schema), self.props.clone())
                 .map_err(|e| Error::Parquet { path: self.name.clone(), source: e })?;
             self.current = Some((writer, tmp));
         }
