@@ -83,6 +83,9 @@ TARGET_SQLITE = 20.0
 sys.path.insert(0, str(TESTBED))
 import mlflow_testbed as testbed  # noqa: E402  (stdlib only at import time)
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import CLK_TCK, Measured, machine_busy_s, run_child, shown  # noqa: E402
+
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
@@ -92,7 +95,6 @@ def log(msg: str) -> None:
 # Measuring one child process
 # --------------------------------------------------------------------------
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def tree_cpu_s(root: int) -> float:
@@ -116,64 +118,18 @@ def tree_cpu_s(root: int) -> float:
     return total
 
 
-def machine_busy_s() -> float:
-    """CPU seconds spent outside idle/iowait by the whole machine so far."""
-    v = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = v[3] + (v[4] if len(v) > 4 else 0)
-    return (sum(v[:8]) - idle) / CLK_TCK
-
-
-class Measured:
-    def __init__(self, name: str):
-        self.name = name
-        self.seconds = 0.0
-        self.maxrss_kib = 0
-        self.cpu_s = 0.0
-        self.server_cpu_s = 0.0
-        self.other_cpu_s = 0.0
-        self.status = 0
-        self.stdout = ""
-        self.stderr = ""
-
-    @property
-    def rss_mib(self) -> float:
-        return self.maxrss_kib / 1024
-
-    def last_json(self) -> dict | None:
-        lines = [l for l in self.stdout.splitlines() if l.strip()]
-        if not lines:
-            return None
-        try:
-            return json.loads(lines[-1])
-        except json.JSONDecodeError:
-            return None
-
-
 def measure(name: str, argv: list[str], env: dict, logs: Path, server_pid: int | None) -> Measured:
-    """Runs argv; its wall time, its own peak RSS and CPU time (os.wait4, so
-    one command's peak never hides another's), and the CPU seconds of the
-    server and of everything else on the machine meanwhile."""
-    m = Measured(name)
-    slug = name.replace(" ", "-")
-    out_path, err_path = logs / f"{slug}.stdout", logs / f"{slug}.stderr"
-    shown = " ".join(a if len(a) < 120 else a[:60] + " ..." for a in argv)
-    log(f"[{name}] {shown}")
+    """Runs argv; its wall time, its own peak RSS and CPU time (os.wait4), and
+    the CPU seconds of the server and of everything else on the machine
+    meanwhile."""
+    log(f"[{name}] {shown(argv)}")
     busy0 = machine_busy_s()
     srv0 = tree_cpu_s(server_pid) if server_pid else 0.0
-    with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=out, stderr=err, cwd=ROOT, env=env)
-        _, status, ru = os.wait4(proc.pid, 0)
-        m.seconds = time.perf_counter() - t0
+    m = run_child(Measured(name), argv, logs, ROOT, env)
     busy1 = machine_busy_s()
     srv1 = tree_cpu_s(server_pid) if server_pid else 0.0
-    proc.returncode = m.status = os.waitstatus_to_exitcode(status)
-    m.maxrss_kib = ru.ru_maxrss
-    m.cpu_s = ru.ru_utime + ru.ru_stime
     m.server_cpu_s = max(0.0, srv1 - srv0)
     m.other_cpu_s = max(0.0, (busy1 - busy0) - m.cpu_s - m.server_cpu_s)
-    m.stdout = out_path.read_text(errors="replace")
-    m.stderr = err_path.read_text(errors="replace")
     log(f"[{name}] {m.seconds:.2f} s, peak RSS {m.rss_mib:.0f} MiB, CPU {m.cpu_s:.1f} s, "
         f"server CPU {m.server_cpu_s:.1f} s, other CPU {m.other_cpu_s:.1f} s, exit {m.status}")
     if m.status != 0:

@@ -67,6 +67,10 @@ ROW_COLUMNS = ("_step", "_timestamp", "_runtime")
 MIB = 1024 * 1024
 
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import CLK_TCK, Measured, machine_busy_s, run_child, shown  # noqa: E402
+
+
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -75,7 +79,6 @@ def log(msg: str) -> None:
 # Machine: CPU, RSS of a process tree, loopback bytes
 # --------------------------------------------------------------------------
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -86,14 +89,6 @@ def proc_cpu_s(pid: int) -> float:
         return (int(fields[11]) + int(fields[12])) / CLK_TCK
     except (OSError, IndexError, ValueError):
         return 0.0
-
-
-def machine_busy_s() -> float:
-    """CPU seconds spent outside idle/iowait by the whole machine so far."""
-    parts = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    v = [int(x) for x in parts]
-    idle = v[3] + (v[4] if len(v) > 4 else 0)
-    return (sum(v[:8]) - idle) / CLK_TCK
 
 
 def loopback_bytes() -> int | None:
@@ -126,52 +121,27 @@ def tree_sample(root: int) -> dict[int, tuple[int, float]]:
     return out
 
 
-class Measured:
+class ApiMeasured(Measured):
     def __init__(self, name: str):
-        self.name = name
-        self.seconds = 0.0
-        self.maxrss_kib = 0
+        super().__init__(name)
         self.tree_peak = 0
-        self.cpu_s = 0.0
-        self.server_cpu_s = 0.0
-        self.other_cpu_s = 0.0
         self.lo_bytes: int | None = None
-        self.status = 0
-        self.stdout = ""
-        self.stderr = ""
         self.requests: dict = {}
         self.load = (0.0, 0.0)
 
-    @property
-    def rss_mib(self) -> float:
-        return self.maxrss_kib / 1024
 
-    def last_json(self) -> dict | None:
-        lines = [l for l in self.stdout.splitlines() if l.strip()]
-        if not lines:
-            return None
-        try:
-            return json.loads(lines[-1])
-        except json.JSONDecodeError:
-            return None
-
-
-def measure(name: str, argv: list[str], env: dict, logs: Path, server_pid: int) -> Measured:
+def measure(name: str, argv: list[str], env: dict, logs: Path, server_pid: int) -> ApiMeasured:
     """Runs argv; wall time, its own peak RSS and CPU time (os.wait4), the
     sampled peak RSS of its process tree, the server's and everything else's
     CPU seconds meanwhile, and the loopback bytes."""
-    m = Measured(name)
-    slug = name.replace(" ", "-")
-    out_path, err_path = logs / f"{slug}.stdout", logs / f"{slug}.stderr"
-    shown = " ".join(a if len(a) < 120 else a[:60] + " ..." for a in argv)
-    log(f"[{name}] {shown}")
+    m = ApiMeasured(name)
+    log(f"[{name}] {shown(argv)}")
     m.load = (os.getloadavg()[0], 0.0)
     lo0, busy0, srv0 = loopback_bytes(), machine_busy_s(), proc_cpu_s(server_pid)
-    with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=out, stderr=err, cwd=ROOT, env=env)
-        peak = [0]
-        cpu_seen: dict[int, float] = {}  # last CPU seconds seen per process of the tree
+    peak = [0]
+    cpu_seen: dict[int, float] = {}  # last CPU seconds seen per process of the tree
+
+    def started(proc):
         done = threading.Event()
 
         def sample():
@@ -183,23 +153,22 @@ def measure(name: str, argv: list[str], env: dict, logs: Path, server_pid: int) 
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        _, status, ru = os.wait4(proc.pid, 0)
-        m.seconds = time.perf_counter() - t0
-        done.set()
-        sampler.join()
+
+        def stop():
+            done.set()
+            sampler.join()
+        return stop
+
+    run_child(m, argv, logs, ROOT, env, started)
     lo1, busy1, srv1 = loopback_bytes(), machine_busy_s(), proc_cpu_s(server_pid)
     m.load = (m.load[0], os.getloadavg()[0])
-    proc.returncode = m.status = os.waitstatus_to_exitcode(status)
-    m.maxrss_kib = ru.ru_maxrss
-    m.tree_peak = max(peak[0], ru.ru_maxrss * 1024)
+    m.tree_peak = max(peak[0], m.maxrss_kib * 1024)
     # wait4 counts the child and the descendants it reaped; a helper it left
     # running (wandb-core) only shows in the samples
-    m.cpu_s = max(ru.ru_utime + ru.ru_stime, sum(cpu_seen.values()))
+    m.cpu_s = max(m.cpu_s, sum(cpu_seen.values()))
     m.server_cpu_s = srv1 - srv0
     m.other_cpu_s = max(0.0, (busy1 - busy0) - m.cpu_s - m.server_cpu_s)
     m.lo_bytes = None if lo0 is None or lo1 is None else lo1 - lo0
-    m.stdout = out_path.read_text(errors="replace")
-    m.stderr = err_path.read_text(errors="replace")
     log(f"[{name}] {m.seconds:.2f} s, peak RSS {m.rss_mib:.0f} MiB (tree {m.tree_peak / MIB:.0f}), "
         f"CPU {m.cpu_s:.1f} s, server CPU {m.server_cpu_s:.1f} s, other CPU {m.other_cpu_s:.1f} s, "
         f"exit {m.status}")

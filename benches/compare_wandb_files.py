@@ -43,57 +43,19 @@ VENV_PYTHON = ROOT / "target" / "testbed-venv" / "bin" / "python"
 RUNPORT = ROOT / "target" / "release" / "runport"
 
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import Measured, run_child  # noqa: E402
+
+
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-class Measured:
-    def __init__(self, name, argv, seconds, maxrss_kib, cpu_s, status, stdout, stderr):
-        self.name = name
-        self.argv = argv
-        self.seconds = seconds
-        self.maxrss_kib = maxrss_kib
-        self.cpu_s = cpu_s
-        self.status = status
-        self.stdout = stdout
-        self.stderr = stderr
-
-    @property
-    def rss_mib(self) -> float:
-        return self.maxrss_kib / 1024
-
-    def summary(self) -> dict | None:
-        """runport's `--json` summary: the last line of stdout."""
-        lines = [l for l in self.stdout.splitlines() if l.strip()]
-        if not lines:
-            return None
-        try:
-            return json.loads(lines[-1])
-        except json.JSONDecodeError:
-            return None
-
-
 def measure(name: str, argv: list[str], logs: Path) -> Measured:
-    """Runs argv, returning its wall time and its own peak RSS and CPU time.
-
-    os.wait4 gives the rusage of that one child (and of its own waited-for
-    children), unlike getrusage(RUSAGE_CHILDREN), whose ru_maxrss is the
-    maximum over every child this process ever waited for.
-    """
-    logs.mkdir(parents=True, exist_ok=True)
-    out_path = logs / f"{name.replace(' ', '-')}.stdout"
-    err_path = logs / f"{name.replace(' ', '-')}.stderr"
+    """Runs argv, returning its wall time and its own peak RSS and CPU time (os.wait4)."""
     log(f"[{name}] {' '.join(argv)}")
-    with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=out, stderr=err, cwd=ROOT)
-        _, status, ru = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    m = Measured(name, argv, seconds, ru.ru_maxrss, ru.ru_utime + ru.ru_stime,
-                 proc.returncode, out_path.read_text(errors="replace"),
-                 err_path.read_text(errors="replace"))
-    log(f"[{name}] {seconds:.2f} s, peak RSS {m.rss_mib:.0f} MiB, exit {m.status}")
+    m = run_child(Measured(name), argv, logs, ROOT)
+    log(f"[{name}] {m.seconds:.2f} s, peak RSS {m.rss_mib:.0f} MiB, exit {m.status}")
     if m.status != 0:
         log(m.stderr[-4000:])
     return m
@@ -221,7 +183,7 @@ def main(argv=None) -> int:
 
     # ------------------------------------------------------------------ table
     def hist_rows(m: Measured):
-        s = m.summary()
+        s = m.last_json()
         if s:
             return s.get("rows", {}).get("history")
         # The reference prints "runs: N, history rows: N, ...".
@@ -229,7 +191,7 @@ def main(argv=None) -> int:
         return int(found.group(1)) if found else None
 
     def decoded(m: Measured):
-        s = m.summary()
+        s = m.last_json()
         if not s:
             return None
         r = s.get("records", {})
@@ -265,7 +227,7 @@ def main(argv=None) -> int:
             log(f"{m.name} exited with {m.status}; see {logs}")
             status = 1
         if m.name.startswith("runport"):
-            s = m.summary()
+            s = m.last_json()
             if s is None:
                 log(f"{m.name}: no JSON summary on stdout")
                 status = 1

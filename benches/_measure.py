@@ -1,0 +1,85 @@
+"""What the benchmark scripts share: one command run as a measured child.
+
+`run_child` runs argv with its stdout and stderr in LOGS/<name>.stdout and
+.stderr and fills a `Measured`: wall time, and the child's own peak RSS and
+CPU time from os.wait4 (unlike getrusage(RUSAGE_CHILDREN), whose ru_maxrss is
+the maximum over every child this process ever waited for, so one command's
+peak never hides another's). The scripts add what they measure around it
+(the server's CPU time, the rest of the machine's, sampled process trees).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_s() -> float:
+    """CPU seconds spent outside idle/iowait by the whole machine so far."""
+    v = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = v[3] + (v[4] if len(v) > 4 else 0)
+    return (sum(v[:8]) - idle) / CLK_TCK
+
+
+class Measured:
+    def __init__(self, name: str):
+        self.name = name
+        self.argv: list[str] = []
+        self.seconds = 0.0
+        self.maxrss_kib = 0
+        self.cpu_s = 0.0
+        self.server_cpu_s = 0.0
+        self.other_cpu_s = 0.0
+        self.status = 0
+        self.stdout = ""
+        self.stderr = ""
+
+    @property
+    def rss_mib(self) -> float:
+        return self.maxrss_kib / 1024
+
+    def last_json(self) -> dict | None:
+        """runport's `--json` summary (and the helpers' results): the last line of stdout."""
+        lines = [l for l in self.stdout.splitlines() if l.strip()]
+        if not lines:
+            return None
+        try:
+            return json.loads(lines[-1])
+        except json.JSONDecodeError:
+            return None
+
+
+def shown(argv: list[str]) -> str:
+    """The command line for the log, long arguments shortened."""
+    return " ".join(a if len(a) < 120 else a[:60] + " ..." for a in argv)
+
+
+def run_child(m: Measured, argv: list[str], logs: Path, cwd: Path, env: dict | None = None,
+              started: Callable[[subprocess.Popen], Callable[[], None]] | None = None) -> Measured:
+    """Runs argv and fills `m`. `started(proc)`, when given, is called once
+    the child runs (to start samplers) and returns what to call once it has
+    exited, before the output is read."""
+    logs.mkdir(parents=True, exist_ok=True)
+    slug = m.name.replace(" ", "-")
+    out_path, err_path = logs / f"{slug}.stdout", logs / f"{slug}.stderr"
+    m.argv = argv
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(argv, stdout=out, stderr=err, cwd=cwd, env=env)
+        stop = started(proc) if started else None
+        _, status, ru = os.wait4(proc.pid, 0)
+        m.seconds = time.perf_counter() - t0
+        if stop:
+            stop()
+    proc.returncode = m.status = os.waitstatus_to_exitcode(status)
+    m.maxrss_kib = ru.ru_maxrss
+    m.cpu_s = ru.ru_utime + ru.ru_stime
+    m.stdout = out_path.read_text(errors="replace")
+    m.stderr = err_path.read_text(errors="replace")
+    return m
