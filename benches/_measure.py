@@ -1,4 +1,5 @@
-"""What the benchmark scripts share: one command run as a measured child.
+"""What the benchmark scripts share: one command run as a measured child; a
+test-bed server started in the background; runport's history rows per run.
 
 `run_child` runs argv with its stdout and stderr in LOGS/<name>.stdout and
 .stderr and fills a `Measured`: wall time, and the child's own peak RSS and
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -83,3 +85,35 @@ def run_child(m: Measured, argv: list[str], logs: Path, cwd: Path, env: dict | N
     m.stdout = out_path.read_text(errors="replace")
     m.stderr = err_path.read_text(errors="replace")
     return m
+
+
+def start_background(cmd: list[str], cwd: Path, stderr_path: Path, what: str) -> tuple[subprocess.Popen, dict]:
+    """Starts a test-bed server that prints one JSON line (its address) and
+    stays up until its stdin closes; returns the process and that line."""
+    err = open(stderr_path, "wb")
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, cwd=cwd)
+    line = proc.stdout.readline()
+    if not line:
+        proc.wait()
+        raise SystemExit(f"{what} did not start; see {stderr_path}")
+
+    def drain():
+        for _ in proc.stdout:
+            pass
+
+    threading.Thread(target=drain, daemon=True).start()
+    return proc, json.loads(line)
+
+
+def runport_rows_by_run(out: Path) -> dict[str, int]:
+    """History rows per run_id in a runport export (row group by row group)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    counts: dict[str, int] = {}
+    for part in sorted((out / "history").glob("part-*.parquet")):
+        pf = pq.ParquetFile(str(part))
+        for rg in range(pf.num_row_groups):
+            col = pf.read_row_group(rg, columns=["run_id"]).column(0)
+            for item in pc.value_counts(col).to_pylist():
+                counts[item["values"]] = counts.get(item["values"], 0) + item["counts"]
+    return counts

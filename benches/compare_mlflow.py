@@ -84,7 +84,8 @@ sys.path.insert(0, str(TESTBED))
 import mlflow_testbed as testbed  # noqa: E402  (stdlib only at import time)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import CLK_TCK, Measured, machine_busy_s, run_child, shown  # noqa: E402
+from _measure import (  # noqa: E402
+    CLK_TCK, Measured, machine_busy_s, run_child, runport_rows_by_run, shown, start_background)
 
 
 def log(msg: str) -> None:
@@ -146,20 +147,8 @@ def start_server(python: str, db: Path, workers: int, logs: Path):
     """mlflow_testbed.py serve: stays up until its stdin closes."""
     cmd = [python, str(TESTBED / "mlflow_testbed.py"), "serve", "--db", str(db), "--port", "0",
            "--workers", str(workers), "--log", str(logs / "mlflow-server.log")]
-    err = open(logs / "serve.stderr", "wb")
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, cwd=ROOT)
-    line = proc.stdout.readline()
-    if not line:
-        proc.wait()
-        raise SystemExit(f"the MLflow server did not start; see {logs / 'serve.stderr'} "
-                         f"and {logs / 'mlflow-server.log'}")
-
-    def drain():
-        for _ in proc.stdout:
-            pass
-
-    threading.Thread(target=drain, daemon=True).start()
-    return proc, json.loads(line)
+    return start_background(cmd, ROOT, logs / "serve.stderr",
+                            f"the MLflow server (see also {logs / 'mlflow-server.log'})")
 
 
 def stop_server(proc) -> None:
@@ -535,19 +524,6 @@ def official_main(cfg: dict) -> int:
 # --------------------------------------------------------------------------
 # Orchestration
 # --------------------------------------------------------------------------
-
-
-def runport_rows_by_run(out: Path) -> dict[str, int]:
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-    counts: dict[str, int] = {}
-    for part in sorted((out / "history").glob("part-*.parquet")):
-        pf = pq.ParquetFile(str(part))
-        for rg in range(pf.num_row_groups):
-            col = pf.read_row_group(rg, columns=["run_id"]).column(0)
-            for item in pc.value_counts(col).to_pylist():
-                counts[item["values"]] = counts.get(item["values"], 0) + item["counts"]
-    return counts
 
 
 def runport_plan(source: str, experiment: str, concurrency: int, env: dict) -> dict:

@@ -68,7 +68,8 @@ MIB = 1024 * 1024
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import CLK_TCK, Measured, machine_busy_s, run_child, shown  # noqa: E402
+from _measure import (  # noqa: E402
+    CLK_TCK, Measured, machine_busy_s, run_child, runport_rows_by_run, shown, start_background)
 
 
 def log(msg: str) -> None:
@@ -201,19 +202,7 @@ def request_counts(base: str) -> dict:
 def start_server(python: str, spec: str, key: str, cache: Path, logs: Path):
     cmd = [python, str(TESTBED / "wandb_server.py"), "--synthetic", spec, "--port", "0",
            "--files-port", "0", "--api-key", key, "--cache", str(cache), "--exit-with-stdin"]
-    err = open(logs / "server.stderr", "wb")
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, cwd=ROOT)
-    line = proc.stdout.readline()
-    if not line:
-        proc.wait()
-        raise SystemExit(f"the test server did not start; see {logs / 'server.stderr'}")
-
-    def drain():
-        for _ in proc.stdout:
-            pass
-
-    threading.Thread(target=drain, daemon=True).start()
-    return proc, json.loads(line)
+    return start_background(cmd, ROOT, logs / "server.stderr", "the test server")
 
 
 # --------------------------------------------------------------------------
@@ -489,19 +478,6 @@ def official_main(cfg: dict) -> int:
 # --------------------------------------------------------------------------
 # Orchestration
 # --------------------------------------------------------------------------
-
-
-def runport_rows_by_run(out: Path) -> dict[str, int]:
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-    counts: dict[str, int] = {}
-    for part in sorted((out / "history").glob("part-*.parquet")):
-        pf = pq.ParquetFile(str(part))
-        for rg in range(pf.num_row_groups):
-            col = pf.read_row_group(rg, columns=["run_id"]).column(0)
-            for item in pc.value_counts(col).to_pylist():
-                counts[item["values"]] = counts.get(item["values"], 0) + item["counts"]
-    return counts
 
 
 def runport_plan_documents(env: dict, info: dict, per_page: int, concurrency: int) -> tuple[str, str]:
