@@ -117,3 +117,26 @@ def runport_rows_by_run(out: Path) -> dict[str, int]:
             for item in pc.value_counts(col).to_pylist():
                 counts[item["values"]] = counts.get(item["values"], 0) + item["counts"]
     return counts
+
+
+def build_runport(root: Path, runport: Path, no_build: bool, log: Callable[[str], None]) -> bool:
+    """`cargo build --release` of the binary unless `no_build`; whether it is there."""
+    if not no_build:
+        log("building runport (release)")
+        subprocess.run(["cargo", "build", "--release", "--bin", "runport"], cwd=root, check=True)
+    if not runport.exists():
+        log(f"{runport} is missing: run without --no-build")
+        return False
+    return True
+
+
+def load_lines(load_start, load_end, results: dict[str, Measured]) -> list[str]:
+    """The load average around the measurements and, when other work used
+    more than 0.2 CPUs during a command, a warning that the numbers are noisy."""
+    lines = [f"load average: {load_start[0]:.2f} at start, {load_end[0]:.2f} at end ({os.cpu_count()} CPUs)"]
+    busy = {n: m.other_cpu_s / m.seconds for n, m in results.items() if m.seconds > 0}
+    if any(v > 0.2 for v in busy.values()):
+        lines.append("other work was running: it used on average " +
+                     ", ".join(f"{v:.1f} CPUs during {n}" for n, v in busy.items()) +
+                     "; the numbers are noisy")
+    return lines

@@ -85,7 +85,8 @@ import mlflow_testbed as testbed  # noqa: E402  (stdlib only at import time)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import (  # noqa: E402
-    CLK_TCK, Measured, machine_busy_s, run_child, runport_rows_by_run, shown, start_background)
+    CLK_TCK, Measured, build_runport, load_lines, machine_busy_s, run_child, runport_rows_by_run, shown,
+    start_background)
 
 
 def log(msg: str) -> None:
@@ -598,11 +599,7 @@ def main(argv=None) -> int:
         log(f"bench set already in {db} ({data / MARKER})")
         return 0
     if not args.populate_only:
-        if not args.no_build:
-            log("building runport (release)")
-            subprocess.run(["cargo", "build", "--release", "--bin", "runport"], cwd=ROOT, check=True)
-        if not RUNPORT.exists():
-            log(f"{RUNPORT} is missing: run without --no-build")
+        if not build_runport(ROOT, RUNPORT, args.no_build, log):
             return 2
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
@@ -806,12 +803,7 @@ def main(argv=None) -> int:
     lines.append(f"requests: runport {rp_requests} (http {json.dumps(http)}), floor {fl_sum.get('requests')}: "
                  f"{'the same' if same_requests else 'DIFFERENT'}; response bytes runport "
                  f"{http.get('bytes')}, floor {fl_sum.get('bytes')}")
-    lines.append(f"load average: {load_start[0]:.2f} at start, {load_end[0]:.2f} at end ({os.cpu_count()} CPUs)")
-    busy = {n: m.other_cpu_s / m.seconds for n, m in results.items() if m.seconds > 0}
-    if any(v > 0.2 for v in busy.values()):
-        lines.append("other work was running: it used on average " +
-                     ", ".join(f"{v:.1f} CPUs during {n}" for n, v in busy.items()) +
-                     "; the numbers are noisy")
+    lines.extend(load_lines(load_start, load_end, results))
     print("\n".join(lines))
 
     if args.json_out:

@@ -69,7 +69,8 @@ MIB = 1024 * 1024
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import (  # noqa: E402
-    CLK_TCK, Measured, machine_busy_s, run_child, runport_rows_by_run, shown, start_background)
+    CLK_TCK, Measured, build_runport, load_lines, machine_busy_s, run_child, runport_rows_by_run, shown,
+    start_background)
 
 
 def log(msg: str) -> None:
@@ -538,11 +539,7 @@ def main(argv=None) -> int:
     cache = (args.cache or out / "server-cache").resolve()
     cache.mkdir(parents=True, exist_ok=True)
 
-    if not args.no_build:
-        log("building runport (release)")
-        subprocess.run(["cargo", "build", "--release", "--bin", "runport"], cwd=ROOT, check=True)
-    if not RUNPORT.exists():
-        log(f"{RUNPORT} is missing: run without --no-build")
+    if not build_runport(ROOT, RUNPORT, args.no_build, log):
         return 2
 
     key = "runport_bench_" + secrets.token_hex(20)
@@ -735,13 +732,7 @@ def main(argv=None) -> int:
             r = results[name].requests
             lines.append(f"requests: {name} {json.dumps(r.get('by_operation'))} + "
                          f"{(r.get('files') or {}).get('downloads')} downloads")
-    lines.append(f"load average: {load_start[0]:.2f} at start, {load_end[0]:.2f} at end "
-                 f"({os.cpu_count()} CPUs)")
-    busy = {n: m.other_cpu_s / m.seconds for n, m in results.items() if m.seconds > 0}
-    if any(v > 0.2 for v in busy.values()):
-        lines.append("other work was running: it used on average " +
-                     ", ".join(f"{v:.1f} CPUs during {n}" for n, v in busy.items()) +
-                     "; the numbers are noisy")
+    lines.extend(load_lines(load_start, load_end, results))
     print("\n".join(lines))
 
     if args.json_out:

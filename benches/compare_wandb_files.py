@@ -44,7 +44,7 @@ RUNPORT = ROOT / "target" / "release" / "runport"
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import Measured, run_child  # noqa: E402
+from _measure import Measured, build_runport, run_child  # noqa: E402
 
 
 def log(msg: str) -> None:
@@ -129,11 +129,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     logs = out / "logs"
 
-    if not args.no_build:
-        log("building runport (release)")
-        subprocess.run(["cargo", "build", "--release", "--bin", "runport"], cwd=ROOT, check=True)
-    if not RUNPORT.exists():
-        log(f"{RUNPORT} is missing: run without --no-build")
+    if not build_runport(ROOT, RUNPORT, args.no_build, log):
         return 2
 
     if not args.no_generate:
