@@ -326,18 +326,7 @@ impl RunDecoder<'_> {
     /// A history value as a [`Value`]; JSON text that does not parse is kept
     /// as a string, with a warning.
     fn raw_value(&mut self, raw: RawBytes<'_>, segment: &[u8]) -> Result<Value, EnvelopeError> {
-        Ok(match raw {
-            RawBytes::Null => Value::Null,
-            RawBytes::Bool(b) => Value::Bool(b),
-            RawBytes::Int(i) => Value::Int(i),
-            RawBytes::Number(f) => Value::Float(f),
-            RawBytes::Text(b) => Value::Str(std::str::from_utf8(b).map_err(|_| EnvelopeError::NotUtf8)?.to_string()),
-            RawBytes::Json(text) => {
-                parse_or_keep(text, || encode_path(&[String::from_utf8_lossy(segment).as_ref()]), &mut |w| {
-                    self.warnings.push(format!("history: {w}"))
-                })
-            }
-        })
+        bytes_to_value(raw, || encode_path(&[String::from_utf8_lossy(segment).as_ref()]), &mut self.warnings)
     }
 
     /// The key id of a one-segment history key.
@@ -603,16 +592,25 @@ fn apply_item(tree: &mut Tree, removal: bool, item: &ItemRef<'_>) {
 
 /// A history value as a [`Value`]; JSON text that does not parse is kept as a string.
 fn raw_to_value(raw: RawValue<'_>, path: &[&str], warnings: &mut Vec<String>) -> Value {
-    match raw {
-        RawValue::Null => Value::Null,
-        RawValue::Bool(b) => Value::Bool(b),
-        RawValue::Int(i) => Value::Int(i),
-        RawValue::Number(f) => Value::Float(f),
-        RawValue::Text(s) => Value::Str(s.to_string()),
-        RawValue::Json(text) => {
-            parse_or_keep(text.as_bytes(), || encode_path(path), &mut |w| warnings.push(format!("history: {w}")))
-        }
-    }
+    // Text that came as `&str` is UTF-8: the error case cannot happen.
+    bytes_to_value(raw.into(), || encode_path(path), warnings).unwrap_or(Value::Null)
+}
+
+/// A history value as written, as a [`Value`]: text must be UTF-8; JSON text
+/// that does not parse is kept as a string, with a warning naming `path()`.
+fn bytes_to_value(
+    raw: RawBytes<'_>,
+    path: impl FnOnce() -> String,
+    warnings: &mut Vec<String>,
+) -> Result<Value, EnvelopeError> {
+    Ok(match raw {
+        RawBytes::Null => Value::Null,
+        RawBytes::Bool(b) => Value::Bool(b),
+        RawBytes::Int(i) => Value::Int(i),
+        RawBytes::Number(f) => Value::Float(f),
+        RawBytes::Text(b) => Value::Str(std::str::from_utf8(b).map_err(|_| EnvelopeError::NotUtf8)?.to_string()),
+        RawBytes::Json(text) => parse_or_keep(text, path, &mut |w| warnings.push(format!("history: {w}"))),
+    })
 }
 
 fn timestamp_micros(t: &Timestamp) -> Option<i64> {

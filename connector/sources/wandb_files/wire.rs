@@ -90,6 +90,19 @@ pub enum RawBytes<'a> {
     Json(&'a [u8]),
 }
 
+impl<'a> From<RawValue<'a>> for RawBytes<'a> {
+    fn from(v: RawValue<'a>) -> Self {
+        match v {
+            RawValue::Null => RawBytes::Null,
+            RawValue::Bool(b) => RawBytes::Bool(b),
+            RawValue::Int(i) => RawBytes::Int(i),
+            RawValue::Number(f) => RawBytes::Number(f),
+            RawValue::Text(s) => RawBytes::Text(s.as_bytes()),
+            RawValue::Json(s) => RawBytes::Json(s.as_bytes()),
+        }
+    }
+}
+
 /// One item as raw bytes: what the decoder's hot path compares and copies
 /// without validating text it has seen before.
 #[derive(Debug, Clone, PartialEq)]
