@@ -18,11 +18,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
-use parquet::arrow::ArrowWriter;
 use prost::Message;
 
 use runport::output::history::{long_batch, long_schema};
-use runport::output::{Provenance, writer_properties};
+use runport::output::parallel::ParallelWriter;
+use runport::output::{Provenance, history_writer_properties};
 use runport::plan::{FetchPlan, HistoryLayout, WANDB_IDENTITY_COLUMNS, WANDB_PREFIXES};
 use runport::run::{HistoryPoint, HistoryRow, RunHistory};
 use runport::selection::Selection;
@@ -208,7 +208,7 @@ fn history(c: &mut Criterion) {
     let schema = long_schema();
     let prov = Provenance { source: "bench".into(), source_kind: "wandb-files".into(), selection: "*".into() };
     // The same settings as the export's history table.
-    let props = writer_properties(&prov, "history", &["run_id", "key"]);
+    let props = history_writer_properties(&prov, true);
     let run_id = "bench-00000";
 
     let mut g = c.benchmark_group("history");
@@ -226,7 +226,7 @@ fn history(c: &mut Criterion) {
         b.iter(|| {
             buf.clear();
             let batch = long_batch(&schema, run_id, black_box(&h)).unwrap();
-            let mut w = ArrowWriter::try_new(&mut buf, Arc::clone(&schema), Some(props.clone())).unwrap();
+            let mut w = ParallelWriter::try_new(&mut buf, Arc::clone(&schema), props.clone()).unwrap();
             w.write(&batch).unwrap();
             w.close().unwrap();
             buf.len()

@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 use crate::http::HttpCounts;
 use crate::output::history::{collect_kinds, long_schema, wide_schema};
 use crate::output::runs::RunsTable;
-use crate::output::{DatasetDir, Provenance, TableWriter, writer_properties};
+use crate::output::{DatasetDir, Provenance, TableWriter, history_writer_properties, writer_properties};
 use crate::pipeline::{HistoryEncoding, ReadRun, for_each_run};
 use crate::plan::{FetchPlan, HistoryLayout, WANDB_IDENTITY_COLUMNS, WANDB_PREFIXES};
 use crate::remote::{self, ListingError};
@@ -438,8 +438,9 @@ pub fn export(opts: &ExportOptions) -> Result<ExportSummary> {
         (false, _) => None,
     };
     let history_schema = encoding.as_ref().map(|e| Arc::clone(e.schema()));
-    let mut history_writer = history_schema.as_ref().map(|s| {
-        TableWriter::new(Arc::clone(s), writer_properties(prov, "history", &["run_id", "key"]), "history/part-", true)
+    let mut history_writer = encoding.as_ref().map(|e| {
+        let props = history_writer_properties(prov, matches!(**e, HistoryEncoding::Long(_)));
+        TableWriter::new(Arc::clone(e.schema()), props, "history/part-", true)
     });
 
     let progress = progress_bar(opts.progress, planned.run_count());
@@ -489,7 +490,7 @@ pub fn export(opts: &ExportOptions) -> Result<ExportSummary> {
     let run_count = runs.len();
     let mut runs_writer = TableWriter::new(
         Arc::clone(&runs_schema),
-        writer_properties(prov, "runs", &["run_id", "source", "state"]),
+        writer_properties(prov, "runs", &["run_id", "source", "state"], &[]),
         "runs.parquet",
         false,
     );

@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use arrow_array::builder::{Float64Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
 use arrow_array::{ArrayRef, RecordBatch};
+
+use super::runlength::{RunsBuilder, repeated, run_length_type};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
 use crate::columns::{ColumnBuilder, ColumnKind, kind_metadata};
@@ -47,33 +49,49 @@ pub fn collect_kinds(history: &RunHistory, kinds: &mut BTreeMap<String, ColumnKi
     }
 }
 
+/// The schema of the batches for a file schema: `run_id` and `key` travel
+/// run-length encoded (see [`super::runlength`]); the file keeps `Utf8`.
+pub fn batch_schema(file: &SchemaRef) -> SchemaRef {
+    let fields: Vec<Field> = file
+        .fields()
+        .iter()
+        .map(|f| match f.name().as_str() {
+            "run_id" | "key" if *f.data_type() == DataType::Utf8 => {
+                Field::new(f.name(), run_length_type(), f.is_nullable()).with_metadata(f.metadata().clone())
+            }
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, file.metadata().clone()))
+}
+
 struct RowColumns {
-    run_id: StringBuilder,
+    rows: usize,
     step: Int64Builder,
     timestamp: TimestampMicrosecondBuilder,
     runtime: Float64Builder,
 }
 
 impl RowColumns {
-    fn new(n: usize, run_id: &str) -> RowColumns {
+    fn new(n: usize) -> RowColumns {
         RowColumns {
-            run_id: StringBuilder::with_capacity(n, n * run_id.len()),
+            rows: 0,
             step: Int64Builder::with_capacity(n),
             timestamp: TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC"),
             runtime: Float64Builder::with_capacity(n),
         }
     }
 
-    fn push(&mut self, run_id: &str, row: &HistoryRow) {
-        self.run_id.append_value(run_id);
+    fn push(&mut self, row: &HistoryRow) {
+        self.rows += 1;
         self.step.append_value(row.step);
         self.timestamp.append_option(row.timestamp);
         self.runtime.append_option(row.runtime_s);
     }
 
-    fn finish(mut self) -> Vec<ArrayRef> {
+    fn finish(mut self, run_id: &str) -> Vec<ArrayRef> {
         vec![
-            Arc::new(self.run_id.finish()),
+            repeated(run_id, self.rows),
             Arc::new(self.step.finish()),
             Arc::new(self.timestamp.finish()),
             Arc::new(self.runtime.finish()),
@@ -114,15 +132,17 @@ pub fn long_batch(schema: &SchemaRef, run_id: &str, h: &RunHistory) -> Result<Re
     }
 
     let n = order.len();
-    let mut rows = RowColumns::new(n, run_id);
-    let mut key = StringBuilder::with_capacity(n, n * 8);
+    let mut rows = RowColumns::new(n);
+    let mut key = RunsBuilder::default();
+    for (rank, id) in by_name.iter().enumerate() {
+        key.push(&h.keys[*id as usize], bounds[rank + 1] - bounds[rank]);
+    }
     let mut value = Float64Builder::with_capacity(n);
     let mut value_json = StringBuilder::with_capacity(n, 0);
     let mut text = String::new();
     for i in order {
         let p = &h.points[i as usize];
-        rows.push(run_id, &h.rows[p.row as usize]);
-        key.append_value(&h.keys[p.key as usize]);
+        rows.push(&h.rows[p.row as usize]);
         match &p.value {
             Value::Int(_) | Value::Float(_) => {
                 value.append_option(p.value.as_f64());
@@ -136,11 +156,11 @@ pub fn long_batch(schema: &SchemaRef, run_id: &str, h: &RunHistory) -> Result<Re
             }
         }
     }
-    let mut columns = rows.finish();
-    columns.push(Arc::new(key.finish()));
+    let mut columns = rows.finish(run_id);
+    columns.push(key.finish());
     columns.push(Arc::new(value.finish()));
     columns.push(Arc::new(value_json.finish()));
-    RecordBatch::try_new(Arc::clone(schema), columns)
+    RecordBatch::try_new(batch_schema(schema), columns)
         .map_err(|e| Error::Arrow { what: format!("history of run {run_id}"), source: e })
 }
 
@@ -153,16 +173,16 @@ pub fn wide_batch(
     h: &RunHistory,
 ) -> Result<RecordBatch> {
     let n = h.rows.len();
-    let mut rows = RowColumns::new(n, run_id);
+    let mut rows = RowColumns::new(n);
     for r in &h.rows {
-        rows.push(run_id, r);
+        rows.push(r);
     }
     // The run's points per key name, in row order.
     let mut per_key: BTreeMap<&str, Vec<(u32, &Value)>> = BTreeMap::new();
     for p in &h.points {
         per_key.entry(h.keys[p.key as usize].as_str()).or_default().push((p.row, &p.value));
     }
-    let mut columns = rows.finish();
+    let mut columns = rows.finish(run_id);
     for (key, kind) in kinds {
         let mut b = ColumnBuilder::new(*kind, n);
         match per_key.get(key.as_str()) {
@@ -189,13 +209,14 @@ pub fn wide_batch(
         }
         columns.push(b.finish());
     }
-    RecordBatch::try_new(Arc::clone(schema), columns)
+    RecordBatch::try_new(batch_schema(schema), columns)
         .map_err(|e| Error::Arrow { what: format!("wide history of run {run_id}"), source: e })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::output::runlength::expand;
     use crate::run::HistoryPoint;
     use arrow_array::{Array, Float64Array, Int64Array, StringArray};
 
@@ -217,10 +238,11 @@ mod tests {
     #[test]
     fn long_rows_sort_by_key_then_step() {
         let b = long_batch(&long_schema(), "r1", &sample()).unwrap();
-        let keys = b.column_by_name("key").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
+        let keys = expand(b.column_by_name("key").unwrap().as_ref());
         let steps = b.column_by_name("step").unwrap().as_any().downcast_ref::<Int64Array>().unwrap();
-        let got: Vec<(&str, i64)> = (0..b.num_rows()).map(|i| (keys.value(i), steps.value(i))).collect();
+        let got: Vec<(&str, i64)> = (0..b.num_rows()).map(|i| (keys[i].as_str(), steps.value(i))).collect();
         assert_eq!(got, [("acc", 0), ("img", 2), ("loss", 0), ("loss", 2), ("loss", 5)]);
+        assert_eq!(expand(b.column_by_name("run_id").unwrap().as_ref()), ["r1"; 5]);
         let value = b.column_by_name("value").unwrap().as_any().downcast_ref::<Float64Array>().unwrap();
         let json = b.column_by_name("value_json").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
         assert!(value.is_null(1));

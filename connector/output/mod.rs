@@ -8,6 +8,7 @@
 
 pub mod history;
 pub mod parallel;
+pub mod runlength;
 pub mod runs;
 
 use std::fs::{self, File};
@@ -17,7 +18,7 @@ use std::sync::Arc;
 use self::parallel::ParallelWriter;
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
@@ -33,6 +34,15 @@ pub const ROW_GROUP_BYTES: usize = 64 * 1024 * 1024;
 pub const ROW_GROUP_ROWS: usize = 1024 * 1024;
 /// A history part closes after this many bytes written.
 pub const PART_BYTES: usize = 256 * 1024 * 1024;
+
+/// Encodings of the history's row columns: steps and timestamps ascend
+/// (delta-encoded to a few bits a row), floats are split by byte, which
+/// zstd compresses better than plain doubles.
+pub const HISTORY_ROW_ENCODINGS: [(&str, Encoding); 3] = [
+    ("step", Encoding::DELTA_BINARY_PACKED),
+    ("timestamp", Encoding::DELTA_BINARY_PACKED),
+    ("runtime_s", Encoding::BYTE_STREAM_SPLIT),
+];
 
 /// Where the data came from, written into every file's key-value metadata.
 #[derive(Debug, Clone, Serialize)]
@@ -180,8 +190,14 @@ fn is_safe_relative(rel: &str) -> bool {
 }
 
 /// Writer settings shared by every table: zstd, page statistics, byte-bounded
-/// row groups, dictionaries only for the named columns, provenance metadata.
-pub fn writer_properties(prov: &Provenance, table: &str, dictionary_columns: &[&str]) -> WriterProperties {
+/// row groups, dictionaries only for the named columns, the given encodings
+/// for others, provenance metadata.
+pub fn writer_properties(
+    prov: &Provenance,
+    table: &str,
+    dictionary_columns: &[&str],
+    encodings: &[(&str, Encoding)],
+) -> WriterProperties {
     let mut b = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("invariant: zstd level 1 is valid")))
         .set_statistics_enabled(EnabledStatistics::Page)
@@ -198,7 +214,21 @@ pub fn writer_properties(prov: &Provenance, table: &str, dictionary_columns: &[&
     for c in dictionary_columns {
         b = b.set_column_dictionary_enabled(ColumnPath::from(*c), true);
     }
+    for (c, e) in encodings {
+        b = b.set_column_encoding(ColumnPath::from(*c), *e);
+    }
     b.build()
+}
+
+/// Settings of the history table: `run_id` and `key` dictionary-encoded,
+/// [`HISTORY_ROW_ENCODINGS`], and in the long layout the float `value`
+/// split by byte.
+pub fn history_writer_properties(prov: &Provenance, long_layout: bool) -> WriterProperties {
+    let mut encodings = HISTORY_ROW_ENCODINGS.to_vec();
+    if long_layout {
+        encodings.push(("value", Encoding::BYTE_STREAM_SPLIT));
+    }
+    writer_properties(prov, "history", &["run_id", "key"], &encodings)
 }
 
 /// Writes one table as one or more Parquet parts (`part-NNNNN.parquet` when

@@ -7,23 +7,32 @@
 //! Row groups are bounded as `ArrowWriter` bounds them: at most
 //! `max_row_group_row_count` rows (batches are split), and closed once the
 //! estimated encoded size reaches `max_row_group_bytes`.
+//!
+//! A `Utf8` column of the file may arrive as a run-end encoded array; it is
+//! then written by [`RunLengthChunk`] (see [`super::runlength`]).
 
 use std::io::Write;
 
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
+use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_writer::{ArrowColumnWriter, ArrowRowGroupWriterFactory, compute_leaves};
+use parquet::column::writer::ColumnCloseResult;
 use parquet::errors::{ParquetError, Result};
 use parquet::file::properties::WriterProperties;
 use parquet::file::writer::SerializedFileWriter;
 use rayon::prelude::*;
+
+use super::runlength::{RunLengthChunk, is_run_length_of};
 
 pub struct ParallelWriter<W: Write + Send> {
     writer: SerializedFileWriter<W>,
     factory: ArrowRowGroupWriterFactory,
     schema: SchemaRef,
     columns: Option<Vec<ArrowColumnWriter>>,
+    /// Per leaf column of the row group: set when it gets run-length arrays.
+    run_length: Vec<Option<RunLengthChunk>>,
     buffered_rows: usize,
     max_rows: usize,
     max_bytes: usize,
@@ -35,32 +44,75 @@ impl<W: Write + Send> ParallelWriter<W> {
         let max_rows = props.max_row_group_row_count().unwrap_or(usize::MAX).max(1);
         let max_bytes = props.max_row_group_bytes().unwrap_or(usize::MAX).max(1);
         let (writer, factory) = ArrowWriter::try_new(out, schema.clone(), Some(props))?.into_serialized_writer()?;
-        Ok(ParallelWriter { writer, factory, schema, columns: None, buffered_rows: 0, max_rows, max_bytes })
+        Ok(ParallelWriter {
+            writer,
+            factory,
+            schema,
+            columns: None,
+            run_length: Vec::new(),
+            buffered_rows: 0,
+            max_rows,
+            max_bytes,
+        })
     }
 
     pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        if batch.num_columns() != self.schema.fields().len() {
+            return Err(ParquetError::General(format!(
+                "a batch of {} columns for a file of {}",
+                batch.num_columns(),
+                self.schema.fields().len()
+            )));
+        }
         let mut rest = batch.clone();
         while rest.num_rows() > 0 {
             if self.columns.is_none() {
                 let index = self.writer.flushed_row_groups().len();
-                self.columns = Some(self.factory.create_column_writers(index)?);
+                let columns = self.factory.create_column_writers(index)?;
+                self.run_length = columns.iter().map(|_| None).collect();
+                self.columns = Some(columns);
             }
             let take = rest.num_rows().min(self.max_rows - self.buffered_rows);
             let part = rest.slice(0, take);
             rest = rest.slice(take, rest.num_rows() - take);
             let mut leaves = Vec::new();
             for (field, array) in self.schema.fields().iter().zip(part.columns()) {
-                leaves.extend(compute_leaves(field, array)?);
+                if is_run_length_of(array.data_type(), field.data_type()) {
+                    let leaf = leaves.len();
+                    let chunk = self.run_length.get_mut(leaf).ok_or_else(|| leaf_count_error(leaf + 1, 0))?;
+                    if chunk.is_none() && self.buffered_rows > 0 {
+                        return Err(ParquetError::General(format!(
+                            "column {} mixes run-length and plain arrays in one row group",
+                            field.name()
+                        )));
+                    }
+                    let page_rows = self.writer.properties().data_page_row_count_limit();
+                    chunk.get_or_insert_with(|| RunLengthChunk::new(page_rows)).write(array.as_ref())?;
+                    leaves.push(None);
+                } else if array.data_type() == field.data_type() {
+                    leaves.extend(compute_leaves(field, array)?.into_iter().map(Some));
+                } else {
+                    return Err(ParquetError::General(format!(
+                        "column {} of type {} for a file column of type {}",
+                        field.name(),
+                        array.data_type(),
+                        field.data_type()
+                    )));
+                }
             }
             let columns = self.columns.as_mut().expect("invariant: created above");
             if leaves.len() != columns.len() {
+                return Err(leaf_count_error(leaves.len(), columns.len()));
+            }
+            if let Some(leaf) = leaves.iter().zip(&self.run_length).position(|(l, c)| l.is_some() && c.is_some()) {
                 return Err(ParquetError::General(format!(
-                    "{} leaf columns for {} column writers",
-                    leaves.len(),
-                    columns.len()
+                    "leaf column {leaf} mixes run-length and plain arrays in one row group"
                 )));
             }
-            columns.par_iter_mut().zip(leaves.par_iter()).try_for_each(|(w, leaf)| w.write(leaf))?;
+            columns.par_iter_mut().zip(leaves.par_iter()).try_for_each(|(w, leaf)| match leaf {
+                Some(leaf) => w.write(leaf),
+                None => Ok(()),
+            })?;
             self.buffered_rows += take;
             if self.buffered_rows >= self.max_rows || self.in_progress_size() >= self.max_bytes {
                 self.flush()?;
@@ -73,14 +125,28 @@ impl<W: Write + Send> ParallelWriter<W> {
     /// finished in parallel.
     pub fn flush(&mut self) -> Result<()> {
         let Some(columns) = self.columns.take() else { return Ok(()) };
+        let run_length = std::mem::take(&mut self.run_length);
         if self.buffered_rows == 0 {
             return Ok(());
         }
         self.buffered_rows = 0;
-        let chunks: Vec<_> = columns.into_par_iter().map(|w| w.close()).collect::<Result<_>>()?;
+        let descrs = self.writer.schema_descr().columns().to_vec();
+        let props = self.writer.properties().clone();
+        let chunks: Vec<Chunk> = columns
+            .into_par_iter()
+            .zip(run_length.into_par_iter())
+            .zip(descrs.into_par_iter())
+            .map(|((w, rl), descr)| match rl {
+                Some(rl) => rl.close(descr, &props).map(|(bytes, close)| Chunk::RunLength(bytes, close)),
+                None => w.close().map(Chunk::Arrow),
+            })
+            .collect::<Result<_>>()?;
         let mut group = self.writer.next_row_group()?;
         for chunk in chunks {
-            chunk.append_to_row_group(&mut group)?;
+            match chunk {
+                Chunk::Arrow(c) => c.append_to_row_group(&mut group)?,
+                Chunk::RunLength(bytes, close) => group.append_column(&bytes, close)?,
+            }
         }
         group.close()?;
         Ok(())
@@ -93,7 +159,8 @@ impl<W: Write + Send> ParallelWriter<W> {
 
     /// The estimated encoded size of the row group being written.
     pub fn in_progress_size(&self) -> usize {
-        self.columns.iter().flatten().map(|w| w.get_estimated_total_bytes()).sum()
+        let arrow: usize = self.columns.iter().flatten().map(|w| w.get_estimated_total_bytes()).sum();
+        arrow + self.run_length.iter().flatten().map(|c| c.estimated_size()).sum::<usize>()
     }
 
     /// Writes the last row group and the footer.
@@ -102,6 +169,16 @@ impl<W: Write + Send> ParallelWriter<W> {
         self.writer.close()?;
         Ok(())
     }
+}
+
+/// A closed column chunk of the row group.
+enum Chunk {
+    Arrow(parquet::arrow::arrow_writer::ArrowColumnChunk),
+    RunLength(Bytes, ColumnCloseResult),
+}
+
+fn leaf_count_error(leaves: usize, writers: usize) -> ParquetError {
+    ParquetError::General(format!("{leaves} leaf columns for {writers} column writers"))
 }
 
 #[cfg(test)]
