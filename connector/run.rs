@@ -54,12 +54,26 @@ pub struct HistoryRow {
     pub runtime_s: Option<f64>,
 }
 
-/// A run's history in log order: rows, interned keys (encoded paths) and points.
+/// A key's float values at consecutive rows, `first_row..first_row +
+/// values.len()`, null where the key is absent: how columnar sources (the
+/// API's Parquet history) hand over their values without one point each.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistorySeries {
+    /// Index into [`RunHistory::keys`].
+    pub key: u32,
+    /// Index into [`RunHistory::rows`] of the first value.
+    pub first_row: u32,
+    pub values: arrow_array::Float64Array,
+}
+
+/// A run's history in log order: rows, interned keys (encoded paths), and
+/// the values as points and as series (a key may have both).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RunHistory {
     pub rows: Vec<HistoryRow>,
     pub keys: Vec<String>,
     pub points: Vec<HistoryPoint>,
+    pub series: Vec<HistorySeries>,
 }
 
 /// One run as read from a source, ready for the writers.

@@ -1,19 +1,21 @@
 //! History as Arrow record batches, one batch per run: the long layout (one row
 //! per step and key, sorted by key then step) and the wide layout (one row per
-//! step, one column per key).
+//! step, one column per key). Columns are gathered by row index, not pushed
+//! value by value.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow_array::builder::{Float64Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
-use arrow_array::{ArrayRef, RecordBatch};
+use arrow_array::builder::{BooleanBufferBuilder, StringBuilder};
+use arrow_array::{Array, ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow_buffer::NullBuffer;
 
 use super::runlength::{RunsBuilder, repeated, run_length_type};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
 use crate::columns::{ColumnBuilder, ColumnKind, kind_metadata};
 use crate::error::{Error, Result};
-use crate::run::{HistoryRow, RunHistory};
+use crate::run::{HistoryRow, HistorySeries, RunHistory};
 use crate::value::Value;
 
 fn row_fields() -> Vec<Field> {
@@ -43,9 +45,17 @@ pub fn wide_schema(kinds: &BTreeMap<String, ColumnKind>) -> SchemaRef {
 
 /// Unifies the kinds of a run's history values into `kinds` (for the wide schema).
 pub fn collect_kinds(history: &RunHistory, kinds: &mut BTreeMap<String, ColumnKind>) {
+    let mut add = |key: u32, kind: ColumnKind| {
+        let k = kinds.entry(history.keys[key as usize].clone()).or_insert(ColumnKind::Null);
+        *k = k.unify(kind);
+    };
     for p in &history.points {
-        let k = kinds.entry(history.keys[p.key as usize].clone()).or_insert(ColumnKind::Null);
-        *k = k.unify(ColumnKind::of(&p.value));
+        add(p.key, ColumnKind::of(&p.value));
+    }
+    for s in &history.series {
+        if s.values.null_count() < s.values.len() {
+            add(s.key, ColumnKind::Float);
+        }
     }
 }
 
@@ -65,103 +75,159 @@ pub fn batch_schema(file: &SchemaRef) -> SchemaRef {
     Arc::new(Schema::new_with_metadata(fields, file.metadata().clone()))
 }
 
-struct RowColumns {
-    rows: usize,
-    step: Int64Builder,
-    timestamp: TimestampMicrosecondBuilder,
-    runtime: Float64Builder,
+/// One value of a key in a run: from a series, or a point.
+#[derive(Clone, Copy)]
+enum Entry<'a> {
+    Float(f64),
+    Point(&'a Value),
 }
 
-impl RowColumns {
-    fn new(n: usize) -> RowColumns {
-        RowColumns {
-            rows: 0,
-            step: Int64Builder::with_capacity(n),
-            timestamp: TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC"),
-            runtime: Float64Builder::with_capacity(n),
+/// The values of each key (by key id), series first then points, each in
+/// log order; nothing for the keys marked in `skip`.
+fn entries_by_key<'h>(h: &'h RunHistory, skip: &[bool]) -> Vec<Vec<(u32, Entry<'h>)>> {
+    let mut per_key: Vec<Vec<(u32, Entry<'_>)>> = vec![Vec::new(); h.keys.len()];
+    for s in h.series.iter().filter(|s| !skip[s.key as usize]) {
+        let out = &mut per_key[s.key as usize];
+        let values = s.values.values();
+        match s.values.nulls() {
+            None => out.extend(values.iter().enumerate().map(|(i, v)| (s.first_row + i as u32, Entry::Float(*v)))),
+            Some(nulls) => out.extend(nulls.valid_indices().map(|i| (s.first_row + i as u32, Entry::Float(values[i])))),
         }
     }
-
-    fn push(&mut self, row: &HistoryRow) {
-        self.rows += 1;
-        self.step.append_value(row.step);
-        self.timestamp.append_option(row.timestamp);
-        self.runtime.append_option(row.runtime_s);
+    for p in h.points.iter().filter(|p| !skip[p.key as usize]) {
+        per_key[p.key as usize].push((p.row, Entry::Point(&p.value)));
     }
-
-    fn finish(mut self, run_id: &str) -> Vec<ArrayRef> {
-        vec![
-            repeated(run_id, self.rows),
-            Arc::new(self.step.finish()),
-            Arc::new(self.timestamp.finish()),
-            Arc::new(self.runtime.finish()),
-        ]
-    }
+    per_key
 }
 
-/// The run's history in the long layout, sorted by (key, step), log order kept for ties.
+/// The run's history in the long layout, sorted by (key, step), log order
+/// kept for ties (rows in log order; a key's series before its points).
 pub fn long_batch(schema: &SchemaRef, run_id: &str, h: &RunHistory) -> Result<RecordBatch> {
-    let mut rank_of_key = vec![0u32; h.keys.len()];
     let mut by_name: Vec<u32> = (0..h.keys.len() as u32).collect();
     by_name.sort_by(|a, b| h.keys[*a as usize].cmp(&h.keys[*b as usize]));
-    for (rank, id) in by_name.iter().enumerate() {
-        rank_of_key[*id as usize] = rank as u32;
+    // Keys that only have series, in ascending rows, need no per-value entries
+    // when the rows' steps ascend (the usual case): their rows are in step order.
+    let steps_ascend = h.rows.is_sorted_by_key(|r| r.step);
+    let mut series_of: Vec<Vec<&HistorySeries>> = vec![Vec::new(); h.keys.len()];
+    for s in &h.series {
+        series_of[s.key as usize].push(s);
     }
-    // Counting sort by key keeps log order within each key; steps within a
-    // key are almost always ascending already, so the stable sort is skipped.
-    let mut starts = vec![0usize; h.keys.len() + 1];
+    let mut has_points = vec![false; h.keys.len()];
     for p in &h.points {
-        starts[rank_of_key[p.key as usize] as usize + 1] += 1;
+        has_points[p.key as usize] = true;
     }
-    for i in 1..starts.len() {
-        starts[i] += starts[i - 1];
-    }
-    let bounds = starts.clone();
-    let mut order = vec![0u32; h.points.len()];
-    for (i, p) in h.points.iter().enumerate() {
-        let slot = &mut starts[rank_of_key[p.key as usize] as usize];
-        order[*slot] = i as u32;
-        *slot += 1;
-    }
-    let step_of = |i: &u32| h.rows[h.points[*i as usize].row as usize].step;
-    for w in bounds.windows(2) {
-        let bucket = &mut order[w[0]..w[1]];
-        if !bucket.is_sorted_by_key(step_of) {
-            bucket.sort_by_key(step_of);
+    let direct: Vec<bool> = (0..h.keys.len())
+        .map(|k| {
+            steps_ascend
+                && !has_points[k]
+                && series_of[k]
+                    .windows(2)
+                    .all(|w| w[0].first_row as usize + w[0].values.len() <= w[1].first_row as usize)
+        })
+        .collect();
+    let mut per_key = entries_by_key(h, &direct);
+    let n: usize = per_key.iter().map(Vec::len).sum::<usize>()
+        + h.series
+            .iter()
+            .filter(|s| direct[s.key as usize])
+            .map(|s| s.values.len() - s.values.null_count())
+            .sum::<usize>();
+
+    let mut rows: Vec<u32> = Vec::with_capacity(n);
+    let mut values: Vec<f64> = Vec::with_capacity(n);
+    // Rows whose value is not a number: their position and JSON text.
+    let mut json: Vec<(usize, String)> = Vec::new();
+    let mut key = RunsBuilder::default();
+    let step_of = |e: &(u32, Entry<'_>)| h.rows[e.0 as usize].step;
+    for id in by_name {
+        let start = rows.len();
+        if direct[id as usize] {
+            for s in &series_of[id as usize] {
+                let v = s.values.values();
+                match s.values.nulls() {
+                    None => {
+                        rows.extend(s.first_row..s.first_row + v.len() as u32);
+                        values.extend_from_slice(v);
+                    }
+                    Some(nulls) => {
+                        for i in nulls.valid_indices() {
+                            rows.push(s.first_row + i as u32);
+                            values.push(v[i]);
+                        }
+                    }
+                }
+            }
+            key.push(&h.keys[id as usize], rows.len() - start);
+            continue;
+        }
+        let entries = &mut per_key[id as usize];
+        // Steps within a key almost always ascend already: the stable sort is skipped.
+        if !entries.is_sorted_by_key(step_of) {
+            entries.sort_by_key(step_of);
+        }
+        key.push(&h.keys[id as usize], entries.len());
+        for (row, entry) in entries.iter() {
+            rows.push(*row);
+            match entry {
+                Entry::Float(v) => values.push(*v),
+                Entry::Point(v @ (Value::Int(_) | Value::Float(_))) => values.push(v.as_f64().unwrap_or(f64::NAN)),
+                Entry::Point(other) => {
+                    json.push((values.len(), other.to_json()));
+                    values.push(0.0);
+                }
+            }
         }
     }
 
-    let n = order.len();
-    let mut rows = RowColumns::new(n);
-    let mut key = RunsBuilder::default();
-    for (rank, id) in by_name.iter().enumerate() {
-        key.push(&h.keys[*id as usize], bounds[rank + 1] - bounds[rank]);
-    }
-    let mut value = Float64Builder::with_capacity(n);
-    let mut value_json = StringBuilder::with_capacity(n, 0);
-    let mut text = String::new();
-    for i in order {
-        let p = &h.points[i as usize];
-        rows.push(&h.rows[p.row as usize]);
-        match &p.value {
-            Value::Int(_) | Value::Float(_) => {
-                value.append_option(p.value.as_f64());
-                value_json.append_null();
-            }
-            other => {
-                value.append_null();
-                text.clear();
-                other.write_json(&mut text);
-                value_json.append_value(&text);
-            }
-        }
-    }
-    let mut columns = rows.finish(run_id);
+    let mut columns = row_columns(run_id, h, &rows);
     columns.push(key.finish());
-    columns.push(Arc::new(value.finish()));
-    columns.push(Arc::new(value_json.finish()));
+    let value_nulls = (!json.is_empty()).then(|| {
+        let mut valid = BooleanBufferBuilder::new(n);
+        valid.append_n(n, true);
+        for (i, _) in &json {
+            valid.set_bit(*i, false);
+        }
+        NullBuffer::new(valid.finish())
+    });
+    columns.push(Arc::new(Float64Array::new(values.into(), value_nulls)));
+    let value_json: ArrayRef = if json.is_empty() {
+        Arc::new(StringArray::new_null(n))
+    } else {
+        let mut b = StringBuilder::with_capacity(n, json.iter().map(|(_, t)| t.len()).sum());
+        let mut next = 0;
+        for (i, text) in &json {
+            (next..*i).for_each(|_| b.append_null());
+            b.append_value(text);
+            next = i + 1;
+        }
+        (next..n).for_each(|_| b.append_null());
+        Arc::new(b.finish())
+    };
+    columns.push(value_json);
     RecordBatch::try_new(batch_schema(schema), columns)
         .map_err(|e| Error::Arrow { what: format!("history of run {run_id}"), source: e })
+}
+
+/// `run_id, step, timestamp, runtime_s` of the given rows.
+fn row_columns(run_id: &str, h: &RunHistory, rows: &[u32]) -> Vec<ArrayRef> {
+    let row = |r: &u32| &h.rows[*r as usize];
+    let step: Vec<i64> = rows.iter().map(|r| row(r).step).collect();
+    let timestamp: Vec<i64> = rows.iter().map(|r| row(r).timestamp.unwrap_or(0)).collect();
+    let runtime: Vec<f64> = rows.iter().map(|r| row(r).runtime_s.unwrap_or(0.0)).collect();
+    let nulls = |valid: &dyn Fn(&HistoryRow) -> bool| -> Option<NullBuffer> {
+        if h.rows.iter().all(valid) {
+            return None;
+        }
+        Some(NullBuffer::from_iter(rows.iter().map(|r| valid(row(r)))))
+    };
+    let ts_nulls = nulls(&|r| r.timestamp.is_some());
+    let rt_nulls = nulls(&|r| r.runtime_s.is_some());
+    vec![
+        repeated(run_id, rows.len()),
+        Arc::new(Int64Array::new(step.into(), None)),
+        Arc::new(TimestampMicrosecondArray::new(timestamp.into(), ts_nulls).with_timezone("UTC")),
+        Arc::new(Float64Array::new(runtime.into(), rt_nulls)),
+    ]
 }
 
 /// The run's history in the wide layout, rows in log order. `kinds` must hold
@@ -173,32 +239,33 @@ pub fn wide_batch(
     h: &RunHistory,
 ) -> Result<RecordBatch> {
     let n = h.rows.len();
-    let mut rows = RowColumns::new(n);
-    for r in &h.rows {
-        rows.push(r);
+    let all_rows: Vec<u32> = (0..n as u32).collect();
+    let mut columns = row_columns(run_id, h, &all_rows);
+    // The run's values per key name, in row order.
+    let mut per_key: BTreeMap<&str, Vec<(u32, Entry<'_>)>> = BTreeMap::new();
+    for (id, entries) in entries_by_key(h, &vec![false; h.keys.len()]).into_iter().enumerate() {
+        per_key.entry(h.keys[id].as_str()).or_default().extend(entries);
     }
-    // The run's points per key name, in row order.
-    let mut per_key: BTreeMap<&str, Vec<(u32, &Value)>> = BTreeMap::new();
-    for p in &h.points {
-        per_key.entry(h.keys[p.key as usize].as_str()).or_default().push((p.row, &p.value));
-    }
-    let mut columns = rows.finish(run_id);
     for (key, kind) in kinds {
         let mut b = ColumnBuilder::new(*kind, n);
-        match per_key.get(key.as_str()) {
+        match per_key.get_mut(key.as_str()) {
             None => (0..n).for_each(|_| b.push(None)),
-            Some(points) => {
+            Some(entries) => {
+                entries.sort_by_key(|e| e.0);
                 let mut next_row = 0u32;
-                for (i, (row, v)) in points.iter().enumerate() {
+                for (i, (row, v)) in entries.iter().enumerate() {
                     // A key logged twice in one row: the later value wins.
-                    if points.get(i + 1).is_some_and(|(r, _)| r == row) {
+                    if entries.get(i + 1).is_some_and(|(r, _)| r == row) {
                         continue;
                     }
                     while next_row < *row {
                         b.push(None);
                         next_row += 1;
                     }
-                    b.push(Some(v));
+                    match v {
+                        Entry::Float(f) => b.push(Some(&Value::Float(*f))),
+                        Entry::Point(v) => b.push(Some(v)),
+                    }
                     next_row += 1;
                 }
                 while (next_row as usize) < n {
@@ -232,6 +299,73 @@ mod tests {
                 HistoryPoint { row: 2, key: 0, value: Value::Float(0.5) },
                 HistoryPoint { row: 2, key: 2, value: Value::parse(r#"{"_type":"image-file"}"#).unwrap() },
             ],
+            series: Vec::new(),
+        }
+    }
+
+    /// The same values as points and as series must give the same batches,
+    /// whatever the rows' step order, with nulls in series, and with a key
+    /// that has both (a series and later points, as the API's live rows add).
+    #[test]
+    fn series_and_points_give_the_same_batches() {
+        for steps in [vec![0, 1, 2, 3, 4, 5, 6, 7], vec![0, 5, 2, 3, 9, 1, 7, 7]] {
+            let rows: Vec<HistoryRow> = steps
+                .iter()
+                .enumerate()
+                .map(|(i, s)| HistoryRow {
+                    step: *s,
+                    timestamp: (i != 3).then_some(*s * 1000),
+                    runtime_s: (i != 4).then_some(i as f64),
+                })
+                .collect();
+            let keys: Vec<String> = ["b", "a", "c"].iter().map(|k| k.to_string()).collect();
+            // b: rows 0..4 then 4..8 (a null at 2); a: rows 0..8 twice as two series; c: points only.
+            let b1 = Float64Array::from(vec![Some(1.0), Some(2.0), None, Some(f64::NAN)]);
+            let b2 = Float64Array::from(vec![Some(5.0), Some(6.0), Some(7.0), Some(8.0)]);
+            let a1 = Float64Array::from(vec![Some(-1.0), None, Some(f64::INFINITY), Some(0.0)]);
+            let a2 = Float64Array::from(vec![None, None, Some(3.5), None]);
+            let series = vec![
+                HistorySeries { key: 0, first_row: 0, values: b1.clone() },
+                HistorySeries { key: 1, first_row: 0, values: a1.clone() },
+                HistorySeries { key: 0, first_row: 4, values: b2.clone() },
+                HistorySeries { key: 1, first_row: 4, values: a2.clone() },
+            ];
+            let tail = vec![
+                HistoryPoint { row: 6, key: 0, value: Value::Float(9.0) },
+                HistoryPoint { row: 1, key: 2, value: Value::Int(4) },
+            ];
+            let as_series = RunHistory { rows: rows.clone(), keys: keys.clone(), points: tail.clone(), series };
+            let mut points = Vec::new();
+            for (key, first, values) in [(0, 0, &b1), (1, 0, &a1), (0, 4, &b2), (1, 4, &a2)] {
+                for (i, v) in values.iter().enumerate() {
+                    if let Some(v) = v {
+                        points.push(HistoryPoint { row: first + i as u32, key, value: Value::Float(v) });
+                    }
+                }
+            }
+            points.extend(tail);
+            let as_points = RunHistory { rows, keys, points, series: Vec::new() };
+
+            let long = |h: &RunHistory| long_batch(&long_schema(), "r", h).unwrap();
+            let (l1, l2) = (long(&as_series), long(&as_points));
+            assert_eq!(l1.num_rows(), 13);
+            assert_eq!(expand(l1.column(4).as_ref()), expand(l2.column(4).as_ref()));
+            for c in [1, 2, 3, 5, 6] {
+                assert_eq!(l1.column(c).to_data(), l2.column(c).to_data(), "long column {c}, steps {steps:?}");
+            }
+            let mut kinds = BTreeMap::new();
+            collect_kinds(&as_series, &mut kinds);
+            let mut kinds2 = BTreeMap::new();
+            collect_kinds(&as_points, &mut kinds2);
+            assert_eq!(kinds, kinds2);
+            let schema = wide_schema(&kinds);
+            let (w1, w2) = (
+                wide_batch(&schema, &kinds, "r", &as_series).unwrap(),
+                wide_batch(&schema, &kinds, "r", &as_points).unwrap(),
+            );
+            for c in 1..w1.num_columns() {
+                assert_eq!(w1.column(c).to_data(), w2.column(c).to_data(), "wide column {c}");
+            }
         }
     }
 

@@ -18,7 +18,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::columns::{flatten, push_segment};
 use crate::plan::FetchPlan;
-use crate::run::{HistoryPoint, HistoryRow, RunHistory, seconds_to_micros};
+use crate::run::{HistoryPoint, HistoryRow, HistorySeries, RunHistory, seconds_to_micros};
 use crate::value::Value;
 
 use super::listing::restore_non_finite;
@@ -104,8 +104,10 @@ impl<'p> HistoryBuilder<'p> {
         // common numeric columns go straight to points, one key lookup per column.
         let first_row = self.history.rows.len() as u32;
         let mut row_of = Vec::with_capacity(batch.num_rows());
-        for i in 0..batch.num_rows() {
-            let Some(step) = cell(step_col, i).and_then(|v| v.as_f64()) else {
+        let steps = numbers(step_col);
+        let (ts, rt) = (ts_col.map(numbers), rt_col.map(numbers));
+        for (i, step) in steps.into_iter().enumerate() {
+            let Some(step) = step else {
                 row_of.push(None);
                 continue;
             };
@@ -114,25 +116,31 @@ impl<'p> HistoryBuilder<'p> {
             row_of.push(Some(self.history.rows.len() as u32));
             self.history.rows.push(HistoryRow {
                 step,
-                timestamp: ts_col.and_then(|c| cell(c, i)).and_then(|v| v.as_f64()).and_then(seconds_to_micros),
-                runtime_s: rt_col.and_then(|c| cell(c, i)).and_then(|v| v.as_f64()),
+                timestamp: ts.as_ref().and_then(|c| c[i]).and_then(seconds_to_micros),
+                runtime_s: rt.as_ref().and_then(|c| c[i]),
             });
         }
+        // Every row kept (no null `_step`): a float column is handed over as
+        // it is, a series of consecutive rows.
+        let consecutive = row_of.iter().all(Option::is_some);
         for (key, col) in &others {
             match col.data_type() {
                 DataType::Float64 | DataType::Int64 => {
                     let Some(id) = self.key_id(key) else { continue };
-                    let points = &mut self.history.points;
                     if let Some(f) = col.as_primitive_opt::<Float64Type>() {
+                        if consecutive {
+                            self.history.series.push(HistorySeries { key: id, first_row, values: f.clone() });
+                            continue;
+                        }
                         for (i, v) in f.iter().enumerate() {
                             if let (Some(v), Some(row)) = (v, row_of[i]) {
-                                points.push(HistoryPoint { row, key: id, value: Value::Float(v) });
+                                self.history.points.push(HistoryPoint { row, key: id, value: Value::Float(v) });
                             }
                         }
                     } else if let Some(n) = col.as_primitive_opt::<Int64Type>() {
                         for (i, v) in n.iter().enumerate() {
                             if let (Some(v), Some(row)) = (v, row_of[i]) {
-                                points.push(HistoryPoint { row, key: id, value: Value::Int(v) });
+                                self.history.points.push(HistoryPoint { row, key: id, value: Value::Int(v) });
                             }
                         }
                     }
@@ -205,6 +213,17 @@ impl<'p> HistoryBuilder<'p> {
     /// The history: exported rows in the server's order, then the live tail.
     pub fn finish(self) -> RunHistory {
         self.history
+    }
+}
+
+/// A column's cells as numbers; `None` where null or not a number.
+fn numbers(col: &ArrayRef) -> Vec<Option<f64>> {
+    if let Some(f) = col.as_primitive_opt::<Float64Type>() {
+        f.iter().collect()
+    } else if let Some(n) = col.as_primitive_opt::<Int64Type>() {
+        n.iter().map(|v| v.map(|v| v as f64)).collect()
+    } else {
+        (0..col.len()).map(|i| cell(col, i).and_then(|v| v.as_f64())).collect()
     }
 }
 
