@@ -8,6 +8,7 @@
 
 pub mod history;
 pub mod parallel;
+pub mod primitive;
 pub mod runlength;
 pub mod runs;
 

@@ -9,21 +9,25 @@
 //! estimated encoded size reaches `max_row_group_bytes`.
 //!
 //! A `Utf8` column of the file may arrive as a run-end encoded array; it is
-//! then written by [`RunLengthChunk`] (see [`super::runlength`]).
+//! then written by [`RunLengthChunk`] (see [`super::runlength`]). Flat
+//! `Int64`, `Float64` and timestamp columns are written by
+//! [`PrimitiveChunk`] (see [`super::primitive`]).
 
 use std::io::Write;
 
+use arrow_array::ArrayRef;
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_writer::{ArrowColumnWriter, ArrowRowGroupWriterFactory, compute_leaves};
+use parquet::arrow::arrow_writer::{ArrowColumnWriter, ArrowLeafColumn, ArrowRowGroupWriterFactory, compute_leaves};
 use parquet::column::writer::ColumnCloseResult;
 use parquet::errors::{ParquetError, Result};
 use parquet::file::properties::WriterProperties;
 use parquet::file::writer::SerializedFileWriter;
 use rayon::prelude::*;
 
+use super::primitive::{PrimitiveChunk, is_direct};
 use super::runlength::{RunLengthChunk, is_run_length_of};
 
 pub struct ParallelWriter<W: Write + Send> {
@@ -31,8 +35,8 @@ pub struct ParallelWriter<W: Write + Send> {
     factory: ArrowRowGroupWriterFactory,
     schema: SchemaRef,
     columns: Option<Vec<ArrowColumnWriter>>,
-    /// Per leaf column of the row group: set when it gets run-length arrays.
-    run_length: Vec<Option<RunLengthChunk>>,
+    /// Per leaf column of the row group: set when it bypasses the Arrow writer.
+    direct: Vec<Option<Direct>>,
     buffered_rows: usize,
     max_rows: usize,
     max_bytes: usize,
@@ -49,7 +53,7 @@ impl<W: Write + Send> ParallelWriter<W> {
             factory,
             schema,
             columns: None,
-            run_length: Vec::new(),
+            direct: Vec::new(),
             buffered_rows: 0,
             max_rows,
             max_bytes,
@@ -69,50 +73,64 @@ impl<W: Write + Send> ParallelWriter<W> {
             if self.columns.is_none() {
                 let index = self.writer.flushed_row_groups().len();
                 let columns = self.factory.create_column_writers(index)?;
-                self.run_length = columns.iter().map(|_| None).collect();
+                self.direct = columns.iter().map(|_| None).collect();
                 self.columns = Some(columns);
             }
             let take = rest.num_rows().min(self.max_rows - self.buffered_rows);
             let part = rest.slice(0, take);
             rest = rest.slice(take, rest.num_rows() - take);
-            let mut leaves = Vec::new();
+            let mut work = Vec::new();
             for (field, array) in self.schema.fields().iter().zip(part.columns()) {
+                let leaf = work.len();
                 if is_run_length_of(array.data_type(), field.data_type()) {
-                    let leaf = leaves.len();
-                    let chunk = self.run_length.get_mut(leaf).ok_or_else(|| leaf_count_error(leaf + 1, 0))?;
-                    if chunk.is_none() && self.buffered_rows > 0 {
-                        return Err(ParquetError::General(format!(
-                            "column {} mixes run-length and plain arrays in one row group",
-                            field.name()
-                        )));
-                    }
                     let page_rows = self.writer.properties().data_page_row_count_limit();
-                    chunk.get_or_insert_with(|| RunLengthChunk::new(page_rows)).write(array.as_ref())?;
-                    leaves.push(None);
-                } else if array.data_type() == field.data_type() {
-                    leaves.extend(compute_leaves(field, array)?.into_iter().map(Some));
-                } else {
+                    let fresh = self.buffered_rows == 0;
+                    match self.direct.get_mut(leaf) {
+                        Some(Some(Direct::RunLength(c))) => c.write(array.as_ref())?,
+                        Some(slot @ None) if fresh => {
+                            let mut c = RunLengthChunk::new(page_rows);
+                            c.write(array.as_ref())?;
+                            *slot = Some(Direct::RunLength(c));
+                        }
+                        _ => return Err(mixed(field.name())),
+                    }
+                    work.push(Work::Done);
+                } else if array.data_type() != field.data_type() {
                     return Err(ParquetError::General(format!(
                         "column {} of type {} for a file column of type {}",
                         field.name(),
                         array.data_type(),
                         field.data_type()
                     )));
+                } else if is_direct(field.data_type()) {
+                    let slot = self.direct.get_mut(leaf).ok_or_else(|| leaf_count_error(leaf + 1, 0))?;
+                    if slot.is_none() {
+                        let descr = self.writer.schema_descr().column(leaf);
+                        *slot = Some(Direct::Primitive(Box::new(PrimitiveChunk::new(
+                            descr,
+                            self.writer.properties().clone(),
+                        )?)));
+                    }
+                    work.push(Work::Direct(array));
+                } else {
+                    if matches!(self.direct.get(leaf), Some(Some(Direct::RunLength(_)))) {
+                        return Err(mixed(field.name()));
+                    }
+                    work.extend(compute_leaves(field, array)?.into_iter().map(Work::Arrow));
                 }
             }
             let columns = self.columns.as_mut().expect("invariant: created above");
-            if leaves.len() != columns.len() {
-                return Err(leaf_count_error(leaves.len(), columns.len()));
+            if work.len() != columns.len() {
+                return Err(leaf_count_error(work.len(), columns.len()));
             }
-            if let Some(leaf) = leaves.iter().zip(&self.run_length).position(|(l, c)| l.is_some() && c.is_some()) {
-                return Err(ParquetError::General(format!(
-                    "leaf column {leaf} mixes run-length and plain arrays in one row group"
-                )));
-            }
-            columns.par_iter_mut().zip(leaves.par_iter()).try_for_each(|(w, leaf)| match leaf {
-                Some(leaf) => w.write(leaf),
-                None => Ok(()),
-            })?;
+            columns.par_iter_mut().zip(self.direct.par_iter_mut()).zip(work.par_iter()).try_for_each(
+                |((w, direct), work)| match (work, direct) {
+                    (Work::Arrow(leaf), _) => w.write(leaf),
+                    (Work::Direct(array), Some(Direct::Primitive(c))) => c.write(array.as_ref()),
+                    (Work::Done, _) => Ok(()),
+                    (Work::Direct(_), _) => Err(ParquetError::General("a primitive column without its writer".into())),
+                },
+            )?;
             self.buffered_rows += take;
             if self.buffered_rows >= self.max_rows || self.in_progress_size() >= self.max_bytes {
                 self.flush()?;
@@ -125,7 +143,7 @@ impl<W: Write + Send> ParallelWriter<W> {
     /// finished in parallel.
     pub fn flush(&mut self) -> Result<()> {
         let Some(columns) = self.columns.take() else { return Ok(()) };
-        let run_length = std::mem::take(&mut self.run_length);
+        let direct = std::mem::take(&mut self.direct);
         if self.buffered_rows == 0 {
             return Ok(());
         }
@@ -134,10 +152,11 @@ impl<W: Write + Send> ParallelWriter<W> {
         let props = self.writer.properties().clone();
         let chunks: Vec<Chunk> = columns
             .into_par_iter()
-            .zip(run_length.into_par_iter())
+            .zip(direct.into_par_iter())
             .zip(descrs.into_par_iter())
-            .map(|((w, rl), descr)| match rl {
-                Some(rl) => rl.close(descr, &props).map(|(bytes, close)| Chunk::RunLength(bytes, close)),
+            .map(|((w, direct), descr)| match direct {
+                Some(Direct::RunLength(c)) => c.close(descr, &props).map(|(b, close)| Chunk::Encoded(b, close)),
+                Some(Direct::Primitive(c)) => c.close().map(|(b, close)| Chunk::Encoded(b, close)),
                 None => w.close().map(Chunk::Arrow),
             })
             .collect::<Result<_>>()?;
@@ -145,7 +164,7 @@ impl<W: Write + Send> ParallelWriter<W> {
         for chunk in chunks {
             match chunk {
                 Chunk::Arrow(c) => c.append_to_row_group(&mut group)?,
-                Chunk::RunLength(bytes, close) => group.append_column(&bytes, close)?,
+                Chunk::Encoded(bytes, close) => group.append_column(&bytes, close)?,
             }
         }
         group.close()?;
@@ -160,7 +179,16 @@ impl<W: Write + Send> ParallelWriter<W> {
     /// The estimated encoded size of the row group being written.
     pub fn in_progress_size(&self) -> usize {
         let arrow: usize = self.columns.iter().flatten().map(|w| w.get_estimated_total_bytes()).sum();
-        arrow + self.run_length.iter().flatten().map(|c| c.estimated_size()).sum::<usize>()
+        let direct: usize = self
+            .direct
+            .iter()
+            .flatten()
+            .map(|d| match d {
+                Direct::RunLength(c) => c.estimated_size(),
+                Direct::Primitive(c) => c.estimated_size(),
+            })
+            .sum();
+        arrow + direct
     }
 
     /// Writes the last row group and the footer.
@@ -171,10 +199,28 @@ impl<W: Write + Send> ParallelWriter<W> {
     }
 }
 
+/// A leaf column of the row group that bypasses parquet's Arrow writer.
+enum Direct {
+    RunLength(RunLengthChunk),
+    Primitive(Box<PrimitiveChunk>),
+}
+
+/// What a batch's leaf column needs written.
+enum Work<'a> {
+    Arrow(ArrowLeafColumn),
+    Direct(&'a ArrayRef),
+    /// Written already (run-length columns are cheap enough to do inline).
+    Done,
+}
+
 /// A closed column chunk of the row group.
 enum Chunk {
     Arrow(parquet::arrow::arrow_writer::ArrowColumnChunk),
-    RunLength(Bytes, ColumnCloseResult),
+    Encoded(Bytes, ColumnCloseResult),
+}
+
+fn mixed(column: &str) -> ParquetError {
+    ParquetError::General(format!("column {column} mixes run-length and plain arrays in one row group"))
 }
 
 fn leaf_count_error(leaves: usize, writers: usize) -> ParquetError {
