@@ -105,9 +105,8 @@ fn entries_by_key<'h>(h: &'h RunHistory, skip: &[bool]) -> Vec<Vec<(u32, Entry<'
 pub fn long_batch(schema: &SchemaRef, run_id: &str, h: &RunHistory) -> Result<RecordBatch> {
     let mut by_name: Vec<u32> = (0..h.keys.len() as u32).collect();
     by_name.sort_by(|a, b| h.keys[*a as usize].cmp(&h.keys[*b as usize]));
-    // Keys that only have series, in ascending rows, need no per-value entries
-    // when the rows' steps ascend (the usual case): their rows are in step order.
-    let steps_ascend = h.rows.is_sorted_by_key(|r| r.step);
+    // Keys that only have series, in ascending rows whose steps ascend (the
+    // usual case), need no per-value entries: their rows are in step order.
     let mut series_of: Vec<Vec<&HistorySeries>> = vec![Vec::new(); h.keys.len()];
     for s in &h.series {
         series_of[s.key as usize].push(s);
@@ -118,11 +117,12 @@ pub fn long_batch(schema: &SchemaRef, run_id: &str, h: &RunHistory) -> Result<Re
     }
     let direct: Vec<bool> = (0..h.keys.len())
         .map(|k| {
-            steps_ascend
-                && !has_points[k]
+            let ranges = || series_of[k].iter().map(|s| s.first_row as usize..s.first_row as usize + s.values.len());
+            !has_points[k]
                 && series_of[k]
                     .windows(2)
                     .all(|w| w[0].first_row as usize + w[0].values.len() <= w[1].first_row as usize)
+                && ranges().flat_map(|r| h.rows[r].iter().map(|row| row.step)).is_sorted()
         })
         .collect();
     let mut per_key = entries_by_key(h, &direct);

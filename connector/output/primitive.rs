@@ -204,7 +204,9 @@ mod tests {
         let rows = |bs: &[RecordBatch]| bs.iter().map(|b| b.num_rows()).sum::<usize>();
         assert_eq!(rows(&b1), 75_005);
         let concat = |bs: &[RecordBatch], c: usize| {
-            bs.iter().flat_map(|b| (0..b.num_rows()).map(move |i| b.column(c).slice(i, 1).to_data())).collect::<Vec<_>>()
+            bs.iter()
+                .flat_map(|b| (0..b.num_rows()).map(move |i| b.column(c).slice(i, 1).to_data()))
+                .collect::<Vec<_>>()
         };
         for c in 0..4 {
             assert_eq!(concat(&b1, c), concat(&b2, c), "column {c}");

@@ -14,8 +14,9 @@ pub mod sqlite;
 
 use std::path::PathBuf;
 
-use crate::run::{HistoryPoint, HistoryRow, RunData, RunHistory, RunIdentity};
+use crate::run::{HistoryRow, HistorySeries, RunData, RunHistory, RunIdentity};
 use crate::value::Value;
+use arrow_array::Float64Array;
 
 /// Identity columns of MLflow sources, in output order.
 pub const MLFLOW_IDENTITY_COLUMNS: &[&str] = &[
@@ -230,17 +231,21 @@ impl MlflowRun {
     }
 }
 
-/// Builds a run's history from per-key series (each in the store's order).
+/// Builds a run's history from per-key series (each in the store's order):
+/// a row per point, each key's values one series over its rows.
 pub fn history_from_series(series: Vec<(String, Vec<MetricPoint>)>) -> RunHistory {
     let mut h = RunHistory::default();
     for (key, points) in series {
         let id = h.keys.len() as u32;
         h.keys.push(key);
-        for p in points {
-            let row = h.rows.len() as u32;
-            h.rows.push(HistoryRow { step: p.step, timestamp: p.timestamp_ms.checked_mul(1000), runtime_s: None });
-            h.points.push(HistoryPoint { row, key: id, value: Value::Float(p.value) });
-        }
+        let first_row = h.rows.len() as u32;
+        h.rows.extend(points.iter().map(|p| HistoryRow {
+            step: p.step,
+            timestamp: p.timestamp_ms.checked_mul(1000),
+            runtime_s: None,
+        }));
+        let values = Float64Array::from_iter_values(points.iter().map(|p| p.value));
+        h.series.push(HistorySeries { key: id, first_row, values });
     }
     h
 }
