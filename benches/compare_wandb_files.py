@@ -240,7 +240,7 @@ def main(argv=None) -> int:
             "runs": n_runs, "steps": args.steps, "keys": args.keys, "input_bytes": total_bytes,
             "commands": [{"name": m.name, "runs": r, "input_bytes": b, "seconds": m.seconds,
                           "peak_rss_mib": m.rss_mib, "cpu_seconds": m.cpu_s, "exit": m.status,
-                          "summary": m.summary() if m.name.startswith("runport") else None}
+                          "summary": m.last_json() if m.name.startswith("runport") else None}
                          for m, r, b in results],
             "ratios": ratios,
         }, indent=2) + "\n")
