@@ -7,6 +7,7 @@
 //! is dropped. See `schemas/output/README.md`.
 
 pub mod history;
+pub mod pages;
 pub mod parallel;
 pub mod primitive;
 pub mod runlength;

@@ -30,6 +30,8 @@ use parquet::file::statistics::{Statistics, ValueStatistics};
 use parquet::file::writer::{SerializedPageWriter, TrackedWrite};
 use parquet::schema::types::ColumnDescPtr;
 
+use super::pages::put_uleb128;
+
 /// The Arrow type of a run-length string column in a batch.
 pub fn run_length_type() -> DataType {
     DataType::RunEndEncoded(
@@ -339,18 +341,6 @@ pub fn expand(array: &dyn Array) -> Vec<String> {
 
 fn bits_for(max: usize) -> u8 {
     (usize::BITS - max.leading_zeros()) as u8
-}
-
-fn put_uleb128(buf: &mut Vec<u8>, mut v: u64) {
-    loop {
-        let byte = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            buf.push(byte);
-            return;
-        }
-        buf.push(byte | 0x80);
-    }
 }
 
 #[cfg(test)]
