@@ -16,7 +16,7 @@
 //! `MLFLOW_TRACKING_PASSWORD` (Basic), or `MLFLOW_TRACKING_TOKEN` (Bearer).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use serde_json::{Value as Json, json};
@@ -108,6 +108,8 @@ pub struct MlflowRest {
 struct Groups {
     list: Vec<Arc<BulkGroup>>,
     of_run: HashMap<String, usize>,
+    /// The furthest group whose runs are being read.
+    reading: AtomicUsize,
 }
 
 /// Runs whose histories are asked together, one bulk request per key.
@@ -355,21 +357,34 @@ impl MlflowRest {
         let _ = self.groups.set(groups);
     }
 
-    /// Starts the bulk requests of the groups after `run_id`'s, as many as
-    /// make `--concurrency` requests, so that the server always has work
-    /// queued while earlier groups' runs are decoded and written (answers
-    /// held this way are bounded by the groups' row budget). A failed
-    /// request is asked again by the run that needs it.
+    /// Notes that `run_id`'s group is being read and asks ahead (see [`Self::ask_ahead`]).
     fn prefetch_next_groups(self: &Arc<Self>, run_id: &str) {
         let Some(groups) = self.groups.get() else { return };
         let Some(&at) = groups.of_run.get(run_id) else { return };
-        let mut requests = 0;
-        for next in groups.list.iter().skip(at + 1) {
-            if requests >= self.opts.concurrency {
+        groups.reading.fetch_max(at, Ordering::Relaxed);
+        self.ask_ahead();
+    }
+
+    /// Starts the bulk requests of the group being read and of the groups
+    /// after it until `--concurrency` of them are unanswered (in flight or
+    /// waiting for the limit); each answer asks again. So the server always
+    /// has as many requests as the limit allows, whether or not the writer
+    /// is still waiting for an earlier group (a server process whose
+    /// connections find no request waiting idles). Answers held ahead are
+    /// bounded: at most three times `--concurrency` requests (each within
+    /// the groups' row budget) past the group being read. A failed request
+    /// is asked again by the run that needs it.
+    fn ask_ahead(self: &Arc<Self>) {
+        let Some(groups) = self.groups.get() else { return };
+        let at = groups.reading.load(Ordering::Relaxed);
+        let (mut unanswered, mut ahead) = (0, 0);
+        for next in groups.list.iter().skip(at) {
+            if unanswered >= self.opts.concurrency || ahead >= 3 * self.opts.concurrency {
                 break;
             }
             let batches: Vec<_> = next.keys.iter().filter(|(_, b)| b.run_ids.len() > 1).collect();
-            requests += batches.len();
+            ahead += batches.len();
+            unanswered += batches.iter().filter(|(_, b)| !b.answer.initialized()).count();
             if next.prefetched.swap(true, Ordering::Relaxed) {
                 continue;
             }
@@ -377,6 +392,7 @@ impl MlflowRest {
                 let (api, key, batch) = (Arc::clone(self), key.clone(), Arc::clone(batch));
                 tokio::spawn(async move {
                     let _ = batch.answer.get_or_try_init(|| api.ask_bulk(&key, &batch.run_ids)).await;
+                    api.ask_ahead();
                 });
             }
         }
