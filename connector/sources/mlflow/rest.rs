@@ -10,7 +10,8 @@
 //! [`BULK_MAX`] rows across all runs, so an answer is used only when it holds
 //! fewer rows than that (nothing was cut). Otherwise, for runs that are alone
 //! in their group, or when the server lacks the endpoint,
-//! `metrics/get-history` is asked per (run, key), paged.
+//! `metrics/get-history` is asked per (run, key), paged. Bulk requests are
+//! kept asked ahead of the runs being read (see `MlflowRest::ask_ahead`).
 //!
 //! Auth as the official client: `MLFLOW_TRACKING_USERNAME` and
 //! `MLFLOW_TRACKING_PASSWORD` (Basic), or `MLFLOW_TRACKING_TOKEN` (Bearer).
