@@ -331,30 +331,11 @@ impl PageChunk {
     /// Least and greatest key of the page's values and its NaN count, by
     /// parquet's rules: NaNs count only when the page holds nothing else.
     fn page_min_max(&self, values: &[u64]) -> Option<(i64, i64, u64)> {
-        if values.is_empty() {
-            return None;
+        if self.double {
+            pages::min_max_f64(values)
+        } else {
+            pages::min_max_i64(values).map(|(min, max)| (min, max, 0))
         }
-        if !self.double {
-            let (mut min, mut max) = (i64::MAX, i64::MIN);
-            for v in values {
-                min = min.min(*v as i64);
-                max = max.max(*v as i64);
-            }
-            return Some((min, max, 0));
-        }
-        let (mut min, mut max, mut nans) = (i64::MAX, i64::MIN, 0u64);
-        for v in values {
-            let nan = pages::is_nan_bits(*v);
-            let key = pages::total_order_key(*v);
-            min = min.min(if nan { i64::MAX } else { key });
-            max = max.max(if nan { i64::MIN } else { key });
-            nans += u64::from(nan);
-        }
-        if nans as usize == values.len() {
-            let keys = values.iter().map(|v| pages::total_order_key(*v));
-            return Some((keys.clone().min()?, keys.max()?, nans));
-        }
-        Some((min, max, nans))
     }
 
     /// The little-endian bytes of the value of a key.
