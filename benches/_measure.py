@@ -71,6 +71,9 @@ def run_child(m: Measured, argv: list[str], logs: Path, cwd: Path, env: dict | N
     slug = m.name.replace(" ", "-")
     out_path, err_path = logs / f"{slug}.stdout", logs / f"{slug}.stderr"
     m.argv = argv
+    # Dirty pages of an earlier command (hundreds of MB of Parquet) are
+    # written back now, not while this command is timed.
+    os.sync()
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(argv, stdout=out, stderr=err, cwd=cwd, env=env)

@@ -12,12 +12,14 @@ pub mod parallel;
 pub mod primitive;
 pub mod runlength;
 pub mod runs;
+pub mod spool;
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use self::parallel::ParallelWriter;
+use self::spool::Spool;
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use parquet::basic::{Compression, Encoding, ZstdLevel};
@@ -241,7 +243,7 @@ pub struct TableWriter {
     /// `runs.parquet`, or `history/part-` for parted tables.
     name: String,
     parted: bool,
-    current: Option<(ParallelWriter<File>, TempFile)>,
+    current: Option<(ParallelWriter<Spool>, TempFile)>,
     done: Vec<TempFile>,
     pub rows: u64,
 }
@@ -263,7 +265,8 @@ impl TableWriter {
             let rel =
                 if self.parted { format!("{}{:05}.parquet", self.name, self.done.len()) } else { self.name.clone() };
             let (file, tmp) = dataset.create(&rel)?;
-            let writer = ParallelWriter::try_new(file, Arc::clone(&self.schema), self.props.clone())
+            let spool = Spool::new(file).map_err(|e| Error::write(tmp.tmp.display(), e))?;
+            let writer = ParallelWriter::try_new(spool, Arc::clone(&self.schema), self.props.clone())
                 .map_err(|e| Error::Parquet { path: rel.clone(), source: e })?;
             self.current = Some((writer, tmp));
         }
@@ -279,8 +282,9 @@ impl TableWriter {
 
     fn close_part(&mut self) -> Result<()> {
         if let Some((writer, mut tmp)) = self.current.take() {
-            writer.close().map_err(|e| Error::Parquet { path: tmp.rel.clone(), source: e })?;
-            tmp.bytes = fs::metadata(&tmp.tmp).map(|m| m.len()).unwrap_or(0);
+            let spool = writer.close().map_err(|e| Error::Parquet { path: tmp.rel.clone(), source: e })?;
+            let file = spool.finish().map_err(|e| Error::write(tmp.tmp.display(), e))?;
+            tmp.bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
             self.done.push(tmp);
         }
         Ok(())
@@ -291,7 +295,8 @@ impl TableWriter {
     pub fn finish(mut self, dataset: &DatasetDir) -> Result<Vec<TempFile>> {
         if !self.parted && self.current.is_none() && self.done.is_empty() {
             let (file, tmp) = dataset.create(&self.name)?;
-            let writer = ParallelWriter::try_new(file, Arc::clone(&self.schema), self.props.clone())
+            let spool = Spool::new(file).map_err(|e| Error::write(tmp.tmp.display(), e))?;
+            let writer = ParallelWriter::try_new(spool, Arc::clone(&self.schema), self.props.clone())
                 .map_err(|e| Error::Parquet { path: self.name.clone(), source: e })?;
             self.current = Some((writer, tmp));
         }

@@ -191,11 +191,12 @@ impl<W: Write + Send> ParallelWriter<W> {
         arrow + direct
     }
 
-    /// Writes the last row group and the footer.
-    pub fn close(mut self) -> Result<()> {
+    /// Writes the last row group and the footer; returns the output, flushed.
+    pub fn close(mut self) -> Result<W> {
         self.flush()?;
-        self.writer.close()?;
-        Ok(())
+        let mut out = self.writer.into_inner()?;
+        out.flush()?;
+        Ok(out)
     }
 }
 
