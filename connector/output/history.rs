@@ -208,12 +208,22 @@ pub fn long_batch(schema: &SchemaRef, run_id: &str, h: &RunHistory) -> Result<Re
         .map_err(|e| Error::Arrow { what: format!("history of run {run_id}"), source: e })
 }
 
-/// `run_id, step, timestamp, runtime_s` of the given rows.
+/// `run_id, step, timestamp, runtime_s` of the given rows. The row fields
+/// are laid out as columns once per run; consecutive rows (a key's series,
+/// the usual case) are then copied as slices, not gathered one by one.
 fn row_columns(run_id: &str, h: &RunHistory, rows: &[u32]) -> Vec<ArrayRef> {
+    let steps: Vec<i64> = h.rows.iter().map(|r| r.step).collect();
+    let stamps: Vec<i64> = h.rows.iter().map(|r| r.timestamp.unwrap_or(0)).collect();
+    let runtimes: Vec<f64> = h.rows.iter().map(|r| r.runtime_s.unwrap_or(0.0)).collect();
+    let mut step = Vec::with_capacity(rows.len());
+    let mut timestamp = Vec::with_capacity(rows.len());
+    let mut runtime = Vec::with_capacity(rows.len());
+    for range in consecutive(rows) {
+        step.extend_from_slice(&steps[range.clone()]);
+        timestamp.extend_from_slice(&stamps[range.clone()]);
+        runtime.extend_from_slice(&runtimes[range]);
+    }
     let row = |r: &u32| &h.rows[*r as usize];
-    let step: Vec<i64> = rows.iter().map(|r| row(r).step).collect();
-    let timestamp: Vec<i64> = rows.iter().map(|r| row(r).timestamp.unwrap_or(0)).collect();
-    let runtime: Vec<f64> = rows.iter().map(|r| row(r).runtime_s.unwrap_or(0.0)).collect();
     let nulls = |valid: &dyn Fn(&HistoryRow) -> bool| -> Option<NullBuffer> {
         if h.rows.iter().all(valid) {
             return None;
@@ -228,6 +238,21 @@ fn row_columns(run_id: &str, h: &RunHistory, rows: &[u32]) -> Vec<ArrayRef> {
         Arc::new(TimestampMicrosecondArray::new(timestamp.into(), ts_nulls).with_timezone("UTC")),
         Arc::new(Float64Array::new(runtime.into(), rt_nulls)),
     ]
+}
+
+/// `rows` as ranges of consecutive row indices, in order.
+fn consecutive(rows: &[u32]) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        let start = *rows.get(i)? as usize;
+        let mut end = start + 1;
+        i += 1;
+        while rows.get(i).is_some_and(|&r| r as usize == end) {
+            end += 1;
+            i += 1;
+        }
+        Some(start..end)
+    })
 }
 
 /// The run's history in the wide layout, rows in log order. `kinds` must hold
@@ -367,6 +392,16 @@ mod tests {
                 assert_eq!(w1.column(c).to_data(), w2.column(c).to_data(), "wide column {c}");
             }
         }
+    }
+
+    #[test]
+    fn consecutive_rows_become_ranges() {
+        let ranges = |rows: &[u32]| consecutive(rows).collect::<Vec<_>>();
+        assert_eq!(ranges(&[]), []);
+        assert_eq!(ranges(&[7]), [7..8]);
+        assert_eq!(ranges(&[0, 1, 2, 5, 6, 9]), [0..3, 5..7, 9..10]);
+        // Rows sorted by step need not ascend; a row may come twice.
+        assert_eq!(ranges(&[5, 3, 4, 4, 9, 8]), [5..6, 3..5, 4..5, 9..10, 8..9]);
     }
 
     #[test]
