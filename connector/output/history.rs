@@ -398,7 +398,7 @@ mod tests {
     fn consecutive_rows_become_ranges() {
         let ranges = |rows: &[u32]| consecutive(rows).collect::<Vec<_>>();
         assert_eq!(ranges(&[]), []);
-        assert_eq!(ranges(&[7]), [7..8]);
+        assert_eq!(ranges(&[7]), vec![7..8]);
         assert_eq!(ranges(&[0, 1, 2, 5, 6, 9]), [0..3, 5..7, 9..10]);
         // Rows sorted by step need not ascend; a row may come twice.
         assert_eq!(ranges(&[5, 3, 4, 4, 9, 8]), [5..6, 3..5, 4..5, 9..10, 8..9]);
