@@ -13,8 +13,8 @@ use arrow_array::types::{Float32Type, Float64Type, Int8Type, Int16Type, Int32Typ
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::DataType;
 use bytes::Bytes;
-use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::{ProjectionMask, parquet_to_arrow_field_levels};
 
 use crate::columns::{flatten, push_segment};
 use crate::plan::FetchPlan;
@@ -22,6 +22,7 @@ use crate::run::{HistoryPoint, HistoryRow, HistorySeries, RunHistory, seconds_to
 use crate::value::Value;
 
 use super::listing::restore_non_finite;
+use super::parquet_pages;
 
 const ROW_COLUMNS: [&str; 3] = ["_step", "_timestamp", "_runtime"];
 
@@ -64,7 +65,8 @@ impl<'p> HistoryBuilder<'p> {
 
     /// Adds the rows of one exported Parquet file. Returns the rows added.
     pub fn add_parquet(&mut self, file: Bytes) -> Result<usize, String> {
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| format!("history file: {e}"))?;
+        let builder =
+            ParquetRecordBatchReaderBuilder::try_new(file.clone()).map_err(|e| format!("history file: {e}"))?;
         let schema = Arc::clone(builder.schema());
         let roots: Vec<usize> = schema
             .fields()
@@ -74,8 +76,15 @@ impl<'p> HistoryBuilder<'p> {
             .map(|(i, _)| i)
             .collect();
         let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
-        let reader =
-            builder.with_projection(mask).with_batch_size(8192).build().map_err(|e| format!("history file: {e}"))?;
+        let rows = builder.metadata().file_metadata().num_rows().clamp(1, 65536) as usize;
+        let reader = if parquet_pages::handles(builder.metadata()) {
+            let levels = parquet_to_arrow_field_levels(builder.parquet_schema(), mask, Some(schema.fields()))
+                .map_err(|e| format!("history file: {e}"))?;
+            parquet_pages::reader(file, Arc::clone(builder.metadata()), &levels, rows)
+        } else {
+            builder.with_projection(mask).with_batch_size(rows).build()
+        }
+        .map_err(|e| format!("history file: {e}"))?;
         let mut added = 0;
         for batch in reader {
             let batch = batch.map_err(|e| format!("history file: {e}"))?;

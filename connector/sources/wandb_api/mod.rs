@@ -13,6 +13,7 @@
 pub mod credentials;
 pub mod history;
 pub mod listing;
+mod parquet_pages;
 pub mod queries;
 
 use std::collections::BTreeMap;
