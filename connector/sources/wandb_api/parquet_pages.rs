@@ -658,6 +658,9 @@ mod tests {
                 assert_eq!(ours.iter().map(|b| b.num_rows()).sum::<usize>(), 4200, "{what}");
             }
         }
+        let snappy = file(WriterProperties::builder().set_compression(Compression::SNAPPY).build(), &batches);
+        let meta = ParquetRecordBatchReaderBuilder::try_new(snappy).unwrap().metadata().clone();
+        assert!(!handles(&meta), "another codec goes to parquet's own reader");
     }
 
     #[test]
