@@ -62,11 +62,19 @@ def shown(argv: list[str]) -> str:
     return " ".join(a if len(a) < 120 else a[:60] + " ..." for a in argv)
 
 
+def pinned(cpus: set[int] | None):
+    """A `preexec_fn` that keeps a child (and every thread it starts) on `cpus`."""
+    if not cpus:
+        return None
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
 def run_child(m: Measured, argv: list[str], logs: Path, cwd: Path, env: dict | None = None,
-              started: Callable[[subprocess.Popen], Callable[[], None]] | None = None) -> Measured:
-    """Runs argv and fills `m`. `started(proc)`, when given, is called once
-    the child runs (to start samplers) and returns what to call once it has
-    exited, before the output is read."""
+              started: Callable[[subprocess.Popen], Callable[[], None]] | None = None,
+              cpus: set[int] | None = None) -> Measured:
+    """Runs argv (on `cpus` when given) and fills `m`. `started(proc)`, when
+    given, is called once the child runs (to start samplers) and returns
+    what to call once it has exited, before the output is read."""
     logs.mkdir(parents=True, exist_ok=True)
     slug = m.name.replace(" ", "-")
     out_path, err_path = logs / f"{slug}.stdout", logs / f"{slug}.stderr"
@@ -76,7 +84,7 @@ def run_child(m: Measured, argv: list[str], logs: Path, cwd: Path, env: dict | N
     os.sync()
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(argv, stdout=out, stderr=err, cwd=cwd, env=env)
+        proc = subprocess.Popen(argv, stdout=out, stderr=err, cwd=cwd, env=env, preexec_fn=pinned(cpus))
         stop = started(proc) if started else None
         _, status, ru = os.wait4(proc.pid, 0)
         m.seconds = time.perf_counter() - t0
@@ -90,11 +98,14 @@ def run_child(m: Measured, argv: list[str], logs: Path, cwd: Path, env: dict | N
     return m
 
 
-def start_background(cmd: list[str], cwd: Path, stderr_path: Path, what: str) -> tuple[subprocess.Popen, dict]:
-    """Starts a test-bed server that prints one JSON line (its address) and
-    stays up until its stdin closes; returns the process and that line."""
+def start_background(cmd: list[str], cwd: Path, stderr_path: Path, what: str,
+                     cpus: set[int] | None = None) -> tuple[subprocess.Popen, dict]:
+    """Starts a test-bed server (on `cpus` when given) that prints one JSON
+    line (its address) and stays up until its stdin closes; returns the
+    process and that line."""
     err = open(stderr_path, "wb")
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, cwd=cwd)
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, cwd=cwd,
+                            preexec_fn=pinned(cpus))
     line = proc.stdout.readline()
     if not line:
         proc.wait()

@@ -132,7 +132,8 @@ class ApiMeasured(Measured):
         self.load = (0.0, 0.0)
 
 
-def measure(name: str, argv: list[str], env: dict, logs: Path, server_pid: int) -> ApiMeasured:
+def measure(name: str, argv: list[str], env: dict, logs: Path, server_pid: int,
+            cpus: set[int] | None = None) -> ApiMeasured:
     """Runs argv; wall time, its own peak RSS and CPU time (os.wait4), the
     sampled peak RSS of its process tree, the server's and everything else's
     CPU seconds meanwhile, and the loopback bytes."""
@@ -161,7 +162,7 @@ def measure(name: str, argv: list[str], env: dict, logs: Path, server_pid: int) 
             sampler.join()
         return stop
 
-    run_child(m, argv, logs, ROOT, env, started)
+    run_child(m, argv, logs, ROOT, env, started, cpus)
     lo1, busy1, srv1 = loopback_bytes(), machine_busy_s(), proc_cpu_s(server_pid)
     m.load = (m.load[0], os.getloadavg()[0])
     m.tree_peak = max(peak[0], m.maxrss_kib * 1024)
@@ -200,10 +201,10 @@ def request_counts(base: str) -> dict:
                                   "credential_leaks")}
 
 
-def start_server(python: str, spec: str, key: str, cache: Path, logs: Path):
+def start_server(python: str, spec: str, key: str, cache: Path, logs: Path, cpus: set[int] | None = None):
     cmd = [python, str(TESTBED / "wandb_server.py"), "--synthetic", spec, "--port", "0",
            "--files-port", "0", "--api-key", key, "--cache", str(cache), "--exit-with-stdin"]
-    return start_background(cmd, ROOT, logs / "server.stderr", "the test server")
+    return start_background(cmd, ROOT, logs / "server.stderr", "the test server", cpus)
 
 
 # --------------------------------------------------------------------------
@@ -526,6 +527,9 @@ def main(argv=None) -> int:
     ap.add_argument("--python", type=Path, help="python for the server and the official client "
                     "(default: target/testbed-venv/bin/python if present, else this python)")
     ap.add_argument("--no-build", action="store_true", help="use target/release/runport as it is")
+    ap.add_argument("--separate-cores", action="store_true",
+                    help="the server on the first CPU, every measured command on the others "
+                         "(as if the server ran on a machine of its own)")
     ap.add_argument("--json-out", type=Path, help="also write the results here as JSON")
     args = ap.parse_args(argv)
     if args.quick:
@@ -547,8 +551,17 @@ def main(argv=None) -> int:
     load_start = os.getloadavg()
     log(f"load average at start: {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f} "
         f"({os.cpu_count()} CPUs)")
+    server_cpus = client_cpus = None
+    if args.separate_cores:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            log("--separate-cores needs at least 2 CPUs")
+            return 2
+        server_cpus, client_cpus = {cpus[0]}, set(cpus[1:])
+        log(f"separate cores: the server on CPU {cpus[0]}, measured commands on CPUs "
+            f"{','.join(map(str, cpus[1:]))}")
     t_server = time.perf_counter()
-    server, info = start_server(python, spec, key, cache, logs)
+    server, info = start_server(python, spec, key, cache, logs, server_cpus)
     log(f"test server ready in {time.perf_counter() - t_server:.1f} s: {info['runs']} runs ({spec})")
     base = info["base_url"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
@@ -572,7 +585,7 @@ def main(argv=None) -> int:
 
         # warm-up: every history file written (or found in --cache) and read once
         t_warm = time.perf_counter()
-        warm = measure("warm-up", floor_argv, env, logs, server.pid)
+        warm = measure("warm-up", floor_argv, env, logs, server.pid, client_cpus)
         log(f"warm-up (every history file written or found in the cache) took "
             f"{time.perf_counter() - t_warm:.1f} s")
         if warm.status != 0:
@@ -584,7 +597,7 @@ def main(argv=None) -> int:
                 # every runport run starts from an empty directory, as a first export does
                 shutil.rmtree(out / "runport", ignore_errors=True)
             admin(base, "/_testbed/reset", {"requests": True})
-            m = measure(name, argv_, env, logs, server.pid)
+            m = measure(name, argv_, env, logs, server.pid, client_cpus)
             m.requests = request_counts(base)
             return m
 
@@ -706,6 +719,9 @@ def main(argv=None) -> int:
             f"{m.rss_mib:>12.1f} {m.tree_peak / MIB:>8.1f} {m.cpu_s:>7.1f} {m.server_cpu_s:>10.1f} "
             f"{m.other_cpu_s:>9.1f} {m.requests.get('total', 0):>8}")
     lines.append("")
+    lines.append("cores: the server on CPU " + ",".join(map(str, sorted(server_cpus))) + ", the commands on CPUs "
+                 + ",".join(map(str, sorted(client_cpus))) if args.separate_cores else
+                 f"cores: the server and the commands share the machine's {os.cpu_count()} CPUs")
     if n_official != args.runs and not args.skip_official:
         lines.append(f"official client: measured on the first {n_official} of {args.runs} runs; "
                      f"'est. all' = start-up + {scale:.0f} x its measured work (linear extrapolation)")
@@ -741,6 +757,7 @@ def main(argv=None) -> int:
     if args.json_out:
         args.json_out.write_text(json.dumps({
             "runs": args.runs, "steps": args.steps, "keys": args.keys, "concurrency": args.concurrency,
+            "separate_cores": args.separate_cores,
             "official_runs": n_official,
             "commands": [{"name": n, "seconds": m.seconds, "estimated_all_runs_seconds": est[n],
                           "peak_rss_mib": m.rss_mib, "tree_peak_rss_mib": m.tree_peak / MIB,
