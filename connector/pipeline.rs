@@ -90,12 +90,7 @@ where
         let work = Arc::clone(&work);
         let tx = tx.clone();
         pool.spawn(move || {
-            let out = catch_unwind(AssertUnwindSafe(|| work(i))).map_err(|p| {
-                p.downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| p.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "panic".to_string())
-            });
+            let out = catch_unwind(AssertUnwindSafe(|| work(i))).map_err(|p| panic_text(&*p));
             // The consumer may have stopped; the result is then dropped.
             let _ = tx.send((i, out));
         });
@@ -121,6 +116,14 @@ where
             }
         }
     }
+}
+
+/// The message of a caught panic.
+pub fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".to_string())
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use std::future::Future;
 
 use crate::error::{Error, Result};
-use crate::pipeline::{HistoryEncoding, ReadRun};
+use crate::pipeline::{HistoryEncoding, ReadRun, panic_text};
 use crate::plan::FetchPlan;
 use crate::run::RunData;
 
@@ -170,11 +170,19 @@ async fn produce<S: RemoteSource>(
                             if !order.admit(i).await {
                                 return;
                             }
-                            tokio::task::spawn_blocking(move || {
-                                api.decode(&plan, fetched).and_then(|data| ReadRun::encode(data, encoding.as_deref()))
-                            })
-                            .await
-                            .unwrap_or_else(|e| Err(format!("internal error while decoding: {e}")))
+                            // On rayon's pool, the writer's encoders' too: the
+                            // CPU-bound threads are as many as the cores.
+                            let (done, decoded) = tokio::sync::oneshot::channel();
+                            rayon::spawn(move || {
+                                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                    api.decode(&plan, fetched)
+                                        .and_then(|data| ReadRun::encode(data, encoding.as_deref()))
+                                }));
+                                let _ = done.send(result.unwrap_or_else(|panic| {
+                                    Err(format!("internal error while decoding: {}", panic_text(&*panic)))
+                                }));
+                            });
+                            decoded.await.unwrap_or_else(|_| Err("internal error: the decoder stopped".into()))
                         }
                         Err(e) => Err(e),
                     };
