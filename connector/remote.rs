@@ -1,6 +1,6 @@
 //! The pipeline of network sources: the whole listing (a few pages) → runs
 //! sorted by id → per-run fetches (async, bounded by the HTTP limit) →
-//! decoding and Arrow building (blocking pool) → the caller's consumer, in
+//! decoding and Arrow building (rayon's pool, shared with the writer's encoders) → the caller's consumer, in
 //! run-id order.
 //!
 //! At most `window` runs are in flight or waiting for the consumer: a run's
@@ -48,7 +48,7 @@ pub trait RemoteSource: Send + Sync + 'static {
         listed: Self::Listed,
     ) -> impl Future<Output = Result<Self::Fetched, String>> + Send;
 
-    /// The CPU stage: the fetched run as [`RunData`] (runs on the blocking pool).
+    /// The CPU stage: the fetched run as [`RunData`] (runs on rayon's pool).
     fn decode(&self, plan: &FetchPlan, fetched: Self::Fetched) -> Result<RunData, String>;
 }
 
