@@ -1,7 +1,7 @@
 //! The pipeline of network sources: the whole listing (a few pages) → runs
 //! sorted by id → per-run fetches (async, bounded by the HTTP limit) →
-//! decoding and Arrow building (rayon's pool, shared with the writer's encoders) → the caller's consumer, in
-//! run-id order.
+//! decoding and Arrow building (rayon's pool, shared with the writer's
+//! encoders) → the caller's consumer, in run-id order.
 //!
 //! At most `window` runs are in flight or waiting for the consumer: a run's
 //! slot is freed only once consumed, so memory stays flat however many runs
