@@ -2,11 +2,13 @@
 //!
 //!     cargo run --example make_seeds -- corpus
 //!
-//! creates `corpus/{log_reader,decode_run,value_parser}/seed-*`: small and
+//! creates `corpus/{log_reader,decode_run,value_parser,history_file}/seed-*`: small and
 //! multi-block transaction logs built with `encode_log` (each once as a whole
 //! file and once in the "behind a valid header" form, first byte 0x05), chunk
 //! lists for `log_reader` (first byte 0x03), and JSON values for the value
-//! parser. Real `.wandb` files make good extra
+//! parser; small exported history files (Parquet: zstd and plain, data pages
+//! v1 and v2, dictionaries, nulls, several pages) for `history_file`. Real
+//! `.wandb` files make good extra
 //! seeds: copy them into the log_reader and decode_run folders.
 
 use std::fs;
@@ -220,5 +222,51 @@ fn main() {
     for (i, v) in values.iter().enumerate() {
         fs::write(dir.join(format!("seed-{i:02}")), v).unwrap();
     }
+    history_files(&root.join("history_file"));
     println!("seeds written under {}", root.display());
+}
+
+/// Wide history files as the W&B server exports them: `_step`,
+/// `_timestamp`, `_runtime` and a few keys, some with nulls.
+fn history_files(dir: &Path) {
+    use std::sync::Arc;
+
+    use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch};
+    use parquet::arrow::ArrowWriter;
+    use parquet::basic::{Compression, ZstdLevel};
+    use parquet::file::properties::{WriterProperties, WriterVersion};
+
+    fs::create_dir_all(dir).unwrap();
+    let n = 40i64;
+    let batch = RecordBatch::try_from_iter([
+        ("_step", Arc::new(Int64Array::from_iter_values(0..n)) as ArrayRef),
+        ("_timestamp", Arc::new(Float64Array::from_iter_values((0..n).map(|i| 1.7e9 + i as f64))) as ArrayRef),
+        ("_runtime", Arc::new(Float64Array::from_iter_values((0..n).map(|i| i as f64 / 4.0))) as ArrayRef),
+        ("loss", Arc::new(Float64Array::from_iter((0..n).map(|i| (i % 3 != 1).then_some(1.0 / (i + 1) as f64)))) as ArrayRef),
+        ("acc", Arc::new(Float64Array::from_iter_values((0..n).map(|i| (i % 4) as f64))) as ArrayRef),
+    ])
+    .unwrap();
+    let zstd = Compression::ZSTD(ZstdLevel::try_new(1).unwrap());
+    let configs = [
+        ("zstd-v1", WriterProperties::builder().set_compression(zstd).build()),
+        ("zstd-v2", WriterProperties::builder().set_compression(zstd).set_writer_version(WriterVersion::PARQUET_2_0).build()),
+        ("plain-v1", WriterProperties::builder().set_compression(Compression::UNCOMPRESSED).build()),
+        (
+            "zstd-small-pages",
+            WriterProperties::builder()
+                .set_compression(zstd)
+                .set_dictionary_enabled(false)
+                .set_data_page_row_count_limit(8)
+                .set_write_batch_size(4)
+                .set_max_row_group_row_count(Some(25))
+                .build(),
+        ),
+    ];
+    for (name, props) in configs {
+        let mut out = Vec::new();
+        let mut w = ArrowWriter::try_new(&mut out, batch.schema(), Some(props)).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        fs::write(dir.join(format!("seed-{name}.parquet")), out).unwrap();
+    }
 }

@@ -67,6 +67,7 @@ impl<'p> HistoryBuilder<'p> {
     pub fn add_parquet(&mut self, file: Bytes) -> Result<usize, String> {
         let builder =
             ParquetRecordBatchReaderBuilder::try_new(file.clone()).map_err(|e| format!("history file: {e}"))?;
+        parquet_pages::check_chunks(builder.metadata(), file.len()).map_err(|e| format!("history file: {e}"))?;
         let schema = Arc::clone(builder.schema());
         let roots: Vec<usize> = schema
             .fields()
@@ -85,12 +86,18 @@ impl<'p> HistoryBuilder<'p> {
             builder.with_projection(mask).with_batch_size(rows).build()
         }
         .map_err(|e| format!("history file: {e}"))?;
-        let mut added = 0;
-        for batch in reader {
-            let batch = batch.map_err(|e| format!("history file: {e}"))?;
-            added += self.add_batch(&batch)?;
-        }
-        Ok(added)
+        // parquet's decoders may panic on damaged pages that runport's page
+        // reader cannot see (or in files of another codec, read by parquet's
+        // own): such a file is an error of this run, not a crash.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut added = 0;
+            for batch in reader {
+                let batch = batch.map_err(|e| format!("history file: {e}"))?;
+                added += self.add_batch(&batch)?;
+            }
+            Ok(added)
+        }))
+        .unwrap_or_else(|p| Err(format!("history file: damaged data ({})", crate::pipeline::panic_text(&*p))))
     }
 
     fn add_batch(&mut self, batch: &RecordBatch) -> Result<usize, String> {
@@ -310,6 +317,29 @@ mod tests {
         w.write(&batch).unwrap();
         w.close().unwrap();
         Bytes::from(out)
+    }
+
+    #[test]
+    fn damaged_files_are_errors() {
+        // Inputs the fuzz target found: parquet's reader panics on each (a
+        // dictionary-encoded page without its dictionary, a column chunk
+        // outside the file, a damaged delta page); runport reports an error.
+        let plan = FetchPlan::new(Selection::all(), HistoryLayout::Long, WANDB_IDENTITY_COLUMNS);
+        for (name, data) in [
+            (
+                "dictionary page missing",
+                &include_bytes!("../../../tests/fixtures/history-dictionary-page-missing.parquet")[..],
+            ),
+            (
+                "chunk outside the file",
+                &include_bytes!("../../../tests/fixtures/history-chunk-outside-file.parquet")[..],
+            ),
+            ("delta page damaged", &include_bytes!("../../../tests/fixtures/history-delta-page-damaged.parquet")[..]),
+        ] {
+            let mut b = HistoryBuilder::new(&plan);
+            let e = b.add_parquet(Bytes::from_static(data)).expect_err(name);
+            assert!(e.starts_with("history file: "), "{name}: {e}");
+        }
     }
 
     #[test]

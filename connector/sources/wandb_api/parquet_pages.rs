@@ -35,6 +35,35 @@ pub fn handles(meta: &ParquetMetaData) -> bool {
         .all(|c| matches!(c.compression(), Compression::UNCOMPRESSED | Compression::ZSTD(_)))
 }
 
+/// Checks that every column chunk lies inside the file (parquet's own page
+/// reader panics on a negative offset or size).
+pub fn check_chunks(meta: &ParquetMetaData, file_len: usize) -> Result<()> {
+    for (g, rg) in meta.row_groups().iter().enumerate() {
+        for i in 0..rg.num_columns() {
+            chunk_range(rg, g, i, file_len)?;
+        }
+    }
+    Ok(())
+}
+
+/// The bytes of column `i` of row group `g`.
+fn chunk_range(rg: &RowGroupMetaData, g: usize, i: usize, file_len: usize) -> Result<std::ops::Range<usize>> {
+    let col = rg.columns().get(i).ok_or_else(|| err(format!("row group {g} has no column {i}")))?;
+    let start = col.dictionary_page_offset().unwrap_or(col.data_page_offset());
+    usize::try_from(start)
+        .ok()
+        .zip(usize::try_from(col.compressed_size()).ok())
+        .and_then(|(s, n)| Some(s..s.checked_add(n)?))
+        .filter(|r| r.end <= file_len)
+        .ok_or_else(|| {
+            err(format!(
+                "column {} of row group {g}: bytes {start}+{} outside the file ({file_len} bytes)",
+                col.column_path(),
+                col.compressed_size(),
+            ))
+        })
+}
+
 /// Reads the columns of `levels` (projected from the file's schema) from the
 /// file's bytes.
 pub fn reader(
@@ -59,25 +88,13 @@ impl RowGroups for File {
     fn column_chunks(&self, i: usize) -> Result<Box<dyn PageIterator>> {
         let mut chunks = Vec::with_capacity(self.meta.num_row_groups());
         for (g, rg) in self.meta.row_groups().iter().enumerate() {
-            let col = rg.columns().get(i).ok_or_else(|| err(format!("row group {g} has no column {i}")))?;
-            let start = col.dictionary_page_offset().unwrap_or(col.data_page_offset());
-            let range = usize::try_from(start)
-                .ok()
-                .zip(usize::try_from(col.compressed_size()).ok())
-                .and_then(|(s, n)| Some(s..s.checked_add(n)?))
-                .filter(|r| r.end <= self.data.len())
-                .ok_or_else(|| {
-                    err(format!(
-                        "column {} of row group {g}: bytes {start}+{} outside the file ({} bytes)",
-                        col.column_path(),
-                        col.compressed_size(),
-                        self.data.len()
-                    ))
-                })?;
+            let range = chunk_range(rg, g, i, self.data.len())?;
+            let col = &rg.columns()[i];
             let pages = ChunkPages {
                 data: self.data.slice(range),
                 pos: 0,
                 zstd: col.compression() != Compression::UNCOMPRESSED,
+                has_dictionary: false,
             };
             chunks.push(Ok(Box::new(pages) as Box<dyn PageReader>));
         }
@@ -109,6 +126,9 @@ struct ChunkPages {
     data: Bytes,
     pos: usize,
     zstd: bool,
+    /// A dictionary page came: dictionary-encoded data pages may follow
+    /// (parquet's decoder panics on one without it).
+    has_dictionary: bool,
 }
 
 impl ChunkPages {
@@ -150,6 +170,19 @@ impl PageReader for ChunkPages {
     fn get_next_page(&mut self) -> Result<Option<Page>> {
         let Some((h, body)) = self.next_raw(true)? else { return Ok(None) };
         let size = h.uncompressed;
+        let encoding = match &h.kind {
+            Kind::Dictionary(_) => {
+                self.has_dictionary = true;
+                None
+            }
+            Kind::V1(d) => Some(d.encoding),
+            Kind::V2(d) => Some(d.encoding),
+            Kind::Other => None,
+        };
+        #[allow(deprecated)]
+        if matches!(encoding, Some(Encoding::RLE_DICTIONARY | Encoding::PLAIN_DICTIONARY)) && !self.has_dictionary {
+            return Err(err("a dictionary-encoded data page without a dictionary page".into()));
+        }
         Ok(Some(match h.kind {
             Kind::Dictionary(d) => Page::DictionaryPage {
                 buf: self.body(body, 0, size, true)?,
@@ -715,6 +748,19 @@ mod tests {
             assert!(result.is_err(), "a file cut at {cut} must fail");
         }
         assert_eq!(read_ours(&data, &[0, 1, 2, 3]).unwrap(), good);
+    }
+
+    #[test]
+    fn a_dictionary_page_missing_is_an_error() {
+        let data = file(WriterProperties::builder().build(), &[batch(300, 3)]);
+        let meta = ParquetRecordBatchReaderBuilder::try_new(data.clone()).unwrap().metadata().clone();
+        let at = meta.row_group(0).column(2).dictionary_page_offset().expect("acc has a dictionary") as usize;
+        // The header's first field is the page type (2, zigzag 4): make it an index page (1), which is skipped.
+        assert_eq!(&data[at..at + 2], [0x15, 0x04]);
+        let mut bad = data.to_vec();
+        bad[at + 1] = 0x02;
+        let e = read_ours(&Bytes::from(bad), &[2]).unwrap_err();
+        assert!(e.to_string().contains("without a dictionary page"), "{e}");
     }
 
     #[test]
