@@ -83,7 +83,8 @@ impl<'p> HistoryBuilder<'p> {
                 .map_err(|e| format!("history file: {e}"))?;
             parquet_pages::reader(file, Arc::clone(builder.metadata()), &levels, rows)
         } else {
-            builder.with_projection(mask).with_batch_size(rows).build()
+            parquet_pages::check_pages(&file, builder.metadata())
+                .and_then(|()| builder.with_projection(mask).with_batch_size(rows).build())
         }
         .map_err(|e| format!("history file: {e}"))?;
         // parquet's decoders may panic on damaged pages that runport's page
@@ -321,9 +322,11 @@ mod tests {
 
     #[test]
     fn damaged_files_are_errors() {
-        // Inputs the fuzz target found: parquet's reader panics on each (a
-        // dictionary-encoded page without its dictionary, a column chunk
-        // outside the file, a damaged delta page); runport reports an error.
+        // Inputs the fuzz target found: parquet's reader panics on the first
+        // three (a dictionary-encoded page without its dictionary, a column
+        // chunk outside the file, a damaged delta page) and takes seconds on
+        // the fourth (2 KB, a damaged page header of a non-zstd file);
+        // runport reports an error at once.
         let plan = FetchPlan::new(Selection::all(), HistoryLayout::Long, WANDB_IDENTITY_COLUMNS);
         for (name, data) in [
             (
@@ -335,6 +338,10 @@ mod tests {
                 &include_bytes!("../../../tests/fixtures/history-chunk-outside-file.parquet")[..],
             ),
             ("delta page damaged", &include_bytes!("../../../tests/fixtures/history-delta-page-damaged.parquet")[..]),
+            (
+                "page header parquet reads slowly",
+                &include_bytes!("../../../tests/fixtures/history-page-header-read-slowly.parquet")[..],
+            ),
         ] {
             let mut b = HistoryBuilder::new(&plan);
             let e = b.add_parquet(Bytes::from_static(data)).expect_err(name);
