@@ -78,19 +78,19 @@ impl<'p> HistoryBuilder<'p> {
             .collect();
         let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
         let rows = builder.metadata().file_metadata().num_rows().clamp(1, 65536) as usize;
-        let reader = if parquet_pages::handles(builder.metadata()) {
-            let levels = parquet_to_arrow_field_levels(builder.parquet_schema(), mask, Some(schema.fields()))
-                .map_err(|e| format!("history file: {e}"))?;
-            parquet_pages::reader(file, Arc::clone(builder.metadata()), &levels, rows)
-        } else {
-            parquet_pages::check_pages(&file, builder.metadata())
-                .and_then(|()| builder.with_projection(mask).with_batch_size(rows).build())
-        }
-        .map_err(|e| format!("history file: {e}"))?;
-        // parquet's decoders may panic on damaged pages that runport's page
-        // reader cannot see (or in files of another codec, read by parquet's
-        // own): such a file is an error of this run, not a crash.
+        // parquet's reader may panic on damaged data that runport's checks
+        // do not see (or in files of another codec, read by parquet's own
+        // page reader): such a file is an error of this run, not a crash.
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let reader = if parquet_pages::handles(builder.metadata()) {
+                let levels = parquet_to_arrow_field_levels(builder.parquet_schema(), mask, Some(schema.fields()))
+                    .map_err(|e| format!("history file: {e}"))?;
+                parquet_pages::reader(file, Arc::clone(builder.metadata()), &levels, rows)
+            } else {
+                parquet_pages::check_pages(&file, builder.metadata())
+                    .and_then(|()| builder.with_projection(mask).with_batch_size(rows).build())
+            }
+            .map_err(|e| format!("history file: {e}"))?;
             let mut added = 0;
             for batch in reader {
                 let batch = batch.map_err(|e| format!("history file: {e}"))?;
@@ -322,11 +322,11 @@ mod tests {
 
     #[test]
     fn damaged_files_are_errors() {
-        // Inputs the fuzz target found: parquet's reader panics on the first
-        // three (a dictionary-encoded page without its dictionary, a column
-        // chunk outside the file, a damaged delta page) and takes seconds on
-        // the fourth (2 KB, a damaged page header of a non-zstd file);
-        // runport reports an error at once.
+        // Inputs the fuzz target found: parquet's reader panics on four (a
+        // dictionary-encoded page without its dictionary, a column chunk
+        // outside the file, a damaged delta page, row counts whose sum
+        // overflows) and takes seconds on the fifth (2 KB, a damaged page
+        // header of a non-zstd file); runport reports an error at once.
         let plan = FetchPlan::new(Selection::all(), HistoryLayout::Long, WANDB_IDENTITY_COLUMNS);
         for (name, data) in [
             (

@@ -38,7 +38,12 @@ pub fn handles(meta: &ParquetMetaData) -> bool {
 /// Checks that every column chunk lies inside the file (parquet's own page
 /// reader panics on a negative offset or size).
 pub fn check_chunks(meta: &ParquetMetaData, file_len: usize) -> Result<()> {
+    let mut rows = 0i64;
     for (g, rg) in meta.row_groups().iter().enumerate() {
+        rows = rows
+            .checked_add(rg.num_rows())
+            .filter(|_| rg.num_rows() >= 0)
+            .ok_or_else(|| err(format!("row group {g} of {} rows", rg.num_rows())))?;
         for i in 0..rg.num_columns() {
             chunk_range(rg, g, i, file_len)?;
         }
@@ -96,7 +101,7 @@ struct File {
 
 impl RowGroups for File {
     fn num_rows(&self) -> usize {
-        self.meta.row_groups().iter().map(|rg| rg.num_rows().max(0) as usize).sum()
+        self.meta.row_groups().iter().fold(0usize, |n, rg| n.saturating_add(rg.num_rows().max(0) as usize))
     }
 
     fn column_chunks(&self, i: usize) -> Result<Box<dyn PageIterator>> {
