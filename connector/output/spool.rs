@@ -63,14 +63,22 @@ impl Spool {
         if sent { Ok(()) } else { Err(self.failure()) }
     }
 
-    /// The writer thread's error, once it has stopped.
-    fn failure(&mut self) -> io::Error {
+    /// Ends the writer thread's input and waits for it: the file once it has
+    /// written everything it was given, or its error.
+    fn join(&mut self) -> io::Result<File> {
         self.to_writer = None;
         match self.writer.take().map(|h| h.join()) {
-            Some(Ok(Err(e))) => e,
-            Some(Ok(Ok(_))) => io::Error::other("the file's writer thread stopped early"),
-            Some(Err(_)) => io::Error::other("the file's writer thread panicked"),
-            None => io::Error::other("the file was written already or failed before"),
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(io::Error::other("the file's writer thread panicked")),
+            None => Err(io::Error::other("the file was written already or failed before")),
+        }
+    }
+
+    /// The writer thread's error, once it has stopped.
+    fn failure(&mut self) -> io::Error {
+        match self.join() {
+            Err(e) => e,
+            Ok(_) => io::Error::other("the file's writer thread stopped early"),
         }
     }
 
@@ -78,12 +86,7 @@ impl Spool {
     /// once every byte given to the spool has been written to it.
     pub fn finish(mut self) -> io::Result<File> {
         self.send()?;
-        self.to_writer = None;
-        match self.writer.take().map(|h| h.join()) {
-            Some(Ok(result)) => result,
-            Some(Err(_)) => Err(io::Error::other("the file's writer thread panicked")),
-            None => Err(io::Error::other("the file was written already or failed before")),
-        }
+        self.join()
     }
 }
 
@@ -108,10 +111,7 @@ impl Write for Spool {
 
 impl Drop for Spool {
     fn drop(&mut self) {
-        self.to_writer = None;
-        if let Some(h) = self.writer.take() {
-            let _ = h.join();
-        }
+        let _ = self.join();
     }
 }
 

@@ -65,9 +65,8 @@ impl<'p> HistoryBuilder<'p> {
 
     /// Adds the rows of one exported Parquet file. Returns the rows added.
     pub fn add_parquet(&mut self, file: Bytes) -> Result<usize, String> {
-        let builder =
-            ParquetRecordBatchReaderBuilder::try_new(file.clone()).map_err(|e| format!("history file: {e}"))?;
-        parquet_pages::check_chunks(builder.metadata(), file.len()).map_err(|e| format!("history file: {e}"))?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file.clone()).map_err(file_error)?;
+        parquet_pages::check_chunks(builder.metadata(), file.len()).map_err(file_error)?;
         let schema = Arc::clone(builder.schema());
         let roots: Vec<usize> = schema
             .fields()
@@ -84,16 +83,16 @@ impl<'p> HistoryBuilder<'p> {
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let reader = if parquet_pages::handles(builder.metadata()) {
                 let levels = parquet_to_arrow_field_levels(builder.parquet_schema(), mask, Some(schema.fields()))
-                    .map_err(|e| format!("history file: {e}"))?;
+                    .map_err(file_error)?;
                 parquet_pages::reader(file, Arc::clone(builder.metadata()), &levels, rows)
             } else {
                 parquet_pages::check_pages(&file, builder.metadata())
                     .and_then(|()| builder.with_projection(mask).with_batch_size(rows).build())
             }
-            .map_err(|e| format!("history file: {e}"))?;
+            .map_err(file_error)?;
             let mut added = 0;
             for batch in reader {
-                let batch = batch.map_err(|e| format!("history file: {e}"))?;
+                let batch = batch.map_err(file_error)?;
                 added += self.add_batch(&batch)?;
             }
             Ok(added)
@@ -242,6 +241,11 @@ fn numbers(col: &ArrayRef) -> Vec<Option<f64>> {
     } else {
         (0..col.len()).map(|i| cell(col, i).and_then(|v| v.as_f64())).collect()
     }
+}
+
+/// An error of reading a history file, as the run reports it.
+fn file_error(e: impl std::fmt::Display) -> String {
+    format!("history file: {e}")
 }
 
 /// One cell as a value; `None` when null.

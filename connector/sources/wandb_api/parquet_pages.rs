@@ -58,7 +58,7 @@ pub fn check_pages(data: &Bytes, meta: &ParquetMetaData) -> Result<()> {
     for (g, rg) in meta.row_groups().iter().enumerate() {
         for i in 0..rg.num_columns() {
             let range = chunk_range(rg, g, i, data.len())?;
-            let mut pages = ChunkPages { data: data.slice(range), pos: 0, zstd: false, has_dictionary: false };
+            let mut pages = ChunkPages::new(data.slice(range), false);
             while pages.next_raw(true)?.is_some() {}
         }
     }
@@ -108,13 +108,8 @@ impl RowGroups for File {
         let mut chunks = Vec::with_capacity(self.meta.num_row_groups());
         for (g, rg) in self.meta.row_groups().iter().enumerate() {
             let range = chunk_range(rg, g, i, self.data.len())?;
-            let col = &rg.columns()[i];
-            let pages = ChunkPages {
-                data: self.data.slice(range),
-                pos: 0,
-                zstd: col.compression() != Compression::UNCOMPRESSED,
-                has_dictionary: false,
-            };
+            let pages =
+                ChunkPages::new(self.data.slice(range), rg.column(i).compression() != Compression::UNCOMPRESSED);
             chunks.push(Ok(Box::new(pages) as Box<dyn PageReader>));
         }
         Ok(Box::new(Chunks(chunks.into_iter())))
@@ -151,6 +146,21 @@ struct ChunkPages {
 }
 
 impl ChunkPages {
+    fn new(data: Bytes, zstd: bool) -> ChunkPages {
+        ChunkPages { data, pos: 0, zstd, has_dictionary: false }
+    }
+
+    /// A dictionary-encoded data page needs the chunk's dictionary page
+    /// before it (parquet's decoder panics without one).
+    fn check_dictionary(&self, encoding: Encoding) -> Result<()> {
+        #[allow(deprecated)]
+        let needs = matches!(encoding, Encoding::RLE_DICTIONARY | Encoding::PLAIN_DICTIONARY);
+        if needs && !self.has_dictionary {
+            return Err(err("a dictionary-encoded data page without a dictionary page".into()));
+        }
+        Ok(())
+    }
+
     /// The next page's header and body (index pages and unknown kinds skipped).
     fn next_raw(&mut self, advance: bool) -> Result<Option<(Header, Bytes)>> {
         let mut pos = self.pos;
@@ -189,35 +199,29 @@ impl PageReader for ChunkPages {
     fn get_next_page(&mut self) -> Result<Option<Page>> {
         let Some((h, body)) = self.next_raw(true)? else { return Ok(None) };
         let size = h.uncompressed;
-        let encoding = match &h.kind {
-            Kind::Dictionary(_) => {
-                self.has_dictionary = true;
-                None
-            }
-            Kind::V1(d) => Some(d.encoding),
-            Kind::V2(d) => Some(d.encoding),
-            Kind::Other => None,
-        };
-        #[allow(deprecated)]
-        if matches!(encoding, Some(Encoding::RLE_DICTIONARY | Encoding::PLAIN_DICTIONARY)) && !self.has_dictionary {
-            return Err(err("a dictionary-encoded data page without a dictionary page".into()));
-        }
         Ok(Some(match h.kind {
-            Kind::Dictionary(d) => Page::DictionaryPage {
-                buf: self.body(body, 0, size, true)?,
-                num_values: d.num_values,
-                encoding: d.encoding,
-                is_sorted: d.is_sorted,
-            },
-            Kind::V1(d) => Page::DataPage {
-                buf: self.body(body, 0, size, true)?,
-                num_values: d.num_values,
-                encoding: d.encoding,
-                def_level_encoding: d.def_level_encoding,
-                rep_level_encoding: d.rep_level_encoding,
-                statistics: None,
-            },
+            Kind::Dictionary(d) => {
+                self.has_dictionary = true;
+                Page::DictionaryPage {
+                    buf: self.body(body, 0, size, true)?,
+                    num_values: d.num_values,
+                    encoding: d.encoding,
+                    is_sorted: d.is_sorted,
+                }
+            }
+            Kind::V1(d) => {
+                self.check_dictionary(d.encoding)?;
+                Page::DataPage {
+                    buf: self.body(body, 0, size, true)?,
+                    num_values: d.num_values,
+                    encoding: d.encoding,
+                    def_level_encoding: d.def_level_encoding,
+                    rep_level_encoding: d.rep_level_encoding,
+                    statistics: None,
+                }
+            }
             Kind::V2(d) => {
+                self.check_dictionary(d.encoding)?;
                 let levels = d.def_levels_byte_len as usize + d.rep_levels_byte_len as usize;
                 Page::DataPageV2 {
                     buf: self.body(body, levels, size, d.is_compressed)?,
