@@ -23,8 +23,9 @@ pub enum Error {
 }
 
 impl Error {
+    /// The source is shown without credentials ([`crate::redact`]).
     pub fn source(name: impl Display, reason: impl Display) -> Error {
-        Error::Source { source_name: name.to_string(), reason: reason.to_string() }
+        Error::Source { source_name: crate::redact::redact(&name.to_string()), reason: reason.to_string() }
     }
 
     pub fn write(path: impl Display, source: std::io::Error) -> Error {

@@ -221,8 +221,11 @@ pub fn open(
             (Opened::MlflowRest(Arc::new(api)), "mlflow-rest")
         }
     };
-    let provenance =
-        Provenance { source: source.to_string(), source_kind: kind.into(), selection: plan.selection.to_string() };
+    let provenance = Provenance {
+        source: crate::redact::redact(source),
+        source_kind: kind.into(),
+        selection: plan.selection.to_string(),
+    };
     Ok(Planned { source: opened, plan: Arc::new(plan), provenance })
 }
 
@@ -235,7 +238,7 @@ impl Planned {
             Opened::MlflowLocal(local) => local_plan(local, &self.plan),
             Opened::MlflowRest(api) => serde_json::json!({
                 "source_kind": "mlflow-rest",
-                "base_url": api.opts.base_url,
+                "base_url": crate::redact::redact(&api.opts.base_url),
                 "stages": [
                     {"stage": "listing", "endpoint": "POST runs/search", "max_results": api.opts.max_results,
                      "order_by": "attributes.start_time ASC", "requests": "one per page"},
@@ -258,14 +261,14 @@ impl Planned {
             Opened::WandbFiles(files) => files.describe_plan(&self.plan),
             Opened::WandbApi(api) => serde_json::json!({
                 "source_kind": "wandb-api",
-                "base_url": api.opts.base_url,
+                "base_url": crate::redact::redact(&api.opts.base_url),
                 "listing_fields": wandb_api::queries::ListingFields::from_plan(&self.plan),
                 "per_page": api.opts.per_page,
             }),
             Opened::MlflowLocal(local) => local_plan(local, &self.plan),
             Opened::MlflowRest(api) => serde_json::json!({
                 "source_kind": "mlflow-rest",
-                "base_url": api.opts.base_url,
+                "base_url": crate::redact::redact(&api.opts.base_url),
                 "max_results": api.opts.max_results,
                 "view": api.opts.view.api_name(),
             }),

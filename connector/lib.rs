@@ -14,6 +14,7 @@ pub mod pipeline;
 pub mod plan;
 #[cfg(feature = "polars")]
 pub mod polars_io;
+pub mod redact;
 pub mod remote;
 pub mod run;
 pub mod selection;

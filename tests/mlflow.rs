@@ -194,4 +194,85 @@ fn basic_auth_rejects_a_wrong_password_and_accepts_the_right_one() {
     assert!(!stderr.contains("not-the-password"));
     let o = run(&password);
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+
+    credentials_in_the_url_authenticate_and_never_show(&server, &user, &password);
+}
+
+/// Credentials given only inside the tracking URI (the source argument, or
+/// `MLFLOW_TRACKING_URI` with the source `mlflow`): the export works, and
+/// neither the password nor its Basic form shows in stdout, stderr (both
+/// log formats, debug level), the plan, the manifest or any file's bytes.
+fn credentials_in_the_url_authenticate_and_never_show(server: &MlflowServer, user: &str, password: &str) {
+    // A few runs logged by the official client, which reads the credentials
+    // from its own environment variables.
+    let log = r#"
+import sys, mlflow
+mlflow.set_tracking_uri(sys.argv[1])
+mlflow.set_experiment("auth-exp")
+for i in range(3):
+    with mlflow.start_run(run_name=f"run-{i}"):
+        mlflow.log_param("lr", 0.1 * (i + 1))
+        for s in range(5):
+            mlflow.log_metric("loss", 1.0 / (s + 1 + i), step=s)
+"#;
+    let o = std::process::Command::new(python())
+        .arg("-c")
+        .arg(log)
+        .arg(&server.tracking_uri)
+        .env("MLFLOW_TRACKING_USERNAME", user)
+        .env("MLFLOW_TRACKING_PASSWORD", password)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "logging runs: {}", String::from_utf8_lossy(&o.stderr));
+
+    let with_creds = |pw: &str| {
+        let uri = server.tracking_uri.replacen("http://", &format!("http://{user}:{pw}@"), 1);
+        (format!("mlflow+{uri}"), uri)
+    };
+    let (source, uri) = with_creds(password);
+    let forms = secret_forms(password, Some(user));
+    let runport_clean = || {
+        let mut c = runport();
+        c.env_remove("MLFLOW_TRACKING_USERNAME")
+            .env_remove("MLFLOW_TRACKING_PASSWORD")
+            .env_remove("MLFLOW_TRACKING_TOKEN")
+            .env("RUST_LOG", "runport=debug");
+        c
+    };
+    for (log_format, via_env) in [("text", false), ("json", false), ("text", true)] {
+        let out = tempdir();
+        let mut cmd = runport_clean();
+        cmd.args(["--log-format", log_format, "export"]);
+        if via_env {
+            cmd.arg("mlflow").env("MLFLOW_TRACKING_URI", &uri);
+        } else {
+            cmd.arg(&source);
+        }
+        let o = cmd.arg("-o").arg(out.path()).arg("--json").output().unwrap();
+        let what = format!("export ({log_format} logs, URI in the environment: {via_env})");
+        assert_eq!(o.status.code(), Some(0), "{what}: {}", String::from_utf8_lossy(&o.stderr));
+        let summary = last_json_line(&String::from_utf8_lossy(&o.stdout));
+        assert_eq!(summary["runs"], 3, "{what}: {summary}");
+        assert!(summary["rows"]["history"].as_u64().unwrap() >= 15, "{what}: {summary}");
+        assert_no_secret_in(&format!("stdout of {what}"), &o.stdout, &forms);
+        assert_no_secret_in(&format!("stderr of {what}"), &o.stderr, &forms);
+        assert_no_secret_in_files(out.path(), &forms);
+        let manifest = std::fs::read_to_string(out.path().join("_manifest.json")).unwrap();
+        if !via_env {
+            assert!(manifest.contains("http://***@127.0.0.1"), "the manifest names the redacted source: {manifest}");
+        }
+    }
+    let o = runport_clean().args(["plan", &source, "--json"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_no_secret_in("plan", &[o.stdout.as_slice(), o.stderr.as_slice()].concat(), &forms);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("http://***@"), "{}", String::from_utf8_lossy(&o.stdout));
+
+    // A wrong password in the URL: rejected, and named as the URL's.
+    let (bad_source, _) = with_creds("wrong-url-password");
+    let out = tempdir();
+    let o = runport_clean().args(["export", &bad_source, "-o"]).arg(out.path()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("rejected the credentials") && stderr.contains("tracking URI"), "{stderr}");
+    assert_no_secret_in("stderr of a rejected export", &o.stderr, &secret_forms("wrong-url-password", Some(user)));
 }

@@ -190,26 +190,29 @@ fn faults_change_nothing_and_secrets_stay_put() {
     assert_eq!(req["files"]["rejected_credentials"], 0, "no credentials at the file origin: {}", req["files"]);
     assert_eq!(req["credential_leaks"].as_u64().unwrap_or(0), 0, "{}", req["credential_leaks"]);
     assert!(req["files"]["downloads"].as_u64().unwrap() > 0);
-    // The key never shows in output, logs or the dataset.
-    assert!(!stdout.contains(TEST_API_KEY) && !stderr.contains(TEST_API_KEY), "the API key leaked into the output");
+    // The key never shows in output, logs (both formats) or the dataset,
+    // neither raw nor as the Basic header's base64 of `api:KEY`.
+    let forms = secret_forms(TEST_API_KEY, Some("api"));
+    assert_no_secret_in("stdout", stdout.as_bytes(), &forms);
+    assert_no_secret_in("stderr", stderr.as_bytes(), &forms);
     assert!(stderr.contains("retrying"), "debug logs show the retries");
-    for e in walk(faulty.path()) {
-        let bytes = fs::read(&e).unwrap();
-        assert!(!bytes.windows(TEST_API_KEY.len()).any(|w| w == TEST_API_KEY.as_bytes()), "key in {}", e.display());
-    }
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
+    assert_no_secret_in_files(faulty.path(), &forms);
+    let json_logs = tempdir();
+    let o = runport()
+        .env("WANDB_API_KEY", TEST_API_KEY)
+        .env("RUST_LOG", "runport=debug")
+        .args(["--log-format", "json", "export", &server.uri(), "-o"])
+        .arg(json_logs.path())
+        .args(["--json", "--base-url", &server.base_url])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_no_secret_in("stdout (JSON logs)", &o.stdout, &forms);
+    assert_no_secret_in("stderr (JSON logs)", &o.stderr, &forms);
+    assert_no_secret_in_files(json_logs.path(), &forms);
+    let (code, stdout, stderr) = server.runport(&["plan", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_no_secret_in("plan", format!("{stdout}{stderr}").as_bytes(), &forms);
 }
 
 #[test]

@@ -38,7 +38,10 @@ impl SourceSpec {
             if url.starts_with("http://") || url.starts_with("https://") {
                 return Ok(SourceSpec::MlflowRest(url.to_string()));
             }
-            return Err(Error::Usage(format!("expected mlflow+http://HOST:PORT or mlflow+https://..., got {text}")));
+            return Err(Error::Usage(format!(
+                "expected mlflow+http://HOST:PORT or mlflow+https://..., got {}",
+                crate::redact::redact(text)
+            )));
         }
         if text == "mlflow" {
             let uri = std::env::var("MLFLOW_TRACKING_URI")

@@ -400,3 +400,43 @@ impl Drop for MlflowServer {
         let _ = self.child.wait();
     }
 }
+
+/// Every file under `dir`, recursively.
+pub fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).unwrap_or_else(|e| panic!("list {}: {e}", dir.display())).flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk_files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// A secret and the forms it travels in: itself and, with `basic_user`, the
+/// base64 of `user:secret` that an `Authorization: Basic` header carries.
+pub fn secret_forms(secret: &str, basic_user: Option<&str>) -> Vec<String> {
+    use base64::Engine;
+    let mut forms = vec![secret.to_string()];
+    if let Some(user) = basic_user {
+        forms.push(base64::engine::general_purpose::STANDARD.encode(format!("{user}:{secret}")));
+    }
+    forms
+}
+
+/// Panics when any form of a secret appears in `text` (what `label` names).
+pub fn assert_no_secret_in(label: &str, text: &[u8], forms: &[String]) {
+    for f in forms {
+        assert!(!text.windows(f.len()).any(|w| w == f.as_bytes()), "a secret ({} bytes) leaked into {label}", f.len());
+    }
+}
+
+/// Panics when any form of a secret appears in any file under `dir`.
+pub fn assert_no_secret_in_files(dir: &Path, forms: &[String]) {
+    for p in walk_files(dir) {
+        let bytes = fs::read(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
+        assert_no_secret_in(&p.display().to_string(), &bytes, forms);
+    }
+}

@@ -26,6 +26,7 @@ use super::{MetricPoint, MlflowRun, RunView, history_from_series, history_keys, 
 use crate::error::{Error, Result};
 use crate::http::{Http, HttpError, RetryPolicy, build_client};
 use crate::plan::FetchPlan;
+use crate::redact::redact;
 use crate::remote::{Listing, ListingError, RemoteSource};
 use crate::run::RunData;
 use crate::sources::wandb_api::credentials::ApiKey;
@@ -58,6 +59,8 @@ pub struct MlflowRestOptions {
 enum Auth {
     None,
     Basic(String, ApiKey),
+    /// `http://USER:PASSWORD@HOST`: the tracking URI's own user info.
+    UrlBasic(String, ApiKey),
     Bearer(ApiKey),
 }
 
@@ -71,10 +74,27 @@ impl Auth {
         }
     }
 
+    /// Takes the user info out of `url` (it would otherwise travel inside
+    /// every URL shown in a message); it authenticates when the environment
+    /// names no credentials, as the official client does.
+    fn from_env_or_url(url: &mut reqwest::Url) -> Auth {
+        let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
+        let user = decode(url.username());
+        let password = url.password().map(decode);
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+        match Auth::from_env() {
+            Auth::None if !user.is_empty() || password.is_some() => {
+                Auth::UrlBasic(user, ApiKey::new(password.unwrap_or_default()))
+            }
+            auth => auth,
+        }
+    }
+
     fn apply(&self, r: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         match self {
             Auth::None => r,
-            Auth::Basic(u, p) => r.basic_auth(u, Some(p.expose())),
+            Auth::Basic(u, p) | Auth::UrlBasic(u, p) => r.basic_auth(u, Some(p.expose())),
             Auth::Bearer(t) => r.bearer_auth(t.expose()),
         }
     }
@@ -85,6 +105,7 @@ impl Auth {
                 "no credentials were sent; set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or MLFLOW_TRACKING_TOKEN"
             }
             Auth::Basic(..) => "check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD",
+            Auth::UrlBasic(..) => "check the user name and password in the tracking URI",
             Auth::Bearer(_) => "check MLFLOW_TRACKING_TOKEN",
         }
     }
@@ -141,11 +162,12 @@ pub struct Experiment {
 impl MlflowRest {
     pub fn connect(opts: MlflowRestOptions) -> Result<MlflowRest> {
         let mut base = reqwest::Url::parse(&opts.base_url)
-            .map_err(|e| Error::Usage(format!("MLflow tracking URI {}: {e}", opts.base_url)))?;
+            .map_err(|e| Error::Usage(format!("MLflow tracking URI {}: {e}", redact(&opts.base_url))))?;
         if !base.path().ends_with('/') {
             let p = format!("{}/", base.path());
             base.set_path(&p);
         }
+        let auth = Auth::from_env_or_url(&mut base);
         let api = base.join("api/2.0/mlflow/").map_err(|e| Error::Usage(e.to_string()))?;
         let ajax = base.join("ajax-api/2.0/mlflow/").map_err(|e| Error::Usage(e.to_string()))?;
         let host = base.host_str().unwrap_or_default().to_string();
@@ -153,20 +175,11 @@ impl MlflowRest {
         let client = build_client(&format!("runport/{}", env!("CARGO_PKG_VERSION")), policy.attempt_timeout)
             .map_err(Error::Usage)?;
         let http = Http::new(client, policy, opts.concurrency.max(1));
-        Ok(MlflowRest {
-            opts,
-            http,
-            auth: Auth::from_env(),
-            api,
-            ajax,
-            host,
-            groups: OnceLock::new(),
-            no_bulk: AtomicBool::new(false),
-        })
+        Ok(MlflowRest { opts, http, auth, api, ajax, host, groups: OnceLock::new(), no_bulk: AtomicBool::new(false) })
     }
 
     pub fn name(&self) -> String {
-        format!("mlflow+{}", self.opts.base_url)
+        redact(&format!("mlflow+{}", self.opts.base_url))
     }
 
     fn explain(&self, e: HttpError) -> String {
@@ -264,7 +277,9 @@ impl MlflowRest {
                     .find(|e| &e.name == wanted)
                     .or_else(|| all.iter().find(|e| &e.id == wanted))
                     .map(|e| e.id.clone())
-                    .ok_or_else(|| format!("no experiment named or numbered {wanted:?} on {}", self.opts.base_url))
+                    .ok_or_else(|| {
+                        format!("no experiment named or numbered {wanted:?} on {}", redact(&self.opts.base_url))
+                    })
             })
             .collect()
     }

@@ -25,6 +25,7 @@ use serde_json::json;
 use crate::error::{Error, Result};
 use crate::http::{Http, HttpError, RetryPolicy, build_client};
 use crate::plan::FetchPlan;
+use crate::redact::redact;
 use crate::remote::{Listing, ListingError, RemoteSource};
 use crate::run::RunData;
 
@@ -87,7 +88,7 @@ pub fn user_agent() -> String {
 impl WandbApi {
     pub fn connect(opts: WandbApiOptions) -> Result<WandbApi> {
         let base = reqwest::Url::parse(&opts.base_url)
-            .map_err(|e| Error::Usage(format!("--base-url {}: {e}", opts.base_url)))?;
+            .map_err(|e| Error::Usage(format!("--base-url {}: {e}", redact(&opts.base_url))))?;
         let host = base.host_str().unwrap_or_default().to_string();
         let (key, key_source) = find_api_key(&host).ok_or_else(|| {
             Error::source(
@@ -223,7 +224,7 @@ impl WandbApi {
         };
         Ok(json!({
             "source_kind": "wandb-api",
-            "base_url": self.opts.base_url,
+            "base_url": redact(&self.opts.base_url),
             "runs": count,
             "per_page": self.opts.per_page,
             "concurrency": self.opts.concurrency,
