@@ -17,6 +17,10 @@ pub enum Error {
     Parquet { path: String, source: parquet::errors::ParquetError },
     #[error("cannot build Arrow data for {what}: {source}")]
     Arrow { what: String, source: arrow_schema::ArrowError },
+    /// A fault of runport itself or of its environment (a thread or runtime
+    /// that cannot start, a task that stopped); nothing was committed.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// `--fail-fast`: the first run that failed.
     #[error("run {run} failed ({stage}): {error}")]
     RunFailed { run: String, stage: String, error: String },

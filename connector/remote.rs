@@ -79,7 +79,7 @@ pub fn read_runs<S: RemoteSource>(
         .thread_name("runport-io")
         .enable_all()
         .build()
-        .map_err(|e| Error::Usage(format!("cannot start the I/O runtime: {e}")))?;
+        .map_err(|e| Error::Internal(format!("cannot start the I/O runtime: {e}")))?;
     let window = window.max(1);
     rt.block_on(async move {
         let (tx, mut rx) = mpsc::channel::<Delivered>(window);
@@ -112,9 +112,42 @@ pub fn read_runs<S: RemoteSource>(
         }
         match producer.await {
             Ok(outcome) => Ok(outcome),
-            Err(e) => Err(Error::Usage(format!("internal error in the listing task: {e}"))),
+            Err(e) => Err(Error::Internal(format!("the listing task stopped: {e}"))),
         }
     })
+}
+
+/// A run's place in the consumer's order: every listed run is delivered
+/// exactly once, as read or as failed. When the task holding it ends without
+/// sending (a panic in a fetch, a task that was dropped), the drop delivers
+/// the run as failed, so the consumer never waits for it and never skips it.
+struct Delivery {
+    i: usize,
+    label: String,
+    slot: Option<(OwnedSemaphorePermit, mpsc::Sender<Delivered>)>,
+}
+
+impl Delivery {
+    fn new(i: usize, label: String, permit: OwnedSemaphorePermit, tx: mpsc::Sender<Delivered>) -> Delivery {
+        Delivery { i, label, slot: Some((permit, tx)) }
+    }
+
+    async fn send(mut self, result: Result<ReadRun, String>) {
+        if let Some((permit, tx)) = self.slot.take() {
+            let _ = tx.send((self.i, std::mem::take(&mut self.label), result, permit)).await;
+        }
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        if let Some((permit, tx)) = self.slot.take() {
+            // The channel holds as many messages as there are slots, and this
+            // one's slot is held here, so there is room.
+            let error = "internal error: the run's fetch stopped without an answer (a panic; see stderr)".to_string();
+            let _ = tx.try_send((self.i, std::mem::take(&mut self.label), Err(error), permit));
+        }
+    }
 }
 
 /// Ordered admission to the decoding stage: run `i` decodes once fewer than
@@ -155,16 +188,13 @@ async fn produce<S: RemoteSource>(
     });
     for (i, listed) in listed.into_iter().enumerate() {
         let Ok(permit) = Arc::clone(&slots).acquire_owned().await else { return cut };
-        let tx = tx.clone();
         match listed {
-            Err((id, error)) => {
-                let _ = tx.send((i, id, Err(error), permit)).await;
-            }
+            Err((id, error)) => Delivery::new(i, id, permit, tx.clone()).send(Err(error)).await,
             Ok(listed) => {
                 let (api, plan, encoding, order) =
                     (Arc::clone(&api), Arc::clone(&plan), encoding.clone(), order.clone());
+                let delivery = Delivery::new(i, S::run_id(&listed).to_string(), permit, tx.clone());
                 tokio::spawn(async move {
-                    let label = S::run_id(&listed).to_string();
                     let result = match Arc::clone(&api).fetch(Arc::clone(&plan), listed).await {
                         Ok(fetched) => {
                             if !order.admit(i).await {
@@ -186,7 +216,7 @@ async fn produce<S: RemoteSource>(
                         }
                         Err(e) => Err(e),
                     };
-                    let _ = tx.send((i, label, result, permit)).await;
+                    delivery.send(result).await;
                 });
             }
         }
@@ -255,6 +285,62 @@ mod tests {
             // admission all ten would be decoded at once.
             let most = api.live.lock().unwrap().1;
             assert!(most <= ahead, "{most} decoded runs waited at once with decode_ahead {ahead}");
+        }
+    }
+
+    /// Runs 2 and 7 panic while fetching, run 5 while decoding.
+    struct Panicky;
+
+    impl RemoteSource for Panicky {
+        type Listed = usize;
+        type Fetched = usize;
+
+        async fn list(self: Arc<Self>, _plan: Arc<FetchPlan>) -> Listing<usize> {
+            ((0..10).map(Ok).collect(), None)
+        }
+
+        fn run_id(listed: &usize) -> &str {
+            Reversed::run_id(listed)
+        }
+
+        async fn fetch(self: Arc<Self>, _plan: Arc<FetchPlan>, i: usize) -> Result<usize, String> {
+            tokio::task::yield_now().await;
+            assert!(i != 2 && i != 7, "injected fetch panic in run {i}");
+            Ok(i)
+        }
+
+        fn decode(&self, _plan: &FetchPlan, i: usize) -> Result<RunData, String> {
+            assert!(i != 5, "injected decode panic in run {i}");
+            Ok(RunData {
+                identity: RunIdentity { run_id: Self::run_id(&i).to_string(), ..Default::default() },
+                ..Default::default()
+            })
+        }
+    }
+
+    #[test]
+    fn a_panicking_fetch_or_decode_fails_its_run_and_no_run_goes_missing() {
+        let plan = Arc::new(FetchPlan::new(Selection::all(), HistoryLayout::Long, WANDB_IDENTITY_COLUMNS));
+        for window in [1, 3, 16] {
+            let mut seen = Vec::new();
+            let outcome = read_runs(&Arc::new(Panicky), &plan, window, 2, None, |label, run| {
+                seen.push((label.to_string(), run.err()));
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+            assert!(outcome.is_none());
+            let labels: Vec<&str> = seen.iter().map(|(l, _)| l.as_str()).collect();
+            let want: Vec<String> = (0..10).map(|i| format!("r{i}")).collect();
+            assert_eq!(labels, want, "window {window}");
+            for (i, (label, error)) in seen.iter().enumerate() {
+                match i {
+                    2 | 7 => {
+                        assert!(error.as_deref().is_some_and(|e| e.contains("internal error")), "{label}: {error:?}")
+                    }
+                    5 => assert!(error.as_deref().is_some_and(|e| e.contains("injected decode panic")), "{error:?}"),
+                    _ => assert!(error.is_none(), "{label}: {error:?}"),
+                }
+            }
         }
     }
 }

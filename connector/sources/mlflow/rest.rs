@@ -173,7 +173,7 @@ impl MlflowRest {
         let host = base.host_str().unwrap_or_default().to_string();
         let policy = RetryPolicy::default();
         let client = build_client(&format!("runport/{}", env!("CARGO_PKG_VERSION")), policy.attempt_timeout)
-            .map_err(Error::Usage)?;
+            .map_err(Error::Internal)?;
         let http = Http::new(client, policy, opts.concurrency.max(1));
         Ok(MlflowRest { opts, http, auth, api, ajax, host, groups: OnceLock::new(), no_bulk: AtomicBool::new(false) })
     }

@@ -98,7 +98,7 @@ impl WandbApi {
         })?;
         let graphql_url = base.join("graphql").map_err(|e| Error::Usage(format!("--base-url: {e}")))?;
         let policy = RetryPolicy::default();
-        let client = build_client(&user_agent(), policy.attempt_timeout).map_err(|e| Error::Usage(e.to_string()))?;
+        let client = build_client(&user_agent(), policy.attempt_timeout).map_err(|e| Error::Internal(e.to_string()))?;
         let http = Http::new(client, policy, opts.concurrency.max(1));
         Ok(WandbApi { opts, http, key, key_source, graphql_url, host })
     }
