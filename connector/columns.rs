@@ -60,15 +60,22 @@ pub fn decode_path(path: &str) -> Vec<String> {
 /// Calls `emit(path, leaf)` for every leaf of `value`, whose own encoded
 /// path is `prefix`.
 pub fn flatten<'v>(prefix: &str, value: &'v Value, emit: &mut impl FnMut(&str, &'v Value)) {
+    flatten_at(&mut prefix.to_string(), value, emit);
+}
+
+/// [`flatten`] with the path in one buffer, grown and cut back per level:
+/// the work is linear in the paths' length however deep the value is.
+pub fn flatten_at<'v>(path: &mut String, value: &'v Value, emit: &mut impl FnMut(&str, &'v Value)) {
     match value {
         Value::Object(fields) if !value.is_opaque_object() => {
             for (k, v) in fields {
-                let mut path = prefix.to_string();
-                push_segment(&mut path, false, k);
-                flatten(&path, v, emit);
+                let len = path.len();
+                push_segment(path, false, k);
+                flatten_at(path, v, emit);
+                path.truncate(len);
             }
         }
-        leaf => emit(prefix, leaf),
+        leaf => emit(path, leaf),
     }
 }
 

@@ -10,7 +10,7 @@ use prost::Message;
 use serde::Serialize;
 
 use super::log_reader::{LogError, TransactionLogReader};
-use super::records::EnvelopeError;
+use super::records::{EnvelopeError, MAX_KEY_DEPTH};
 use super::records::{RecordType, RunExitRecord, RunRecord, StatsRecord, Timestamp, UpdateRecord, peek_record_type};
 use super::tree::{Tree, parse_or_keep};
 use super::wire::{ItemRef, RawBytes, RawItem, RawValue, history_items_raw, update_items_raw};
@@ -92,6 +92,8 @@ pub enum DecodeError {
     Log { path: String, source: LogError },
     #[error("{path}: cannot open: {source}")]
     Open { path: String, source: std::io::Error },
+    #[error("{path}: record {record}: {reason}")]
+    Record { path: String, record: u64, reason: String },
 }
 
 /// Marks a history key the selection does not want.
@@ -162,8 +164,14 @@ pub fn decode_run(
                 }
             };
             d.counts.read += 1;
-            if let Err(e) = d.record(rec) {
-                d.warnings.push(format!("{shown}: record {} skipped: {e}", d.counts.read));
+            match d.record(rec) {
+                Ok(()) => {}
+                Err(RecordError::Skipped(e)) => {
+                    d.warnings.push(format!("{shown}: record {} skipped: {e}", d.counts.read))
+                }
+                Err(RecordError::Fatal(reason)) => {
+                    return Err(DecodeError::Record { path: shown, record: d.counts.read, reason });
+                }
             }
         }
         d.counts.bytes += reader.bytes_read();
@@ -175,25 +183,46 @@ pub fn decode_run(
     Ok(d.finish(run_id, newest_mtime))
 }
 
+/// A record that could not be read: skipped with a warning, or the end of
+/// its run (input no writer makes, such as keys nested past [`MAX_KEY_DEPTH`]).
+enum RecordError {
+    Skipped(String),
+    Fatal(String),
+}
+
+impl From<EnvelopeError> for RecordError {
+    fn from(e: EnvelopeError) -> Self {
+        match e {
+            EnvelopeError::KeyTooDeep => RecordError::Fatal(e.to_string()),
+            e => RecordError::Skipped(e.to_string()),
+        }
+    }
+}
+
+impl From<prost::DecodeError> for RecordError {
+    fn from(e: prost::DecodeError) -> Self {
+        RecordError::Skipped(e.to_string())
+    }
+}
+
 impl RunDecoder<'_> {
-    fn record(&mut self, rec: &[u8]) -> Result<(), String> {
-        let Some((kind, payload)) = peek_record_type(rec).map_err(|e| e.to_string())? else {
+    fn record(&mut self, rec: &[u8]) -> Result<(), RecordError> {
+        let Some((kind, payload)) = peek_record_type(rec)? else {
             return Ok(());
         };
         if !self.needs.wants(kind) {
             return Ok(());
         }
-        let err = |e: prost::DecodeError| e.to_string();
         match kind {
             RecordType::Run => {
                 self.counts.decoded_run += 1;
-                let mut run = RunRecord::decode(payload).map_err(err)?;
+                let mut run = RunRecord::decode(payload)?;
                 if let Some(c) = run.config.take().filter(|_| self.needs.config) {
-                    self.apply_prost_updates(&c, true);
+                    self.apply_prost_updates(&c, true)?;
                     self.config_slots.clear();
                 }
                 if let Some(s) = run.summary.take().filter(|_| self.needs.summary) {
-                    self.apply_prost_updates(&s, false);
+                    self.apply_prost_updates(&s, false)?;
                     self.summary_slots.clear();
                 }
                 if let Some(t) = &run.start_time {
@@ -203,38 +232,38 @@ impl RunDecoder<'_> {
             }
             RecordType::Config => {
                 self.counts.decoded_config += 1;
-                apply_updates(&mut self.config, &mut self.config_slots, payload).map_err(|e| e.to_string())?;
+                apply_updates(&mut self.config, &mut self.config_slots, payload)?;
             }
             RecordType::Summary => {
                 self.counts.decoded_summary += 1;
-                apply_updates(&mut self.summary, &mut self.summary_slots, payload).map_err(|e| e.to_string())?;
+                apply_updates(&mut self.summary, &mut self.summary_slots, payload)?;
             }
             RecordType::History => {
                 self.counts.decoded_history += 1;
                 let mut items = Vec::new();
-                let step = history_items_raw(payload, |item| items.push(item)).map_err(|e| e.to_string())?;
+                let step = history_items_raw(payload, |item| items.push(item))?;
                 if items.iter().all(|i| i.single_segment().is_some()) {
                     let kept = self.history.points.len();
                     if let Err(e) = self.flat_history_row(step, &items) {
                         // The row is skipped whole.
                         self.history.points.truncate(kept);
-                        return Err(e.to_string());
+                        return Err(e.into());
                     }
                 } else {
-                    let items = items.iter().map(RawItem::validate).collect::<Result<Vec<_>, _>>();
-                    self.history_row(step, items.map_err(|e| e.to_string())?);
+                    let items = items.iter().map(RawItem::validate).collect::<Result<Vec<_>, _>>()?;
+                    self.history_row(step, items);
                 }
             }
             RecordType::Stats => {
                 self.counts.decoded_stats += 1;
-                let s = StatsRecord::decode(payload).map_err(err)?;
+                let s = StatsRecord::decode(payload)?;
                 if let Some(t) = &s.timestamp {
                     self.note_time(timestamp_micros(t));
                 }
             }
             RecordType::Exit => {
                 self.counts.decoded_exit += 1;
-                self.exit = Some(RunExitRecord::decode(payload).map_err(err)?);
+                self.exit = Some(RunExitRecord::decode(payload)?);
             }
         }
         Ok(())
@@ -280,8 +309,11 @@ impl RunDecoder<'_> {
     }
 
     /// Config and summary embedded in a run record (rare: prost-decoded).
-    fn apply_prost_updates(&mut self, rec: &UpdateRecord, config: bool) {
+    fn apply_prost_updates(&mut self, rec: &UpdateRecord, config: bool) -> Result<(), EnvelopeError> {
         let tree = if config { &mut self.config } else { &mut self.summary };
+        if rec.update.iter().chain(&rec.remove).any(|kv| kv.nested_key.len() > MAX_KEY_DEPTH) {
+            return Err(EnvelopeError::KeyTooDeep);
+        }
         for (removal, items) in [(false, &rec.update), (true, &rec.remove)] {
             for kv in items {
                 let nested: Vec<&str> = kv.nested_key.iter().map(String::as_str).collect();
@@ -289,6 +321,7 @@ impl RunDecoder<'_> {
                 apply_item(tree, removal, &item);
             }
         }
+        Ok(())
     }
 
     /// A history row whose keys all have one segment (what the SDK writes
@@ -391,8 +424,8 @@ impl RunDecoder<'_> {
         }
         for (prefix, tree) in media.iter().zip(media_trees) {
             if self.plan.history {
-                let shown = encode_path(prefix);
-                let value = tree.to_value(&mut |w| self.warnings.push(w), &shown);
+                let mut shown = encode_path(prefix);
+                let value = tree.to_value(&mut |w| self.warnings.push(w), &mut shown);
                 self.push_point(row_index, prefix, value);
             }
         }
@@ -666,6 +699,47 @@ mod tests {
             .iter()
             .map(|p| (h.rows[p.row as usize].step, h.keys[p.key as usize].clone(), p.value.to_json()))
             .collect()
+    }
+
+    #[test]
+    fn keys_nested_too_deep_fail_their_run_and_deep_paths_build_linearly() {
+        let plan = FetchPlan::new(Selection::all(), HistoryLayout::Long, WANDB_IDENTITY_COLUMNS);
+        let deep: Vec<String> = (0..100_000).map(|i| format!("k{i}")).collect();
+        let deep: Vec<&str> = deep.iter().map(String::as_str).collect();
+        let kv = |nested: &[&str]| KeyedValue {
+            key: String::new(),
+            nested_key: nested.iter().map(|s| s.to_string()).collect(),
+            value_json: "1".into(),
+        };
+        let run = RunRecord { run_id: "r1".into(), ..Default::default() };
+        let in_run =
+            RunRecord { config: Some(UpdateRecord { update: vec![kv(&deep)], remove: vec![] }), ..run.clone() };
+        let records: [(&str, Vec<u8>); 4] = [
+            ("history", envelope(2, &HistoryRecord { item: vec![item("", &deep, None, "1")], step: None })),
+            ("config", envelope(5, &UpdateRecord { update: vec![kv(&deep)], remove: vec![] })),
+            ("summary removal", envelope(3, &UpdateRecord { update: vec![], remove: vec![kv(&deep)] })),
+            ("run record's config", envelope(17, &in_run)),
+        ];
+        for (what, rec) in records {
+            let f = write_log(&[envelope(17, &run), rec]);
+            let e = decode_run("r1", &[f.path()], &plan, &mut RecordCounts::default()).unwrap_err();
+            let text = e.to_string();
+            assert!(text.contains("record 2") && text.contains("nested more than 256 levels"), "{what}: {text}");
+        }
+
+        // 256 levels of 4 KiB segments: accepted, paths whole.
+        let long: Vec<String> = (0..MAX_KEY_DEPTH).map(|i| format!("{i:0>4096}")).collect();
+        let long: Vec<&str> = long.iter().map(String::as_str).collect();
+        let records = [
+            envelope(17, &run),
+            envelope(5, &UpdateRecord { update: vec![kv(&long)], remove: vec![] }),
+            envelope(2, &HistoryRecord { item: vec![item("", &long, None, "2")], step: None }),
+        ];
+        let (data, _) = decode(&records, None);
+        let path = encode_path(&long);
+        assert_eq!(path.len(), MAX_KEY_DEPTH * 4097 - 1);
+        assert_eq!(data.group("config."), &[(path.clone(), Value::Int(1))]);
+        assert_eq!(points(&data), vec![(0, path, "2".to_string())]);
     }
 
     #[test]

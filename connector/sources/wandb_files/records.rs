@@ -44,7 +44,15 @@ pub enum EnvelopeError {
     Group,
     #[error("record holds a string that is not UTF-8")]
     NotUtf8,
+    /// A key path deeper than [`MAX_KEY_DEPTH`]: no writer makes one, and
+    /// the run cannot be trusted (it fails, see `decode_run`).
+    #[error("a key is nested more than {MAX_KEY_DEPTH} levels deep")]
+    KeyTooDeep,
 }
+
+/// The deepest key path (`nested_key` segments) a record may hold: as deep
+/// as the JSON values runport parses. Deeper keys fail their run.
+pub const MAX_KEY_DEPTH: usize = 256;
 
 /// Finds the record type and its payload inside an encoded `Record`.
 /// `Ok(None)` for record types runport does not read (output, telemetry, ...).

@@ -6,7 +6,7 @@
 
 use indexmap::IndexMap;
 
-use crate::columns::{flatten, push_segment};
+use crate::columns::{flatten_at, push_segment};
 use crate::value::Value;
 
 /// A node: a whole value (parsed or still JSON text), or a branch reached by nested keys.
@@ -139,25 +139,29 @@ impl Tree {
         warn: &mut impl FnMut(String),
         out: &mut Vec<(String, Value)>,
     ) {
+        let mut path = String::new();
         for (k, node) in &self.children {
             if skip.contains(&k.as_str()) {
                 continue;
             }
-            let mut path = String::new();
+            path.clear();
             push_segment(&mut path, true, k);
-            node.flatten_into(&path, keep, warn, out);
+            node.flatten_into(&mut path, keep, warn, out);
         }
     }
 
-    /// The tree as one object value.
-    pub fn to_value(&self, warn: &mut impl FnMut(String), path: &str) -> Value {
+    /// The tree as one object value; `path` (the tree's own, restored on
+    /// return) names values in warnings.
+    pub fn to_value(&self, warn: &mut impl FnMut(String), path: &mut String) -> Value {
         Value::Object(
             self.children
                 .iter()
                 .map(|(k, n)| {
-                    let mut p = path.to_string();
-                    push_segment(&mut p, false, k);
-                    (k.clone(), n.to_value(warn, &p))
+                    let len = path.len();
+                    push_segment(path, false, k);
+                    let v = n.to_value(warn, path);
+                    path.truncate(len);
+                    (k.clone(), v)
                 })
                 .collect(),
         )
@@ -185,25 +189,27 @@ pub fn parse_or_keep(json: &[u8], path: impl FnOnce() -> String, warn: &mut impl
 }
 
 impl Node {
-    fn to_value(&self, warn: &mut impl FnMut(String), path: &str) -> Value {
+    fn to_value(&self, warn: &mut impl FnMut(String), path: &mut String) -> Value {
         match self {
             Node::Leaf(v) => v.clone(),
-            Node::Raw(s) => parse_or_keep(s, || path.to_string(), warn),
+            Node::Raw(s) => parse_or_keep(s, || path.clone(), warn),
             Node::Branch(t) => t.to_value(warn, path),
         }
     }
 
+    /// `path` is this node's encoded path; it is grown for the children and
+    /// cut back, so building the paths is linear however deep the keys are.
     fn flatten_into(
         &self,
-        prefix: &str,
+        path: &mut String,
         keep: &mut impl FnMut(&str) -> bool,
         warn: &mut impl FnMut(String),
         out: &mut Vec<(String, Value)>,
     ) {
         match self {
             Node::Leaf(_) | Node::Raw(_) => {
-                let v = self.to_value(warn, prefix);
-                flatten(prefix, &v, &mut |p, leaf| {
+                let v = self.to_value(warn, path);
+                flatten_at(path, &v, &mut |p, leaf| {
                     if keep(p) {
                         out.push((p.to_string(), leaf.clone()));
                     }
@@ -212,15 +218,17 @@ impl Node {
             // A branch emptied by removals holds nothing.
             Node::Branch(t) if t.children.is_empty() => {}
             Node::Branch(t) if t.children.contains_key("_type") => {
-                if keep(prefix) {
-                    out.push((prefix.to_string(), t.to_value(warn, prefix)));
+                if keep(path) {
+                    let v = t.to_value(warn, path);
+                    out.push((path.clone(), v));
                 }
             }
             Node::Branch(t) => {
                 for (k, child) in &t.children {
-                    let mut path = prefix.to_string();
-                    push_segment(&mut path, false, k);
-                    child.flatten_into(&path, keep, warn, out);
+                    let len = path.len();
+                    push_segment(path, false, k);
+                    child.flatten_into(path, keep, warn, out);
+                    path.truncate(len);
                 }
             }
         }

@@ -7,7 +7,7 @@
 
 use smallvec::SmallVec;
 
-use super::records::EnvelopeError;
+use super::records::{EnvelopeError, MAX_KEY_DEPTH};
 
 /// A value as the writer put it: the typed oneof, or `value_json` text.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -149,6 +149,7 @@ fn raw_item(mut buf: &[u8], typed: bool) -> Result<RawItem<'_>, EnvelopeError> {
         let (field, wire) = key(&mut buf)?;
         match (field, wire) {
             (1, 2) => out.key = bytes(&mut buf)?,
+            (2, 2) if out.nested_key.len() >= MAX_KEY_DEPTH => return Err(EnvelopeError::KeyTooDeep),
             (2, 2) => out.nested_key.push(bytes(&mut buf)?),
             (16, 2) if !have_typed => out.value = RawBytes::Json(bytes(&mut buf)?),
             (3, 0) if typed => {
