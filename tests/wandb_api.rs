@@ -305,3 +305,48 @@ fn official_client_reads_back_what_the_sdk_logged() {
     let out = testbed_script("check_official_client.py", &["--runs".as_ref(), runs.as_os_str()]);
     eprintln!("{}", String::from_utf8_lossy(&out.stdout));
 }
+
+/// Servers without `parquetHistory` are read with `history(minStep,
+/// maxStep, samples)` pages: requests in proportion to rows, not to the
+/// step range, and never a sampled page; the result equals the Parquet path.
+#[test]
+fn paged_history_requests_follow_rows_and_are_never_sampled() {
+    // (synthetic spec, most history pages on the server's own counter)
+    // Dense: 45,000 rows a run (pages of about 10,000 rows).
+    // Sparse: 300 rows a run at steps 0, 1e6, 2e6, ... (steps counted in
+    // tokens): one page each, where pages of 10,000 steps would take 29,900.
+    for (spec, most_pages) in [("2:45000:3:0:1", 2 * 7), ("3:300:2:0:1000000", 3)] {
+        let synthetic = ["--synthetic", spec];
+        let parquet = WandbServer::start_with(&synthetic.map(std::ffi::OsStr::new));
+        let expected = tempdir();
+        let (code, _, stderr) = parquet.runport(&["export", "-o", expected.path().to_str().unwrap()]);
+        assert_eq!(code, 0, "{stderr}");
+        if spec.starts_with("2:45000:") {
+            // 30,000 live rows a run: the first page (everything left) comes
+            // back full, so sampled, and is asked again narrower.
+            parquet.admin("/_testbed/live", Some(serde_json::json!({"steps": 30000})));
+            reset_requests_only(&parquet);
+            let live = tempdir();
+            let (code, _, stderr) = parquet.runport(&["export", "-o", live.path().to_str().unwrap()]);
+            assert_eq!(code, 0, "{stderr}");
+            let pages = op_count(&requests(&parquet), "RunHistoryPage");
+            eprintln!("{spec}: {pages} history pages for 2 live tails of 30,000 rows");
+            assert!((2 * 3..=2 * 5).contains(&pages), "{pages} history pages: a full page was used or paging drifted");
+            compare_exports(expected.path(), live.path(), &[]);
+        }
+
+        let paged = WandbServer::start_with(&["--synthetic", spec, "--no-parquet-history"].map(std::ffi::OsStr::new));
+        let out = tempdir();
+        let (code, stdout, stderr) = paged.runport(&["export", "-o", out.path().to_str().unwrap(), "--json"]);
+        assert_eq!(code, 0, "{stderr}");
+        let pages = op_count(&requests(&paged), "RunHistoryPage");
+        eprintln!("{spec}: {pages} history pages without parquetHistory");
+        assert!(pages > 0 && pages <= most_pages, "{spec}: {pages} history pages: {}", requests(&paged));
+        assert_eq!(
+            last_json_line(&stdout)["http"]["requests"].as_u64().unwrap(),
+            requests(&paged)["total"].as_u64().unwrap(),
+            "{spec}: runport's count is the server's"
+        );
+        compare_exports(expected.path(), out.path(), &[]);
+    }
+}

@@ -281,14 +281,19 @@ pub struct WandbServer {
 impl WandbServer {
     /// Starts a server for the runs under `runs` on free loopback ports.
     pub fn start(runs: &Path, extra: &[&str]) -> WandbServer {
+        let mut args: Vec<&std::ffi::OsStr> = vec!["--runs".as_ref(), runs.as_os_str()];
+        args.extend(extra.iter().map(|a| a.as_ref() as &std::ffi::OsStr));
+        WandbServer::start_with(&args)
+    }
+
+    /// Starts a server with `args` (`--runs DIR`, `--synthetic SPEC`, ...).
+    pub fn start_with(args: &[&std::ffi::OsStr]) -> WandbServer {
         let cache = target_dir().join("testbed-data").join("wandb-server-cache");
         let mut cmd = Command::new(python());
         cmd.arg(testbed_dir().join("wandb_server.py"))
-            .arg("--runs")
-            .arg(runs)
             .args(["--port", "0", "--files-port", "0", "--api-key", TEST_API_KEY, "--exit-with-stdin", "--cache"])
             .arg(&cache)
-            .args(extra);
+            .args(args);
         let (child, info) = spawn_ready(cmd, "the W&B test server");
         let s = |k: &str| info[k].as_str().unwrap_or_else(|| panic!("server info lacks {k}: {info}")).to_string();
         WandbServer {

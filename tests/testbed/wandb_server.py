@@ -276,6 +276,7 @@ class Testbed:
         self.step_type = args.step_type
         self.part_rows = max(1, args.part_rows)
         self.debug_flip = args.debug_flip
+        self.no_parquet_history = args.no_parquet_history
         self.lock = threading.Lock()
         self.rules: list[Rule] = []
         self.acct = Accounting()
@@ -577,6 +578,8 @@ class RunView:
 
     def parquetHistory(self, info, liveKeys):
         tb, r = self.tb, self.r
+        if tb.no_parquet_history:
+            raise GraphQLError('Cannot query field "parquetHistory" on type "Run".')
         cut = tb.cut(r)
         urls = []
         for lo in range(0, cut, tb.part_rows):
@@ -1060,7 +1063,9 @@ def make_server(port, handler_cls, tb):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", help="folder with .wandb run files (searched recursively)")
-    ap.add_argument("--synthetic", help="RUNS:STEPS:KEYS[:SEED] generated runs")
+    ap.add_argument("--synthetic", help="RUNS:STEPS:KEYS[:SEED[:STRIDE]] generated runs (row i at step i*STRIDE)")
+    ap.add_argument("--no-parquet-history", action="store_true",
+                    help="answer as a server without Run.parquetHistory (clients page with history(minStep, maxStep))")
     ap.add_argument("--cache", help="folder for Parquet files and parsed runs (default: a temporary folder)")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--files-port", type=int, default=0)

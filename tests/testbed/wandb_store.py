@@ -502,12 +502,14 @@ def syn_key_names(n: int) -> list[str]:
 
 
 class SyntheticProject:
-    """RUNS runs x STEPS steps x KEYS float keys, deterministic in SEED."""
+    """RUNS runs x STEPS rows x KEYS float keys, deterministic in SEED; row i
+    is logged at step i * STRIDE (a stride above 1: steps counted in tokens)."""
 
     BASE_US = 1_704_067_200_000_000  # 2024-01-01T00:00:00 UTC
 
-    def __init__(self, runs: int, steps: int, keys: int, seed: int = 0):
+    def __init__(self, runs: int, steps: int, keys: int, seed: int = 0, stride: int = 1):
         self.n_runs, self.steps, self.n_keys, self.seed = runs, steps, keys, seed
+        self.stride = max(1, stride)
         self.keys = syn_key_names(keys)
         self.runs = [SyntheticRun(self, i) for i in range(runs)]
 
@@ -540,20 +542,26 @@ class SyntheticRun(BaseRun):
         self.host = "synthetic-host"
 
     def step_at(self, i):
-        return i
+        return i * self.p.stride
 
     def last_step(self):
-        return self.n_rows - 1
+        return (self.n_rows - 1) * self.p.stride
 
     def indices_in_steps(self, lo_step, hi_step, hi_inclusive=False):
-        lo = 0 if lo_step is None else max(0, int(lo_step))
-        hi = self.n_rows if hi_step is None else min(self.n_rows, int(hi_step) + (1 if hi_inclusive else 0))
+        st = self.p.stride
+        # rows whose step i * st is >= lo_step and < hi_step (<= when inclusive)
+        lo = 0 if lo_step is None else max(0, -(-int(lo_step) // st))
+        if hi_step is None:
+            hi = self.n_rows
+        else:
+            h = int(hi_step)
+            hi = min(self.n_rows, h // st + 1 if hi_inclusive else -(-h // st))
         return list(range(lo, max(lo, hi)))
 
     def _columns(self, lo, hi):
         import numpy as np
         steps = np.arange(lo, hi, dtype=np.int64)
-        cols = {"_step": steps,
+        cols = {"_step": steps * self.p.stride,
                 "_runtime": steps * 0.5,
                 "_timestamp": self.created_us / 1e6 + steps * 0.5}
         for k, name in enumerate(self.p.keys):
@@ -604,17 +612,17 @@ class SyntheticRun(BaseRun):
         n = self.n_rows
         keys = {k: {"typeCounts": [{"type": "number", "count": n}]}
                 for k in list(SPECIALS) + self.p.keys}
-        return {"lastStep": n - 1, "keys": keys}
+        return {"lastStep": self.last_step(), "keys": keys}
 
     def fingerprint(self):
         p = self.p
-        return "syn-%d-%d-%d-%d" % (p.seed, p.n_runs, p.steps, p.n_keys)
+        return "syn-%d-%d-%d-%d-%d" % (p.seed, p.n_runs, p.steps, p.n_keys, p.stride)
 
 
 def parse_synthetic(spec: str) -> SyntheticProject:
     parts = [int(x) for x in spec.split(":")]
-    if len(parts) not in (3, 4):
-        raise ValueError("--synthetic wants RUNS:STEPS:KEYS[:SEED]")
+    if len(parts) not in (3, 4, 5):
+        raise ValueError("--synthetic wants RUNS:STEPS:KEYS[:SEED[:STRIDE]]")
     return SyntheticProject(*parts)
 
 

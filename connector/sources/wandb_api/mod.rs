@@ -36,8 +36,10 @@ use queries::{HISTORY_PAGE, ListingFields, PARQUET_HISTORY, SAMPLED_HISTORY};
 
 pub const DEFAULT_BASE_URL: &str = "https://api.wandb.ai";
 pub const DEFAULT_PER_PAGE: usize = 500;
-/// Rows asked per page when history has to be paged.
+/// Rows a history page aims at, and the most it asks for: a page that
+/// comes back with [`HISTORY_PAGE_SAMPLES`] rows may have been sampled.
 const HISTORY_PAGE_ROWS: i64 = 10_000;
+const HISTORY_PAGE_SAMPLES: i64 = 2 * HISTORY_PAGE_ROWS;
 
 /// What the user asked for (validated, not yet connected).
 #[derive(Debug, Clone)]
@@ -332,28 +334,59 @@ impl WandbApi {
         Ok(FetchedHistory { files: Vec::new(), rows: self.pages(run, 0).await? })
     }
 
-    /// History rows from step `from` to the run's last step, a page at a time.
-    /// A page asks for twice as many rows as it spans steps, so that steps
-    /// logged twice (resumed runs) are not sampled away.
+    /// History rows from step `from` to the run's last step, a page at a
+    /// time, in requests in proportion to the rows, not to the step range
+    /// (steps counted in tokens are sparse: a run may log step 0, 1e6, 2e6).
+    ///
+    /// A page asks for a step range and at most [`HISTORY_PAGE_SAMPLES`]
+    /// rows; the server samples a range holding more, so a page that comes
+    /// back full is never used: its range is halved and asked again. The
+    /// next range is sized from the density of the last page (aiming at
+    /// [`HISTORY_PAGE_ROWS`] rows; at most 8 times wider); the first page
+    /// is sized from the listing's `historyLineCount` when the whole history
+    /// is read, else spans everything left, so a small run takes one request. A
+    /// single step holding a full page (only possible with repeated steps)
+    /// cannot be read without sampling: the run fails.
     async fn pages(&self, run: &ListedRun, from: i64) -> Result<Vec<serde_json::Value>, String> {
         let name = &run.data.identity.run_id;
-        let last = run.last_step.unwrap_or(i64::MAX / 2);
+        // Exclusive end: past the last step when the listing gave it.
+        let end = run.last_step.map_or(i64::MAX / 2, |l| l.saturating_add(1));
         let mut rows = Vec::new();
         let mut min = from;
-        while min <= last {
-            let max = min.saturating_add(HISTORY_PAGE_ROWS);
+        let left = end.saturating_sub(min).max(1);
+        let mut span = match run.history_line_count {
+            Some(lines) if from == 0 && lines > HISTORY_PAGE_ROWS => {
+                (i128::from(left) * i128::from(HISTORY_PAGE_ROWS) / i128::from(lines)).max(1) as i64
+            }
+            _ => left,
+        };
+        while min < end {
+            let max = min.saturating_add(span).min(end);
             let mut vars = self.base_vars();
             vars["name"] = name.clone().into();
             vars["minStep"] = min.into();
             vars["maxStep"] = max.into();
-            vars["samples"] = (2 * HISTORY_PAGE_ROWS).into();
-            let data = self.graphql(&format!("history page from step {min} of run {name}"), HISTORY_PAGE, vars).await?;
+            vars["samples"] = HISTORY_PAGE_SAMPLES.into();
+            let what = format!("history page of steps {min}..{max} of run {name}");
+            let data = self.graphql(&what, HISTORY_PAGE, vars).await?;
             let page = data.pointer("/project/run/history").and_then(|h| h.as_array()).cloned().unwrap_or_default();
-            if page.is_empty() && run.last_step.is_none() {
-                break;
+            let n = page.len() as i64;
+            if n >= HISTORY_PAGE_SAMPLES {
+                if max - min <= 1 {
+                    return Err(format!("{what}: step {min} holds {n} rows or more, which the API gives only sampled"));
+                }
+                span = (max - min) / 2;
+                continue;
             }
             rows.extend(page);
+            let asked = max - min;
             min = max;
+            span = if n == 0 {
+                asked.saturating_mul(8)
+            } else {
+                let dense = i128::from(asked) * i128::from(HISTORY_PAGE_ROWS) / i128::from(n);
+                dense.clamp(1, i128::from(asked.saturating_mul(8))) as i64
+            };
         }
         Ok(rows)
     }
