@@ -21,6 +21,11 @@ pub enum Error {
     /// that cannot start, a task that stopped); nothing was committed.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The wide layout's columns were typed by a first pass; a run read
+    /// again holds a key or a type that pass did not see (the source
+    /// changed during the export). The run fails rather than lose values.
+    #[error("history of run {run} changed while it was exported: {detail}; export again")]
+    HistoryChanged { run: String, detail: String },
     /// `--fail-fast`: the first run that failed.
     #[error("run {run} failed ({stage}): {error}")]
     RunFailed { run: String, stage: String, error: String },

@@ -256,13 +256,27 @@ fn consecutive(rows: &[u32]) -> impl Iterator<Item = std::ops::Range<usize>> + '
 }
 
 /// The run's history in the wide layout, rows in log order. `kinds` must hold
-/// every key of the run (see [`collect_kinds`]).
+/// every key of the run with a kind its values fit (see [`collect_kinds`]);
+/// otherwise the run's history changed since the kinds were collected, and
+/// it is an error, never a dropped or nulled value.
 pub fn wide_batch(
     schema: &SchemaRef,
     kinds: &BTreeMap<String, ColumnKind>,
     run_id: &str,
     h: &RunHistory,
 ) -> Result<RecordBatch> {
+    let mut own = BTreeMap::new();
+    collect_kinds(h, &mut own);
+    for (key, kind) in &own {
+        let detail = match kinds.get(key) {
+            None => format!("key {key:?} is new"),
+            Some(column) if column.unify(*kind) != *column => {
+                format!("key {key:?} now holds {kind:?} values, its column is {column:?}")
+            }
+            Some(_) => continue,
+        };
+        return Err(Error::HistoryChanged { run: run_id.to_string(), detail });
+    }
     let n = h.rows.len();
     let all_rows: Vec<u32> = (0..n as u32).collect();
     let mut columns = row_columns(run_id, h, &all_rows);
@@ -418,6 +432,29 @@ mod tests {
         assert_eq!(json.value(1), r#"{"_type":"image-file"}"#);
         assert!(value.value(4).is_nan());
         assert!(json.is_null(4));
+    }
+
+    #[test]
+    fn wide_batches_refuse_keys_and_types_the_schema_lacks() {
+        let h = sample();
+        let mut kinds = BTreeMap::new();
+        collect_kinds(&h, &mut kinds);
+        let schema = wide_schema(&kinds);
+        assert!(wide_batch(&schema, &kinds, "r1", &h).is_ok());
+        for (key, narrowed) in kinds.clone() {
+            // The key unseen by the first pass, then seen with a narrower type.
+            let mut fewer = kinds.clone();
+            fewer.remove(&key);
+            let e = wide_batch(&wide_schema(&fewer), &fewer, "r1", &h).unwrap_err().to_string();
+            assert!(e.contains("run r1") && e.contains(&format!("{key:?} is new")), "{e}");
+            let other = if narrowed == ColumnKind::Bool { ColumnKind::Int } else { ColumnKind::Bool };
+            if other.unify(narrowed) != other {
+                let mut wrong = kinds.clone();
+                wrong.insert(key.clone(), other);
+                let e = wide_batch(&wide_schema(&wrong), &wrong, "r1", &h).unwrap_err().to_string();
+                assert!(e.contains(&format!("{key:?} now holds")), "{e}");
+            }
+        }
     }
 
     #[test]
