@@ -156,7 +156,7 @@ impl MlflowLocal {
                     .collect::<Result<Vec<_>, String>>()?,
             };
             series.sort_by(|a, b| a.0.cmp(&b.0));
-            data.history = Some(history_from_series(series));
+            data.history = Some(history_from_series(series)?);
         }
         Ok(data)
     }
@@ -232,13 +232,16 @@ impl MlflowRun {
 }
 
 /// Builds a run's history from per-key series (each in the store's order):
-/// a row per point, each key's values one series over its rows.
-pub fn history_from_series(series: Vec<(String, Vec<MetricPoint>)>) -> RunHistory {
+/// a row per point, each key's values one series over its rows. Row and key
+/// indices are 32-bit: a run with more points than that is an error.
+pub fn history_from_series(series: Vec<(String, Vec<MetricPoint>)>) -> Result<RunHistory, String> {
     let mut h = RunHistory::default();
     for (key, points) in series {
-        let id = h.keys.len() as u32;
+        let too_many = || format!("the run has more than {} metric points", u32::MAX);
+        let id = u32::try_from(h.keys.len()).map_err(|_| too_many())?;
+        let first_row = u32::try_from(h.rows.len()).map_err(|_| too_many())?;
+        u32::try_from(h.rows.len() + points.len()).map_err(|_| too_many())?;
         h.keys.push(key);
-        let first_row = h.rows.len() as u32;
         h.rows.extend(points.iter().map(|p| HistoryRow {
             step: p.step,
             timestamp: p.timestamp_ms.checked_mul(1000),
@@ -247,7 +250,7 @@ pub fn history_from_series(series: Vec<(String, Vec<MetricPoint>)>) -> RunHistor
         let values = Float64Array::from_iter_values(points.iter().map(|p| p.value));
         h.series.push(HistorySeries { key: id, first_row, values });
     }
-    h
+    Ok(h)
 }
 
 /// The metric keys of a run whose history the plan selects.

@@ -644,7 +644,7 @@ impl RemoteSource for MlflowRest {
         let mut data = run.into_run_data(plan);
         if plan.history {
             named.sort_by(|a, b| a.0.cmp(&b.0));
-            data.history = Some(history_from_series(named));
+            data.history = Some(history_from_series(named)?);
         }
         Ok(data)
     }

@@ -193,7 +193,7 @@ enum RecordError {
 impl From<EnvelopeError> for RecordError {
     fn from(e: EnvelopeError) -> Self {
         match e {
-            EnvelopeError::KeyTooDeep => RecordError::Fatal(e.to_string()),
+            EnvelopeError::KeyTooDeep | EnvelopeError::TooManyRows => RecordError::Fatal(e.to_string()),
             e => RecordError::Skipped(e.to_string()),
         }
     }
@@ -251,7 +251,7 @@ impl RunDecoder<'_> {
                     }
                 } else {
                     let items = items.iter().map(RawItem::validate).collect::<Result<Vec<_>, _>>()?;
-                    self.history_row(step, items);
+                    self.history_row(step, items)?;
                 }
             }
             RecordType::Stats => {
@@ -329,7 +329,7 @@ impl RunDecoder<'_> {
     /// cache, so text seen at the same position before is neither checked
     /// nor hashed again.
     fn flat_history_row(&mut self, step: Option<i64>, items: &[RawItem<'_>]) -> Result<(), EnvelopeError> {
-        let row_index = self.history.rows.len() as u32;
+        let row_index = self.next_row_index()?;
         let mut row = HistoryRow { step: 0, timestamp: None, runtime_s: None };
         let mut step_item = None;
         for item in items {
@@ -382,8 +382,13 @@ impl RunDecoder<'_> {
         Ok((id != EXCLUDED).then_some(id))
     }
 
-    fn history_row(&mut self, step: Option<i64>, items: Vec<ItemRef<'_>>) {
-        let row_index = self.history.rows.len() as u32;
+    /// The index the next history row gets.
+    fn next_row_index(&self) -> Result<u32, EnvelopeError> {
+        u32::try_from(self.history.rows.len()).map_err(|_| EnvelopeError::TooManyRows)
+    }
+
+    fn history_row(&mut self, step: Option<i64>, items: Vec<ItemRef<'_>>) -> Result<(), EnvelopeError> {
+        let row_index = self.next_row_index()?;
         let mut row = HistoryRow { step: 0, timestamp: None, runtime_s: None };
         let mut step_item = None;
         // Media objects (images, histograms) are written key by key, with a
@@ -430,6 +435,7 @@ impl RunDecoder<'_> {
             }
         }
         self.end_row(row, step, step_item);
+        Ok(())
     }
 
     /// Completes a row: its step from the record, else `_step`, else the

@@ -48,6 +48,9 @@ pub enum EnvelopeError {
     /// the run cannot be trusted (it fails, see `decode_run`).
     #[error("a key is nested more than {MAX_KEY_DEPTH} levels deep")]
     KeyTooDeep,
+    /// Row indices of a run's history are 32-bit.
+    #[error("the run has more than {} history rows", u32::MAX)]
+    TooManyRows,
 }
 
 /// The deepest key path (`nested_key` segments) a record may hold: as deep
