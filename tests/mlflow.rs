@@ -14,6 +14,25 @@ struct Standard {
     mlruns: PathBuf,
 }
 
+/// Tests that count the shared server's requests hold this exclusively;
+/// every other test of the shared server holds it shared.
+static SERVER_USE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn shared_use() -> std::sync::RwLockReadGuard<'static, ()> {
+    SERVER_USE.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn counting_use() -> std::sync::RwLockWriteGuard<'static, ()> {
+    SERVER_USE.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// runport's own request count (`--json`) equals what the server answered.
+fn assert_served(std: &Standard, before: usize, summary: &serde_json::Value) -> u64 {
+    let served = (std.server.requests_served() - before) as u64;
+    assert_eq!(summary["http"]["requests"].as_u64(), Some(served), "server answered {served}: {summary}");
+    served
+}
+
 fn standard() -> &'static Standard {
     static STD: OnceLock<Standard> = OnceLock::new();
     STD.get_or_init(|| {
@@ -63,6 +82,7 @@ fn export_source(source: &str, out: &Path, extra: &[&str], want: i32) -> serde_j
 
 #[test]
 fn rest_export_equals_the_official_client() {
+    let _shared = shared_use();
     let std = standard();
     for view in ["active", "all"] {
         let out = tempdir();
@@ -74,6 +94,7 @@ fn rest_export_equals_the_official_client() {
 
 #[test]
 fn sqlite_and_mlruns_give_the_same_dataset() {
+    let _shared = shared_use();
     let std = standard();
     let rest = tempdir();
     export_source(&std.server.source(), rest.path(), &["--view", "all"], 0);
@@ -96,11 +117,12 @@ fn sqlite_and_mlruns_give_the_same_dataset() {
 #[test]
 fn selections_without_history_make_listing_requests_only() {
     let std = standard();
+    let _counting = counting_use();
     let out = tempdir();
+    let before = std.server.requests_served();
     let summary = export_source(&std.server.source(), out.path(), &["--select", "run_name,metrics.*,params.*"], 0);
-    let http = &summary["http"];
     // experiments/search once, runs/search once (one page holds them all).
-    assert_eq!(http["requests"], 2, "{summary}");
+    assert_eq!(assert_served(std, before, &summary), 2, "{summary}");
     assert!(!out.path().join("history").exists());
     let (names, _) = read_parquet(&out.path().join("runs.parquet"));
     assert!(
@@ -109,6 +131,7 @@ fn selections_without_history_make_listing_requests_only() {
     );
 
     // One metric's history: one get-history request per run holding it.
+    let before = std.server.requests_served();
     let summary =
         export_source(&std.server.source(), out.path(), &["--select", "history.train/loss", "--per-page", "3"], 0);
     let (_, batches) = read_parquet(&out.path().join("history/part-00000.parquet"));
@@ -121,7 +144,7 @@ fn selections_without_history_make_listing_requests_only() {
         .collect();
     let runs = summary["runs"].as_u64().unwrap();
     let pages = runs.div_ceil(3);
-    assert_eq!(summary["http"]["requests"].as_u64().unwrap(), 1 + pages + runs_with_key.len() as u64, "{summary}");
+    assert_eq!(assert_served(std, before, &summary), 1 + pages + runs_with_key.len() as u64, "{summary}");
 }
 
 /// Histories come in bulk (one request per key for a group of runs holding
@@ -131,6 +154,8 @@ fn selections_without_history_make_listing_requests_only() {
 #[test]
 fn bulk_history_requests_and_cut_answers() {
     let std = standard();
+    let _counting = counting_use();
+    let before = std.server.requests_served();
     let out = tempdir();
     let dense = "runport-std-dense";
     let source = std.server.source();
@@ -152,11 +177,12 @@ fn bulk_history_requests_and_cut_answers() {
     // experiments/search, runs/search, bulk `acc`, the cut bulk `loss`, then
     // get-history of `loss`: two pages of 25,000 for the dense run, one for
     // its neighbour.
-    assert_eq!(summary["http"]["requests"], 7, "{summary}");
+    assert_eq!(assert_served(std, before, &summary), 7, "{summary}");
     eprintln!("{dense}: {}", check(&std.server.tracking_uri, out.path(), &["--experiments", dense]));
 
     // The main experiment: fewer requests than (run, key) series.
     let out = tempdir();
+    let before = std.server.requests_served();
     let summary = export_source(&std.server.source(), out.path(), &["--experiment", "runport-std"], 0);
     let (_, batches) = read_parquet(&out.path().join("history/part-00000.parquet"));
     let mut series = std::collections::BTreeSet::new();
@@ -166,7 +192,7 @@ fn bulk_history_requests_and_cut_answers() {
             series.insert((r.unwrap().to_string(), k.unwrap().to_string()));
         }
     }
-    let requests = summary["http"]["requests"].as_u64().unwrap();
+    let requests = assert_served(std, before, &summary);
     assert!(requests < 2 + series.len() as u64, "{requests} requests for {} series: {summary}", series.len());
     eprintln!("runport-std: {}", check(&std.server.tracking_uri, out.path(), &["--experiments", "runport-std"]));
 }

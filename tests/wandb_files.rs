@@ -79,9 +79,35 @@ fn states_and_exit_codes_follow_the_log() {
     let runs = standard();
     let out = tempdir();
     export_json(&runs, out.path(), &["--select", "name,state,exit_code"], 0);
-    for (scenario, want) in [("killed", "crashed"), ("failed", "failed"), ("config", "finished")] {
+    let (_, batches) = read_parquet(&out.path().join("runs.parquet"));
+    let ids = strings(&batches, "run_id");
+    let mut exit_codes = Vec::new();
+    for b in &batches {
+        let col = b.column_by_name("exit_code").expect("exit_code column");
+        let col = col.as_any().downcast_ref::<arrow_array::Int64Array>().expect("exit_code is Int64");
+        exit_codes.extend(col.iter());
+    }
+    // Every scenario the SDK wrote states its state and exit code.
+    let scenarios = scenarios(&runs);
+    let mut checked = 0;
+    for (scenario, want) in scenarios["scenarios"].as_object().expect("scenarios") {
+        let (Some(state), Some(code)) = (want["state"].as_str(), want.get("exit_code")) else { continue };
         let id = scenario_run_id(&runs, scenario);
-        assert_eq!(run_value(out.path(), &id, "state").as_deref(), Some(want), "scenario {scenario} (run {id})");
+        let i =
+            ids.iter().position(|r| r.as_deref() == Some(id.as_str())).unwrap_or_else(|| panic!("{id} not exported"));
+        assert_eq!(run_value(out.path(), &id, "state").as_deref(), Some(state), "scenario {scenario} (run {id})");
+        assert_eq!(exit_codes[i], code.as_i64(), "exit code of scenario {scenario} (run {id})");
+        checked += 1;
+    }
+    assert!(checked >= 3, "{checked} scenarios with a state: {scenarios}");
+    for (scenario, state, code) in
+        [("killed", "crashed", None), ("failed", "failed", Some(3)), ("config", "finished", Some(0))]
+    {
+        let i = ids.iter().position(|r| r.as_deref() == Some(scenario_run_id(&runs, scenario).as_str())).unwrap();
+        assert_eq!(
+            (run_value(out.path(), ids[i].as_deref().unwrap(), "state").as_deref(), exit_codes[i]),
+            (Some(state), code)
+        );
     }
 }
 

@@ -362,14 +362,18 @@ pub struct MlflowServer {
     child: std::process::Child,
     pub tracking_uri: String,
     pub db: PathBuf,
+    /// The server's own log (uvicorn's access lines among it).
+    pub log: PathBuf,
     pub username: Option<String>,
     pub password: Option<String>,
 }
 
 impl MlflowServer {
     pub fn start(db: &Path, basic_auth: bool) -> MlflowServer {
+        let log = db.with_extension("server.log");
         let mut cmd = Command::new(python());
         cmd.arg(testbed_dir().join("mlflow_testbed.py")).arg("serve").arg("--db").arg(db).args(["--port", "0"]);
+        cmd.arg("--log").arg(&log);
         if basic_auth {
             cmd.arg("--basic-auth");
         }
@@ -378,6 +382,7 @@ impl MlflowServer {
         MlflowServer {
             tracking_uri: s("tracking_uri").expect("tracking_uri"),
             db: db.to_path_buf(),
+            log,
             username: s("username"),
             password: s("password"),
             child,
@@ -387,6 +392,28 @@ impl MlflowServer {
     /// `mlflow+http://...` for runport.
     pub fn source(&self) -> String {
         format!("mlflow+{}", self.tracking_uri)
+    }
+
+    /// API requests the server has answered so far, counted from its own
+    /// access log (`"POST /api/2.0/mlflow/runs/search HTTP/1.1" 200`); waits
+    /// until the count has been still for half a second, since the server
+    /// logs a request after answering it.
+    pub fn requests_served(&self) -> usize {
+        let count = || {
+            let text = fs::read_to_string(&self.log).unwrap_or_default();
+            text.lines()
+                .filter(|l| l.contains("\"GET /api/") || l.contains("\"POST /api/") || l.contains(" /ajax-api/"))
+                .count()
+        };
+        let mut last = count();
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            let now = count();
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
     }
 }
 

@@ -2,16 +2,25 @@
 """Compares two runport exports table by table, value by value.
 
     python compare_exports.py A B [--ignore-columns c1,c2] [--allow-missing-null-values]
+                                  [--api-identity ENTITY] [--no-history]
 
 Used to check that the W&B API source (B) exports what the local-files source
-(A) exports for the same runs. Both are read with polars. Columns must match
-in name and order, and types must match. Cells are compared exactly, except:
-floats compare NaN == NaN; JSON-text cells (`runport.kind = json`, and
-`value_json`) compare after json.loads (so 0 == 0.0 and key order does not
-matter). `--ignore-columns` lists run columns the two sources cannot agree on
-(documented in the README). `--allow-missing-null-values` accepts history
+(A) exports for the same runs, and that two exports of one source agree.
+Both are read with polars. Columns must match in name and order, and types
+must match. Cells are compared exactly: floats bit for bit (-0.0 is not 0.0,
+NaN payloads count), ints are never turned into floats. JSON-text cells
+(`runport.kind = json`, and `value_json`) compare after json.loads, with the
+same rules for the numbers inside (1 is not 1.0) and key order ignored.
+`--ignore-columns` lists run columns the two sources cannot agree on
+(documented in the README). `--api-identity ENTITY` compares `entity` and
+`name` as the API gives them: B's entity is A's, or ENTITY where A has none
+(offline runs); B's name is A's, or the run id where A has none (the server
+names unnamed runs by id). `--allow-missing-null-values` accepts history
 rows that hold an explicit JSON null in A and are absent in B (Parquet cannot
-tell a logged None from a missing key). Prints differences and exits 1 on
+tell a logged None from a missing key). `--list-numbers-as-floats` lets an
+int and a float of the same value inside a list be equal (the API's Parquet
+files hold lists that mix ints and floats as floats). History is expected on both sides
+(files with rows) unless `--no-history`. Prints differences and exits 1 on
 any.
 """
 
@@ -20,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import struct
 import sys
 from pathlib import Path
 
@@ -37,18 +47,29 @@ def json_kinds(path: Path) -> set:
     return out
 
 
-def norm(v):
-    if isinstance(v, float) and math.isnan(v):
-        return "NaN"
-    if isinstance(v, dict):
-        return {k: norm(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [norm(x) for x in v]
-    if isinstance(v, bool):
-        return v
-    if isinstance(v, (int, float)):
-        return float(v)
-    return v
+def float_bits(f: float) -> bytes:
+    return struct.pack("<d", f)
+
+
+LIST_NUMBERS_AS_FLOATS = False
+
+
+def same(a, b, in_list: bool = False) -> bool:
+    """Exact equality: types as well as values, floats bit for bit. With
+    LIST_NUMBERS_AS_FLOATS, an int and a float inside a list are equal when
+    the int as a float has the float's bits (the API's Parquet gives lists
+    mixing ints and floats as floats)."""
+    if in_list and LIST_NUMBERS_AS_FLOATS and {type(a), type(b)} == {int, float}:
+        return float_bits(float(a)) == float_bits(float(b))
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float):
+        return float_bits(a) == float_bits(b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(same(x, y, True) for x, y in zip(a, b))
+    return a == b
 
 
 def cell_eq(a, b, is_json: bool) -> bool:
@@ -56,12 +77,10 @@ def cell_eq(a, b, is_json: bool) -> bool:
         return a is None and b is None
     if is_json:
         try:
-            return norm(json.loads(a)) == norm(json.loads(b))
+            return same(json.loads(a), json.loads(b))
         except (TypeError, ValueError):
             return a == b
-    if isinstance(a, float) and isinstance(b, float):
-        return (math.isnan(a) and math.isnan(b)) or a == b
-    return a == b
+    return same(a, b)
 
 
 def compare(label, a: pl.DataFrame, b: pl.DataFrame, json_cols: set, ignore: set, diffs: list):
@@ -91,20 +110,43 @@ def main(argv=None) -> int:
     ap.add_argument("b")
     ap.add_argument("--ignore-columns", default="")
     ap.add_argument("--allow-missing-null-values", action="store_true")
+    ap.add_argument("--api-identity", metavar="ENTITY")
+    ap.add_argument("--no-history", action="store_true", help="history is not expected on either side")
+    ap.add_argument("--list-numbers-as-floats", action="store_true",
+                    help="an int and a float in a list compare by value (the API's documented difference)")
     args = ap.parse_args(argv)
+    global LIST_NUMBERS_AS_FLOATS
+    LIST_NUMBERS_AS_FLOATS = args.list_numbers_as_floats
     a, b = Path(args.a), Path(args.b)
     ignore = {c for c in args.ignore_columns.split(",") if c}
     diffs: list = []
 
     ra = pl.read_parquet(a / "runs.parquet")
     rb = pl.read_parquet(b / "runs.parquet")
+    if args.api_identity is not None:
+        if ra["run_id"].to_list() != rb["run_id"].to_list():
+            diffs.append("runs: run ids differ")
+        else:
+            for col, fallback in (("entity", [args.api_identity] * ra.height), ("name", ra["run_id"].to_list())):
+                if col not in ra.columns or col not in rb.columns:
+                    if (col in ra.columns) != (col in rb.columns):
+                        diffs.append(f"runs: column {col!r} only on one side")
+                    continue
+                want = [x if x is not None else f for x, f in zip(ra[col].to_list(), fallback)]
+                for i, (w, got) in enumerate(zip(want, rb[col].to_list())):
+                    if w != got:
+                        diffs.append(f"runs: row {i} column {col!r}: expected {w!r} from the API, B={got!r}")
+            ignore = ignore | {"entity", "name"}
     compare("runs", ra, rb, json_kinds(a / "runs.parquet") | json_kinds(b / "runs.parquet"), ignore, diffs)
 
     ha_files = sorted((a / "history").glob("*.parquet"))
     hb_files = sorted((b / "history").glob("*.parquet"))
-    if bool(ha_files) != bool(hb_files):
-        diffs.append(f"history: A has {len(ha_files)} files, B has {len(hb_files)}")
-    elif ha_files:
+    if args.no_history:
+        if ha_files or hb_files:
+            diffs.append(f"history: not expected, A has {len(ha_files)} files, B has {len(hb_files)}")
+    elif not ha_files or not hb_files:
+        diffs.append(f"history: expected on both sides, A has {len(ha_files)} files, B has {len(hb_files)}")
+    else:
         ha = pl.concat([pl.read_parquet(f) for f in ha_files])
         hb = pl.concat([pl.read_parquet(f) for f in hb_files])
         dropped = 0
@@ -115,6 +157,8 @@ def main(argv=None) -> int:
             dropped = missing.height
             ha = ha.join(missing.select(keys).with_columns(pl.lit(True).alias("_drop")), on=keys, how="left")
             ha = ha.filter(pl.col("_drop").is_null()).drop("_drop")
+        if ha.height == 0:
+            diffs.append("history: expected rows, both sides have none")
         jc = {"value_json"} | json_kinds(ha_files[0]) | json_kinds(hb_files[0])
         compare("history", ha, hb, jc, set(), diffs)
         if dropped:
