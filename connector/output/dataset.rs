@@ -84,6 +84,8 @@ pub struct DatasetDir {
     staging: PathBuf,
     /// `.NAME.runport-old`: the previous export while the fallback swaps.
     aside: PathBuf,
+    /// Of the folder this export replaces, given to the new one at commit.
+    permissions: Option<fs::Permissions>,
     _lock: OutputLock,
     published: bool,
 }
@@ -118,11 +120,8 @@ impl DatasetDir {
         }
         check_replaceable(&dir)?;
         fs::create_dir(&staging).map_err(|e| Error::write(staging.display(), e))?;
-        // The new folder keeps the permissions of the one it replaces.
-        if let Ok(meta) = fs::metadata(&dir) {
-            fs::set_permissions(&staging, meta.permissions()).map_err(|e| Error::write(staging.display(), e))?;
-        }
-        Ok(DatasetDir { dir, staging, aside, _lock: lock, published: false })
+        let permissions = fs::metadata(&dir).ok().map(|m| m.permissions());
+        Ok(DatasetDir { dir, staging, aside, permissions, _lock: lock, published: false })
     }
 
     /// The dataset folder (absolute; where the export becomes visible).
@@ -163,6 +162,10 @@ impl DatasetDir {
         folders.sort();
         folders.dedup();
         folders.push(self.staging.clone());
+        // The new folder keeps the permissions of the one it replaces.
+        if let Some(p) = &self.permissions {
+            fs::set_permissions(&self.staging, p.clone()).map_err(|e| Error::write(self.staging.display(), e))?;
+        }
         for folder in &folders {
             sync_dir(folder)?;
         }
@@ -558,6 +561,19 @@ mod tests {
         export(DatasetDir::open(&parent.path().join("link")).unwrap(), &[("runs.parquet", b"2")]);
         assert!(fs::symlink_metadata(parent.path().join("link")).unwrap().file_type().is_symlink());
         assert_eq!(fs::read(real.join("runs.parquet")).unwrap(), b"2");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_new_folder_keeps_the_permissions_of_the_old_one() {
+        use std::os::unix::fs::PermissionsExt;
+        let parent = tempfile::tempdir().unwrap();
+        let out = parent.path().join("out");
+        export(DatasetDir::open(&out).unwrap(), &[("runs.parquet", b"1")]);
+        fs::set_permissions(&out, fs::Permissions::from_mode(0o750)).unwrap();
+        export(DatasetDir::open(&out).unwrap(), &[("runs.parquet", b"2")]);
+        assert_eq!(fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o750);
+        assert_eq!(fs::read(out.join("runs.parquet")).unwrap(), b"2");
     }
 
     #[test]
