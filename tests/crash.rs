@@ -249,7 +249,7 @@ fn kill_re_exports(renames: Renames, kills: usize) -> Outcomes {
         }
         let target = 1 - current;
         let extra = [EXPORT_A, EXPORT_B][target];
-        let at = took[target].mul_f64(0.05 + 0.95 * rng.unit());
+        let at = took[target].mul_f64(0.15 + 0.85 * rng.unit());
         let started = Instant::now();
         let mut strace = slowed_export(&source, &out, extra, renames, &log);
         let pid = traced_child(strace.id()).expect("strace started runport");
@@ -313,7 +313,7 @@ fn killed_re_exports_leave_one_whole_export() {
 /// beside it, which the next export puts back; never a torn dataset.
 #[test]
 fn without_rename_exchange_killed_re_exports_are_whole_or_set_aside() {
-    let seen = kill_re_exports(Renames::SlowWithoutExchange, KILLS / 2);
+    let seen = kill_re_exports(Renames::SlowWithoutExchange, KILLS);
     assert!(seen.set_aside > 0, "kills land between the two renames too: {seen:?}");
 }
 
