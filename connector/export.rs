@@ -485,6 +485,10 @@ pub fn export(opts: &ExportOptions) -> Result<ExportSummary> {
         return Err(e);
     }
     if let Some(cut) = listing_cut {
+        if opts.fail_fast {
+            // Nothing is committed: the dataset would miss the later runs.
+            return Err(Error::RunFailed { run: cut.run, stage: cut.stage, error: cut.error });
+        }
         tracing::error!(stage = "listing", error = %cut.error, "the listing stopped early; later runs are missing");
         failures.push(cut);
     }

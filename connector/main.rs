@@ -98,7 +98,7 @@ enum Command {
         /// Output directory (created; a previous export there is replaced).
         #[arg(short, long)]
         out: PathBuf,
-        /// Stop at the first run that fails (nothing is written).
+        /// Stop at the first failure, a run or a listing cut short (nothing is written).
         #[arg(long)]
         fail_fast: bool,
     },

@@ -2,6 +2,7 @@
 //! The test bed (Python venv with the real W&B SDK, runs it writes, the
 //! reference reader) is set up on first use; see `harness`.
 
+mod crash;
 mod harness;
 mod mlflow;
 mod wandb_api;

@@ -364,3 +364,63 @@ fn paged_history_requests_follow_rows_and_are_never_sampled() {
         compare_exports(expected.path(), out.path(), &[]);
     }
 }
+
+/// Every file under `dir` with its bytes, by relative path.
+fn snapshot(dir: &Path) -> std::collections::BTreeMap<std::path::PathBuf, Vec<u8>> {
+    walk_files(dir).into_iter().map(|p| (p.strip_prefix(dir).unwrap().to_path_buf(), fs::read(&p).unwrap())).collect()
+}
+
+/// `--fail-fast`: a run that fails, and a listing cut short, each end the
+/// export with exit 1 and leave the previous dataset byte for byte (and
+/// nothing beside it); without `--fail-fast` the cut listing is a failure of
+/// an export that is committed.
+#[test]
+fn fail_fast_commits_nothing_when_a_run_or_the_listing_fails() {
+    let runs = wandb_runs("standard");
+    let server = WandbServer::start(&runs, &[]);
+    let work = tempdir();
+    let out = work.path().join("out");
+    let o = out.to_str().unwrap();
+    let (code, _, stderr) = server.runport(&["export", "-o", o, "--select", "name,state,history.loss"]);
+    assert_eq!(code, 0, "{stderr}");
+    let before = snapshot(&out);
+    assert!(before.len() >= 3, "runs, history and manifest: {:?}", before.keys());
+    let beside = || fs::read_dir(work.path()).unwrap().map(|e| e.unwrap().file_name()).collect::<Vec<_>>();
+    let faults = |rules: serde_json::Value| {
+        reset(&server);
+        server.admin("/_testbed/faults", Some(serde_json::json!({"rules": rules, "replace": true})));
+    };
+    let hits = || -> u64 {
+        let rules = server.admin("/_testbed/faults", None)["rules"].clone();
+        rules.as_array().unwrap().iter().map(|r| r["hits"].as_u64().unwrap_or(0)).sum()
+    };
+
+    // A run fails: its history files are refused (404 is not retried).
+    faults(serde_json::json!([{"origin": "files", "action": "status", "status": 404}]));
+    let (code, _, stderr) = server.runport(&["export", "-o", o, "--fail-fast"]);
+    assert!(hits() > 0, "the fault fired");
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("failed"), "{stderr}");
+    assert!(snapshot(&out) == before, "the previous dataset is untouched after a failed run");
+    assert_eq!(beside(), ["out"], "nothing left beside the dataset");
+
+    // The listing is cut after its first page (400 is not retried).
+    let cut = serde_json::json!([{"origin": "api", "operation": "Runs", "skip": 1, "action": "status", "status": 400}]);
+    faults(cut.clone());
+    let (code, _, stderr) = server.runport(&["export", "-o", o, "--per-page", "2", "--fail-fast"]);
+    assert!(hits() > 0, "the fault fired");
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("listing"), "{stderr}");
+    assert!(snapshot(&out) == before, "the previous dataset is untouched after a cut listing");
+    assert_eq!(beside(), ["out"], "nothing left beside the dataset");
+
+    // Without --fail-fast the runs listed before the cut are exported and
+    // the cut is a failure (exit 1).
+    faults(cut);
+    let (code, stdout, stderr) = server.runport(&["export", "-o", o, "--per-page", "2", "--json"]);
+    assert_eq!(code, 1, "{stderr}");
+    let summary = last_json_line(&stdout);
+    assert_eq!(summary["failures"][0]["stage"], "listing", "{summary}");
+    assert_eq!(summary["runs"], 2, "the first page's runs: {summary}");
+    assert!(snapshot(&out) != before);
+}

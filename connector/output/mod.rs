@@ -1,11 +1,10 @@
 //! The output dataset: a directory of Parquet files and `_manifest.json`.
 //!
-//! Files are written under temporary names in their final directory and
-//! renamed into place by [`DatasetDir::commit`], manifest last; files of the
-//! previous export that the new one did not write are removed after that. A
-//! temporary file that is never committed (failure, panic) is deleted when it
-//! is dropped. See `schemas/output/README.md`.
+//! An export is written into a staging folder beside the dataset folder and
+//! made visible in one atomic step by [`DatasetDir::commit`] (see
+//! [`dataset`]). See `schemas/output/README.md`.
 
+pub mod dataset;
 pub mod history;
 pub mod pages;
 pub mod parallel;
@@ -14,8 +13,6 @@ pub mod runlength;
 pub mod runs;
 pub mod spool;
 
-use std::fs::{self, File};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use self::parallel::ParallelWriter;
@@ -28,10 +25,8 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use serde::Serialize;
 
+pub use self::dataset::{DatasetDir, FileEntry, MANIFEST, TempFile};
 use crate::error::{Error, Result};
-
-pub const MANIFEST: &str = "_manifest.json";
-const TMP_MARK: &str = ".tmp-runport-";
 
 /// Row groups close at this many encoded bytes (or rows, below).
 pub const ROW_GROUP_BYTES: usize = 64 * 1024 * 1024;
@@ -54,143 +49,6 @@ pub struct Provenance {
     pub source: String,
     pub source_kind: String,
     pub selection: String,
-}
-
-/// A file written under a temporary name; deleted on drop unless committed.
-#[derive(Debug)]
-pub struct TempFile {
-    tmp: PathBuf,
-    /// Path relative to the dataset directory, with `/` separators.
-    pub rel: String,
-    pub rows: u64,
-    pub bytes: u64,
-    committed: bool,
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = fs::remove_file(&self.tmp);
-        }
-    }
-}
-
-/// A file of the committed export, as listed in the manifest.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct FileEntry {
-    pub path: String,
-    pub rows: u64,
-    pub bytes: u64,
-}
-
-/// The output directory of one export.
-#[derive(Debug)]
-pub struct DatasetDir {
-    dir: PathBuf,
-    previous: Vec<String>,
-}
-
-impl DatasetDir {
-    /// Creates the directory when needed and removes temporary files left by
-    /// an export that was killed.
-    pub fn open(dir: &Path) -> Result<DatasetDir> {
-        fs::create_dir_all(dir).map_err(|e| Error::write(dir.display(), e))?;
-        for sub in [dir.to_path_buf(), dir.join("history")] {
-            if let Ok(entries) = fs::read_dir(&sub) {
-                for e in entries.flatten() {
-                    if e.file_name().to_string_lossy().contains(TMP_MARK) {
-                        let _ = fs::remove_file(e.path());
-                    }
-                }
-            }
-        }
-        let previous = previous_files(dir);
-        Ok(DatasetDir { dir: dir.to_path_buf(), previous })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.dir
-    }
-
-    /// Creates `rel` (e.g. `history/part-00000.parquet`) under a temporary name.
-    pub fn create(&self, rel: &str) -> Result<(File, TempFile)> {
-        let dest = self.dir.join(rel);
-        let parent = dest.parent().expect("invariant: a file in the dataset has a parent").to_path_buf();
-        fs::create_dir_all(&parent).map_err(|e| Error::write(parent.display(), e))?;
-        let name = dest.file_name().expect("invariant: rel names a file").to_string_lossy().into_owned();
-        let tmp = parent.join(format!(".{name}{TMP_MARK}{}", std::process::id()));
-        let file = File::create(&tmp).map_err(|e| Error::write(tmp.display(), e))?;
-        Ok((file, TempFile { tmp, rel: rel.to_string(), rows: 0, bytes: 0, committed: false }))
-    }
-
-    /// Renames every file into place, then writes the manifest (also through a
-    /// temporary file), then removes files of the previous export that this
-    /// one did not write.
-    pub fn commit(self, mut files: Vec<TempFile>, manifest: &serde_json::Value) -> Result<Vec<FileEntry>> {
-        let mut entries = Vec::new();
-        for f in &mut files {
-            let dest = self.dir.join(&f.rel);
-            fs::rename(&f.tmp, &dest).map_err(|e| Error::write(dest.display(), e))?;
-            f.committed = true;
-            entries.push(FileEntry { path: f.rel.clone(), rows: f.rows, bytes: f.bytes });
-        }
-        let (mut file, mut tmp) = self.create(MANIFEST)?;
-        let text = serde_json::to_vec_pretty(manifest).expect("invariant: the manifest is plain JSON");
-        use std::io::Write;
-        file.write_all(&text).and_then(|_| file.sync_all()).map_err(|e| Error::write(tmp.tmp.display(), e))?;
-        drop(file);
-        let dest = self.dir.join(MANIFEST);
-        fs::rename(&tmp.tmp, &dest).map_err(|e| Error::write(dest.display(), e))?;
-        tmp.committed = true;
-
-        let written: std::collections::HashSet<&str> = entries.iter().map(|e| e.path.as_str()).collect();
-        let mut stale: Vec<String> = self.previous.iter().filter(|p| !written.contains(p.as_str())).cloned().collect();
-        // Parts of older exports without a manifest, or beyond the new count.
-        if let Ok(rd) = fs::read_dir(self.dir.join("history")) {
-            for e in rd.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                let rel = format!("history/{name}");
-                if name.starts_with("part-") && name.ends_with(".parquet") && !written.contains(rel.as_str()) {
-                    stale.push(rel);
-                }
-            }
-        }
-        for rel in stale {
-            if is_safe_relative(&rel) {
-                let _ = fs::remove_file(self.dir.join(&rel));
-            }
-        }
-        let history = self.dir.join("history");
-        if fs::read_dir(&history).is_ok_and(|mut d| d.next().is_none()) {
-            let _ = fs::remove_dir(&history);
-        }
-        Ok(entries)
-    }
-}
-
-/// Paths listed by an existing manifest (only plain relative paths).
-fn previous_files(dir: &Path) -> Vec<String> {
-    let Ok(text) = fs::read(dir.join(MANIFEST)) else {
-        return Vec::new();
-    };
-    let Ok(json) = serde_json::from_slice::<serde_json::Value>(&text) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    if let Some(tables) = json.get("tables").and_then(|t| t.as_object()) {
-        for table in tables.values() {
-            for f in table.get("files").and_then(|f| f.as_array()).into_iter().flatten() {
-                if let Some(p) = f.get("path").and_then(|p| p.as_str()) {
-                    out.push(p.to_string());
-                }
-            }
-        }
-    }
-    out
-}
-
-fn is_safe_relative(rel: &str) -> bool {
-    !rel.is_empty() && !rel.starts_with('/') && !rel.split('/').any(|s| s == ".." || s.is_empty())
 }
 
 /// Writer settings shared by every table: zstd, page statistics, byte-bounded
@@ -302,42 +160,5 @@ impl TableWriter {
         }
         self.close_part()?;
         Ok(std::mem::take(&mut self.done))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn uncommitted_files_vanish_and_stale_files_go() {
-        let dir = tempfile::tempdir().unwrap();
-        let ds = DatasetDir::open(dir.path()).unwrap();
-        {
-            let (_f, _tmp) = ds.create("history/part-00000.parquet").unwrap();
-            assert_eq!(fs::read_dir(dir.path().join("history")).unwrap().count(), 1);
-        }
-        assert_eq!(fs::read_dir(dir.path().join("history")).unwrap().count(), 0, "dropped temp file must be removed");
-
-        // First export: two parts. Second export: one part; the old second part goes.
-        let (_f, a) = ds.create("history/part-00000.parquet").unwrap();
-        let (_g, b) = ds.create("history/part-00001.parquet").unwrap();
-        let manifest = serde_json::json!({"tables": {"history": {"files": [{"path": "history/part-00000.parquet"}, {"path": "history/part-00001.parquet"}]}}});
-        ds.commit(vec![a, b], &manifest).unwrap();
-        assert!(dir.path().join("history/part-00001.parquet").exists());
-        let ds = DatasetDir::open(dir.path()).unwrap();
-        let (_f, a) = ds.create("history/part-00000.parquet").unwrap();
-        ds.commit(vec![a], &serde_json::json!({})).unwrap();
-        assert!(dir.path().join("history/part-00000.parquet").exists());
-        assert!(!dir.path().join("history/part-00001.parquet").exists());
-        assert!(dir.path().join(MANIFEST).exists());
-    }
-
-    #[test]
-    fn unsafe_manifest_paths_are_ignored() {
-        assert!(is_safe_relative("history/part-00000.parquet"));
-        assert!(!is_safe_relative("../etc/passwd"));
-        assert!(!is_safe_relative("/etc/passwd"));
-        assert!(!is_safe_relative("a//b"));
     }
 }

@@ -78,6 +78,7 @@ class Rule:
             raise ValueError(f"unknown origin {self.origin!r}")
         self.status = int(spec.get("status", 429 if self.action == "rate_limit" else 503))
         self.times = spec.get("times")
+        self.skip = int(spec.get("skip", 0) or 0)
         self.probability = spec.get("probability")
         self.rng = random.Random(spec.get("seed", 0))
         self.delay = float(spec.get("delay", 0) or 0)
@@ -111,6 +112,8 @@ class Rule:
                 return False
             self.hits += 1
             return True
+        if self.matched <= self.skip:
+            return False
         if self.times is not None and self.hits >= int(self.times):
             return False
         if self.probability is not None and self.rng.random() >= float(self.probability):
