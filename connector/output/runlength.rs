@@ -7,8 +7,9 @@
 //! compares every value, which cost ~15 ns a row for each of these columns.
 //!
 //! The file's Arrow schema keeps the plain `Utf8` type: readers see strings.
-//! Pages are compressed with the column's codec when it is zstd (the codec of
-//! every runport table), else written uncompressed.
+//! Pages are compressed with zstd (the codec of every runport table) or not
+//! at all, as the column's codec says; a column of another codec is expanded
+//! to strings and written by parquet's writer (see [`writes_codec`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -44,6 +45,11 @@ pub fn run_length_type() -> DataType {
 /// column of type `file`.
 pub fn is_run_length_of(batch: &DataType, file: &DataType) -> bool {
     *file == DataType::Utf8 && *batch == run_length_type()
+}
+
+/// Whether [`RunLengthChunk`] writes pages of this codec.
+pub fn writes_codec(codec: Compression) -> bool {
+    matches!(codec, Compression::ZSTD(_) | Compression::UNCOMPRESSED)
 }
 
 /// Builds a run-length string column, run after run.
@@ -131,28 +137,13 @@ impl RunLengthChunk {
 
     /// Adds the rows of a (possibly sliced) `RunEndEncoded<Int32, Utf8>` array.
     pub fn write(&mut self, array: &dyn Array) -> Result<()> {
-        let runs = array
-            .as_run_opt::<Int32Type>()
-            .ok_or_else(|| ParquetError::General(format!("a run-length column of type {}", array.data_type())))?;
-        let values = runs
-            .values()
-            .as_string_opt::<i32>()
-            .ok_or_else(|| ParquetError::General("run-length values that are not strings".into()))?;
-        let ends = runs.run_ends();
-        let (offset, len) = (ends.offset(), ends.len());
-        if len == 0 {
-            return Ok(());
-        }
-        let mut start = 0usize;
-        for p in ends.get_start_physical_index()..=ends.get_end_physical_index() {
-            let end = (ends.values()[p] as usize).saturating_sub(offset).min(len);
-            if end > start {
-                if values.is_null(p) {
-                    return Err(ParquetError::General("a null in a run-length string column".into()));
-                }
-                self.push_run(values.value(p).as_bytes(), end - start);
-                start = end;
-            }
+        let mut null = false;
+        for_each_run(array, |value, count| match value {
+            Some(v) => self.push_run(v.as_bytes(), count),
+            None => null = true,
+        })?;
+        if null {
+            return Err(ParquetError::General("a null in a run-length string column".into()));
         }
         Ok(())
     }
@@ -213,7 +204,13 @@ impl RunLengthChunk {
         let mut first_data_page = None;
         let (codec, mut zstd) = match props.compression(descr.path()) {
             c @ Compression::ZSTD(level) => (c, Some(zstd::bulk::Compressor::new(level.compression_level())?)),
-            _ => (Compression::UNCOMPRESSED, None),
+            Compression::UNCOMPRESSED => (Compression::UNCOMPRESSED, None),
+            other => {
+                return Err(ParquetError::General(format!(
+                    "column {}: run-length chunks are not written with {other} (only zstd or uncompressed)",
+                    descr.path()
+                )));
+            }
         };
         let mut compress = |raw: Vec<u8>| -> Result<(Bytes, usize)> {
             let size = raw.len();
@@ -337,6 +334,39 @@ pub fn expand(array: &dyn Array) -> Vec<String> {
         out.resize(end, values.value(p).to_string());
     }
     out
+}
+
+/// Calls `f(value, rows)` for each run of a (possibly sliced)
+/// `RunEndEncoded<Int32, Utf8>` array, in order; empty runs are skipped.
+fn for_each_run(array: &dyn Array, mut f: impl FnMut(Option<&str>, usize)) -> Result<()> {
+    let runs = array
+        .as_run_opt::<Int32Type>()
+        .ok_or_else(|| ParquetError::General(format!("a run-length column of type {}", array.data_type())))?;
+    let values = runs
+        .values()
+        .as_string_opt::<i32>()
+        .ok_or_else(|| ParquetError::General("run-length values that are not strings".into()))?;
+    let ends = runs.run_ends();
+    let (offset, len) = (ends.offset(), ends.len());
+    if len == 0 {
+        return Ok(());
+    }
+    let mut start = 0usize;
+    for p in ends.get_start_physical_index()..=ends.get_end_physical_index() {
+        let end = (ends.values()[p] as usize).saturating_sub(offset).min(len);
+        if end > start {
+            f(values.is_valid(p).then(|| values.value(p)), end - start);
+            start = end;
+        }
+    }
+    Ok(())
+}
+
+/// A run-length string column as a plain `Utf8` array, one value per row.
+pub fn expand_to_strings(array: &dyn Array) -> Result<ArrayRef> {
+    let mut out = StringBuilder::with_capacity(array.len(), 0);
+    for_each_run(array, |value, count| (0..count).for_each(|_| out.append_option(value)))?;
+    Ok(Arc::new(out.finish()))
 }
 
 fn bits_for(max: usize) -> u8 {
