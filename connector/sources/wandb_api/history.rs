@@ -16,7 +16,9 @@ use bytes::Bytes;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::{ProjectionMask, parquet_to_arrow_field_levels};
 
+use crate::ablation::{self, Component};
 use crate::columns::{flatten, push_segment};
+use crate::pipeline::catch_third_party;
 use crate::plan::FetchPlan;
 use crate::run::{HistoryPoint, HistoryRow, HistorySeries, RunHistory, seconds_to_micros};
 use crate::value::Value;
@@ -65,7 +67,9 @@ impl<'p> HistoryBuilder<'p> {
 
     /// Adds the rows of one exported Parquet file. Returns the rows added.
     pub fn add_parquet(&mut self, file: Bytes) -> Result<usize, String> {
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file.clone()).map_err(file_error)?;
+        let builder = catch_third_party(|| ParquetRecordBatchReaderBuilder::try_new(file.clone()))
+            .map_err(|p| damaged(&p))?
+            .map_err(file_error)?;
         parquet_pages::check_chunks(builder.metadata(), file.len()).map_err(file_error)?;
         let schema = Arc::clone(builder.schema());
         let roots: Vec<usize> = schema
@@ -77,30 +81,40 @@ impl<'p> HistoryBuilder<'p> {
             .collect();
         let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
         let rows = builder.metadata().file_metadata().num_rows().clamp(1, 65536) as usize;
-        // parquet's reader may panic on damaged data that runport's checks
-        // do not see (or in files of another codec, read by parquet's own
-        // page reader): such a file is an error of this run, not a crash.
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let reader = if parquet_pages::handles(builder.metadata()) {
-                let levels = parquet_to_arrow_field_levels(builder.parquet_schema(), mask, Some(schema.fields()))
-                    .map_err(file_error)?;
-                parquet_pages::reader(file, Arc::clone(builder.metadata()), &levels, rows)
+        // parquet's reader and decoders may panic on damaged data that
+        // runport's checks do not see: such a file is an error of this run,
+        // not a crash. Only their calls are guarded; `add_batch` is
+        // runport's own code, whose panics are bugs, not damaged data.
+        let mut reader = catch_third_party(|| {
+            if ablation::disabled(Component::PageReader) {
+                builder.with_projection(mask).with_batch_size(rows).build()
+            } else if parquet_pages::handles(builder.metadata()) {
+                parquet_to_arrow_field_levels(builder.parquet_schema(), mask, Some(schema.fields()))
+                    .and_then(|levels| parquet_pages::reader(file, Arc::clone(builder.metadata()), &levels, rows))
             } else {
                 parquet_pages::check_pages(&file, builder.metadata())
                     .and_then(|()| builder.with_projection(mask).with_batch_size(rows).build())
             }
-            .map_err(file_error)?;
-            let mut added = 0;
-            for batch in reader {
-                let batch = batch.map_err(file_error)?;
-                added += self.add_batch(&batch)?;
-            }
-            Ok(added)
-        }))
-        .unwrap_or_else(|p| Err(format!("history file: damaged data ({})", crate::pipeline::panic_text(&*p))))
+        })
+        .map_err(|p| damaged(&p))?
+        .map_err(file_error)?;
+        let mut added = 0;
+        loop {
+            let batch = match catch_third_party(|| reader.next()) {
+                Ok(None) => break,
+                Ok(Some(batch)) => batch.map_err(file_error)?,
+                Err(p) => return Err(damaged(&p)),
+            };
+            added += self.add_batch(&batch)?;
+        }
+        Ok(added)
     }
 
     fn add_batch(&mut self, batch: &RecordBatch) -> Result<usize, String> {
+        #[cfg(test)]
+        if tests::BUG_IN_ADD_BATCH.get() {
+            panic!("a bug of add_batch");
+        }
         let schema = batch.schema();
         let step_col = batch.column_by_name("_step").ok_or("history file without a _step column")?;
         let ts_col = batch.column_by_name("_timestamp");
@@ -248,6 +262,11 @@ fn file_error(e: impl std::fmt::Display) -> String {
     format!("history file: {e}")
 }
 
+/// A panic of parquet's reader on a file: damaged data.
+fn damaged(panic: &str) -> String {
+    format!("history file: damaged data ({panic})")
+}
+
 /// One cell as a value; `None` when null.
 fn cell(col: &ArrayRef, i: usize) -> Option<Value> {
     if col.is_null(i) {
@@ -346,11 +365,33 @@ mod tests {
                 "page header parquet reads slowly",
                 &include_bytes!("../../../tests/fixtures/history-page-header-read-slowly.parquet")[..],
             ),
+            ("row counts overflow", &include_bytes!("../../../tests/fixtures/history-row-counts-overflow.parquet")[..]),
         ] {
             let mut b = HistoryBuilder::new(&plan);
             let e = b.add_parquet(Bytes::from_static(data)).expect_err(name);
             assert!(e.starts_with("history file: "), "{name}: {e}");
         }
+    }
+
+    thread_local! {
+        pub static BUG_IN_ADD_BATCH: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    #[test]
+    fn a_panic_of_runports_own_code_is_not_damaged_data() {
+        let plan = FetchPlan::new(Selection::all(), HistoryLayout::Long, WANDB_IDENTITY_COLUMNS);
+        let data = file(Compression::ZSTD(ZstdLevel::try_new(1).unwrap()));
+        BUG_IN_ADD_BATCH.set(true);
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            HistoryBuilder::new(&plan).add_parquet(data.clone())
+        }));
+        BUG_IN_ADD_BATCH.set(false);
+        match result {
+            Err(p) => assert_eq!(crate::pipeline::panic_text(&*p), "a bug of add_batch"),
+            Ok(r) => panic!("a bug of add_batch became {r:?}"),
+        }
+        assert!(!crate::pipeline::in_third_party_code(), "the guard is left when a panic passes it");
+        assert_eq!(HistoryBuilder::new(&plan).add_parquet(data).unwrap(), 3000);
     }
 
     #[test]

@@ -553,7 +553,7 @@ impl Compact<'_> {
             let id = if delta == 0 {
                 i16::try_from(self.i64()?).map_err(|_| "a field id out of range")?
             } else {
-                last + delta
+                last.checked_add(delta).ok_or("a field id out of range")?
             };
             last = id;
             field(self, id, ty)?;
@@ -822,6 +822,12 @@ mod tests {
         for cut in 0..len {
             assert!(Header::read(&h[..cut]).is_err(), "a header cut at {cut} must fail");
         }
+        // A short-form delta after the largest long-form id overflows i16: an error.
+        let mut over = vec![0x15, 0x00]; // 1: type = 0
+        over.extend([0x05, 0xfe, 0xff, 0x03, 0x00]); // field 32767 (long form, zigzag 65534), i32 0
+        over.extend([0x15, 0x00]); // field 32767 + 1, i32 0
+        over.push(0x00);
+        assert!(Header::read(&over).unwrap_err().to_string().contains("field id out of range"));
         // Deep nesting is refused, not followed.
         let mut deep = vec![0x15, 0x00];
         deep.extend(std::iter::repeat_n(0x1c, 1000));
