@@ -1,14 +1,14 @@
 //! A W&B API history file: arbitrary bytes as an exported Parquet file,
 //! read by `HistoryBuilder::add_parquet` (parquet's footer and schema
-//! readers, runport's page reader and zstd decompression, parquet's Arrow
-//! decoders), then turned into the long history batch. Reading may fail on
+//! readers, runport's chunk and row-count checks, parquet's page reader and
+//! Arrow decoders), then turned into the long history batch. Reading may fail on
 //! damage; no panic may leave `add_parquet`, and a history it accepts must
 //! become a batch. `add_parquet` turns a panic of parquet's reader on a
 //! damaged file into an error of the run (as in the `runport` binary); the
 //! target keeps libFuzzer's aborting panic hook for every other panic and
 //! silences it only inside that guard (`in_third_party_code`), so that a
-//! panic of runport's own code (its page-header reader, `add_batch`, the long
-//! batch) is a finding. `tests/fixtures/history-*.parquet` are inputs it
+//! panic of runport's own code (its checks, `add_batch`, the long batch) is a
+//! finding. `tests/fixtures/history-*.parquet` are inputs it
 //! found that parquet's reader panics on; unit tests keep them errors.
 
 #![no_main]

@@ -13,10 +13,10 @@ use arrow_array::types::{Float32Type, Float64Type, Int8Type, Int16Type, Int32Typ
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::DataType;
 use bytes::Bytes;
+use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::arrow::{ProjectionMask, parquet_to_arrow_field_levels};
+use parquet::file::metadata::ParquetMetaData;
 
-use crate::ablation::{self, Component};
 use crate::columns::{flatten, push_segment};
 use crate::pipeline::catch_third_party;
 use crate::plan::FetchPlan;
@@ -24,7 +24,6 @@ use crate::run::{HistoryPoint, HistoryRow, HistorySeries, RunHistory, seconds_to
 use crate::value::Value;
 
 use super::listing::restore_non_finite;
-use super::parquet_pages;
 
 const ROW_COLUMNS: [&str; 3] = ["_step", "_timestamp", "_runtime"];
 
@@ -67,10 +66,11 @@ impl<'p> HistoryBuilder<'p> {
 
     /// Adds the rows of one exported Parquet file. Returns the rows added.
     pub fn add_parquet(&mut self, file: Bytes) -> Result<usize, String> {
-        let builder = catch_third_party(|| ParquetRecordBatchReaderBuilder::try_new(file.clone()))
+        let file_len = file.len();
+        let builder = catch_third_party(|| ParquetRecordBatchReaderBuilder::try_new(file))
             .map_err(|p| damaged(&p))?
             .map_err(file_error)?;
-        parquet_pages::check_chunks(builder.metadata(), file.len()).map_err(file_error)?;
+        check_chunks(builder.metadata(), file_len).map_err(file_error)?;
         let schema = Arc::clone(builder.schema());
         let roots: Vec<usize> = schema
             .fields()
@@ -85,19 +85,9 @@ impl<'p> HistoryBuilder<'p> {
         // runport's checks do not see: such a file is an error of this run,
         // not a crash. Only their calls are guarded; `add_batch` is
         // runport's own code, whose panics are bugs, not damaged data.
-        let mut reader = catch_third_party(|| {
-            if ablation::disabled(Component::PageReader) {
-                builder.with_projection(mask).with_batch_size(rows).build()
-            } else if parquet_pages::handles(builder.metadata()) {
-                parquet_to_arrow_field_levels(builder.parquet_schema(), mask, Some(schema.fields()))
-                    .and_then(|levels| parquet_pages::reader(file, Arc::clone(builder.metadata()), &levels, rows))
-            } else {
-                parquet_pages::check_pages(&file, builder.metadata())
-                    .and_then(|()| builder.with_projection(mask).with_batch_size(rows).build())
-            }
-        })
-        .map_err(|p| damaged(&p))?
-        .map_err(file_error)?;
+        let mut reader = catch_third_party(|| builder.with_projection(mask).with_batch_size(rows).build())
+            .map_err(|p| damaged(&p))?
+            .map_err(file_error)?;
         let mut added = 0;
         loop {
             let batch = match catch_third_party(|| reader.next()) {
@@ -267,6 +257,35 @@ fn damaged(panic: &str) -> String {
     format!("history file: damaged data ({panic})")
 }
 
+/// Checks the row counts and that every column chunk lies inside the file:
+/// parquet's reader panics on a negative offset or size, and its sum of row
+/// counts overflows.
+fn check_chunks(meta: &ParquetMetaData, file_len: usize) -> Result<(), String> {
+    let mut rows = 0i64;
+    for (g, rg) in meta.row_groups().iter().enumerate() {
+        rows = rows
+            .checked_add(rg.num_rows())
+            .filter(|_| rg.num_rows() >= 0)
+            .ok_or_else(|| format!("row group {g} of {} rows", rg.num_rows()))?;
+        for col in rg.columns() {
+            let start = col.dictionary_page_offset().unwrap_or(col.data_page_offset());
+            let inside = u64::try_from(start)
+                .ok()
+                .zip(u64::try_from(col.compressed_size()).ok())
+                .and_then(|(s, n)| s.checked_add(n))
+                .is_some_and(|end| end <= file_len as u64);
+            if !inside {
+                return Err(format!(
+                    "column {} of row group {g}: bytes {start}+{} outside the file ({file_len} bytes)",
+                    col.column_path(),
+                    col.compressed_size(),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// One cell as a value; `None` when null.
 fn cell(col: &ArrayRef, i: usize) -> Option<Value> {
     if col.is_null(i) {
@@ -345,11 +364,10 @@ mod tests {
 
     #[test]
     fn damaged_files_are_errors() {
-        // Inputs the fuzz target found: parquet's reader panics on four (a
+        // Inputs the fuzz target found that parquet's reader panics on (a
         // dictionary-encoded page without its dictionary, a column chunk
         // outside the file, a damaged delta page, row counts whose sum
-        // overflows) and takes seconds on the fifth (2 KB, a damaged page
-        // header of a non-zstd file); runport reports an error at once.
+        // overflows): each is an error of the file, not a crash.
         let plan = FetchPlan::new(Selection::all(), HistoryLayout::Long, WANDB_IDENTITY_COLUMNS);
         for (name, data) in [
             (
@@ -361,10 +379,6 @@ mod tests {
                 &include_bytes!("../../../tests/fixtures/history-chunk-outside-file.parquet")[..],
             ),
             ("delta page damaged", &include_bytes!("../../../tests/fixtures/history-delta-page-damaged.parquet")[..]),
-            (
-                "page header parquet reads slowly",
-                &include_bytes!("../../../tests/fixtures/history-page-header-read-slowly.parquet")[..],
-            ),
             ("row counts overflow", &include_bytes!("../../../tests/fixtures/history-row-counts-overflow.parquet")[..]),
         ] {
             let mut b = HistoryBuilder::new(&plan);
@@ -402,7 +416,6 @@ mod tests {
             assert_eq!(b.add_parquet(file(codec)).unwrap(), 3000, "{codec:?}");
             b.finish()
         };
-        // zstd and uncompressed files go through runport's page reader, the others through parquet's.
         let ours = read(Compression::ZSTD(ZstdLevel::try_new(1).unwrap()));
         assert_eq!(ours.rows.len(), 3000);
         assert_eq!(ours.keys, ["loss", "acc"]);
