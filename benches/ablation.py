@@ -269,6 +269,8 @@ def main(argv=None) -> int:
                                     "instructions_gain": (i_without - i_with) / i_without})
 
     print()
+    if args.callgrind:
+        print("(times under valgrind are not the program's; the instructions are the figure)")
     print(f"median of {args.rounds} rounds, variants alternated; gain = (without - with) / without; "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at end")
     print()
