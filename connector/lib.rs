@@ -5,6 +5,7 @@
 //! the [`output`] writers stream runs into `runs.parquet` and
 //! `history/part-NNNNN.parquet`. Start with [`export::export`].
 
+pub mod ablation;
 pub mod columns;
 pub mod error;
 pub mod export;

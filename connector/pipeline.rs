@@ -118,6 +118,34 @@ where
     }
 }
 
+thread_local! {
+    /// Calls of [`catch_third_party`] this thread is inside.
+    static THIRD_PARTY: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs third-party decoding code that may panic on damaged input
+/// (parquet's reader and decoders); a panic there becomes `Err(message)`.
+/// Only for third-party code: a panic of runport's own code is a bug of
+/// runport, and turning it into an error about the data would hide it.
+pub fn catch_third_party<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    struct Depth;
+    impl Drop for Depth {
+        fn drop(&mut self) {
+            THIRD_PARTY.with(|d| d.set(d.get() - 1));
+        }
+    }
+    THIRD_PARTY.with(|d| d.set(d.get() + 1));
+    let _depth = Depth;
+    catch_unwind(AssertUnwindSafe(f)).map_err(|p| panic_text(&*p))
+}
+
+/// Whether this thread runs inside [`catch_third_party`], whose panics
+/// become errors: a panic hook (a fuzz target's) may stay quiet there and
+/// must treat every other panic as a failure.
+pub fn in_third_party_code() -> bool {
+    THIRD_PARTY.with(|d| d.get() > 0)
+}
+
 /// The message of a caught panic.
 pub fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
     p.downcast_ref::<&str>()
@@ -130,6 +158,19 @@ pub fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn third_party_panics_become_errors_inside_the_guard_only() {
+        assert!(!in_third_party_code());
+        let e = catch_third_party(|| -> u32 {
+            assert!(in_third_party_code());
+            panic!("decoder")
+        });
+        assert_eq!(e, Err("decoder".to_string()));
+        assert!(!in_third_party_code(), "the guard is left after a panic");
+        assert_eq!(catch_third_party(|| catch_third_party(|| 7)), Ok(Ok(7)));
+        assert!(!in_third_party_code());
+    }
 
     #[test]
     fn results_arrive_in_order_with_bounded_window() {

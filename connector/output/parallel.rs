@@ -28,7 +28,8 @@ use parquet::file::writer::SerializedFileWriter;
 use rayon::prelude::*;
 
 use super::primitive::{PrimitiveChunk, is_direct};
-use super::runlength::{RunLengthChunk, is_run_length_of};
+use super::runlength::{RunLengthChunk, expand_to_strings, is_run_length_of, writes_codec};
+use crate::ablation::{self, Component};
 
 pub struct ParallelWriter<W: Write + Send> {
     writer: SerializedFileWriter<W>,
@@ -40,6 +41,11 @@ pub struct ParallelWriter<W: Write + Send> {
     buffered_rows: usize,
     max_rows: usize,
     max_bytes: usize,
+    /// Per leaf column: whether [`RunLengthChunk`] may write it (its codec is
+    /// one it writes); else run-length arrays are expanded for parquet's writer.
+    run_length_leaves: Vec<bool>,
+    /// The benchmark switch ([`crate::ablation`]): parquet's Arrow writer instead.
+    without_page_encoders: bool,
 }
 
 impl<W: Write + Send> ParallelWriter<W> {
@@ -48,6 +54,13 @@ impl<W: Write + Send> ParallelWriter<W> {
         let max_rows = props.max_row_group_row_count().unwrap_or(usize::MAX).max(1);
         let max_bytes = props.max_row_group_bytes().unwrap_or(usize::MAX).max(1);
         let (writer, factory) = ArrowWriter::try_new(out, schema.clone(), Some(props))?.into_serialized_writer()?;
+        let without_run_length = ablation::disabled(Component::RunLength);
+        let run_length_leaves = writer
+            .schema_descr()
+            .columns()
+            .iter()
+            .map(|c| !without_run_length && writes_codec(writer.properties().compression(c.path())))
+            .collect();
         Ok(ParallelWriter {
             writer,
             factory,
@@ -57,6 +70,8 @@ impl<W: Write + Send> ParallelWriter<W> {
             buffered_rows: 0,
             max_rows,
             max_bytes,
+            run_length_leaves,
+            without_page_encoders: ablation::disabled(Component::PageEncoders),
         })
     }
 
@@ -82,7 +97,12 @@ impl<W: Write + Send> ParallelWriter<W> {
             let mut work = Vec::new();
             for (field, array) in self.schema.fields().iter().zip(part.columns()) {
                 let leaf = work.len();
-                if is_run_length_of(array.data_type(), field.data_type()) {
+                let run_length = is_run_length_of(array.data_type(), field.data_type());
+                if run_length && !self.run_length_leaves.get(leaf).copied().unwrap_or(false) {
+                    // A codec RunLengthChunk does not write: parquet's writer, from strings.
+                    let strings = expand_to_strings(array.as_ref())?;
+                    work.extend(compute_leaves(field, &strings)?.into_iter().map(Work::Arrow));
+                } else if run_length {
                     let page_rows = self.writer.properties().data_page_row_count_limit();
                     let fresh = self.buffered_rows == 0;
                     match self.direct.get_mut(leaf) {
@@ -102,7 +122,7 @@ impl<W: Write + Send> ParallelWriter<W> {
                         array.data_type(),
                         field.data_type()
                     )));
-                } else if is_direct(field.data_type()) {
+                } else if !self.without_page_encoders && is_direct(field.data_type()) {
                     let slot = self.direct.get_mut(leaf).ok_or_else(|| leaf_count_error(leaf + 1, 0))?;
                     if slot.is_none() {
                         let descr = self.writer.schema_descr().column(leaf);
@@ -245,6 +265,39 @@ mod tests {
             Arc::new(Float64Array::from_iter((from..from + n).map(|i| (i % 3 != 0).then_some(i as f64 / 7.0)))),
         ];
         RecordBatch::try_new(Arc::clone(schema), cols).unwrap()
+    }
+
+    #[test]
+    fn every_codec_is_written_as_asked() {
+        use parquet::basic::{BrotliLevel, Compression, GzipLevel, ZstdLevel};
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("run_id", DataType::Utf8, false),
+            Field::new("step", DataType::Int64, false),
+            Field::new("value", DataType::Float64, true),
+        ]));
+        let input = batch(&schema, 0, 5000);
+        for codec in [
+            Compression::UNCOMPRESSED,
+            Compression::ZSTD(ZstdLevel::try_new(3).unwrap()),
+            Compression::SNAPPY,
+            Compression::LZ4_RAW,
+            Compression::GZIP(GzipLevel::default()),
+            Compression::BROTLI(BrotliLevel::default()),
+        ] {
+            let props = WriterProperties::builder().set_compression(codec).set_dictionary_enabled(false).build();
+            let mut out = Vec::new();
+            let mut w = ParallelWriter::try_new(&mut out, Arc::clone(&schema), props).unwrap();
+            w.write(&input).unwrap();
+            w.close().unwrap();
+            let reader = ParquetRecordBatchReaderBuilder::try_new(Bytes::from(out)).unwrap();
+            for c in reader.metadata().row_group(0).columns() {
+                // The file does not record a level: compare the codecs alone.
+                let kind = std::mem::discriminant;
+                assert_eq!(kind(&c.compression()), kind(&codec), "{codec:?}, {}", c.column_path());
+            }
+            let got: Vec<RecordBatch> = reader.with_batch_size(5000).build().unwrap().map(|b| b.unwrap()).collect();
+            assert_eq!(got, std::slice::from_ref(&input), "{codec:?}");
+        }
     }
 
     #[test]

@@ -7,8 +7,9 @@
 //! compares every value, which cost ~15 ns a row for each of these columns.
 //!
 //! The file's Arrow schema keeps the plain `Utf8` type: readers see strings.
-//! Pages are compressed with the column's codec when it is zstd (the codec of
-//! every runport table), else written uncompressed.
+//! Pages are compressed with zstd (the codec of every runport table) or not
+//! at all, as the column's codec says; a column of another codec is expanded
+//! to strings and written by parquet's writer (see [`writes_codec`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,7 +20,9 @@ use arrow_array::types::Int32Type;
 use arrow_array::{Array, ArrayRef, Int32Array, RunArray};
 use arrow_schema::{DataType, Field};
 use bytes::Bytes;
-use parquet::basic::{Compression, Encoding, EncodingMask, Type as PhysicalType};
+use parquet::basic::{
+    BoundaryOrder, Compression, ConvertedType, Encoding, EncodingMask, LogicalType, Type as PhysicalType,
+};
 use parquet::column::page::{CompressedPage, Page, PageWriter};
 use parquet::column::writer::ColumnCloseResult;
 use parquet::data_type::ByteArray;
@@ -44,6 +47,11 @@ pub fn run_length_type() -> DataType {
 /// column of type `file`.
 pub fn is_run_length_of(batch: &DataType, file: &DataType) -> bool {
     *file == DataType::Utf8 && *batch == run_length_type()
+}
+
+/// Whether [`RunLengthChunk`] writes pages of this codec.
+pub fn writes_codec(codec: Compression) -> bool {
+    matches!(codec, Compression::ZSTD(_) | Compression::UNCOMPRESSED)
 }
 
 /// Builds a run-length string column, run after run.
@@ -131,28 +139,13 @@ impl RunLengthChunk {
 
     /// Adds the rows of a (possibly sliced) `RunEndEncoded<Int32, Utf8>` array.
     pub fn write(&mut self, array: &dyn Array) -> Result<()> {
-        let runs = array
-            .as_run_opt::<Int32Type>()
-            .ok_or_else(|| ParquetError::General(format!("a run-length column of type {}", array.data_type())))?;
-        let values = runs
-            .values()
-            .as_string_opt::<i32>()
-            .ok_or_else(|| ParquetError::General("run-length values that are not strings".into()))?;
-        let ends = runs.run_ends();
-        let (offset, len) = (ends.offset(), ends.len());
-        if len == 0 {
-            return Ok(());
-        }
-        let mut start = 0usize;
-        for p in ends.get_start_physical_index()..=ends.get_end_physical_index() {
-            let end = (ends.values()[p] as usize).saturating_sub(offset).min(len);
-            if end > start {
-                if values.is_null(p) {
-                    return Err(ParquetError::General("a null in a run-length string column".into()));
-                }
-                self.push_run(values.value(p).as_bytes(), end - start);
-                start = end;
-            }
+        let mut null = false;
+        for_each_run(array, |value, count| match value {
+            Some(v) => self.push_run(v.as_bytes(), count),
+            None => null = true,
+        })?;
+        if null {
+            return Err(ParquetError::General("a null in a run-length string column".into()));
         }
         Ok(())
     }
@@ -211,9 +204,17 @@ impl RunLengthChunk {
         let mut column_index =
             (stats_level == EnabledStatistics::Page).then(|| ColumnIndexBuilder::new(PhysicalType::BYTE_ARRAY));
         let mut first_data_page = None;
+        // The column index's boundary order, from the untruncated page bounds.
+        let (mut ascending, mut descending, mut last_page) = (true, true, None::<(&[u8], &[u8])>);
         let (codec, mut zstd) = match props.compression(descr.path()) {
             c @ Compression::ZSTD(level) => (c, Some(zstd::bulk::Compressor::new(level.compression_level())?)),
-            _ => (Compression::UNCOMPRESSED, None),
+            Compression::UNCOMPRESSED => (Compression::UNCOMPRESSED, None),
+            other => {
+                return Err(ParquetError::General(format!(
+                    "column {}: run-length chunks are not written with {other} (only zstd or uncompressed)",
+                    descr.path()
+                )));
+            }
         };
         let mut compress = |raw: Vec<u8>| -> Result<(Bytes, usize)> {
             let size = raw.len();
@@ -269,7 +270,13 @@ impl RunLengthChunk {
                 }
                 if let Some(b) = column_index.as_mut() {
                     let (min, max) = self.min_max(page.runs.iter().map(|(id, _)| *id));
-                    b.append(false, min.to_vec(), max.to_vec(), 0, None);
+                    if let Some((last_min, last_max)) = last_page {
+                        ascending &= !(last_min > min || last_max > max);
+                        descending &= !(min > last_min || max > last_max);
+                    }
+                    last_page = Some((min, max));
+                    let length = props.column_index_truncate_length();
+                    b.append(false, truncate_min(&descr, length, min).0, truncate_max(&descr, length, max).0, 0, None);
                 }
             }
         }
@@ -287,13 +294,13 @@ impl RunLengthChunk {
             .set_dictionary_page_offset(Some(0));
         if stats_level != EnabledStatistics::None {
             let (min, max) = self.min_max(0..self.dict.len() as u32);
-            let stats = ValueStatistics::new(
-                Some(ByteArray::from(min.to_vec())),
-                Some(ByteArray::from(max.to_vec())),
-                None,
-                Some(0),
-                false,
-            );
+            let length = props.statistics_truncate_length();
+            let (min, min_cut) = truncate_min(&descr, length, min);
+            let (max, max_cut) = truncate_max(&descr, length, max);
+            let stats =
+                ValueStatistics::new(Some(ByteArray::from(min)), Some(ByteArray::from(max)), None, Some(0), false)
+                    .with_min_is_exact(!min_cut)
+                    .with_max_is_exact(!max_cut);
             meta =
                 meta.set_statistics(Statistics::ByteArray(stats)).set_unencoded_byte_array_data_bytes(Some(unencoded));
         }
@@ -302,7 +309,16 @@ impl RunLengthChunk {
             rows_written: self.rows as u64,
             metadata: meta.build()?,
             bloom_filter: None,
-            column_index: column_index.map(|b| b.build()).transpose()?,
+            column_index: column_index
+                .map(|mut b| {
+                    b.set_boundary_order(match (ascending, descending) {
+                        (true, _) => BoundaryOrder::ASCENDING,
+                        (false, true) => BoundaryOrder::DESCENDING,
+                        (false, false) => BoundaryOrder::UNORDERED,
+                    });
+                    b.build()
+                })
+                .transpose()?,
             offset_index: offset_index.map(|b| b.build()),
         };
         let bytes = sink.into_inner()?;
@@ -337,6 +353,101 @@ pub fn expand(array: &dyn Array) -> Vec<String> {
         out.resize(end, values.value(p).to_string());
     }
     out
+}
+
+/// Calls `f(value, rows)` for each run of a (possibly sliced)
+/// `RunEndEncoded<Int32, Utf8>` array, in order; empty runs are skipped.
+fn for_each_run(array: &dyn Array, mut f: impl FnMut(Option<&str>, usize)) -> Result<()> {
+    let runs = array
+        .as_run_opt::<Int32Type>()
+        .ok_or_else(|| ParquetError::General(format!("a run-length column of type {}", array.data_type())))?;
+    let values = runs
+        .values()
+        .as_string_opt::<i32>()
+        .ok_or_else(|| ParquetError::General("run-length values that are not strings".into()))?;
+    let ends = runs.run_ends();
+    let (offset, len) = (ends.offset(), ends.len());
+    if len == 0 {
+        return Ok(());
+    }
+    let mut start = 0usize;
+    for p in ends.get_start_physical_index()..=ends.get_end_physical_index() {
+        let end = (ends.values()[p] as usize).saturating_sub(offset).min(len);
+        if end > start {
+            f(values.is_valid(p).then(|| values.value(p)), end - start);
+            start = end;
+        }
+    }
+    Ok(())
+}
+
+/// A run-length string column as a plain `Utf8` array, one value per row.
+pub fn expand_to_strings(array: &dyn Array) -> Result<ArrayRef> {
+    let mut out = StringBuilder::with_capacity(array.len(), 0);
+    for_each_run(array, |value, count| (0..count).for_each(|_| out.append_option(value)))?;
+    Ok(Arc::new(out.finish()))
+}
+
+// Truncation of byte-array statistics and column-index bounds, by parquet's
+// rules (its column writer's, which are not public): a minimum is cut to at
+// most `length` bytes (at a character boundary for UTF-8), a maximum is cut
+// and its last byte or character incremented so that it stays an upper
+// bound. Each returns the bound and whether it was cut.
+
+/// Whether parquet's writer truncates bounds of this byte-array column (not decimals).
+fn truncates(descr: &ColumnDescPtr) -> bool {
+    descr.converted_type() != ConvertedType::DECIMAL
+        && !matches!(descr.logical_type_ref(), Some(LogicalType::Decimal { .. }))
+}
+
+fn is_utf8(descr: &ColumnDescPtr) -> bool {
+    descr.logical_type_ref() == Some(&LogicalType::String) || descr.converted_type() == ConvertedType::UTF8
+}
+
+fn truncate_min(descr: &ColumnDescPtr, length: Option<usize>, data: &[u8]) -> (Vec<u8>, bool) {
+    length
+        .filter(|l| data.len() > *l && truncates(descr))
+        .and_then(|l| match std::str::from_utf8(data) {
+            Ok(text) if is_utf8(descr) => (1..=l).rfind(|x| text.is_char_boundary(*x)).map(|cut| data[..cut].to_vec()),
+            _ => Some(data[..l].to_vec()),
+        })
+        .map_or_else(|| (data.to_vec(), false), |cut| (cut, true))
+}
+
+fn truncate_max(descr: &ColumnDescPtr, length: Option<usize>, data: &[u8]) -> (Vec<u8>, bool) {
+    length
+        .filter(|l| data.len() > *l && truncates(descr))
+        .and_then(|l| match std::str::from_utf8(data) {
+            Ok(text) if is_utf8(descr) => {
+                let cut = (l.saturating_sub(3)..=l).rfind(|x| text.is_char_boundary(*x))?;
+                increment_utf8(&text[..cut])
+            }
+            _ => increment_bytes(data[..l].to_vec()),
+        })
+        .map_or_else(|| (data.to_vec(), false), |cut| (cut, true))
+}
+
+/// The text with its last character that can be incremented without
+/// changing its encoded width incremented, and the characters after it dropped.
+fn increment_utf8(text: &str) -> Option<Vec<u8>> {
+    text.char_indices().rev().find_map(|(at, c)| {
+        let next = char::from_u32(c as u32 + 1).filter(|n| n.len_utf8() == c.len_utf8())?;
+        let mut out = text.as_bytes()[..at + c.len_utf8()].to_vec();
+        next.encode_utf8(&mut out[at..]);
+        Some(out)
+    })
+}
+
+/// The bytes incremented as one big-endian number; `None` when all are 0xff.
+fn increment_bytes(mut data: Vec<u8>) -> Option<Vec<u8>> {
+    for byte in data.iter_mut().rev() {
+        let (next, overflow) = byte.overflowing_add(1);
+        *byte = next;
+        if !overflow {
+            return Some(data);
+        }
+    }
+    None
 }
 
 fn bits_for(max: usize) -> u8 {
@@ -438,6 +549,106 @@ mod tests {
             }
         }
         assert_eq!(offset, expected.len());
+    }
+
+    /// Writes `runs` as one string column with `props`: by runport (a
+    /// run-length column through `ParallelWriter`) and by parquet's own
+    /// `ArrowWriter` (plain strings).
+    fn both_writers(runs: &[(String, usize)], props: &WriterProperties) -> (Bytes, Bytes) {
+        let file_schema = Arc::new(Schema::new(vec![Field::new("key", DataType::Utf8, false)]));
+        let batch_schema = Arc::new(Schema::new(vec![Field::new("key", run_length_type(), false)]));
+        let mut ours = Vec::new();
+        let mut w = ParallelWriter::try_new(&mut ours, Arc::clone(&file_schema), props.clone()).unwrap();
+        let mut theirs = Vec::new();
+        let mut t =
+            parquet::arrow::ArrowWriter::try_new(&mut theirs, Arc::clone(&file_schema), Some(props.clone())).unwrap();
+        for part in runs.chunks(50) {
+            let mut b = RunsBuilder::default();
+            let mut plain = Vec::new();
+            for (v, n) in part {
+                b.push(v, *n);
+                plain.extend(std::iter::repeat_n(v.as_str(), *n));
+            }
+            w.write(&RecordBatch::try_new(Arc::clone(&batch_schema), vec![b.finish()]).unwrap()).unwrap();
+            let plain: ArrayRef = Arc::new(StringArray::from(plain));
+            t.write(&RecordBatch::try_new(Arc::clone(&file_schema), vec![plain]).unwrap()).unwrap();
+        }
+        w.close().unwrap();
+        t.close().unwrap();
+        (Bytes::from(ours), Bytes::from(theirs))
+    }
+
+    /// Values, chunk statistics, column index and page row counts of a file's only column.
+    fn summary(data: &Bytes) -> (Vec<String>, Vec<String>, Compression) {
+        let opts = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Required);
+        let reader = ParquetRecordBatchReaderBuilder::try_new_with_options(data.clone(), opts).unwrap();
+        let meta = reader.metadata().clone();
+        let mut values = Vec::new();
+        for b in reader.build().unwrap() {
+            let b = b.unwrap();
+            values.extend(b.column(0).as_string::<i32>().iter().map(|v| v.unwrap().to_string()));
+        }
+        let mut described = Vec::new();
+        for (g, group) in meta.row_groups().iter().enumerate() {
+            let chunk = group.column(0);
+            described.push(format!("group {g}: {} rows, statistics {:?}", group.num_rows(), chunk.statistics()));
+            let index = meta.page_index_for_row_group(g);
+            let rows: Vec<i64> =
+                index.offset_index(0).unwrap().page_locations.iter().map(|p| p.first_row_index).collect();
+            described.push(format!("group {g}: pages at rows {rows:?}"));
+            described.push(format!("group {g}: column index {:?}", index.column_index(0)));
+        }
+        let codec = meta.row_group(0).column(0).compression();
+        (values, described, codec)
+    }
+
+    #[test]
+    fn chunks_match_parquets_own_writer() {
+        // Short values, and values past the 64-byte truncation of statistics
+        // and column index (a 2-byte character across the cut, a value whose
+        // last byte cannot be incremented), in an order that is neither
+        // ascending nor descending, then ascending.
+        let long = |i: usize| format!("{}{}-{i:03}", "é".repeat(31), "x");
+        let mut runs: Vec<(String, usize)> = Vec::new();
+        for i in 0..120 {
+            let v = match i % 4 {
+                0 => format!("k{:03}", (i * 37) % 120),
+                1 => long((i * 13) % 120),
+                2 => format!("{}\u{7f}", "a".repeat(70)),
+                _ => format!("{}{}", "z".repeat(63), "\u{10ffff}"),
+            };
+            // Multiples of parquet's write batch (100 rows), where its writer checks page bounds.
+            runs.push((v, 100 * (1 + (i * 211) % 25)));
+        }
+        runs.extend((0..60).map(|i| (format!("p{i:03}"), 700)));
+        let props = |codec| {
+            WriterProperties::builder()
+                .set_compression(codec)
+                .set_statistics_enabled(EnabledStatistics::Page)
+                .set_dictionary_enabled(true)
+                .set_data_page_row_count_limit(1000)
+                .set_write_batch_size(100)
+                .set_max_row_group_row_count(Some(40_000))
+                .build()
+        };
+        for codec in [
+            Compression::ZSTD(parquet::basic::ZstdLevel::try_new(1).unwrap()),
+            Compression::UNCOMPRESSED,
+            Compression::SNAPPY,
+            Compression::LZ4_RAW,
+            Compression::GZIP(parquet::basic::GzipLevel::default()),
+            Compression::BROTLI(parquet::basic::BrotliLevel::default()),
+        ] {
+            let (ours, theirs) = both_writers(&runs, &props(codec));
+            let (ours, theirs) = (summary(&ours), summary(&theirs));
+            assert_eq!(ours.2, codec, "the codec asked for");
+            assert_eq!(ours.0, theirs.0, "{codec:?}: values");
+            assert!(ours.1.len() > 3, "several row groups");
+            for (a, b) in ours.1.iter().zip(&theirs.1) {
+                assert_eq!(a, b, "{codec:?}");
+            }
+            assert_eq!(ours.1.len(), theirs.1.len());
+        }
     }
 
     #[test]

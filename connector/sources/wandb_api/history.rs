@@ -13,16 +13,17 @@ use arrow_array::types::{Float32Type, Float64Type, Int8Type, Int16Type, Int32Typ
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::DataType;
 use bytes::Bytes;
+use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::arrow::{ProjectionMask, parquet_to_arrow_field_levels};
+use parquet::file::metadata::ParquetMetaData;
 
 use crate::columns::{flatten, push_segment};
+use crate::pipeline::catch_third_party;
 use crate::plan::FetchPlan;
 use crate::run::{HistoryPoint, HistoryRow, HistorySeries, RunHistory, seconds_to_micros};
 use crate::value::Value;
 
 use super::listing::restore_non_finite;
-use super::parquet_pages;
 
 const ROW_COLUMNS: [&str; 3] = ["_step", "_timestamp", "_runtime"];
 
@@ -65,8 +66,11 @@ impl<'p> HistoryBuilder<'p> {
 
     /// Adds the rows of one exported Parquet file. Returns the rows added.
     pub fn add_parquet(&mut self, file: Bytes) -> Result<usize, String> {
-        let builder = ParquetRecordBatchReaderBuilder::try_new(file.clone()).map_err(file_error)?;
-        parquet_pages::check_chunks(builder.metadata(), file.len()).map_err(file_error)?;
+        let file_len = file.len();
+        let builder = catch_third_party(|| ParquetRecordBatchReaderBuilder::try_new(file))
+            .map_err(|p| damaged(&p))?
+            .map_err(file_error)?;
+        check_chunks(builder.metadata(), file_len).map_err(file_error)?;
         let schema = Arc::clone(builder.schema());
         let roots: Vec<usize> = schema
             .fields()
@@ -77,30 +81,30 @@ impl<'p> HistoryBuilder<'p> {
             .collect();
         let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
         let rows = builder.metadata().file_metadata().num_rows().clamp(1, 65536) as usize;
-        // parquet's reader may panic on damaged data that runport's checks
-        // do not see (or in files of another codec, read by parquet's own
-        // page reader): such a file is an error of this run, not a crash.
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let reader = if parquet_pages::handles(builder.metadata()) {
-                let levels = parquet_to_arrow_field_levels(builder.parquet_schema(), mask, Some(schema.fields()))
-                    .map_err(file_error)?;
-                parquet_pages::reader(file, Arc::clone(builder.metadata()), &levels, rows)
-            } else {
-                parquet_pages::check_pages(&file, builder.metadata())
-                    .and_then(|()| builder.with_projection(mask).with_batch_size(rows).build())
-            }
+        // parquet's reader and decoders may panic on damaged data that
+        // runport's checks do not see: such a file is an error of this run,
+        // not a crash. Only their calls are guarded; `add_batch` is
+        // runport's own code, whose panics are bugs, not damaged data.
+        let mut reader = catch_third_party(|| builder.with_projection(mask).with_batch_size(rows).build())
+            .map_err(|p| damaged(&p))?
             .map_err(file_error)?;
-            let mut added = 0;
-            for batch in reader {
-                let batch = batch.map_err(file_error)?;
-                added += self.add_batch(&batch)?;
-            }
-            Ok(added)
-        }))
-        .unwrap_or_else(|p| Err(format!("history file: damaged data ({})", crate::pipeline::panic_text(&*p))))
+        let mut added = 0;
+        loop {
+            let batch = match catch_third_party(|| reader.next()) {
+                Ok(None) => break,
+                Ok(Some(batch)) => batch.map_err(file_error)?,
+                Err(p) => return Err(damaged(&p)),
+            };
+            added += self.add_batch(&batch)?;
+        }
+        Ok(added)
     }
 
     fn add_batch(&mut self, batch: &RecordBatch) -> Result<usize, String> {
+        #[cfg(test)]
+        if tests::BUG_IN_ADD_BATCH.get() {
+            panic!("a bug of add_batch");
+        }
         let schema = batch.schema();
         let step_col = batch.column_by_name("_step").ok_or("history file without a _step column")?;
         let ts_col = batch.column_by_name("_timestamp");
@@ -248,6 +252,40 @@ fn file_error(e: impl std::fmt::Display) -> String {
     format!("history file: {e}")
 }
 
+/// A panic of parquet's reader on a file: damaged data.
+fn damaged(panic: &str) -> String {
+    format!("history file: damaged data ({panic})")
+}
+
+/// Checks the row counts and that every column chunk lies inside the file:
+/// parquet's reader panics on a negative offset or size, and its sum of row
+/// counts overflows.
+fn check_chunks(meta: &ParquetMetaData, file_len: usize) -> Result<(), String> {
+    let mut rows = 0i64;
+    for (g, rg) in meta.row_groups().iter().enumerate() {
+        rows = rows
+            .checked_add(rg.num_rows())
+            .filter(|_| rg.num_rows() >= 0)
+            .ok_or_else(|| format!("row group {g} of {} rows", rg.num_rows()))?;
+        for col in rg.columns() {
+            let start = col.dictionary_page_offset().unwrap_or(col.data_page_offset());
+            let inside = u64::try_from(start)
+                .ok()
+                .zip(u64::try_from(col.compressed_size()).ok())
+                .and_then(|(s, n)| s.checked_add(n))
+                .is_some_and(|end| end <= file_len as u64);
+            if !inside {
+                return Err(format!(
+                    "column {} of row group {g}: bytes {start}+{} outside the file ({file_len} bytes)",
+                    col.column_path(),
+                    col.compressed_size(),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// One cell as a value; `None` when null.
 fn cell(col: &ArrayRef, i: usize) -> Option<Value> {
     if col.is_null(i) {
@@ -326,11 +364,10 @@ mod tests {
 
     #[test]
     fn damaged_files_are_errors() {
-        // Inputs the fuzz target found: parquet's reader panics on four (a
+        // Inputs the fuzz target found that parquet's reader panics on (a
         // dictionary-encoded page without its dictionary, a column chunk
         // outside the file, a damaged delta page, row counts whose sum
-        // overflows) and takes seconds on the fifth (2 KB, a damaged page
-        // header of a non-zstd file); runport reports an error at once.
+        // overflows): each is an error of the file, not a crash.
         let plan = FetchPlan::new(Selection::all(), HistoryLayout::Long, WANDB_IDENTITY_COLUMNS);
         for (name, data) in [
             (
@@ -342,15 +379,33 @@ mod tests {
                 &include_bytes!("../../../tests/fixtures/history-chunk-outside-file.parquet")[..],
             ),
             ("delta page damaged", &include_bytes!("../../../tests/fixtures/history-delta-page-damaged.parquet")[..]),
-            (
-                "page header parquet reads slowly",
-                &include_bytes!("../../../tests/fixtures/history-page-header-read-slowly.parquet")[..],
-            ),
+            ("row counts overflow", &include_bytes!("../../../tests/fixtures/history-row-counts-overflow.parquet")[..]),
         ] {
             let mut b = HistoryBuilder::new(&plan);
             let e = b.add_parquet(Bytes::from_static(data)).expect_err(name);
             assert!(e.starts_with("history file: "), "{name}: {e}");
         }
+    }
+
+    thread_local! {
+        pub static BUG_IN_ADD_BATCH: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    #[test]
+    fn a_panic_of_runports_own_code_is_not_damaged_data() {
+        let plan = FetchPlan::new(Selection::all(), HistoryLayout::Long, WANDB_IDENTITY_COLUMNS);
+        let data = file(Compression::ZSTD(ZstdLevel::try_new(1).unwrap()));
+        BUG_IN_ADD_BATCH.set(true);
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            HistoryBuilder::new(&plan).add_parquet(data.clone())
+        }));
+        BUG_IN_ADD_BATCH.set(false);
+        match result {
+            Err(p) => assert_eq!(crate::pipeline::panic_text(&*p), "a bug of add_batch"),
+            Ok(r) => panic!("a bug of add_batch became {r:?}"),
+        }
+        assert!(!crate::pipeline::in_third_party_code(), "the guard is left when a panic passes it");
+        assert_eq!(HistoryBuilder::new(&plan).add_parquet(data).unwrap(), 3000);
     }
 
     #[test]
@@ -361,7 +416,6 @@ mod tests {
             assert_eq!(b.add_parquet(file(codec)).unwrap(), 3000, "{codec:?}");
             b.finish()
         };
-        // zstd and uncompressed files go through runport's page reader, the others through parquet's.
         let ours = read(Compression::ZSTD(ZstdLevel::try_new(1).unwrap()));
         assert_eq!(ours.rows.len(), 3000);
         assert_eq!(ours.keys, ["loss", "acc"]);

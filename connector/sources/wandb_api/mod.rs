@@ -13,7 +13,6 @@
 pub mod credentials;
 pub mod history;
 pub mod listing;
-mod parquet_pages;
 pub mod queries;
 
 use std::collections::BTreeMap;
