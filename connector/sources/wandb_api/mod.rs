@@ -15,6 +15,7 @@ pub mod history;
 pub mod listing;
 mod parquet_pages;
 pub mod queries;
+mod source;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -32,6 +33,8 @@ use crate::run::RunData;
 use credentials::{ApiKey, KeySource, find_api_key};
 use history::HistoryBuilder;
 use listing::{ListedRun, has_selected_history_key, parse_run_node};
+pub use source::REGISTRATION;
+
 use queries::{HISTORY_PAGE, ListingFields, PARQUET_HISTORY, SAMPLED_HISTORY};
 
 pub const DEFAULT_BASE_URL: &str = "https://api.wandb.ai";
