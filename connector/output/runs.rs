@@ -166,3 +166,45 @@ fn identity_column(column: &IdentityColumn, rows: &[Row]) -> Result<ArrayRef> {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::IdentityKind::{Text, TextList, Timestamp};
+
+    const COLUMNS: &[IdentityColumn] = &[
+        IdentityColumn::new("run_id", Text),
+        IdentityColumn::new("started", Timestamp),
+        IdentityColumn::new("labels", TextList),
+    ];
+
+    fn run(identity: RunIdentity) -> RunData {
+        RunData { identity, ..Default::default() }
+    }
+
+    #[test]
+    fn identity_columns_follow_their_declared_kinds() {
+        let mut t = RunsTable::new(COLUMNS, &["params."]);
+        t.push(&mut run(RunIdentity::new("b")
+            .with_timestamp("started", Some(5))
+            .with_list("labels", vec!["x".into()])));
+        // A value for a column the source does not declare is not written.
+        t.push(&mut run(RunIdentity::new("a").with_text("elsewhere", Some("ignored".into()))));
+        let batch = t.build().unwrap();
+        let names: Vec<_> = batch.schema().fields().iter().map(|f| f.name().clone()).collect();
+        assert_eq!(names, ["run_id", "started", "labels"]);
+        let schema = batch.schema();
+        assert!(!schema.field(0).is_nullable() && schema.field(1).is_nullable() && !schema.field(2).is_nullable());
+        let started =
+            batch.column(1).as_any().downcast_ref::<arrow_array::TimestampMicrosecondArray>().expect("timestamps");
+        assert_eq!(started.iter().collect::<Vec<_>>(), [None, Some(5)], "rows sorted by run id");
+    }
+
+    #[test]
+    fn a_value_of_another_kind_is_an_error_naming_column_and_run() {
+        let mut t = RunsTable::new(COLUMNS, &[]);
+        t.push(&mut run(RunIdentity::new("r1").with_text("started", Some("yesterday".into()))));
+        let err = t.build().unwrap_err().to_string();
+        assert!(err.contains("started") && err.contains("r1") && err.contains("text"), "{err}");
+    }
+}
