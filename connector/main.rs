@@ -51,7 +51,7 @@ impl From<Layout> for HistoryLayout {
 #[derive(clap::Args)]
 struct Common {
     /// wandb://ENTITY/PROJECT, mlflow+http(s)://HOST:PORT (or `mlflow` for MLFLOW_TRACKING_URI),
-    /// or a wandb/ folder, a run folder or a .wandb file.
+    /// sqlite:///mlflow.db, a mlruns/ folder (or file://...), or a wandb/ folder, a run folder or a .wandb file.
     source: String,
     /// Columns to export, comma-separated, `*` globs: name,state,config.*,summary.loss,history.loss
     /// (default: every run column and all history).
