@@ -23,7 +23,7 @@ use prost::Message;
 use runport::output::history::{long_batch, long_schema};
 use runport::output::parallel::ParallelWriter;
 use runport::output::{Provenance, history_writer_properties};
-use runport::plan::{FetchPlan, HistoryLayout, WANDB_IDENTITY_COLUMNS, WANDB_PREFIXES};
+use runport::plan::{FetchPlan, HistoryLayout};
 use runport::run::{HistoryPoint, HistoryRow, RunHistory};
 use runport::selection::Selection;
 use runport::sources::wandb_files::decode::{RecordCounts, decode_run};
@@ -31,6 +31,7 @@ use runport::sources::wandb_files::log_reader::{TransactionLogReader, encode_log
 use runport::sources::wandb_files::records::{
     HistoryItem, HistoryRecord, HistoryStep, KeyedValue, RecordType, UpdateRecord, peek_record_type,
 };
+use runport::sources::wandb_files::{WANDB_IDENTITY_COLUMNS, WANDB_PREFIXES};
 use runport::value::Value;
 
 /// Steps in the benchmark log (three records each, about 10 MB in all).
@@ -180,7 +181,7 @@ fn transaction_log(c: &mut Criterion) {
             let mut counts = RecordCounts::default();
             let run = decode_run("bench", &[file.path()], &name_state, &mut counts).unwrap();
             assert_eq!(counts.decoded_history, 0);
-            run.identity.state
+            run.identity.text("state").map(str::to_string)
         })
     });
     g.finish();

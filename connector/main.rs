@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use runport::export::{ExportOptions, RemoteOptions, default_concurrency_for, list_runs, open, schema_json, schemas};
+use runport::export::{ExportOptions, list_runs, open, schema_json, schemas};
+use runport::sources::SourceOption;
 use runport::{Error, HistoryLayout};
 
 const EXIT_PARTIAL: u8 = 1;
@@ -50,7 +51,7 @@ impl From<Layout> for HistoryLayout {
 #[derive(clap::Args)]
 struct Common {
     /// wandb://ENTITY/PROJECT, mlflow+http(s)://HOST:PORT (or `mlflow` for MLFLOW_TRACKING_URI),
-    /// or a wandb/ folder, a run folder or a .wandb file.
+    /// sqlite:///mlflow.db, a mlruns/ folder (or file://...), or a wandb/ folder, a run folder or a .wandb file.
     source: String,
     /// Columns to export, comma-separated, `*` globs: name,state,config.*,summary.loss,history.loss
     /// (default: every run column and all history).
@@ -59,23 +60,26 @@ struct Common {
     /// History layout.
     #[arg(long, value_enum, default_value_t = Layout::Long)]
     history: Layout,
-    /// Runs read at once: CPU threads for local files (default: the number of CPUs),
-    /// requests in flight for APIs (default 16; lowered automatically on 429).
+    /// Runs read at once: CPU threads for local sources (W&B files, sqlite:///, mlruns/ or file://;
+    /// default: the number of CPUs), requests in flight for network sources (wandb://,
+    /// mlflow+http(s)://; default 16, lowered automatically on 429).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     concurrency: Option<u32>,
-    /// API base URL (default: WANDB_BASE_URL, else https://api.wandb.ai).
+    /// W&B API: the API base URL (default: WANDB_BASE_URL, else https://api.wandb.ai).
     #[arg(long)]
     base_url: Option<String>,
-    /// A filter passed to the source (W&B: a MongoDB-like JSON filter).
+    /// W&B API and MLflow REST: a filter the server evaluates (W&B: a MongoDB-like JSON filter;
+    /// MLflow: a filter string).
     #[arg(long = "where")]
     filter: Option<String>,
-    /// Listing order (W&B: +created_at, -heartbeat_at, +summary_metrics.loss ...).
+    /// W&B API: listing order (+created_at, -heartbeat_at, +summary_metrics.loss ...).
     #[arg(long)]
     order: Option<String>,
-    /// Runs per listing page (W&B default 500; MLflow max_results, default 10000, at most 50000).
+    /// W&B API and MLflow REST: runs per listing page (W&B default 500; MLflow max_results,
+    /// default 10000, at most 50000).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=50000))]
     per_page: Option<u32>,
-    /// Sampled history: at most N rows per key and run (quick look; not a full export).
+    /// W&B API: sampled history, at most N rows per key and run (quick look; not a full export).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     samples: Option<u32>,
     /// MLflow: an experiment to export, by name or id (repeatable; default: every experiment in the view).
@@ -178,20 +182,22 @@ fn print_json(v: &impl serde::Serialize) {
 }
 
 impl Common {
-    fn concurrency(&self) -> usize {
-        self.concurrency.map_or_else(|| default_concurrency_for(&self.source), |c| c as usize)
+    /// `None`: the source kind's default.
+    fn concurrency(&self) -> Option<usize> {
+        self.concurrency.map(|c| c as usize)
     }
 
-    fn remote(&self) -> RemoteOptions {
-        RemoteOptions {
-            base_url: self.base_url.clone(),
-            filters: self.filter.clone(),
-            order: self.order.clone(),
-            per_page: self.per_page.map(|p| p as usize),
-            samples: self.samples.map(|s| s as usize),
-            experiments: self.experiments.clone(),
-            view: self.view.clone(),
-        }
+    /// The options only some sources take; the source refuses any it does not.
+    fn options(&self) -> Vec<SourceOption> {
+        let mut o = Vec::new();
+        o.extend(self.base_url.clone().map(SourceOption::BaseUrl));
+        o.extend(self.filter.clone().map(SourceOption::Where));
+        o.extend(self.order.clone().map(SourceOption::Order));
+        o.extend(self.per_page.map(|p| SourceOption::PerPage(p as usize)));
+        o.extend(self.samples.map(|s| SourceOption::Samples(s as usize)));
+        o.extend(self.experiments.iter().cloned().map(SourceOption::Experiment));
+        o.extend(self.view.clone().map(SourceOption::View));
+        o
     }
 }
 
@@ -206,7 +212,7 @@ fn run(command: Command, json_logs: bool) -> Result<u8, Error> {
                 fail_fast,
                 concurrency: common.concurrency(),
                 progress: std::io::stderr().is_terminal(),
-                remote: common.remote(),
+                options: common.options(),
             };
             let summary = runport::export(&opts)?;
             // In JSON log mode the export already logged each failure as a record.
@@ -247,7 +253,7 @@ fn run(command: Command, json_logs: bool) -> Result<u8, Error> {
                 common.select.as_deref(),
                 common.history.into(),
                 common.concurrency(),
-                &common.remote(),
+                &common.options(),
             )?;
             let plan = planned.describe()?;
             if common.json {
@@ -258,7 +264,7 @@ fn run(command: Command, json_logs: bool) -> Result<u8, Error> {
             Ok(0)
         }
         Command::Ls { common } => {
-            let (runs, failures) = list_runs(&common.source, common.concurrency(), &common.remote())?;
+            let (runs, failures) = list_runs(&common.source, common.concurrency(), &common.options())?;
             let mut out = std::io::stdout().lock();
             for r in &runs {
                 if common.json {
@@ -285,7 +291,7 @@ fn run(command: Command, json_logs: bool) -> Result<u8, Error> {
                 common.select.as_deref(),
                 common.history.into(),
                 common.concurrency(),
-                &common.remote(),
+                &common.options(),
             )?;
             if common.json {
                 print_json(&serde_json::json!({

@@ -5,6 +5,7 @@
 
 use serde::Serialize;
 
+use crate::run::IdentityColumn;
 use crate::selection::Selection;
 
 /// How history is written.
@@ -29,30 +30,6 @@ impl HistoryLayout {
     }
 }
 
-/// The identity columns of the W&B sources, in output order.
-pub const WANDB_IDENTITY_COLUMNS: &[&str] = &[
-    "source",
-    "entity",
-    "project",
-    "run_id",
-    "name",
-    "state",
-    "created_at",
-    "updated_at",
-    "runtime_s",
-    "exit_code",
-    "group",
-    "job_type",
-    "tags",
-    "notes",
-    "host",
-    "git_remote",
-    "git_commit",
-];
-
-/// Column prefixes of the W&B sources' runs table.
-pub const WANDB_PREFIXES: &[&str] = &["config.", "summary."];
-
 /// What an export builds, derived from the selection alone.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FetchPlan {
@@ -60,7 +37,8 @@ pub struct FetchPlan {
     pub selection: Selection,
     pub history_layout: HistoryLayout,
     /// Identity columns to write, in output order; `run_id` is always there.
-    pub identity_columns: Vec<String>,
+    #[serde(serialize_with = "column_names")]
+    pub identity_columns: Vec<IdentityColumn>,
     /// Whether any `config.` column can be selected.
     pub config: bool,
     /// Whether any `summary.` column can be selected.
@@ -69,17 +47,18 @@ pub struct FetchPlan {
     pub history: bool,
 }
 
+fn column_names<S: serde::Serializer>(columns: &[IdentityColumn], ser: S) -> Result<S::Ok, S::Error> {
+    ser.collect_seq(columns.iter().map(|c| c.name))
+}
+
 fn display<S: serde::Serializer>(s: &Selection, ser: S) -> Result<S::Ok, S::Error> {
     ser.collect_str(s)
 }
 
 impl FetchPlan {
-    pub fn new(selection: Selection, history_layout: HistoryLayout, identity_columns: &[&str]) -> FetchPlan {
-        let identity_columns = identity_columns
-            .iter()
-            .filter(|c| **c == "run_id" || selection.matches(c))
-            .map(|c| c.to_string())
-            .collect();
+    pub fn new(selection: Selection, history_layout: HistoryLayout, identity_columns: &[IdentityColumn]) -> FetchPlan {
+        let identity_columns =
+            identity_columns.iter().filter(|c| c.name == "run_id" || selection.matches(c.name)).copied().collect();
         FetchPlan {
             config: selection.wants_prefix("config."),
             summary: selection.wants_prefix("summary."),
@@ -91,7 +70,7 @@ impl FetchPlan {
     }
 
     pub fn wants_identity(&self, column: &str) -> bool {
-        self.identity_columns.iter().any(|c| c == column)
+        self.identity_columns.iter().any(|c| c.name == column)
     }
 
     /// Whether the history key (an encoded path) is selected.
@@ -123,6 +102,7 @@ impl FetchPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sources::wandb_files::{WANDB_IDENTITY_COLUMNS, WANDB_PREFIXES};
 
     fn plan(select: &str, layout: HistoryLayout) -> FetchPlan {
         let sel = Selection::parse(select, WANDB_IDENTITY_COLUMNS, WANDB_PREFIXES).unwrap();
@@ -132,7 +112,7 @@ mod tests {
     #[test]
     fn name_and_state_need_nothing_else() {
         let p = plan("name,state", HistoryLayout::Long);
-        assert_eq!(p.identity_columns, ["run_id", "name", "state"]);
+        assert_eq!(p.identity_columns.iter().map(|c| c.name).collect::<Vec<_>>(), ["run_id", "name", "state"]);
         assert!(!p.config && !p.summary && !p.history);
     }
 

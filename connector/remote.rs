@@ -227,9 +227,10 @@ async fn produce<S: RemoteSource>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{HistoryLayout, WANDB_IDENTITY_COLUMNS};
+    use crate::plan::HistoryLayout;
     use crate::run::RunIdentity;
     use crate::selection::Selection;
+    use crate::sources::wandb_files::WANDB_IDENTITY_COLUMNS;
     use std::sync::Mutex;
     use std::time::Duration;
 
@@ -261,7 +262,7 @@ mod tests {
             let mut live = self.live.lock().unwrap();
             live.0 += 1;
             live.1 = live.1.max(live.0);
-            let identity = RunIdentity { run_id: Self::run_id(&i).to_string(), ..Default::default() };
+            let identity = RunIdentity::new(Self::run_id(&i));
             Ok(RunData { identity, ..Default::default() })
         }
     }
@@ -311,10 +312,7 @@ mod tests {
 
         fn decode(&self, _plan: &FetchPlan, i: usize) -> Result<RunData, String> {
             assert!(i != 5, "injected decode panic in run {i}");
-            Ok(RunData {
-                identity: RunIdentity { run_id: Self::run_id(&i).to_string(), ..Default::default() },
-                ..Default::default()
-            })
+            Ok(RunData { identity: RunIdentity::new(Self::run_id(&i)), ..Default::default() })
         }
     }
 

@@ -3,36 +3,159 @@
 
 use crate::value::Value;
 
-/// The identity columns of `runs.parquet`; `None` is written as null.
-/// Timestamps are microseconds since the Unix epoch, UTC.
+/// How an identity column is typed in `runs.parquet`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentityKind {
+    /// utf8.
+    Text,
+    /// timestamp[us, UTC].
+    Timestamp,
+    /// float64.
+    Float,
+    /// int64.
+    Int,
+    /// list<utf8>, never null (a run without values has an empty list).
+    TextList,
+}
+
+impl IdentityKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            IdentityKind::Text => "text",
+            IdentityKind::Timestamp => "timestamp",
+            IdentityKind::Float => "float",
+            IdentityKind::Int => "int",
+            IdentityKind::TextList => "text list",
+        }
+    }
+}
+
+/// An identity column a source declares: its name and type. Every source
+/// has `run_id` (text), filled from [`RunIdentity::run_id`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdentityColumn {
+    pub name: &'static str,
+    pub kind: IdentityKind,
+}
+
+impl IdentityColumn {
+    pub const fn new(name: &'static str, kind: IdentityKind) -> IdentityColumn {
+        IdentityColumn { name, kind }
+    }
+}
+
+/// One identity value; timestamps are microseconds since the Unix epoch, UTC.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IdentityValue {
+    Text(String),
+    Timestamp(i64),
+    Float(f64),
+    Int(i64),
+    TextList(Vec<String>),
+}
+
+impl IdentityValue {
+    pub fn kind(&self) -> IdentityKind {
+        match self {
+            IdentityValue::Text(_) => IdentityKind::Text,
+            IdentityValue::Timestamp(_) => IdentityKind::Timestamp,
+            IdentityValue::Float(_) => IdentityKind::Float,
+            IdentityValue::Int(_) => IdentityKind::Int,
+            IdentityValue::TextList(_) => IdentityKind::TextList,
+        }
+    }
+}
+
+/// A run's identity: its id, and the values of the identity columns its
+/// source declares, by column name. A column without a value is written as
+/// null (an empty list for a text list).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RunIdentity {
-    pub source: String,
-    pub entity: Option<String>,
-    pub project: Option<String>,
     pub run_id: String,
-    pub name: Option<String>,
-    pub state: Option<String>,
-    pub created_at: Option<i64>,
-    pub updated_at: Option<i64>,
-    pub runtime_s: Option<f64>,
-    pub exit_code: Option<i64>,
-    pub group: Option<String>,
-    pub job_type: Option<String>,
-    pub tags: Vec<String>,
-    pub notes: Option<String>,
-    pub host: Option<String>,
-    pub git_remote: Option<String>,
-    pub git_commit: Option<String>,
-    // MLflow (`name` is the run name there).
-    pub experiment_id: Option<String>,
-    pub experiment_name: Option<String>,
-    pub status: Option<String>,
-    pub artifact_uri: Option<String>,
-    pub start_time: Option<i64>,
-    pub end_time: Option<i64>,
-    pub user_id: Option<String>,
-    pub lifecycle_stage: Option<String>,
+    values: Vec<(&'static str, IdentityValue)>,
+}
+
+impl RunIdentity {
+    pub fn new(run_id: impl Into<String>) -> RunIdentity {
+        RunIdentity { run_id: run_id.into(), values: Vec::new() }
+    }
+
+    /// Sets (or with `None` clears) the value of `column`.
+    pub fn set(&mut self, column: &'static str, value: Option<IdentityValue>) {
+        self.values.retain(|(c, _)| *c != column);
+        if let Some(v) = value {
+            self.values.push((column, v));
+        }
+    }
+
+    pub fn with_text(mut self, column: &'static str, value: Option<String>) -> RunIdentity {
+        self.set(column, value.map(IdentityValue::Text));
+        self
+    }
+
+    pub fn with_timestamp(mut self, column: &'static str, micros: Option<i64>) -> RunIdentity {
+        self.set(column, micros.map(IdentityValue::Timestamp));
+        self
+    }
+
+    pub fn with_float(mut self, column: &'static str, value: Option<f64>) -> RunIdentity {
+        self.set(column, value.map(IdentityValue::Float));
+        self
+    }
+
+    pub fn with_int(mut self, column: &'static str, value: Option<i64>) -> RunIdentity {
+        self.set(column, value.map(IdentityValue::Int));
+        self
+    }
+
+    pub fn with_list(mut self, column: &'static str, values: Vec<String>) -> RunIdentity {
+        self.set(column, Some(IdentityValue::TextList(values)));
+        self
+    }
+
+    /// The value of `column` (not `run_id`, which is [`RunIdentity::run_id`]).
+    pub fn get(&self, column: &str) -> Option<&IdentityValue> {
+        self.values.iter().find(|(c, _)| *c == column).map(|(_, v)| v)
+    }
+
+    /// A text column's value; `run_id` included.
+    pub fn text(&self, column: &str) -> Option<&str> {
+        if column == "run_id" {
+            return Some(&self.run_id);
+        }
+        match self.get(column) {
+            Some(IdentityValue::Text(t)) => Some(t),
+            _ => None,
+        }
+    }
+
+    pub fn timestamp(&self, column: &str) -> Option<i64> {
+        match self.get(column) {
+            Some(IdentityValue::Timestamp(t)) => Some(*t),
+            _ => None,
+        }
+    }
+
+    pub fn float(&self, column: &str) -> Option<f64> {
+        match self.get(column) {
+            Some(IdentityValue::Float(f)) => Some(*f),
+            _ => None,
+        }
+    }
+
+    pub fn int(&self, column: &str) -> Option<i64> {
+        match self.get(column) {
+            Some(IdentityValue::Int(i)) => Some(*i),
+            _ => None,
+        }
+    }
+
+    pub fn list(&self, column: &str) -> &[String] {
+        match self.get(column) {
+            Some(IdentityValue::TextList(l)) => l,
+            _ => &[],
+        }
+    }
 }
 
 /// One history value at one row of a run.

@@ -9,6 +9,8 @@
 
 use std::fmt;
 
+use crate::run::IdentityColumn;
+
 /// One glob pattern (only `*` is special).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pattern {
@@ -95,7 +97,11 @@ impl Selection {
     /// Parses comma-separated patterns. `identity_columns` are the source's
     /// plain column names; a literal item that is none of them and has no
     /// `config.`/`summary.`/`history.` (or source-specific) prefix is an error.
-    pub fn parse(text: &str, identity_columns: &[&str], prefixes: &[&str]) -> Result<Selection, SelectionError> {
+    pub fn parse(
+        text: &str,
+        identity_columns: &[IdentityColumn],
+        prefixes: &[&str],
+    ) -> Result<Selection, SelectionError> {
         let mut patterns = Vec::new();
         for item in text.split(',') {
             let item = item.trim();
@@ -103,12 +109,13 @@ impl Selection {
                 return Err(SelectionError::Empty);
             }
             let p = Pattern::new(item);
-            let known = identity_columns.iter().any(|c| p.matches(c))
+            let known = identity_columns.iter().any(|c| p.matches(c.name))
                 || prefixes.iter().any(|pre| p.can_match_prefix(pre))
                 || p.can_match_prefix("history.");
             if !known {
                 let groups: String = prefixes.iter().map(|p| format!("{p}<key>, ")).collect();
-                return Err(SelectionError::UnknownColumn(item.to_string(), identity_columns.join(", "), groups));
+                let names: Vec<&str> = identity_columns.iter().map(|c| c.name).collect();
+                return Err(SelectionError::UnknownColumn(item.to_string(), names.join(", "), groups));
             }
             patterns.push(p);
         }
@@ -170,7 +177,13 @@ impl fmt::Display for Selection {
 mod tests {
     use super::*;
 
-    const IDS: &[&str] = &["run_id", "name", "state", "created_at"];
+    use crate::run::IdentityKind::{Text, Timestamp};
+    const IDS: &[IdentityColumn] = &[
+        IdentityColumn::new("run_id", Text),
+        IdentityColumn::new("name", Text),
+        IdentityColumn::new("state", Text),
+        IdentityColumn::new("created_at", Timestamp),
+    ];
     const PRE: &[&str] = &["config.", "summary."];
 
     #[test]

@@ -302,3 +302,60 @@ for i in range(3):
     assert!(stderr.contains("rejected the credentials") && stderr.contains("tracking URI"), "{stderr}");
     assert_no_secret_in("stderr of a rejected export", &o.stderr, &secret_forms("wrong-url-password", Some(user)));
 }
+
+#[test]
+fn options_of_other_sources_are_usage_errors_its_own_are_applied_and_concurrency_follows_the_kind() {
+    let std = standard();
+    let local = ["--experiment", "--view"];
+    let sources = [
+        (std.server.source(), "mlflow-rest", &["--where", "--per-page", "--experiment", "--view"][..], 16),
+        (format!("sqlite:///{}", std.server.db.display()), "mlflow-sqlite", &local[..], cpus()),
+        (std.mlruns.to_str().unwrap().to_string(), "mlflow-files", &local[..], cpus()),
+        (format!("file://{}", std.mlruns.display()), "mlflow-files", &local[..], cpus()),
+    ];
+    for (source, kind, takes, concurrency) in sources {
+        let run = |args: &[&str]| {
+            let mut all: Vec<&std::ffi::OsStr> = vec![args[0].as_ref(), source.as_ref()];
+            all.extend(args[1..].iter().map(|a| a.as_ref() as &std::ffi::OsStr));
+            runport_out(&all)
+        };
+        assert_options_refused(kind, takes, &run);
+        if kind != "mlflow-rest" {
+            let (_, _, stderr) = run(&["ls", "--where", "attributes.status = 'FINISHED'"]);
+            assert!(stderr.contains("use the mlflow+http(s):// source"), "{kind}: {stderr}");
+        }
+
+        // Its own options, in a real export.
+        let out = tempdir();
+        let mut extra =
+            vec!["--select", "run_name,status,experiment_name", "--experiment", "runport-std", "--view", "all"];
+        if kind == "mlflow-rest" {
+            extra.extend(["--where", "attributes.status = 'FINISHED'", "--per-page", "3"]);
+        }
+        let summary = export_source(&source, out.path(), &extra, 0);
+        assert!(summary["runs"].as_u64().unwrap() > 0, "{kind}: {summary}");
+        let (_, batches) = read_parquet(&out.path().join("runs.parquet"));
+        for b in &batches {
+            let text = |c: &str| {
+                let a = b.column_by_name(c).unwrap();
+                a.as_any()
+                    .downcast_ref::<arrow_array::StringArray>()
+                    .unwrap()
+                    .iter()
+                    .map(|s| s.map(str::to_string))
+                    .collect::<Vec<_>>()
+            };
+            assert!(
+                text("experiment_name").iter().all(|e| e.as_deref() == Some("runport-std")),
+                "{kind}: --experiment"
+            );
+            if kind == "mlflow-rest" {
+                assert!(text("status").iter().all(|s| s.as_deref() == Some("FINISHED")), "{kind}: --where");
+            }
+        }
+
+        let (code, stdout, stderr) = run(&["plan", "--json"]);
+        assert_eq!(code, 0, "{kind}: {stdout}\n{stderr}");
+        assert_eq!(planned_concurrency(&stdout), concurrency, "{kind}: default concurrency");
+    }
+}

@@ -424,3 +424,44 @@ fn fail_fast_commits_nothing_when_a_run_or_the_listing_fails() {
     assert_eq!(summary["runs"], 2, "the first page's runs: {summary}");
     assert!(snapshot(&out) != before);
 }
+
+#[test]
+fn options_of_other_sources_are_usage_errors_its_own_are_applied_and_concurrency_defaults_to_16() {
+    let runs = wandb_runs("standard");
+    let server = WandbServer::start(&runs, &[]);
+    // `server.runport` adds --base-url, which this source takes.
+    let takes = ["--base-url", "--where", "--order", "--per-page", "--samples"];
+    assert_options_refused("wandb-api", &takes, &|args| server.runport(args));
+
+    // All of its own options at once, in a real export.
+    let out = tempdir();
+    let o = out.path().to_str().unwrap();
+    let (code, stdout, stderr) = server.runport(&[
+        "export",
+        "-o",
+        o,
+        "--select",
+        "state,history.loss",
+        "--where",
+        r#"{"state": "finished"}"#,
+        "--order=-created_at",
+        "--per-page",
+        "2",
+        "--samples",
+        "5",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let summary = last_json_line(&stdout);
+    assert!(summary["runs"].as_u64().unwrap() > 0, "{summary}");
+    let (_, batches) = read_parquet(&out.path().join("runs.parquet"));
+    for b in &batches {
+        let states = b.column_by_name("state").unwrap();
+        let states = states.as_any().downcast_ref::<arrow_array::StringArray>().unwrap();
+        assert!(states.iter().all(|s| s == Some("finished")), "--where was applied: {states:?}");
+    }
+
+    let (code, stdout, stderr) = server.runport(&["plan", "--json"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert_eq!(planned_concurrency(&stdout), 16, "a network source keeps 16 requests in flight by default");
+}

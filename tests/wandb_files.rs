@@ -374,3 +374,35 @@ print(runs.height, hist.height, n)
     let nums: Vec<u64> = printed.split_whitespace().map(|n| n.parse().unwrap()).collect();
     assert_eq!(nums[2], summary["rows"]["history"].as_u64().unwrap(), "duckdb join sees every history row");
 }
+
+/// `runport ARGS[0] SOURCE ARGS[1..]`.
+fn runport_on(source: &str, args: &[&str]) -> (i32, String, String) {
+    let mut all: Vec<&std::ffi::OsStr> = vec![args[0].as_ref(), source.as_ref()];
+    all.extend(args[1..].iter().map(|a| a.as_ref() as &std::ffi::OsStr));
+    runport_out(&all)
+}
+
+#[test]
+fn options_of_other_sources_are_usage_errors_and_concurrency_defaults_to_the_cpus() {
+    let runs = standard();
+    let source = runs.to_str().unwrap();
+    // The command of the issue used to export every run and exit 0.
+    let out = tempdir();
+    let target = out.path().join("out");
+    let target = target.to_str().unwrap();
+    let (code, stdout, stderr) = runport_on(
+        source,
+        &["export", "--where", r#"{"state":"crashed"}"#, "--samples", "5", "--experiment", "foo", "-o", target],
+    );
+    assert_eq!(code, 2, "{stdout}\n{stderr}");
+    assert!(stderr.contains("--where does not apply to wandb-files sources"), "{stderr}");
+    assert!(!Path::new(target).exists(), "a refused export wrote {target}");
+    assert_options_refused("wandb-files", &[], &|args| runport_on(source, args));
+
+    let (code, stdout, stderr) = runport_on(source, &["plan", "--json"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert_eq!(planned_concurrency(&stdout), cpus(), "a local source reads on every CPU by default");
+    let (code, stdout, stderr) = runport_on(source, &["plan", "--json", "--concurrency", "3"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert_eq!(planned_concurrency(&stdout), 3);
+}

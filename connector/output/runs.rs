@@ -12,21 +12,19 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
 use crate::columns::{ColumnBuilder, ColumnKind};
 use crate::error::{Error, Result};
-use crate::run::{RunData, RunIdentity};
+use crate::run::{IdentityColumn, IdentityKind, RunData, RunIdentity};
 use crate::value::Value;
 
-/// The Arrow type of an identity column.
-pub fn identity_field(name: &str) -> Field {
-    let dt = match name {
-        "created_at" | "updated_at" | "start_time" | "end_time" => {
-            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
-        }
-        "runtime_s" => DataType::Float64,
-        "exit_code" => DataType::Int64,
-        "tags" => DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
-        _ => DataType::Utf8,
+/// The Arrow field of an identity column.
+pub fn identity_field(column: &IdentityColumn) -> Field {
+    let dt = match column.kind {
+        IdentityKind::Text => DataType::Utf8,
+        IdentityKind::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        IdentityKind::Float => DataType::Float64,
+        IdentityKind::Int => DataType::Int64,
+        IdentityKind::TextList => DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
     };
-    Field::new(name, dt, name != "run_id" && name != "tags")
+    Field::new(column.name, dt, column.name != "run_id" && column.kind != IdentityKind::TextList)
 }
 
 struct Row {
@@ -37,7 +35,7 @@ struct Row {
 
 /// Collects runs and builds the table.
 pub struct RunsTable {
-    identity_columns: Vec<String>,
+    identity_columns: Vec<IdentityColumn>,
     rows: Vec<Row>,
     /// Column groups in output order, with their columns' kinds.
     groups: Vec<(&'static str, BTreeMap<String, ColumnKind>)>,
@@ -45,7 +43,7 @@ pub struct RunsTable {
 
 impl RunsTable {
     /// `prefixes` are the source's column groups in output order (`config.`, `summary.`).
-    pub fn new(identity_columns: &[String], prefixes: &[&'static str]) -> RunsTable {
+    pub fn new(identity_columns: &[IdentityColumn], prefixes: &[&'static str]) -> RunsTable {
         RunsTable {
             identity_columns: identity_columns.to_vec(),
             rows: Vec::new(),
@@ -78,7 +76,7 @@ impl RunsTable {
 
     /// The schema the table will have with the runs pushed so far.
     pub fn schema(&self) -> SchemaRef {
-        let mut fields: Vec<Field> = self.identity_columns.iter().map(|c| identity_field(c)).collect();
+        let mut fields: Vec<Field> = self.identity_columns.iter().map(identity_field).collect();
         for (prefix, kinds) in &self.groups {
             for (p, k) in kinds {
                 fields.push(k.field(&format!("{prefix}{p}")));
@@ -94,7 +92,7 @@ impl RunsTable {
         let n = self.rows.len();
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
         for c in &self.identity_columns {
-            columns.push(identity_column(c, &self.rows));
+            columns.push(identity_column(c, &self.rows)?);
         }
         for (g, (_, kinds)) in self.groups.iter().enumerate() {
             // Index each row's values by path once per group.
@@ -112,68 +110,101 @@ impl RunsTable {
     }
 }
 
-fn identity_column(name: &str, rows: &[Row]) -> ArrayRef {
+/// One identity column over every row; a value of another kind than the
+/// column declares is an error naming the column and the run.
+fn identity_column(column: &IdentityColumn, rows: &[Row]) -> Result<ArrayRef> {
     let n = rows.len();
-    let text = |f: &dyn Fn(&RunIdentity) -> Option<&str>| -> ArrayRef {
-        let mut b = StringBuilder::with_capacity(n, n * 16);
-        for r in rows {
-            b.append_option(f(&r.identity));
+    let name = column.name;
+    for r in rows {
+        if let Some(v) = r.identity.get(name).filter(|v| v.kind() != column.kind) {
+            let message = format!(
+                "identity column {name} of run {} holds a {} value, the source declares {}",
+                r.identity.run_id,
+                v.kind().name(),
+                column.kind.name()
+            );
+            return Err(Error::Arrow {
+                what: "runs.parquet".into(),
+                source: arrow_schema::ArrowError::InvalidArgumentError(message),
+            });
         }
-        Arc::new(b.finish())
-    };
-    match name {
-        "source" => text(&|i| Some(i.source.as_str())),
-        "entity" => text(&|i| i.entity.as_deref()),
-        "project" => text(&|i| i.project.as_deref()),
-        "run_id" => text(&|i| Some(i.run_id.as_str())),
-        "name" | "run_name" => text(&|i| i.name.as_deref()),
-        "experiment_id" => text(&|i| i.experiment_id.as_deref()),
-        "experiment_name" => text(&|i| i.experiment_name.as_deref()),
-        "status" => text(&|i| i.status.as_deref()),
-        "artifact_uri" => text(&|i| i.artifact_uri.as_deref()),
-        "user_id" => text(&|i| i.user_id.as_deref()),
-        "lifecycle_stage" => text(&|i| i.lifecycle_stage.as_deref()),
-        "state" => text(&|i| i.state.as_deref()),
-        "group" => text(&|i| i.group.as_deref()),
-        "job_type" => text(&|i| i.job_type.as_deref()),
-        "notes" => text(&|i| i.notes.as_deref()),
-        "host" => text(&|i| i.host.as_deref()),
-        "git_remote" => text(&|i| i.git_remote.as_deref()),
-        "git_commit" => text(&|i| i.git_commit.as_deref()),
-        "created_at" | "updated_at" | "start_time" | "end_time" => {
+    }
+    fn i(r: &Row) -> &RunIdentity {
+        &r.identity
+    }
+    Ok(match column.kind {
+        IdentityKind::Text => {
+            let mut b = StringBuilder::with_capacity(n, n * 16);
+            rows.iter().for_each(|r| b.append_option(i(r).text(name)));
+            Arc::new(b.finish())
+        }
+        IdentityKind::Timestamp => {
             let mut b = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
-            for r in rows {
-                let i = &r.identity;
-                b.append_option(match name {
-                    "created_at" => i.created_at,
-                    "updated_at" => i.updated_at,
-                    "start_time" => i.start_time,
-                    _ => i.end_time,
-                });
-            }
+            rows.iter().for_each(|r| b.append_option(i(r).timestamp(name)));
             Arc::new(b.finish())
         }
-        "runtime_s" => {
+        IdentityKind::Float => {
             let mut b = Float64Builder::with_capacity(n);
-            rows.iter().for_each(|r| b.append_option(r.identity.runtime_s));
+            rows.iter().for_each(|r| b.append_option(i(r).float(name)));
             Arc::new(b.finish())
         }
-        "exit_code" => {
+        IdentityKind::Int => {
             let mut b = Int64Builder::with_capacity(n);
-            rows.iter().for_each(|r| b.append_option(r.identity.exit_code));
+            rows.iter().for_each(|r| b.append_option(i(r).int(name)));
             Arc::new(b.finish())
         }
-        "tags" => {
+        IdentityKind::TextList => {
             let mut b =
                 ListBuilder::new(StringBuilder::new()).with_field(Arc::new(Field::new("item", DataType::Utf8, true)));
             for r in rows {
-                for t in &r.identity.tags {
+                for t in i(r).list(name) {
                     b.values().append_value(t);
                 }
                 b.append(true);
             }
             Arc::new(b.finish())
         }
-        other => unreachable!("invariant: identity columns come from a fixed list, not {other:?}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::IdentityKind::{Text, TextList, Timestamp};
+
+    const COLUMNS: &[IdentityColumn] = &[
+        IdentityColumn::new("run_id", Text),
+        IdentityColumn::new("started", Timestamp),
+        IdentityColumn::new("labels", TextList),
+    ];
+
+    fn run(identity: RunIdentity) -> RunData {
+        RunData { identity, ..Default::default() }
+    }
+
+    #[test]
+    fn identity_columns_follow_their_declared_kinds() {
+        let mut t = RunsTable::new(COLUMNS, &["params."]);
+        t.push(&mut run(RunIdentity::new("b")
+            .with_timestamp("started", Some(5))
+            .with_list("labels", vec!["x".into()])));
+        // A value for a column the source does not declare is not written.
+        t.push(&mut run(RunIdentity::new("a").with_text("elsewhere", Some("ignored".into()))));
+        let batch = t.build().unwrap();
+        let names: Vec<_> = batch.schema().fields().iter().map(|f| f.name().clone()).collect();
+        assert_eq!(names, ["run_id", "started", "labels"]);
+        let schema = batch.schema();
+        assert!(!schema.field(0).is_nullable() && schema.field(1).is_nullable() && !schema.field(2).is_nullable());
+        let started =
+            batch.column(1).as_any().downcast_ref::<arrow_array::TimestampMicrosecondArray>().expect("timestamps");
+        assert_eq!(started.iter().collect::<Vec<_>>(), [None, Some(5)], "rows sorted by run id");
+    }
+
+    #[test]
+    fn a_value_of_another_kind_is_an_error_naming_column_and_run() {
+        let mut t = RunsTable::new(COLUMNS, &[]);
+        t.push(&mut run(RunIdentity::new("r1").with_text("started", Some("yesterday".into()))));
+        let err = t.build().unwrap_err().to_string();
+        assert!(err.contains("started") && err.contains("r1") && err.contains("text"), "{err}");
     }
 }

@@ -18,7 +18,8 @@ use std::sync::OnceLock;
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use runport::output::history::{long_batch, long_schema};
-use runport::plan::{FetchPlan, HistoryLayout, WANDB_IDENTITY_COLUMNS};
+use runport::plan::{FetchPlan, HistoryLayout};
+use runport::sources::wandb_files::WANDB_IDENTITY_COLUMNS;
 use runport::selection::Selection;
 use runport::sources::wandb_api::history::HistoryBuilder;
 

@@ -472,3 +472,53 @@ pub fn assert_no_secret_in_files(dir: &Path, forms: &[String]) {
         assert_no_secret_in(&p.display().to_string(), &bytes, forms);
     }
 }
+
+/// Exit code, stdout and stderr of a `runport` run.
+pub type Outcome = (i32, String, String);
+
+/// Every option only some sources take, each with a value the sources that
+/// take it accept.
+pub const SOURCE_OPTIONS: &[(&str, &str)] = &[
+    ("--base-url", "http://127.0.0.1:9"),
+    ("--where", r#"{"state": "crashed"}"#),
+    ("--order", "+created_at"),
+    ("--per-page", "5"),
+    ("--samples", "5"),
+    ("--experiment", "foo"),
+    ("--view", "all"),
+];
+
+/// For every option of [`SOURCE_OPTIONS`] outside `takes`, and every
+/// command: `run([command, option, value])` (the closure adds the source)
+/// exits 2 with a message naming the option and the source kind, and an
+/// export writes nothing.
+pub fn assert_options_refused(kind: &str, takes: &[&str], run: &dyn Fn(&[&str]) -> Outcome) {
+    let mut refused = 0;
+    for (option, value) in SOURCE_OPTIONS.iter().filter(|(o, _)| !takes.contains(o)) {
+        let out = tempdir();
+        let target = out.path().join("dataset");
+        let target = target.to_str().expect("temporary paths are UTF-8");
+        for command in [&["export", "-o", target][..], &["plan"], &["ls"], &["schema"]] {
+            let mut args = command.to_vec();
+            args.extend([*option, *value]);
+            let (code, stdout, stderr) = run(&args);
+            assert_eq!(code, 2, "{kind} {args:?} should be a usage error\n{stdout}\n{stderr}");
+            let expected = format!("{option} does not apply to {kind} sources");
+            assert!(stderr.contains(&expected), "{kind} {args:?}: stderr lacks {expected:?}:\n{stderr}");
+        }
+        assert!(!Path::new(target).exists(), "{kind} {option}: a refused export wrote {target}");
+        refused += 1;
+    }
+    assert_eq!(refused, SOURCE_OPTIONS.len() - takes.len(), "{kind}: every option outside {takes:?} was tried");
+}
+
+/// `concurrency` of `runport plan --json` (the default when not given).
+pub fn planned_concurrency(stdout: &str) -> u64 {
+    let plan = last_json_line(stdout);
+    plan["concurrency"].as_u64().unwrap_or_else(|| panic!("plan --json without concurrency: {plan}"))
+}
+
+/// The number of CPUs, the default concurrency of local sources.
+pub fn cpus() -> u64 {
+    std::thread::available_parallelism().expect("the CPU count is known on test machines").get() as u64
+}

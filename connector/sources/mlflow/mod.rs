@@ -10,30 +10,42 @@
 
 pub mod filestore;
 pub mod rest;
+mod source;
 pub mod sqlite;
+
+pub use source::{MlflowConfig, MlflowLocation, REGISTRATION};
 
 use std::path::PathBuf;
 
-use crate::run::{HistoryRow, HistorySeries, RunData, RunHistory, RunIdentity};
+use crate::run::IdentityKind::{Text, Timestamp};
+use crate::run::{HistoryRow, HistorySeries, IdentityColumn, RunData, RunHistory, RunIdentity};
+use crate::sources::RunColumns;
 use crate::value::Value;
 use arrow_array::Float64Array;
 
 /// Identity columns of MLflow sources, in output order.
-pub const MLFLOW_IDENTITY_COLUMNS: &[&str] = &[
-    "run_id",
-    "experiment_id",
-    "status",
-    "artifact_uri",
-    "start_time",
-    "end_time",
-    "run_name",
-    "user_id",
-    "lifecycle_stage",
-    "experiment_name",
+pub const MLFLOW_IDENTITY_COLUMNS: &[IdentityColumn] = &[
+    IdentityColumn::new("run_id", Text),
+    IdentityColumn::new("experiment_id", Text),
+    IdentityColumn::new("status", Text),
+    IdentityColumn::new("artifact_uri", Text),
+    IdentityColumn::new("start_time", Timestamp),
+    IdentityColumn::new("end_time", Timestamp),
+    IdentityColumn::new("run_name", Text),
+    IdentityColumn::new("user_id", Text),
+    IdentityColumn::new("lifecycle_stage", Text),
+    IdentityColumn::new("experiment_name", Text),
 ];
 
 /// Column groups of MLflow sources' runs table.
 pub const MLFLOW_PREFIXES: &[&str] = &["metrics.", "params.", "tags."];
+
+/// The runs table of every MLflow source.
+pub const MLFLOW_COLUMNS: RunColumns = RunColumns {
+    identity: MLFLOW_IDENTITY_COLUMNS,
+    groups: MLFLOW_PREFIXES,
+    listing: ["run_name", "status", "start_time"],
+};
 
 /// Which runs: `--view`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -188,20 +200,16 @@ impl MlflowRun {
     /// The run's columns, cut down to what `plan` selects.
     pub fn into_run_data(self, plan: &crate::plan::FetchPlan) -> RunData {
         let ms = |t: Option<i64>| t.and_then(|t| t.checked_mul(1000));
-        let identity = RunIdentity {
-            source: "mlflow".into(),
-            run_id: self.run_id,
-            name: self.run_name,
-            experiment_id: Some(self.experiment_id),
-            experiment_name: self.experiment_name,
-            status: self.status,
-            artifact_uri: self.artifact_uri,
-            start_time: ms(self.start_time_ms),
-            end_time: ms(self.end_time_ms),
-            user_id: self.user_id,
-            lifecycle_stage: self.lifecycle_stage,
-            ..Default::default()
-        };
+        let identity = RunIdentity::new(self.run_id)
+            .with_text("experiment_id", Some(self.experiment_id))
+            .with_text("status", self.status)
+            .with_text("artifact_uri", self.artifact_uri)
+            .with_timestamp("start_time", ms(self.start_time_ms))
+            .with_timestamp("end_time", ms(self.end_time_ms))
+            .with_text("run_name", self.run_name)
+            .with_text("user_id", self.user_id)
+            .with_text("lifecycle_stage", self.lifecycle_stage)
+            .with_text("experiment_name", self.experiment_name);
         let pick = |prefix: &str, items: Vec<(String, Value)>| -> Vec<(String, Value)> {
             let mut v: Vec<(String, Value)> = items.into_iter().filter(|(k, _)| plan.wants_column(prefix, k)).collect();
             v.sort_by(|a, b| a.0.cmp(&b.0));

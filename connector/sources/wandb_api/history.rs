@@ -330,8 +330,9 @@ fn cell(col: &ArrayRef, i: usize) -> Option<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{HistoryLayout, WANDB_IDENTITY_COLUMNS};
+    use crate::plan::HistoryLayout;
     use crate::selection::Selection;
+    use crate::sources::wandb_files::WANDB_IDENTITY_COLUMNS;
     use arrow_array::{Float64Array, Int64Array};
     use parquet::arrow::ArrowWriter;
     use parquet::basic::{BrotliLevel, Compression, GzipLevel, ZstdLevel};

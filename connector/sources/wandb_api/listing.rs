@@ -99,30 +99,26 @@ pub fn parse_run_node(
         }
         _ => None,
     };
-    let identity = RunIdentity {
-        source: "wandb".into(),
-        entity: Some(entity.to_string()),
-        project: Some(project.to_string()),
-        run_id: run_id.clone(),
-        name: text(node, "displayName"),
-        state: text(node, "state"),
-        created_at: text(node, "createdAt").as_deref().and_then(parse_time),
-        updated_at: text(node, "heartbeatAt").as_deref().and_then(parse_time),
-        runtime_s,
-        exit_code: None,
-        group: text(node, "group"),
-        job_type: text(node, "jobType"),
-        tags: node
-            .get("tags")
-            .and_then(|t| t.as_array())
-            .map(|a| a.iter().filter_map(|t| t.as_str().map(str::to_string)).collect())
-            .unwrap_or_default(),
-        notes: text(node, "notes"),
-        host: text(node, "host"),
-        git_remote: None,
-        git_commit: text(node, "commit"),
-        ..Default::default()
-    };
+    let tags = node
+        .get("tags")
+        .and_then(|t| t.as_array())
+        .map(|a| a.iter().filter_map(|t| t.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    let identity = RunIdentity::new(run_id.clone())
+        .with_text("source", Some("wandb".into()))
+        .with_text("entity", Some(entity.to_string()))
+        .with_text("project", Some(project.to_string()))
+        .with_text("name", text(node, "displayName"))
+        .with_text("state", text(node, "state"))
+        .with_timestamp("created_at", text(node, "createdAt").as_deref().and_then(parse_time))
+        .with_timestamp("updated_at", text(node, "heartbeatAt").as_deref().and_then(parse_time))
+        .with_float("runtime_s", runtime_s)
+        .with_text("group", text(node, "group"))
+        .with_text("job_type", text(node, "jobType"))
+        .with_list("tags", tags)
+        .with_text("notes", text(node, "notes"))
+        .with_text("host", text(node, "host"))
+        .with_text("git_commit", text(node, "commit"));
     let mut config = Vec::new();
     if let Some(c) = if plan.config { json_field(node, "config")? } else { None } {
         flatten_object(c, "config.", true, plan, &mut config);
@@ -171,8 +167,9 @@ pub fn has_selected_history_key(plan: &FetchPlan, keys: &[String]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{HistoryLayout, WANDB_IDENTITY_COLUMNS, WANDB_PREFIXES};
+    use crate::plan::HistoryLayout;
     use crate::selection::Selection;
+    use crate::sources::wandb_files::{WANDB_IDENTITY_COLUMNS, WANDB_PREFIXES};
 
     fn plan(select: Option<&str>) -> FetchPlan {
         let sel = select
@@ -193,9 +190,9 @@ mod tests {
         });
         let r = parse_run_node(&node, &plan(None), "ent", "proj").unwrap();
         let i = &r.data.identity;
-        assert_eq!((i.run_id.as_str(), i.name.as_deref(), i.group.as_deref()), ("abc", Some("my run"), None));
-        assert_eq!(i.created_at, Some(1_704_164_645_250_000));
-        assert_eq!(i.runtime_s, Some(12.5));
+        assert_eq!((i.run_id.as_str(), i.text("name"), i.text("group")), ("abc", Some("my run"), None));
+        assert_eq!(i.timestamp("created_at"), Some(1_704_164_645_250_000));
+        assert_eq!(i.float("runtime_s"), Some(12.5));
         let config: Vec<(String, String)> =
             r.data.group("config.").iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
         assert_eq!(config, [("opt.lr".to_string(), "0.1".to_string()), ("a\\.b".to_string(), "\"NaN\"".to_string())]);

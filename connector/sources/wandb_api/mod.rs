@@ -14,6 +14,7 @@ pub mod credentials;
 pub mod history;
 pub mod listing;
 pub mod queries;
+mod source;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -31,6 +32,8 @@ use crate::run::RunData;
 use credentials::{ApiKey, KeySource, find_api_key};
 use history::HistoryBuilder;
 use listing::{ListedRun, has_selected_history_key, parse_run_node};
+pub use source::REGISTRATION;
+
 use queries::{HISTORY_PAGE, ListingFields, PARQUET_HISTORY, SAMPLED_HISTORY};
 
 pub const DEFAULT_BASE_URL: &str = "https://api.wandb.ai";

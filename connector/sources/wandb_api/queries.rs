@@ -109,8 +109,9 @@ impl ListingFields {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{HistoryLayout, WANDB_IDENTITY_COLUMNS, WANDB_PREFIXES};
+    use crate::plan::HistoryLayout;
     use crate::selection::Selection;
+    use crate::sources::wandb_files::{WANDB_IDENTITY_COLUMNS, WANDB_PREFIXES};
 
     fn fields(select: Option<&str>) -> ListingFields {
         let sel = select

@@ -511,26 +511,23 @@ impl RunDecoder<'_> {
             }
         };
         let git = run.git.unwrap_or_default();
-        let identity = RunIdentity {
-            source: "wandb".to_string(),
-            entity: nonempty(run.entity),
-            project: nonempty(run.project),
-            run_id: if run.run_id.is_empty() { run_id.to_string() } else { run.run_id },
-            name: nonempty(run.display_name),
-            state: Some(state.to_string()),
-            created_at,
-            updated_at: self.last_time_us,
-            runtime_s: self.exit.as_ref().map(|e| f64::from(e.runtime)).or(self.last_runtime),
-            exit_code: self.exit.as_ref().map(|e| i64::from(e.exit_code)),
-            group: nonempty(run.run_group),
-            job_type: nonempty(run.job_type),
-            tags: run.tags,
-            notes: nonempty(run.notes),
-            host: nonempty(run.host),
-            git_remote: nonempty(git.remote_url),
-            git_commit: nonempty(git.commit),
-            ..Default::default()
-        };
+        let identity = RunIdentity::new(if run.run_id.is_empty() { run_id.to_string() } else { run.run_id })
+            .with_text("source", Some("wandb".to_string()))
+            .with_text("entity", nonempty(run.entity))
+            .with_text("project", nonempty(run.project))
+            .with_text("name", nonempty(run.display_name))
+            .with_text("state", Some(state.to_string()))
+            .with_timestamp("created_at", created_at)
+            .with_timestamp("updated_at", self.last_time_us)
+            .with_float("runtime_s", self.exit.as_ref().map(|e| f64::from(e.runtime)).or(self.last_runtime))
+            .with_int("exit_code", self.exit.as_ref().map(|e| i64::from(e.exit_code)))
+            .with_text("group", nonempty(run.run_group))
+            .with_text("job_type", nonempty(run.job_type))
+            .with_list("tags", run.tags)
+            .with_text("notes", nonempty(run.notes))
+            .with_text("host", nonempty(run.host))
+            .with_text("git_remote", nonempty(git.remote_url))
+            .with_text("git_commit", nonempty(git.commit));
         let plan = self.plan;
         let warnings = &mut self.warnings;
         let mut config = Vec::new();
@@ -659,8 +656,9 @@ fn timestamp_micros(t: &Timestamp) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{HistoryLayout, WANDB_IDENTITY_COLUMNS};
+    use crate::plan::HistoryLayout;
     use crate::selection::Selection;
+    use crate::sources::wandb_files::WANDB_IDENTITY_COLUMNS;
     use crate::sources::wandb_files::log_reader::encode_log;
     use crate::sources::wandb_files::records::{
         HistoryItem, HistoryRecord, HistoryStep, KeyedValue, TypedValue, UpdateRecord,
@@ -691,7 +689,7 @@ mod tests {
     fn decode(records: &[Vec<u8>], select: Option<&str>) -> (RunData, RecordCounts) {
         let f = write_log(records);
         let sel = select.map_or_else(Selection::all, |s| {
-            Selection::parse(s, WANDB_IDENTITY_COLUMNS, crate::plan::WANDB_PREFIXES).unwrap()
+            Selection::parse(s, WANDB_IDENTITY_COLUMNS, crate::sources::wandb_files::WANDB_PREFIXES).unwrap()
         });
         let plan = FetchPlan::new(sel, HistoryLayout::Long, WANDB_IDENTITY_COLUMNS);
         let mut counts = RecordCounts::default();
@@ -787,7 +785,7 @@ mod tests {
         assert!(run.warnings[0].contains("value at bad is not valid JSON"), "{:?}", run.warnings);
         assert!(run.warnings[1].contains("no run record"), "{:?}", run.warnings);
         assert_eq!(run.identity.run_id, "fallback", "the id from the file name");
-        assert_eq!(run.identity.state.as_deref(), Some("running"), "fresh file without exit record");
+        assert_eq!(run.identity.text("state"), Some("running"), "fresh file without exit record");
     }
 
     fn kv(nested: &[&str], json: &str) -> KeyedValue {
@@ -880,11 +878,11 @@ mod tests {
         ];
         let (data, counts) = decode(&records, None);
         assert_eq!(data.identity.run_id, "r1");
-        assert_eq!(data.identity.name.as_deref(), Some("second"), "a resumed run's record overrides");
-        assert_eq!(data.identity.tags, ["a"]);
-        assert_eq!(data.identity.state.as_deref(), Some("failed"));
-        assert_eq!(data.identity.exit_code, Some(2));
-        assert_eq!(data.identity.runtime_s, Some(5.0));
+        assert_eq!(data.identity.text("name"), Some("second"), "a resumed run's record overrides");
+        assert_eq!(data.identity.list("tags"), ["a"]);
+        assert_eq!(data.identity.text("state"), Some("failed"));
+        assert_eq!(data.identity.int("exit_code"), Some(2));
+        assert_eq!(data.identity.float("runtime_s"), Some(5.0));
         assert_eq!(data.group("config."), [("opt.lr".to_string(), Value::Float(0.2))]);
         assert_eq!(data.group("summary."), [("m.x".to_string(), Value::Int(1))]);
         assert_eq!(

@@ -9,6 +9,7 @@
 pub mod decode;
 pub mod log_reader;
 pub mod records;
+mod source;
 pub mod tree;
 pub mod wire;
 
@@ -22,6 +23,39 @@ pub use decode::{RecordCounts, RecordNeeds, decode_run};
 
 use crate::error::{Error, Result};
 use crate::plan::FetchPlan;
+use crate::run::IdentityColumn;
+use crate::run::IdentityKind::{Float, Int, Text, TextList, Timestamp};
+use crate::sources::RunColumns;
+
+pub use source::REGISTRATION;
+
+/// The identity columns of the W&B sources (these files and the API), in output order.
+pub const WANDB_IDENTITY_COLUMNS: &[IdentityColumn] = &[
+    IdentityColumn::new("source", Text),
+    IdentityColumn::new("entity", Text),
+    IdentityColumn::new("project", Text),
+    IdentityColumn::new("run_id", Text),
+    IdentityColumn::new("name", Text),
+    IdentityColumn::new("state", Text),
+    IdentityColumn::new("created_at", Timestamp),
+    IdentityColumn::new("updated_at", Timestamp),
+    IdentityColumn::new("runtime_s", Float),
+    IdentityColumn::new("exit_code", Int),
+    IdentityColumn::new("group", Text),
+    IdentityColumn::new("job_type", Text),
+    IdentityColumn::new("tags", TextList),
+    IdentityColumn::new("notes", Text),
+    IdentityColumn::new("host", Text),
+    IdentityColumn::new("git_remote", Text),
+    IdentityColumn::new("git_commit", Text),
+];
+
+/// Column groups of the W&B sources' runs table.
+pub const WANDB_PREFIXES: &[&str] = &["config.", "summary."];
+
+/// The runs table of the W&B sources (these files and the API).
+pub const WANDB_COLUMNS: RunColumns =
+    RunColumns { identity: WANDB_IDENTITY_COLUMNS, groups: WANDB_PREFIXES, listing: ["name", "state", "created_at"] };
 
 /// One run's log files, in the order to read them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

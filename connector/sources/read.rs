@@ -1,0 +1,161 @@
+//! The two ways a [`super::Source`] reads its runs into the pipeline: local
+//! sources read each run on the CPU pool ([`crate::pipeline::for_each_run`]),
+//! network sources go through the async pipeline ([`crate::remote`]). Both
+//! hand runs over in run-id order and turn a panic into a failure of its run.
+
+use std::sync::Arc;
+
+use super::{ConsumeRun, RecordCounts, Source};
+use crate::error::{Error, Result};
+use crate::export::RunFailure;
+use crate::http::{Http, HttpCounts};
+use crate::pipeline::{HistoryEncoding, ReadRun, for_each_run};
+use crate::plan::FetchPlan;
+use crate::remote::{self, ListingError, RemoteSource};
+use crate::run::RunData;
+
+/// A local source's runs, all known once it is opened.
+pub trait LocalRuns: Send + Sync + 'static {
+    fn len(&self) -> usize;
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The id of run `i` (its label in failures).
+    fn run_id(&self, i: usize) -> &str;
+
+    /// Reads run `i` with `plan`, counting the records it took.
+    fn read(&self, i: usize, plan: &FetchPlan, counts: &mut RecordCounts) -> Result<RunData, String>;
+
+    /// What `runport plan` shows and the manifest records (asks nothing).
+    fn describe_plan(&self, plan: &FetchPlan) -> serde_json::Value;
+}
+
+/// A local source: its runs read on the CPU pool.
+pub struct Local<L>(pub Arc<L>);
+
+impl<L: LocalRuns> Source for Local<L> {
+    fn describe_plan(&self, plan: &FetchPlan) -> Result<serde_json::Value> {
+        Ok(self.0.describe_plan(plan))
+    }
+
+    fn manifest_plan(&self, plan: &FetchPlan) -> serde_json::Value {
+        self.0.describe_plan(plan)
+    }
+
+    fn run_count(&self) -> Option<usize> {
+        Some(self.0.len())
+    }
+
+    fn read_runs(
+        &self,
+        plan: &Arc<FetchPlan>,
+        concurrency: usize,
+        encoding: Option<Arc<HistoryEncoding>>,
+        consume: &mut ConsumeRun<'_>,
+    ) -> Result<Option<RunFailure>> {
+        read_local(&self.0, plan, concurrency, encoding, consume);
+        Ok(None)
+    }
+}
+
+/// A network source: what the [`Source`] trait needs beyond [`RemoteSource`].
+pub trait NetworkSource: RemoteSource {
+    /// Names a failed listing page in failures (`listing page`, `runs/search page`).
+    const PAGE_LABEL: &'static str;
+
+    /// The source as errors name it.
+    fn name(&self) -> String;
+
+    /// Every request goes through this client (its counters are the source's).
+    fn http(&self) -> &Http;
+
+    /// What `runport plan` shows (may send a request, e.g. for a run count).
+    fn describe_plan(&self, plan: &FetchPlan) -> Result<serde_json::Value, String>;
+
+    /// The plan as recorded in the manifest (asks nothing).
+    fn manifest_plan(&self, plan: &FetchPlan) -> serde_json::Value;
+}
+
+/// A network source: its runs read with the async pipeline.
+pub struct Network<S>(pub Arc<S>);
+
+impl<S: NetworkSource> Source for Network<S> {
+    fn describe_plan(&self, plan: &FetchPlan) -> Result<serde_json::Value> {
+        self.0.describe_plan(plan).map_err(|e| Error::source(self.0.name(), e))
+    }
+
+    fn manifest_plan(&self, plan: &FetchPlan) -> serde_json::Value {
+        self.0.manifest_plan(plan)
+    }
+
+    fn run_count(&self) -> Option<usize> {
+        None
+    }
+
+    fn http_counts(&self) -> Option<HttpCounts> {
+        Some(self.0.http().stats.snapshot())
+    }
+
+    fn read_runs(
+        &self,
+        plan: &Arc<FetchPlan>,
+        concurrency: usize,
+        encoding: Option<Arc<HistoryEncoding>>,
+        consume: &mut ConsumeRun<'_>,
+    ) -> Result<Option<RunFailure>> {
+        read_remote(&self.0, &self.0.name(), S::PAGE_LABEL, plan, concurrency, encoding, consume)
+    }
+}
+
+/// Reads every run of a local source on `concurrency` CPU threads.
+fn read_local<L: LocalRuns>(
+    runs: &Arc<L>,
+    plan: &Arc<FetchPlan>,
+    concurrency: usize,
+    encoding: Option<Arc<HistoryEncoding>>,
+    consume: &mut ConsumeRun<'_>,
+) {
+    let (reader, plan) = (Arc::clone(runs), Arc::clone(plan));
+    let work = move |i: usize| {
+        let mut counts = RecordCounts::default();
+        let out = reader.read(i, &plan, &mut counts).and_then(|data| ReadRun::encode(data, encoding.as_deref()));
+        (out, counts)
+    };
+    let workers = concurrency.max(1);
+    for_each_run(runs.len(), workers, workers * 2, work, |i, out| match out {
+        Ok((run, counts)) => consume(runs.run_id(i), run, counts),
+        Err(panic) => consume(runs.run_id(i), Err(format!("internal error: {panic}")), RecordCounts::default()),
+    });
+}
+
+/// Reads every run of a network source with the async pipeline, `concurrency`
+/// requests in flight; a listing cut short becomes a failure labelled with
+/// `page_label` (`listing page`, `runs/search page`).
+fn read_remote<S: RemoteSource>(
+    api: &Arc<S>,
+    name: &str,
+    page_label: &str,
+    plan: &Arc<FetchPlan>,
+    concurrency: usize,
+    encoding: Option<Arc<HistoryEncoding>>,
+    consume: &mut ConsumeRun<'_>,
+) -> Result<Option<RunFailure>> {
+    // Runs in flight or waiting: enough to keep the requests busy, few enough
+    // that memory stays flat (a run's history is held until written).
+    let window = concurrency.max(4) + 2;
+    // Decoded runs (several times the size of what the server sent) waiting
+    // for the writer: one per core and one more.
+    let decode_ahead = std::thread::available_parallelism().map_or(2, |n| n.get()) + 1;
+    let outcome = remote::read_runs(api, plan, window, decode_ahead, encoding, |label, run| {
+        consume(label, run, RecordCounts::default())
+    })?;
+    match outcome {
+        None => Ok(None),
+        Some(ListingError::Unreadable(e)) => Err(Error::source(name, e)),
+        Some(ListingError::Cut { page, error }) => {
+            Ok(Some(RunFailure { run: format!("{page_label} {page} and later"), stage: "listing".into(), error }))
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! The W&B local-files source behind the [`Source`] trait: any path other
+//! sources do not take.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::log_reader::TransactionLogReader;
+use super::{RecordCounts, WANDB_COLUMNS, WandbFiles, decode_run};
+use crate::error::{Error, Result};
+use crate::plan::FetchPlan;
+use crate::run::RunData;
+use crate::sources::read::{Local, LocalRuns};
+use crate::sources::{BoxedConfig, Registration, RunColumns, Source, SourceConfig, SourceOption};
+
+pub const REGISTRATION: Registration = Registration { parse };
+
+fn parse(text: &str) -> Option<Result<BoxedConfig>> {
+    Some(Ok(Box::new(WandbFilesConfig { path: PathBuf::from(text) })))
+}
+
+/// A `wandb/` folder, a run folder or a `.wandb` file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WandbFilesConfig {
+    pub path: PathBuf,
+}
+
+impl SourceConfig for WandbFilesConfig {
+    fn kind(&self) -> &'static str {
+        "wandb-files"
+    }
+
+    fn network(&self) -> bool {
+        false
+    }
+
+    fn options(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    fn columns(&self) -> &'static RunColumns {
+        &WANDB_COLUMNS
+    }
+
+    fn open(&self, _source: &str, options: &[SourceOption], _concurrency: usize) -> Result<Box<dyn Source>> {
+        if let Some(o) = options.first() {
+            return Err(o.not_taken(self.kind(), self.options(), None));
+        }
+        let path = &self.path;
+        let files = WandbFiles::discover(path)?;
+        if path.is_file() {
+            // A single file that is not a log is a source error, not a run failure.
+            let f = File::open(path).map_err(|e| Error::source(path.display(), e))?;
+            TransactionLogReader::new(f).map_err(|e| Error::source(path.display(), e))?;
+        }
+        Ok(Box::new(Local(Arc::new(files))))
+    }
+}
+
+impl LocalRuns for WandbFiles {
+    fn len(&self) -> usize {
+        self.runs.len()
+    }
+
+    fn run_id(&self, i: usize) -> &str {
+        &self.runs[i].run_id
+    }
+
+    fn read(&self, i: usize, plan: &FetchPlan, counts: &mut RecordCounts) -> Result<RunData, String> {
+        let run = &self.runs[i];
+        decode_run(&run.run_id, &run.files, plan, counts).map_err(|e| e.to_string())
+    }
+
+    fn describe_plan(&self, plan: &FetchPlan) -> serde_json::Value {
+        WandbFiles::describe_plan(self, plan)
+    }
+}
