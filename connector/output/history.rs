@@ -103,6 +103,14 @@ fn entries_by_key<'h>(h: &'h RunHistory, skip: &[bool]) -> Vec<Vec<(u32, Entry<'
 /// The run's history in the long layout, sorted by (key, step), log order
 /// kept for ties (rows in log order; a key's series before its points).
 pub fn long_batch(schema: &SchemaRef, run_id: &str, h: &RunHistory) -> Result<RecordBatch> {
+    // One batch a run, its run-length columns indexed by i32.
+    let values = h.points.len() + h.series.iter().map(|s| s.values.len()).sum::<usize>();
+    if i32::try_from(values).is_err() {
+        return Err(Error::Internal(format!(
+            "run {run_id} has {values} history values, more than the {} one batch can hold",
+            i32::MAX
+        )));
+    }
     let mut by_name: Vec<u32> = (0..h.keys.len() as u32).collect();
     by_name.sort_by(|a, b| h.keys[*a as usize].cmp(&h.keys[*b as usize]));
     // Keys that only have series, in ascending rows whose steps ascend (the

@@ -122,7 +122,10 @@ impl<'p> HistoryBuilder<'p> {
             .collect();
         // Rows first (a row per `_step`), then each key column at once: the
         // common numeric columns go straight to points, one key lookup per column.
-        let first_row = self.history.rows.len() as u32;
+        // Row indices are 32-bit; past them the run fails instead of wrapping.
+        let first_row = u32::try_from(self.history.rows.len() + batch.num_rows())
+            .map(|_| self.history.rows.len() as u32)
+            .map_err(|_| format!("the run has more than {} history rows", u32::MAX))?;
         let mut row_of = Vec::with_capacity(batch.num_rows());
         let steps = numbers(step_col);
         let (ts, rt) = (ts_col.map(numbers), rt_col.map(numbers));
