@@ -682,6 +682,13 @@ class Handler(BaseHTTPRequestHandler):
         return self.rfile.read(n) if n else b""
 
     def _send(self, status, body: bytes, ctype="application/json", headers=None, truncate=False):
+        # A GraphQL request is counted before its answer leaves: a client that
+        # reads the answer and then asks /_testbed/requests must see it.
+        pending = getattr(self, "_pending_entry", None)
+        if pending is not None:
+            self._pending_entry = None
+            pending.setdefault("status", status)
+            self.tb.acct.add(pending)
         self.send_response(status)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
@@ -883,10 +890,14 @@ class ApiHandler(Handler):
     def _graphql(self, body):
         tb = self.tb
         entry = self._entry(graphql=True, operation=None, fields=[], args={})
+        self._pending_entry = entry
         try:
             self._graphql_inner(body, entry)
         finally:
-            tb.acct.add(entry)
+            # Not answered (a reset connection): counted now.
+            if self._pending_entry is not None:
+                self._pending_entry = None
+                tb.acct.add(entry)
 
     def _graphql_inner(self, body, entry):
         tb = self.tb
