@@ -27,20 +27,12 @@ const RENAME_DELAY_US: u64 = 300_000;
 fn small_runs(dst: &Path) {
     let runs = wandb_runs("standard");
     let long = scenario_run_id(&runs, "long");
-    let mut stack = vec![runs.clone()];
     let mut copied = 0;
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).expect("list the test-bed runs").flatten() {
-            let p = e.path();
-            if e.file_type().expect("file type").is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "wandb") && !p.ends_with(format!("run-{long}.wandb")) {
-                let to = dst.join(p.strip_prefix(&runs).expect("under the runs folder"));
-                fs::create_dir_all(to.parent().expect("a log has a folder")).expect("create run folder");
-                fs::copy(&p, &to).expect("copy a log");
-                copied += 1;
-            }
-        }
+    for p in wandb_logs(&runs).into_iter().filter(|p| !p.ends_with(format!("run-{long}.wandb"))) {
+        let to = dst.join(p.strip_prefix(&runs).expect("under the runs folder"));
+        fs::create_dir_all(to.parent().expect("a log has a folder")).expect("create run folder");
+        fs::copy(&p, &to).expect("copy a log");
+        copied += 1;
     }
     assert!(copied >= 5, "the test needs several runs, copied {copied}");
 }

@@ -12,26 +12,8 @@ fn standard() -> PathBuf {
     wandb_runs("standard")
 }
 
-/// Every `.wandb` file under `dir`.
-fn logs(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            if e.file_type().unwrap().is_dir() {
-                stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "wandb") {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 fn log_of(dir: &Path, run_id: &str) -> PathBuf {
-    logs(dir)
+    wandb_logs(dir)
         .into_iter()
         .find(|p| p.file_name().unwrap().to_string_lossy() == format!("run-{run_id}.wandb"))
         .unwrap_or_else(|| panic!("no log for run {run_id} under {}", dir.display()))
@@ -142,7 +124,7 @@ fn selecting_name_and_state_decodes_nothing_else() {
 
 /// Copies the standard runs into a fresh folder where tests may damage them.
 fn copy_runs(src: &Path, dst: &Path) {
-    for log in logs(src) {
+    for log in wandb_logs(src) {
         let rel = log.strip_prefix(src).unwrap();
         let to = dst.join(rel);
         fs::create_dir_all(to.parent().unwrap()).unwrap();

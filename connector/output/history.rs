@@ -43,11 +43,13 @@ pub fn wide_schema(kinds: &BTreeMap<String, ColumnKind>) -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
-/// Unifies the kinds of a run's history values into `kinds` (for the wide schema).
-pub fn collect_kinds(history: &RunHistory, kinds: &mut BTreeMap<String, ColumnKind>) {
+/// The kind of each key's values, by key id (`None` for a key without a
+/// value): one pass, no key name touched per value.
+fn kinds_by_key(history: &RunHistory) -> Vec<Option<ColumnKind>> {
+    let mut by_key = vec![None; history.keys.len()];
     let mut add = |key: u32, kind: ColumnKind| {
-        let k = kinds.entry(history.keys[key as usize].clone()).or_insert(ColumnKind::Null);
-        *k = k.unify(kind);
+        let k: &mut Option<ColumnKind> = &mut by_key[key as usize];
+        *k = Some(k.unwrap_or(ColumnKind::Null).unify(kind));
     };
     for p in &history.points {
         add(p.key, ColumnKind::of(&p.value));
@@ -55,6 +57,17 @@ pub fn collect_kinds(history: &RunHistory, kinds: &mut BTreeMap<String, ColumnKi
     for s in &history.series {
         if s.values.null_count() < s.values.len() {
             add(s.key, ColumnKind::Float);
+        }
+    }
+    by_key
+}
+
+/// Unifies the kinds of a run's history values into `kinds` (for the wide schema).
+pub fn collect_kinds(history: &RunHistory, kinds: &mut BTreeMap<String, ColumnKind>) {
+    for (key, kind) in history.keys.iter().zip(kinds_by_key(history)) {
+        if let Some(kind) = kind {
+            let k = kinds.entry(key.clone()).or_insert(ColumnKind::Null);
+            *k = k.unify(kind);
         }
     }
 }
@@ -273,12 +286,11 @@ pub fn wide_batch(
     run_id: &str,
     h: &RunHistory,
 ) -> Result<RecordBatch> {
-    let mut own = BTreeMap::new();
-    collect_kinds(h, &mut own);
-    for (key, kind) in &own {
+    for (key, kind) in h.keys.iter().zip(kinds_by_key(h)) {
+        let Some(kind) = kind else { continue };
         let detail = match kinds.get(key) {
             None => format!("key {key:?} is new"),
-            Some(column) if column.unify(*kind) != *column => {
+            Some(column) if column.unify(kind) != *column => {
                 format!("key {key:?} now holds {kind:?} values, its column is {column:?}")
             }
             Some(_) => continue,

@@ -147,7 +147,7 @@ fn read_remote<S: RemoteSource>(
     let window = concurrency.max(4) + 2;
     // Decoded runs (several times the size of what the server sent) waiting
     // for the writer: one per core and one more.
-    let decode_ahead = std::thread::available_parallelism().map_or(2, |n| n.get()) + 1;
+    let decode_ahead = super::cpu_count() + 1;
     let outcome = remote::read_runs(api, plan, window, decode_ahead, encoding, |label, run| {
         consume(label, run, RecordCounts::default())
     })?;

@@ -134,20 +134,8 @@ pub fn wandb_runs(set: &str) -> PathBuf {
             std::thread::sleep(std::time::Duration::from_secs(3));
         }
         let past = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
-        let mut stack = vec![dir.clone()];
-        while let Some(d) = stack.pop() {
-            for e in fs::read_dir(&d).expect("list test data").flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    stack.push(p);
-                } else if p.extension().is_some_and(|x| x == "wandb") {
-                    File::options()
-                        .write(true)
-                        .open(&p)
-                        .and_then(|f| f.set_modified(past))
-                        .expect("set test data mtime");
-                }
-            }
+        for p in wandb_logs(&dir) {
+            File::options().write(true).open(&p).and_then(|f| f.set_modified(past)).expect("set test data mtime");
         }
     }
     fs::write(&done, b"").expect("write data marker");
@@ -445,6 +433,14 @@ pub fn walk_files(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// Every `.wandb` log under `dir`, sorted.
+pub fn wandb_logs(dir: &Path) -> Vec<PathBuf> {
+    let mut logs: Vec<PathBuf> =
+        walk_files(dir).into_iter().filter(|p| p.extension().is_some_and(|x| x == "wandb")).collect();
+    logs.sort();
+    logs
 }
 
 /// A secret and the forms it travels in: itself and, with `basic_user`, the

@@ -247,8 +247,9 @@ pub fn history_from_series(series: Vec<(String, Vec<MetricPoint>)>) -> Result<Ru
     for (key, points) in series {
         let too_many = || format!("the run has more than {} metric points", u32::MAX);
         let id = u32::try_from(h.keys.len()).map_err(|_| too_many())?;
-        let first_row = u32::try_from(h.rows.len()).map_err(|_| too_many())?;
+        // Every row index of this series, its last included, fits.
         u32::try_from(h.rows.len() + points.len()).map_err(|_| too_many())?;
+        let first_row = h.rows.len() as u32;
         h.keys.push(key);
         h.rows.extend(points.iter().map(|p| HistoryRow {
             step: p.step,
