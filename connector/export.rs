@@ -18,12 +18,13 @@ use serde::Serialize;
 use crate::columns::ColumnKind;
 use crate::error::{Error, Result};
 use crate::http::HttpCounts;
-use crate::output::history::{collect_kinds, long_schema, wide_schema};
+use crate::output::history::{long_schema, wide_schema};
 use crate::output::runs::RunsTable;
+use crate::output::spill::SpillDir;
 use crate::output::{DatasetDir, Provenance, TableWriter, history_writer_properties, writer_properties};
-use crate::pipeline::{HistoryEncoding, ReadRun};
+use crate::pipeline::{EncodedHistory, HistoryEncoding, HistoryTarget, ReadRun};
 use crate::plan::{FetchPlan, HistoryLayout};
-use crate::run::{RunData, RunIdentity};
+use crate::run::RunIdentity;
 use crate::selection::Selection;
 use crate::sources::{ConsumeRun, RecordCounts, RunColumns, Source, SourceOption, SourceSpec};
 
@@ -45,6 +46,23 @@ pub struct ExportOptions {
     /// Options only some sources take (`--where`, `--experiment` ...); one
     /// the source does not take is a usage error.
     pub options: Vec<SourceOption>,
+    /// The memory the history of runs being read may take, in bytes (see
+    /// [`chunk_bytes`]); larger runs are spilled to disk beside the output.
+    pub memory_limit: usize,
+}
+
+/// `--memory-limit` when not given: 256 MiB.
+pub const DEFAULT_MEMORY_LIMIT: usize = 256 << 20;
+
+/// The smallest `--memory-limit` taken: 16 MiB.
+pub const MIN_MEMORY_LIMIT: usize = 16 << 20;
+
+/// The size of a history chunk for a memory limit: a sixteenth of it. Up to
+/// a few runs are read at once, each holding a chunk as the source gives it
+/// and as Arrow, and the writer holds a row group's encoded pages; a run
+/// larger than a chunk is spilled chunk by chunk.
+pub fn chunk_bytes(memory_limit: usize) -> usize {
+    (memory_limit / 16).max(1 << 20)
 }
 
 impl ExportOptions {
@@ -58,6 +76,7 @@ impl ExportOptions {
             concurrency: None,
             progress: false,
             options: Vec::new(),
+            memory_limit: DEFAULT_MEMORY_LIMIT,
         }
     }
 }
@@ -87,6 +106,8 @@ pub struct ExportSummary {
     pub failures: Vec<RunFailure>,
     pub warnings: Vec<RunWarning>,
     pub seconds: f64,
+    /// The most bytes of spill files held at once (runs larger than a chunk).
+    pub spill_bytes: u64,
     pub records: RecordCounts,
     /// Requests, retries and 429s of network sources.
     pub http: Option<HttpCounts>,
@@ -146,26 +167,39 @@ impl Planned {
     fn read_runs(
         &self,
         plan: &Arc<FetchPlan>,
-        encoding: Option<Arc<HistoryEncoding>>,
+        target: Option<Arc<HistoryTarget>>,
         consume: &mut ConsumeRun<'_>,
     ) -> Result<Option<RunFailure>> {
-        self.source.read_runs(plan, self.concurrency, encoding, consume)
+        self.source.read_runs(plan, self.concurrency, target, consume)
     }
 
-    /// Key kinds of the selected history over all runs (the wide schema).
-    fn wide_kinds(&self) -> Result<BTreeMap<String, ColumnKind>> {
+    /// Key kinds of the selected history over all runs (the wide schema),
+    /// each run's history read in chunks of `chunk_bytes` and dropped.
+    fn wide_kinds(&self, chunk_bytes: usize) -> Result<BTreeMap<String, ColumnKind>> {
         let mut history_only = (*self.plan).clone();
         history_only.config = false;
         history_only.summary = false;
         history_only.identity_columns.retain(|c| c.name == "run_id");
         let mut kinds = BTreeMap::new();
-        self.read_runs(&Arc::new(history_only), None, &mut |_, run, _| {
-            if let Ok(ReadRun { data: RunData { history: Some(h), .. }, .. }) = &run {
-                collect_kinds(h, &mut kinds);
+        self.read_runs(&Arc::new(history_only), Some(kinds_target(chunk_bytes)), &mut |_, run, _| {
+            if let Ok(ReadRun { history: EncodedHistory::Kinds(k), .. }) = &run {
+                unify_kinds(&mut kinds, k);
             }
             ControlFlow::Continue(())
         })?;
         Ok(kinds)
+    }
+}
+
+/// Reading history only for the kinds of its keys.
+fn kinds_target(chunk_bytes: usize) -> Arc<HistoryTarget> {
+    Arc::new(HistoryTarget { encoding: HistoryEncoding::Kinds, chunk_bytes, spill: None })
+}
+
+fn unify_kinds(kinds: &mut BTreeMap<String, ColumnKind>, more: &BTreeMap<String, ColumnKind>) {
+    for (key, kind) in more {
+        let k = kinds.entry(key.clone()).or_insert(ColumnKind::Null);
+        *k = k.unify(*kind);
     }
 }
 
@@ -178,19 +212,33 @@ pub fn export(opts: &ExportOptions) -> Result<ExportSummary> {
     let dataset = DatasetDir::open(&opts.out)?;
     let prov = &planned.provenance;
 
+    if opts.memory_limit < MIN_MEMORY_LIMIT {
+        return Err(Error::Usage(format!(
+            "--memory-limit {} is below the smallest taken, {} MiB",
+            opts.memory_limit,
+            MIN_MEMORY_LIMIT >> 20
+        )));
+    }
+    let chunk_bytes = chunk_bytes(opts.memory_limit);
     let encoding = match (plan.history, plan.history_layout) {
         (true, HistoryLayout::Wide) => {
-            let kinds = planned.wide_kinds()?;
-            Some(Arc::new(HistoryEncoding::Wide(wide_schema(&kinds), kinds)))
+            let kinds = planned.wide_kinds(chunk_bytes)?;
+            Some(HistoryEncoding::Wide(wide_schema(&kinds), kinds))
         }
-        (true, _) => Some(Arc::new(HistoryEncoding::Long(long_schema()))),
+        (true, _) => Some(HistoryEncoding::Long(long_schema())),
         (false, _) => None,
     };
-    let history_schema = encoding.as_ref().map(|e| Arc::clone(e.schema()));
-    let mut history_writer = encoding.as_ref().map(|e| {
-        let props = history_writer_properties(prov, matches!(**e, HistoryEncoding::Long(_)));
-        TableWriter::new(Arc::clone(e.schema()), props, "history/part-", true)
+    let history_schema = encoding.as_ref().map(|e| match e {
+        HistoryEncoding::Long(s) | HistoryEncoding::Wide(s, _) => Arc::clone(s),
+        HistoryEncoding::Kinds => unreachable!("invariant: an export writes rows"),
     });
+    let mut history_writer = history_schema.as_ref().map(|s| {
+        let props = history_writer_properties(prov, plan.history_layout != HistoryLayout::Wide);
+        TableWriter::new(Arc::clone(s), props, "history/part-", true)
+    });
+    let spill = SpillDir::create(&dataset.spill_path())?;
+    let target =
+        encoding.map(|encoding| Arc::new(HistoryTarget { encoding, chunk_bytes, spill: Some(Arc::clone(&spill)) }));
 
     let progress = progress_bar(opts.progress, planned.source.run_count());
     let mut runs = RunsTable::new(&plan.identity_columns, planned.columns.groups);
@@ -198,10 +246,10 @@ pub fn export(opts: &ExportOptions) -> Result<ExportSummary> {
     let mut warnings = Vec::new();
     let mut records = RecordCounts::default();
     let mut fatal: Option<Error> = None;
-    let listing_cut = planned.read_runs(&plan, encoding, &mut |label, run, counts| {
+    let listing_cut = planned.read_runs(&plan, target, &mut |label, run, counts| {
         records.add(&counts);
         progress.inc(1);
-        let ReadRun { data: mut run, batch } = match run {
+        let ReadRun { data: mut run, history } = match run {
             Ok(run) => run,
             Err(error) => {
                 tracing::warn!(run = label, stage = "decode", %error, "run failed");
@@ -217,11 +265,16 @@ pub fn export(opts: &ExportOptions) -> Result<ExportSummary> {
             tracing::warn!(run = label, %message, "damaged input skipped");
             warnings.push(RunWarning { run: run.identity.run_id.clone(), message });
         }
-        if let (Some(writer), Some(batch)) = (history_writer.as_mut(), batch)
-            && let Err(e) = writer.write(&dataset, &batch)
-        {
-            fatal = Some(e);
-            return ControlFlow::Break(());
+        if let (Some(writer), Some(schema)) = (history_writer.as_mut(), history_schema.as_ref()) {
+            let written = match history {
+                EncodedHistory::Batch(batch) => writer.write(&dataset, &batch),
+                EncodedHistory::Spilled(spilled) => spilled.replay(schema, &mut |b| writer.write(&dataset, b)),
+                EncodedHistory::None | EncodedHistory::Kinds(_) => Ok(()),
+            };
+            if let Err(e) = written {
+                fatal = Some(e);
+                return ControlFlow::Break(());
+            }
         }
         runs.push(&mut run);
         ControlFlow::Continue(())
@@ -295,6 +348,7 @@ pub fn export(opts: &ExportOptions) -> Result<ExportSummary> {
         failures,
         warnings,
         seconds: started.elapsed().as_secs_f64(),
+        spill_bytes: spill.peak_bytes(),
         records,
         http: planned.source.http_counts(),
         out: opts.out.display().to_string(),
@@ -387,10 +441,11 @@ pub fn schemas(
     let plan = &planned.plan;
     let mut runs = RunsTable::new(&plan.identity_columns, planned.columns.groups);
     let mut kinds = BTreeMap::new();
-    planned.read_runs(plan, None, &mut |_, run, _| {
-        if let Ok(ReadRun { data: mut run, .. }) = run {
-            if let Some(h) = run.history.take() {
-                collect_kinds(&h, &mut kinds);
+    let target = plan.history.then(|| kinds_target(chunk_bytes(DEFAULT_MEMORY_LIMIT)));
+    planned.read_runs(plan, target, &mut |_, run, _| {
+        if let Ok(ReadRun { data: mut run, history }) = run {
+            if let EncodedHistory::Kinds(k) = history {
+                unify_kinds(&mut kinds, &k);
             }
             runs.push(&mut run);
         }

@@ -105,6 +105,11 @@ enum Command {
         /// Stop at the first failure, a run or a listing cut short (nothing is written).
         #[arg(long)]
         fail_fast: bool,
+        /// Memory for the history of the runs being read (e.g. 256MiB, 1GiB);
+        /// a run larger than a sixteenth of it is spilled to disk beside the
+        /// output and merged back. At least 16MiB.
+        #[arg(long, value_parser = parse_size, default_value = "256MiB")]
+        memory_limit: usize,
     },
     /// Show what an export would read and write, without reading any run.
     Plan {
@@ -201,9 +206,26 @@ impl Common {
     }
 }
 
+/// A size in bytes: a number with an optional unit (`KiB`, `MiB`, `GiB`,
+/// `KB`, `MB`, `GB`, `K`, `M`, `G`; binary multiples whatever the spelling).
+fn parse_size(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let n: usize = number.parse().map_err(|_| format!("{text:?} is not a size (e.g. 256MiB, 1GiB)"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?} (KiB, MiB or GiB)")),
+    };
+    n.checked_mul(1usize << shift).ok_or_else(|| format!("{text:?} is too large"))
+}
+
 fn run(command: Command, json_logs: bool) -> Result<u8, Error> {
     match command {
-        Command::Export { common, out, fail_fast } => {
+        Command::Export { common, out, fail_fast, memory_limit } => {
             let opts = ExportOptions {
                 source: common.source.clone(),
                 out,
@@ -213,6 +235,7 @@ fn run(command: Command, json_logs: bool) -> Result<u8, Error> {
                 concurrency: common.concurrency(),
                 progress: std::io::stderr().is_terminal(),
                 options: common.options(),
+                memory_limit,
             };
             let summary = runport::export(&opts)?;
             // In JSON log mode the export already logged each failure as a record.

@@ -11,53 +11,213 @@ use std::ops::ControlFlow;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
-use arrow_array::RecordBatch;
+use arrow_array::{Array, RecordBatch};
 use arrow_schema::SchemaRef;
 
 use crate::columns::ColumnKind;
 
-use crate::output::history::{long_batch, wide_batch};
+use crate::output::history::{kinds_by_key, long_batch, long_parts, wide_batch};
+use crate::output::spill::{SpillDir, SpillWriter, SpilledHistory};
 use crate::run::{RunData, RunHistory};
 
 /// One run as read, with its history already encoded when asked.
 pub struct ReadRun {
     pub data: RunData,
-    pub batch: Option<RecordBatch>,
+    pub history: EncodedHistory,
 }
 
-impl ReadRun {
-    /// Turns the run's history into its Arrow batch when `encoding` is given.
-    pub fn encode(mut data: RunData, encoding: Option<&HistoryEncoding>) -> Result<ReadRun, String> {
-        let batch = match (encoding, data.history.take()) {
-            (Some(enc), Some(h)) => Some(enc.batch(&data.identity.run_id, &h).map_err(|e| e.to_string())?),
-            (None, h) => {
-                data.history = h;
-                None
-            }
-            (Some(_), None) => None,
-        };
-        Ok(ReadRun { data, batch })
-    }
+/// A run's history as the writer gets it.
+pub enum EncodedHistory {
+    /// Not asked for (or the run has none).
+    None,
+    /// The whole run in one batch (a run that fits in one chunk).
+    Batch(RecordBatch),
+    /// A run larger than one chunk, waiting in a spill file.
+    Spilled(SpilledHistory),
+    /// [`HistoryEncoding::Kinds`]: the kinds of the run's keys.
+    Kinds(BTreeMap<String, ColumnKind>),
 }
 
-/// How history becomes Arrow: the long layout, or the wide one with its column kinds.
+/// How history becomes Arrow: the long layout, or the wide one with its
+/// column kinds; or only the kinds of the keys (the wide layout's first pass).
 pub enum HistoryEncoding {
     Long(SchemaRef),
     Wide(SchemaRef, BTreeMap<String, ColumnKind>),
+    Kinds,
 }
 
 impl HistoryEncoding {
-    pub fn schema(&self) -> &SchemaRef {
-        match self {
-            HistoryEncoding::Long(s) | HistoryEncoding::Wide(s, _) => s,
-        }
-    }
-
     pub fn batch(&self, run_id: &str, h: &RunHistory) -> crate::error::Result<RecordBatch> {
         match self {
             HistoryEncoding::Long(s) => long_batch(s, run_id, h),
             HistoryEncoding::Wide(s, kinds) => wide_batch(s, kinds, run_id, h),
+            HistoryEncoding::Kinds => Err(crate::error::Error::Internal("no batch for key kinds".into())),
         }
+    }
+}
+
+/// What the readers do with history: the encoding, the size of a chunk, and
+/// where runs larger than a chunk are spilled.
+pub struct HistoryTarget {
+    pub encoding: HistoryEncoding,
+    /// A run's history is handed over in chunks of about this many bytes
+    /// (as held by the source: rows, points, series).
+    pub chunk_bytes: usize,
+    /// Where runs larger than a chunk go; `None` only for
+    /// [`HistoryEncoding::Kinds`], which keeps no rows.
+    pub spill: Option<Arc<SpillDir>>,
+}
+
+/// Bytes of a [`HistoryPoint`] as held, beyond its value's own heap data.
+const POINT_BYTES: usize = std::mem::size_of::<crate::run::HistoryPoint>();
+const ROW_BYTES: usize = std::mem::size_of::<crate::run::HistoryRow>();
+
+/// About how many bytes `h` holds (rows, points, series values).
+pub fn history_bytes(h: &RunHistory) -> usize {
+    h.rows.len() * ROW_BYTES
+        + h.points.len() * POINT_BYTES
+        + h.series.iter().map(|s| s.values.get_buffer_memory_size()).sum::<usize>()
+}
+
+/// Where a source hands a run's history as it reads it: in chunks of whole
+/// rows, so that no run is held whole, whatever its size.
+///
+/// A source builds its [`RunHistory`] as before and calls
+/// [`HistorySink::flush_if_full`] between rows (never inside one: a row's
+/// values must all be in one chunk). A flush takes the rows, points and
+/// series out of the history and keeps its keys, so key ids stay valid: the
+/// keys of a later chunk extend those of an earlier one. What is left when
+/// the source returns is the last chunk.
+pub struct HistorySink {
+    target: Option<Arc<HistoryTarget>>,
+    run_id: String,
+    spill: Option<SpillWriter>,
+    /// [`HistoryEncoding::Kinds`]: the kinds so far, by key id.
+    kinds: Vec<Option<ColumnKind>>,
+    chunks: usize,
+}
+
+impl HistorySink {
+    pub fn new(target: Option<Arc<HistoryTarget>>, run_id: &str) -> HistorySink {
+        HistorySink { target, run_id: run_id.to_string(), spill: None, kinds: Vec::new(), chunks: 0 }
+    }
+
+    /// A sink that never takes a chunk: the run's history stays whole in
+    /// its [`RunData`] (tests, and callers that want the whole history).
+    pub fn whole() -> HistorySink {
+        HistorySink::new(None, "")
+    }
+
+    /// Whether `h` holds a chunk's worth.
+    pub fn is_full(&self, h: &RunHistory) -> bool {
+        self.target.as_ref().is_some_and(|t| history_bytes(h) >= t.chunk_bytes)
+    }
+
+    /// Hands over `h` as one chunk when it holds a chunk's worth.
+    pub fn flush_if_full(&mut self, h: &mut RunHistory) -> Result<(), String> {
+        if self.is_full(h) { self.flush(h) } else { Ok(()) }
+    }
+
+    /// Hands over `h`'s rows as one chunk (its keys stay).
+    pub fn flush(&mut self, h: &mut RunHistory) -> Result<(), String> {
+        let Some(target) = self.target.clone() else { return Ok(()) };
+        if h.rows.is_empty() && h.points.is_empty() && h.series.is_empty() {
+            return Ok(());
+        }
+        // The keys lend themselves to the chunk and come back after it.
+        let mut chunk = RunHistory {
+            rows: std::mem::take(&mut h.rows),
+            keys: std::mem::take(&mut h.keys),
+            points: std::mem::take(&mut h.points),
+            series: std::mem::take(&mut h.series),
+        };
+        let taken = self.take(&target, &chunk);
+        // The vectors go back emptied, their memory kept for the next chunk.
+        chunk.rows.clear();
+        chunk.points.clear();
+        chunk.series.clear();
+        (h.rows, h.keys, h.points, h.series) = (chunk.rows, chunk.keys, chunk.points, chunk.series);
+        taken.map_err(|e| e.to_string())
+    }
+
+    fn take(&mut self, target: &HistoryTarget, chunk: &RunHistory) -> crate::error::Result<()> {
+        self.chunks += 1;
+        let run_id = self.run_id.clone();
+        match &target.encoding {
+            HistoryEncoding::Kinds => {
+                let kinds = kinds_by_key(chunk);
+                if self.kinds.len() < kinds.len() {
+                    self.kinds.resize(kinds.len(), None);
+                }
+                for (have, new) in self.kinds.iter_mut().zip(kinds) {
+                    if let Some(new) = new {
+                        *have = Some(have.unwrap_or(ColumnKind::Null).unify(new));
+                    }
+                }
+            }
+            HistoryEncoding::Long(_) => {
+                let parts = long_parts(&run_id, chunk)?;
+                self.spill_writer(target, None)?.write_long(&parts)?;
+            }
+            HistoryEncoding::Wide(schema, kinds) => {
+                let batch = wide_batch(schema, kinds, &run_id, chunk)?;
+                self.spill_writer(target, Some(schema))?.write_wide(&batch)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn spill_writer(
+        &mut self,
+        target: &HistoryTarget,
+        wide: Option<&SchemaRef>,
+    ) -> crate::error::Result<&mut SpillWriter> {
+        if self.spill.is_none() {
+            let dir = target
+                .spill
+                .as_ref()
+                .ok_or_else(|| crate::error::Error::Internal("a history chunk to spill, and no spill folder".into()))?;
+            self.spill = Some(SpillWriter::create(dir, wide)?);
+        }
+        Ok(self.spill.as_mut().expect("invariant: just created"))
+    }
+
+    /// Completes the run: its history as the writer takes it (the last
+    /// chunk is what is left in `data.history`).
+    pub fn finish(mut self, mut data: RunData) -> Result<ReadRun, String> {
+        let Some(target) = self.target.clone() else {
+            return Ok(ReadRun { data, history: EncodedHistory::None });
+        };
+        let Some(mut h) = data.history.take() else {
+            return Ok(ReadRun { data, history: EncodedHistory::None });
+        };
+        let history = match &target.encoding {
+            HistoryEncoding::Kinds => {
+                self.flush(&mut h)?;
+                let mut kinds = BTreeMap::new();
+                for (key, kind) in h.keys.iter().zip(&self.kinds) {
+                    if let Some(kind) = kind {
+                        let k = kinds.entry(key.clone()).or_insert(ColumnKind::Null);
+                        *k = k.unify(*kind);
+                    }
+                }
+                EncodedHistory::Kinds(kinds)
+            }
+            _ if self.spill.is_none() => {
+                EncodedHistory::Batch(target.encoding.batch(&data.identity.run_id, &h).map_err(|e| e.to_string())?)
+            }
+            _ => {
+                self.flush(&mut h)?;
+                let spill = self.spill.take().expect("invariant: spilling");
+                EncodedHistory::Spilled(spill.finish(&self.run_id, h.keys).map_err(|e| e.to_string())?)
+            }
+        };
+        Ok(ReadRun { data, history })
+    }
+
+    /// Chunks handed over so far.
+    pub fn chunks(&self) -> usize {
+        self.chunks
     }
 }
 

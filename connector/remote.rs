@@ -20,7 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use std::future::Future;
 
 use crate::error::{Error, Result};
-use crate::pipeline::{HistoryEncoding, ReadRun, panic_text};
+use crate::pipeline::{HistorySink, HistoryTarget, ReadRun, panic_text};
 use crate::plan::FetchPlan;
 use crate::run::RunData;
 
@@ -41,15 +41,20 @@ pub trait RemoteSource: Send + Sync + 'static {
 
     fn run_id(listed: &Self::Listed) -> &str;
 
-    /// Every request the plan needs for one run.
+    /// Every request the plan needs for one run. Answers larger than a
+    /// history chunk (`target.chunk_bytes`) go to temporary files in
+    /// `target.spill` (see [`crate::output::spill::SpillDir::temp_file`]),
+    /// not memory.
     fn fetch(
         self: Arc<Self>,
         plan: Arc<FetchPlan>,
         listed: Self::Listed,
+        target: Option<Arc<HistoryTarget>>,
     ) -> impl Future<Output = Result<Self::Fetched, String>> + Send;
 
     /// The CPU stage: the fetched run as [`RunData`] (runs on rayon's pool).
-    fn decode(&self, plan: &FetchPlan, fetched: Self::Fetched) -> Result<RunData, String>;
+    /// It hands the run's history to `sink` in chunks (see [`HistorySink`]).
+    fn decode(&self, plan: &FetchPlan, fetched: Self::Fetched, sink: &mut HistorySink) -> Result<RunData, String>;
 }
 
 /// One run's outcome, with its slot.
@@ -71,7 +76,7 @@ pub fn read_runs<S: RemoteSource>(
     plan: &Arc<FetchPlan>,
     window: usize,
     decode_ahead: usize,
-    encoding: Option<Arc<HistoryEncoding>>,
+    target: Option<Arc<HistoryTarget>>,
     mut consume: impl FnMut(&str, Result<ReadRun, String>) -> ControlFlow<()>,
 ) -> Result<Option<ListingError>> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -86,7 +91,7 @@ pub fn read_runs<S: RemoteSource>(
         let slots = Arc::new(Semaphore::new(window));
         let (consumed_tx, consumed) = watch::channel(0usize);
         let order = Order { consumed, ahead: decode_ahead.max(1) };
-        let producer = tokio::spawn(produce(Arc::clone(api), Arc::clone(plan), encoding, tx, slots, order));
+        let producer = tokio::spawn(produce(Arc::clone(api), Arc::clone(plan), target, tx, slots, order));
         let mut next = 0usize;
         let mut waiting: BTreeMap<usize, Delivered> = BTreeMap::new();
         let mut stopped = false;
@@ -169,7 +174,7 @@ impl Order {
 async fn produce<S: RemoteSource>(
     api: Arc<S>,
     plan: Arc<FetchPlan>,
-    encoding: Option<Arc<HistoryEncoding>>,
+    target: Option<Arc<HistoryTarget>>,
     tx: mpsc::Sender<Delivered>,
     slots: Arc<Semaphore>,
     order: Order,
@@ -191,11 +196,11 @@ async fn produce<S: RemoteSource>(
         match listed {
             Err((id, error)) => Delivery::new(i, id, permit, tx.clone()).send(Err(error)).await,
             Ok(listed) => {
-                let (api, plan, encoding, order) =
-                    (Arc::clone(&api), Arc::clone(&plan), encoding.clone(), order.clone());
-                let delivery = Delivery::new(i, S::run_id(&listed).to_string(), permit, tx.clone());
+                let (api, plan, target, order) = (Arc::clone(&api), Arc::clone(&plan), target.clone(), order.clone());
+                let run_id = S::run_id(&listed).to_string();
+                let delivery = Delivery::new(i, run_id.clone(), permit, tx.clone());
                 tokio::spawn(async move {
-                    let result = match Arc::clone(&api).fetch(Arc::clone(&plan), listed).await {
+                    let result = match Arc::clone(&api).fetch(Arc::clone(&plan), listed, target.clone()).await {
                         Ok(fetched) => {
                             if !order.admit(i).await {
                                 return;
@@ -205,8 +210,8 @@ async fn produce<S: RemoteSource>(
                             let (done, decoded) = tokio::sync::oneshot::channel();
                             rayon::spawn(move || {
                                 let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                                    api.decode(&plan, fetched)
-                                        .and_then(|data| ReadRun::encode(data, encoding.as_deref()))
+                                    let mut sink = HistorySink::new(target, &run_id);
+                                    api.decode(&plan, fetched, &mut sink).and_then(|data| sink.finish(data))
                                 }));
                                 let _ = done.send(result.unwrap_or_else(|panic| {
                                     Err(format!("internal error while decoding: {}", panic_text(&*panic)))
@@ -253,12 +258,17 @@ mod tests {
             ["r0", "r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9"][*listed]
         }
 
-        async fn fetch(self: Arc<Self>, _plan: Arc<FetchPlan>, i: usize) -> Result<usize, String> {
+        async fn fetch(
+            self: Arc<Self>,
+            _plan: Arc<FetchPlan>,
+            i: usize,
+            _target: Option<Arc<HistoryTarget>>,
+        ) -> Result<usize, String> {
             tokio::time::sleep(Duration::from_millis(10 * (self.runs - i) as u64)).await;
             Ok(i)
         }
 
-        fn decode(&self, _plan: &FetchPlan, i: usize) -> Result<RunData, String> {
+        fn decode(&self, _plan: &FetchPlan, i: usize, _sink: &mut HistorySink) -> Result<RunData, String> {
             let mut live = self.live.lock().unwrap();
             live.0 += 1;
             live.1 = live.1.max(live.0);
@@ -304,13 +314,18 @@ mod tests {
             Reversed::run_id(listed)
         }
 
-        async fn fetch(self: Arc<Self>, _plan: Arc<FetchPlan>, i: usize) -> Result<usize, String> {
+        async fn fetch(
+            self: Arc<Self>,
+            _plan: Arc<FetchPlan>,
+            i: usize,
+            _target: Option<Arc<HistoryTarget>>,
+        ) -> Result<usize, String> {
             tokio::task::yield_now().await;
             assert!(i != 2 && i != 7, "injected fetch panic in run {i}");
             Ok(i)
         }
 
-        fn decode(&self, _plan: &FetchPlan, i: usize) -> Result<RunData, String> {
+        fn decode(&self, _plan: &FetchPlan, i: usize, _sink: &mut HistorySink) -> Result<RunData, String> {
             assert!(i != 5, "injected decode panic in run {i}");
             Ok(RunData { identity: RunIdentity::new(Self::run_id(&i)), ..Default::default() })
         }

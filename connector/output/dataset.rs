@@ -46,6 +46,7 @@ const OLD_TMP_MARK: &str = ".tmp-runport-";
 const STAGING_SUFFIX: &str = ".runport-new";
 const ASIDE_SUFFIX: &str = ".runport-old";
 const LOCK_SUFFIX: &str = ".runport-lock";
+const SPILL_SUFFIX: &str = ".runport-spill";
 
 /// A file of the export being written (in the staging folder); removed on
 /// drop unless committed.
@@ -84,6 +85,8 @@ pub struct DatasetDir {
     staging: PathBuf,
     /// `.NAME.runport-old`: the previous export while the fallback swaps.
     aside: PathBuf,
+    /// `.NAME.runport-spill`: runs larger than memory, while they are written.
+    spill: PathBuf,
     /// Of the folder this export replaces, given to the new one at commit.
     permissions: Option<fs::Permissions>,
     _lock: OutputLock,
@@ -118,10 +121,22 @@ impl DatasetDir {
         if exists(&staging) {
             remove_tree(&staging)?;
         }
+        let spill = beside(SPILL_SUFFIX);
+        if exists(&spill) {
+            remove_tree(&spill)?;
+        }
         check_replaceable(&dir)?;
         fs::create_dir(&staging).map_err(|e| Error::write(staging.display(), e))?;
         let permissions = fs::metadata(&dir).ok().map(|m| m.permissions());
-        Ok(DatasetDir { dir, staging, aside, permissions, _lock: lock, published: false })
+        Ok(DatasetDir { dir, staging, aside, spill, permissions, _lock: lock, published: false })
+    }
+
+    /// `.NAME.runport-spill` beside the folder: where runs larger than
+    /// memory wait to be written (see [`super::spill`]). Created when first
+    /// needed; removed by the export that made it and, after a kill, by the
+    /// next export into the same folder.
+    pub fn spill_path(&self) -> PathBuf {
+        self.spill.clone()
     }
 
     /// The dataset folder (absolute; where the export becomes visible).
@@ -223,6 +238,7 @@ impl Drop for DatasetDir {
         if !self.published {
             let _ = fs::remove_dir_all(&self.staging);
         }
+        let _ = fs::remove_dir_all(&self.spill);
     }
 }
 

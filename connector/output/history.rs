@@ -45,7 +45,7 @@ pub fn wide_schema(kinds: &BTreeMap<String, ColumnKind>) -> SchemaRef {
 
 /// The kind of each key's values, by key id (`None` for a key without a
 /// value): one pass, no key name touched per value.
-fn kinds_by_key(history: &RunHistory) -> Vec<Option<ColumnKind>> {
+pub fn kinds_by_key(history: &RunHistory) -> Vec<Option<ColumnKind>> {
     let mut by_key = vec![None; history.keys.len()];
     let mut add = |key: u32, kind: ColumnKind| {
         let k: &mut Option<ColumnKind> = &mut by_key[key as usize];
@@ -116,6 +116,35 @@ fn entries_by_key<'h>(h: &'h RunHistory, skip: &[bool]) -> Vec<Vec<(u32, Entry<'
 /// The run's history in the long layout, sorted by (key, step), log order
 /// kept for ties (rows in log order; a key's series before its points).
 pub fn long_batch(schema: &SchemaRef, run_id: &str, h: &RunHistory) -> Result<RecordBatch> {
+    let parts = long_parts(run_id, h)?;
+    let n = parts.rows();
+    let mut key = RunsBuilder::default();
+    for (id, count) in &parts.keys {
+        key.push(&h.keys[*id as usize], *count);
+    }
+    let mut columns = vec![repeated(run_id, n)];
+    let [step, timestamp, runtime, value, value_json] = parts.columns;
+    columns.extend([step, timestamp, runtime, key.finish(), value, value_json]);
+    RecordBatch::try_new(batch_schema(schema), columns)
+        .map_err(|e| Error::Arrow { what: format!("history of run {run_id}"), source: e })
+}
+
+/// A run's (or a chunk's) long rows without `run_id` and `key`: the keys as
+/// (key id, rows) in key-name order, and the columns `step, timestamp,
+/// runtime_s, value, value_json` sorted by (key, step).
+pub struct LongParts {
+    pub keys: Vec<(u32, usize)>,
+    pub columns: [ArrayRef; 5],
+}
+
+impl LongParts {
+    pub fn rows(&self) -> usize {
+        self.columns[0].len()
+    }
+}
+
+/// The long rows of `h`, sorted by (key, step), log order kept for ties.
+pub fn long_parts(run_id: &str, h: &RunHistory) -> Result<LongParts> {
     // One batch a run, its run-length columns indexed by i32.
     let values = h.points.len() + h.series.iter().map(|s| s.values.len()).sum::<usize>();
     if i32::try_from(values).is_err() {
@@ -158,7 +187,7 @@ pub fn long_batch(schema: &SchemaRef, run_id: &str, h: &RunHistory) -> Result<Re
     let mut values: Vec<f64> = Vec::with_capacity(n);
     // Rows whose value is not a number: their position and JSON text.
     let mut json: Vec<(usize, String)> = Vec::new();
-    let mut key = RunsBuilder::default();
+    let mut key: Vec<(u32, usize)> = Vec::new();
     let step_of = |e: &(u32, Entry<'_>)| h.rows[e.0 as usize].step;
     for id in by_name {
         let start = rows.len();
@@ -178,7 +207,7 @@ pub fn long_batch(schema: &SchemaRef, run_id: &str, h: &RunHistory) -> Result<Re
                     }
                 }
             }
-            key.push(&h.keys[id as usize], rows.len() - start);
+            key.push((id, rows.len() - start));
             continue;
         }
         let entries = &mut per_key[id as usize];
@@ -186,7 +215,7 @@ pub fn long_batch(schema: &SchemaRef, run_id: &str, h: &RunHistory) -> Result<Re
         if !entries.is_sorted_by_key(step_of) {
             entries.sort_by_key(step_of);
         }
-        key.push(&h.keys[id as usize], entries.len());
+        key.push((id, entries.len()));
         for (row, entry) in entries.iter() {
             rows.push(*row);
             match entry {
@@ -200,8 +229,7 @@ pub fn long_batch(schema: &SchemaRef, run_id: &str, h: &RunHistory) -> Result<Re
         }
     }
 
-    let mut columns = row_columns(run_id, h, &rows);
-    columns.push(key.finish());
+    let [step, timestamp, runtime] = row_columns(h, &rows);
     let value_nulls = (!json.is_empty()).then(|| {
         let mut valid = BooleanBufferBuilder::new(n);
         valid.append_n(n, true);
@@ -210,7 +238,6 @@ pub fn long_batch(schema: &SchemaRef, run_id: &str, h: &RunHistory) -> Result<Re
         }
         NullBuffer::new(valid.finish())
     });
-    columns.push(Arc::new(Float64Array::new(values.into(), value_nulls)));
     let value_json: ArrayRef = if json.is_empty() {
         Arc::new(StringArray::new_null(n))
     } else {
@@ -224,15 +251,14 @@ pub fn long_batch(schema: &SchemaRef, run_id: &str, h: &RunHistory) -> Result<Re
         (next..n).for_each(|_| b.append_null());
         Arc::new(b.finish())
     };
-    columns.push(value_json);
-    RecordBatch::try_new(batch_schema(schema), columns)
-        .map_err(|e| Error::Arrow { what: format!("history of run {run_id}"), source: e })
+    let value: ArrayRef = Arc::new(Float64Array::new(values.into(), value_nulls));
+    Ok(LongParts { keys: key, columns: [step, timestamp, runtime, value, value_json] })
 }
 
-/// `run_id, step, timestamp, runtime_s` of the given rows. The row fields
-/// are laid out as columns once per run; consecutive rows (a key's series,
-/// the usual case) are then copied as slices, not gathered one by one.
-fn row_columns(run_id: &str, h: &RunHistory, rows: &[u32]) -> Vec<ArrayRef> {
+/// `step, timestamp, runtime_s` of the given rows. The row fields are laid
+/// out as columns once per run; consecutive rows (a key's series, the usual
+/// case) are then copied as slices, not gathered one by one.
+fn row_columns(h: &RunHistory, rows: &[u32]) -> [ArrayRef; 3] {
     let steps: Vec<i64> = h.rows.iter().map(|r| r.step).collect();
     let stamps: Vec<i64> = h.rows.iter().map(|r| r.timestamp.unwrap_or(0)).collect();
     let runtimes: Vec<f64> = h.rows.iter().map(|r| r.runtime_s.unwrap_or(0.0)).collect();
@@ -253,8 +279,7 @@ fn row_columns(run_id: &str, h: &RunHistory, rows: &[u32]) -> Vec<ArrayRef> {
     };
     let ts_nulls = nulls(&|r| r.timestamp.is_some());
     let rt_nulls = nulls(&|r| r.runtime_s.is_some());
-    vec![
-        repeated(run_id, rows.len()),
+    [
         Arc::new(Int64Array::new(step.into(), None)),
         Arc::new(TimestampMicrosecondArray::new(timestamp.into(), ts_nulls).with_timezone("UTC")),
         Arc::new(Float64Array::new(runtime.into(), rt_nulls)),
@@ -299,7 +324,8 @@ pub fn wide_batch(
     }
     let n = h.rows.len();
     let all_rows: Vec<u32> = (0..n as u32).collect();
-    let mut columns = row_columns(run_id, h, &all_rows);
+    let mut columns = vec![repeated(run_id, n)];
+    columns.extend(row_columns(h, &all_rows));
     // The run's values per key name, in row order.
     let mut per_key: BTreeMap<&str, Vec<(u32, Entry<'_>)>> = BTreeMap::new();
     for (id, entries) in entries_by_key(h, &vec![false; h.keys.len()]).into_iter().enumerate() {

@@ -11,6 +11,7 @@ pub mod parallel;
 pub mod primitive;
 pub mod runlength;
 pub mod runs;
+pub mod spill;
 pub mod spool;
 
 use std::sync::Arc;

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::export::RunFailure;
 use crate::http::HttpCounts;
-use crate::pipeline::{HistoryEncoding, ReadRun};
+use crate::pipeline::{HistoryTarget, ReadRun};
 use crate::plan::FetchPlan;
 use crate::run::IdentityColumn;
 
@@ -136,14 +136,15 @@ pub trait Source: Send + Sync {
     }
 
     /// Reads every run with `plan` and hands them to `consume` in run-id
-    /// order. With `encoding`, the readers also turn each run's history into
-    /// its Arrow batch (CPU work stays off the consumer's thread). Returns a
+    /// order. With `target`, the readers also turn each run's history into
+    /// Arrow, whole or spilled in chunks (CPU work stays off the consumer's
+    /// thread; see [`crate::pipeline::HistorySink`]). Returns a
     /// failure when the listing stopped early.
     fn read_runs(
         &self,
         plan: &Arc<FetchPlan>,
         concurrency: usize,
-        encoding: Option<Arc<HistoryEncoding>>,
+        target: Option<Arc<HistoryTarget>>,
         consume: &mut ConsumeRun<'_>,
     ) -> Result<Option<RunFailure>>;
 }

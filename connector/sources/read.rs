@@ -9,7 +9,7 @@ use super::{ConsumeRun, RecordCounts, Source};
 use crate::error::{Error, Result};
 use crate::export::RunFailure;
 use crate::http::{Http, HttpCounts};
-use crate::pipeline::{HistoryEncoding, ReadRun, for_each_run};
+use crate::pipeline::{HistorySink, HistoryTarget, for_each_run};
 use crate::plan::FetchPlan;
 use crate::remote::{self, ListingError, RemoteSource};
 use crate::run::RunData;
@@ -25,8 +25,15 @@ pub trait LocalRuns: Send + Sync + 'static {
     /// The id of run `i` (its label in failures).
     fn run_id(&self, i: usize) -> &str;
 
-    /// Reads run `i` with `plan`, counting the records it took.
-    fn read(&self, i: usize, plan: &FetchPlan, counts: &mut RecordCounts) -> Result<RunData, String>;
+    /// Reads run `i` with `plan`, counting the records it took, handing its
+    /// history to `sink` in chunks (see [`HistorySink`]).
+    fn read(
+        &self,
+        i: usize,
+        plan: &FetchPlan,
+        counts: &mut RecordCounts,
+        sink: &mut HistorySink,
+    ) -> Result<RunData, String>;
 
     /// What `runport plan` shows and the manifest records (asks nothing).
     fn describe_plan(&self, plan: &FetchPlan) -> serde_json::Value;
@@ -52,10 +59,10 @@ impl<L: LocalRuns> Source for Local<L> {
         &self,
         plan: &Arc<FetchPlan>,
         concurrency: usize,
-        encoding: Option<Arc<HistoryEncoding>>,
+        target: Option<Arc<HistoryTarget>>,
         consume: &mut ConsumeRun<'_>,
     ) -> Result<Option<RunFailure>> {
-        read_local(&self.0, plan, concurrency, encoding, consume);
+        read_local(&self.0, plan, concurrency, target, consume);
         Ok(None)
     }
 }
@@ -102,10 +109,10 @@ impl<S: NetworkSource> Source for Network<S> {
         &self,
         plan: &Arc<FetchPlan>,
         concurrency: usize,
-        encoding: Option<Arc<HistoryEncoding>>,
+        target: Option<Arc<HistoryTarget>>,
         consume: &mut ConsumeRun<'_>,
     ) -> Result<Option<RunFailure>> {
-        read_remote(&self.0, &self.0.name(), S::PAGE_LABEL, plan, concurrency, encoding, consume)
+        read_remote(&self.0, &self.0.name(), S::PAGE_LABEL, plan, concurrency, target, consume)
     }
 }
 
@@ -114,13 +121,14 @@ fn read_local<L: LocalRuns>(
     runs: &Arc<L>,
     plan: &Arc<FetchPlan>,
     concurrency: usize,
-    encoding: Option<Arc<HistoryEncoding>>,
+    target: Option<Arc<HistoryTarget>>,
     consume: &mut ConsumeRun<'_>,
 ) {
     let (reader, plan) = (Arc::clone(runs), Arc::clone(plan));
     let work = move |i: usize| {
         let mut counts = RecordCounts::default();
-        let out = reader.read(i, &plan, &mut counts).and_then(|data| ReadRun::encode(data, encoding.as_deref()));
+        let mut sink = HistorySink::new(target.clone(), reader.run_id(i));
+        let out = reader.read(i, &plan, &mut counts, &mut sink).and_then(|data| sink.finish(data));
         (out, counts)
     };
     let workers = concurrency.max(1);
@@ -139,7 +147,7 @@ fn read_remote<S: RemoteSource>(
     page_label: &str,
     plan: &Arc<FetchPlan>,
     concurrency: usize,
-    encoding: Option<Arc<HistoryEncoding>>,
+    target: Option<Arc<HistoryTarget>>,
     consume: &mut ConsumeRun<'_>,
 ) -> Result<Option<RunFailure>> {
     // Runs in flight or waiting: enough to keep the requests busy, few enough
@@ -148,7 +156,7 @@ fn read_remote<S: RemoteSource>(
     // Decoded runs (several times the size of what the server sent) waiting
     // for the writer: one per core and one more.
     let decode_ahead = super::cpu_count() + 1;
-    let outcome = remote::read_runs(api, plan, window, decode_ahead, encoding, |label, run| {
+    let outcome = remote::read_runs(api, plan, window, decode_ahead, target, |label, run| {
         consume(label, run, RecordCounts::default())
     })?;
     match outcome {

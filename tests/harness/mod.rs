@@ -518,3 +518,40 @@ pub fn planned_concurrency(stdout: &str) -> u64 {
 pub fn cpus() -> u64 {
     std::thread::available_parallelism().expect("the CPU count is known on test machines").get() as u64
 }
+
+/// Runs `cmd` to its end and returns its output and its peak resident set
+/// in KiB, read from `/proc/PID/status` (`VmHWM`, the kernel's high-water
+/// mark) every few milliseconds while it runs: the last reading before the
+/// process exits is its peak up to then.
+pub fn run_with_peak_rss(cmd: &mut Command) -> (Output, u64) {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start the command");
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let status_path = format!("/proc/{}/status", child.id());
+    let mut peak = 0u64;
+    let status = loop {
+        if let Ok(text) = std::fs::read_to_string(&status_path)
+            && let Some(kib) = text
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        {
+            peak = peak.max(kib);
+        }
+        if let Some(status) = child.try_wait().expect("wait for the command") {
+            break status;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(3));
+    };
+    assert!(peak > 0, "no VmHWM was read from {status_path}: /proc is needed to measure memory");
+    (Output { status, stdout: out.join().unwrap(), stderr: err.join().unwrap() }, peak)
+}

@@ -25,6 +25,7 @@ use serde_json::{Value as Json, json};
 use super::{MetricPoint, MlflowRun, RunView, history_from_series, history_keys, parse_metric_value};
 use crate::error::{Error, Result};
 use crate::http::{Http, HttpError, RetryPolicy, build_client};
+use crate::pipeline::{HistorySink, HistoryTarget};
 use crate::plan::FetchPlan;
 use crate::redact::redact;
 use crate::remote::{Listing, ListingError, RemoteSource};
@@ -623,7 +624,12 @@ impl RemoteSource for MlflowRest {
         &listed.run_id
     }
 
-    async fn fetch(self: Arc<Self>, plan: Arc<FetchPlan>, run: MlflowRun) -> Result<Self::Fetched, String> {
+    async fn fetch(
+        self: Arc<Self>,
+        plan: Arc<FetchPlan>,
+        run: MlflowRun,
+        _target: Option<Arc<HistoryTarget>>,
+    ) -> Result<Self::Fetched, String> {
         let mut named = Vec::new();
         if plan.history {
             self.prefetch_next_groups(&run.run_id);
@@ -640,7 +646,12 @@ impl RemoteSource for MlflowRest {
         Ok((run, named))
     }
 
-    fn decode(&self, plan: &FetchPlan, (run, mut named): Self::Fetched) -> Result<RunData, String> {
+    fn decode(
+        &self,
+        plan: &FetchPlan,
+        (run, mut named): Self::Fetched,
+        _sink: &mut HistorySink,
+    ) -> Result<RunData, String> {
         let mut data = run.into_run_data(plan);
         if plan.history {
             named.sort_by(|a, b| a.0.cmp(&b.0));

@@ -9,6 +9,7 @@ use super::rest::{DEFAULT_MAX_RESULTS, MlflowRest, MlflowRestOptions};
 use super::{LocalStore, MLFLOW_COLUMNS, MlflowLocal, RunView, filestore, sqlite};
 use crate::error::{Error, Result};
 use crate::http::Http;
+use crate::pipeline::HistorySink;
 use crate::plan::FetchPlan;
 use crate::redact::redact;
 use crate::run::RunData;
@@ -168,7 +169,13 @@ impl LocalRuns for MlflowLocal {
         &self.runs[i].run.run_id
     }
 
-    fn read(&self, i: usize, plan: &FetchPlan, _counts: &mut RecordCounts) -> Result<RunData, String> {
+    fn read(
+        &self,
+        i: usize,
+        plan: &FetchPlan,
+        _counts: &mut RecordCounts,
+        _sink: &mut HistorySink,
+    ) -> Result<RunData, String> {
         self.read_run(i, plan)
     }
 

@@ -24,6 +24,7 @@ use serde_json::json;
 
 use crate::error::{Error, Result};
 use crate::http::{Http, HttpError, RetryPolicy, build_client};
+use crate::pipeline::{HistorySink, HistoryTarget};
 use crate::plan::FetchPlan;
 use crate::redact::redact;
 use crate::remote::{Listing, ListingError, RemoteSource};
@@ -427,6 +428,7 @@ impl RemoteSource for WandbApi {
         self: Arc<Self>,
         plan: Arc<FetchPlan>,
         listed: ListedRun,
+        _target: Option<Arc<HistoryTarget>>,
     ) -> Result<(RunData, FetchedHistory), String> {
         if !self.needs_history(&plan, &listed) {
             // No history request for this run; an empty history when history was asked.
@@ -436,7 +438,12 @@ impl RemoteSource for WandbApi {
         Ok((listed.data, fetched))
     }
 
-    fn decode(&self, plan: &FetchPlan, (mut data, fetched): (RunData, FetchedHistory)) -> Result<RunData, String> {
+    fn decode(
+        &self,
+        plan: &FetchPlan,
+        (mut data, fetched): (RunData, FetchedHistory),
+        _sink: &mut HistorySink,
+    ) -> Result<RunData, String> {
         if plan.history {
             fetched.decode(plan, &mut data)?;
         }

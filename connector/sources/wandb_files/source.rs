@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::log_reader::TransactionLogReader;
 use super::{RecordCounts, WANDB_COLUMNS, WandbFiles, decode_run};
 use crate::error::{Error, Result};
+use crate::pipeline::HistorySink;
 use crate::plan::FetchPlan;
 use crate::run::RunData;
 use crate::sources::read::{Local, LocalRuns};
@@ -66,7 +67,13 @@ impl LocalRuns for WandbFiles {
         &self.runs[i].run_id
     }
 
-    fn read(&self, i: usize, plan: &FetchPlan, counts: &mut RecordCounts) -> Result<RunData, String> {
+    fn read(
+        &self,
+        i: usize,
+        plan: &FetchPlan,
+        counts: &mut RecordCounts,
+        _sink: &mut HistorySink,
+    ) -> Result<RunData, String> {
         let run = &self.runs[i];
         decode_run(&run.run_id, &run.files, plan, counts).map_err(|e| e.to_string())
     }

@@ -1,0 +1,656 @@
+//! Runs larger than memory: a run's history arrives in chunks of whole rows
+//! (see [`crate::pipeline::HistorySink`]); once a run outgrows one chunk, each
+//! chunk is written to a spill file as Arrow IPC and the run's rows are read
+//! back from it, in the history table's order, when the writer reaches the run.
+//!
+//! - Long layout: each chunk is sorted by (key, step) and written key by key,
+//!   in batches of at most [`SPILL_BATCH_ROWS`] rows without the `run_id` and
+//!   `key` columns. Reading back takes the keys in name order; a key's
+//!   segments (one per chunk) are concatenated in chunk order when their steps
+//!   do not overlap (a key logged with ascending steps, the usual case), else
+//!   merged by step, ties in chunk order (log order).
+//! - Wide layout: rows stay in log order; each chunk's batch (without
+//!   `run_id`) is written as it comes and read back in order.
+//!
+//! Spill files live in a folder of their own beside the output
+//! (`.NAME.runport-spill`), removed when the export ends, whether it
+//! succeeds or fails, and by the next export into the same folder after a
+//! kill (it holds the output's lock). A spill file is removed as soon as its
+//! run is written.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::fs::{self, File};
+use std::io::{BufReader, BufWriter};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch};
+use arrow_ipc::reader::FileReader;
+use arrow_ipc::writer::FileWriter;
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+
+use super::history::{LongParts, batch_schema};
+use super::runlength::{RunsBuilder, repeated};
+use crate::columns::kind_metadata;
+use crate::error::{Error, Result};
+
+/// Rows of one spilled batch: what a merge holds per chunk it reads from.
+pub const SPILL_BATCH_ROWS: usize = 8192;
+
+/// Rows of the batches a spilled run is read back in.
+pub const REPLAY_BATCH_ROWS: usize = 64 * 1024;
+
+/// The spill folder of one export, and how much it holds.
+#[derive(Debug)]
+pub struct SpillDir {
+    path: PathBuf,
+    next: AtomicU64,
+    used: AtomicU64,
+    peak: AtomicU64,
+    total: AtomicU64,
+}
+
+impl SpillDir {
+    /// Creates the folder (removing what a killed export left there).
+    pub fn create(path: &Path) -> Result<Arc<SpillDir>> {
+        if fs::symlink_metadata(path).is_ok() {
+            fs::remove_dir_all(path).map_err(|e| Error::write(path.display(), e))?;
+        }
+        Ok(Arc::new(SpillDir {
+            path: path.to_path_buf(),
+            next: AtomicU64::new(0),
+            used: AtomicU64::new(0),
+            peak: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+        }))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The most bytes the spill files held at once.
+    pub fn peak_bytes(&self) -> u64 {
+        self.peak.load(Ordering::Relaxed)
+    }
+
+    /// Bytes written to spill files in all.
+    pub fn total_bytes(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// A temporary file in the folder (a download too large to hold in
+    /// memory, say), removed when the returned [`SpillFile`] is dropped;
+    /// report what it holds with [`SpillFile::holds`].
+    pub fn temp_file(self: &Arc<Self>) -> Result<(File, SpillFile)> {
+        let (file, path) = self.new_file().map_err(|e| Error::write(self.path.display(), e))?;
+        Ok((file, SpillFile { dir: Arc::clone(self), path, bytes: 0 }))
+    }
+
+    fn new_file(&self) -> std::io::Result<(File, PathBuf)> {
+        if fs::symlink_metadata(&self.path).is_err() {
+            fs::create_dir_all(&self.path)?;
+        }
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let path = self.path.join(format!("run-{n:06}.arrow"));
+        let file = File::options().write(true).create_new(true).open(&path)?;
+        Ok((file, path))
+    }
+
+    fn added(&self, bytes: u64) {
+        let now = self.used.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.peak.fetch_max(now, Ordering::Relaxed);
+        self.total.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    fn removed(&self, bytes: u64) {
+        self.used.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
+impl Drop for SpillDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A spill file, removed when dropped.
+#[derive(Debug)]
+pub struct SpillFile {
+    dir: Arc<SpillDir>,
+    path: PathBuf,
+    bytes: u64,
+}
+
+impl SpillFile {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Records that the file now holds `bytes` (for the spill folder's peak).
+    pub fn holds(&mut self, bytes: u64) {
+        if bytes >= self.bytes {
+            self.dir.added(bytes - self.bytes);
+        } else {
+            self.dir.removed(self.bytes - bytes);
+        }
+        self.bytes = bytes;
+    }
+}
+
+impl Drop for SpillFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+        self.dir.removed(self.bytes);
+    }
+}
+
+/// The columns of a spilled long batch: the long layout without `run_id` and `key`.
+fn long_spill_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("step", DataType::Int64, false),
+        Field::new("timestamp", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), true),
+        Field::new("runtime_s", DataType::Float64, true),
+        Field::new("value", DataType::Float64, true),
+        kind_metadata(Field::new("value_json", DataType::Utf8, true), "json"),
+    ]))
+}
+
+/// One key's rows in one chunk: spilled batches `first..first + batches`.
+#[derive(Debug, Clone, Copy)]
+struct Segment {
+    first: u32,
+    batches: u32,
+    min_step: i64,
+    max_step: i64,
+}
+
+/// A run's history being spilled, chunk by chunk.
+pub struct SpillWriter {
+    file: Option<FileWriter<BufWriter<File>>>,
+    path: PathBuf,
+    dir: Arc<SpillDir>,
+    /// Long layout: each key's segments (by key id), in chunk order.
+    segments: Vec<Vec<Segment>>,
+    batches: u32,
+    chunks: u32,
+    long: bool,
+}
+
+impl SpillWriter {
+    /// A spill file for the long layout, or for wide batches of `schema`
+    /// (the file schema, `run_id` first).
+    pub fn create(dir: &Arc<SpillDir>, wide: Option<&SchemaRef>) -> Result<SpillWriter> {
+        let (file, path) = dir.new_file().map_err(|e| Error::write(dir.path().display(), e))?;
+        let schema = match wide {
+            None => long_spill_schema(),
+            Some(s) => without_run_id(s),
+        };
+        let writer = FileWriter::try_new(BufWriter::with_capacity(1 << 20, file), &schema)
+            .map_err(|e| Error::Arrow { what: format!("spill file {}", path.display()), source: e })?;
+        Ok(SpillWriter {
+            file: Some(writer),
+            path,
+            dir: Arc::clone(dir),
+            segments: Vec::new(),
+            batches: 0,
+            chunks: 0,
+            long: wide.is_none(),
+        })
+    }
+
+    fn error(&self, e: arrow_schema::ArrowError) -> Error {
+        Error::Arrow { what: format!("spill file {}", self.path.display()), source: e }
+    }
+
+    fn write_batch(&mut self, batch: &RecordBatch) -> Result<()> {
+        let w = self.file.as_mut().expect("invariant: the spill file is open until finished");
+        w.write(batch).map_err(|e| Error::Arrow { what: format!("spill file {}", self.path.display()), source: e })?;
+        self.batches += 1;
+        Ok(())
+    }
+
+    /// Writes one chunk of the long layout, sorted by (key, step).
+    pub fn write_long(&mut self, parts: &LongParts) -> Result<()> {
+        debug_assert!(self.long);
+        let schema = long_spill_schema();
+        self.chunks += 1;
+        let steps = parts.columns[0].as_any().downcast_ref::<Int64Array>().expect("invariant: steps are int64");
+        let mut offset = 0usize;
+        for &(key, rows) in &parts.keys {
+            if rows == 0 {
+                continue;
+            }
+            let key_steps = &steps.values()[offset..offset + rows];
+            let segment = Segment {
+                first: self.batches,
+                batches: rows.div_ceil(SPILL_BATCH_ROWS) as u32,
+                min_step: key_steps.iter().copied().min().unwrap_or(0),
+                max_step: key_steps.iter().copied().max().unwrap_or(0),
+            };
+            let mut start = offset;
+            while start < offset + rows {
+                let len = SPILL_BATCH_ROWS.min(offset + rows - start);
+                let columns: Vec<ArrayRef> = parts.columns.iter().map(|c| c.slice(start, len)).collect();
+                let batch = RecordBatch::try_new(Arc::clone(&schema), columns).map_err(|e| self.error(e))?;
+                self.write_batch(&batch)?;
+                start += len;
+            }
+            let k = key as usize;
+            if self.segments.len() <= k {
+                self.segments.resize(k + 1, Vec::new());
+            }
+            self.segments[k].push(segment);
+            offset += rows;
+        }
+        Ok(())
+    }
+
+    /// Writes one chunk of the wide layout (a batch of the file schema; its
+    /// `run_id` column is dropped).
+    pub fn write_wide(&mut self, batch: &RecordBatch) -> Result<()> {
+        debug_assert!(!self.long);
+        self.chunks += 1;
+        let columns: Vec<ArrayRef> = batch.columns()[1..].to_vec();
+        let schema = Arc::new(Schema::new(batch.schema().fields()[1..].to_vec()));
+        let b = RecordBatch::try_new(schema, columns).map_err(|e| self.error(e))?;
+        self.write_batch(&b)
+    }
+
+    /// Closes the file: the run's rows wait there for the writer.
+    pub fn finish(mut self, run_id: &str, keys: Vec<String>) -> Result<SpilledHistory> {
+        let mut w = self.file.take().expect("invariant: finished once");
+        w.finish().map_err(|e| self.error(e))?;
+        let inner = w.into_inner().map_err(|e| self.error(e))?;
+        let file = inner.into_inner().map_err(|e| Error::write(self.path.display(), e.into_error()))?;
+        let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+        self.dir.added(bytes);
+        let spill = SpillFile { dir: Arc::clone(&self.dir), path: std::mem::take(&mut self.path), bytes };
+        Ok(SpilledHistory {
+            run_id: run_id.to_string(),
+            keys,
+            segments: std::mem::take(&mut self.segments),
+            chunks: self.chunks,
+            long: self.long,
+            file: spill,
+        })
+    }
+}
+
+impl Drop for SpillWriter {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn without_run_id(schema: &SchemaRef) -> SchemaRef {
+    let batch = batch_schema(schema);
+    Arc::new(Schema::new(batch.fields().iter().filter(|f| f.name() != "run_id").cloned().collect::<Vec<_>>()))
+}
+
+/// A run's history in a spill file, to be read back in table order.
+#[derive(Debug)]
+pub struct SpilledHistory {
+    run_id: String,
+    keys: Vec<String>,
+    segments: Vec<Vec<Segment>>,
+    chunks: u32,
+    long: bool,
+    file: SpillFile,
+}
+
+impl SpilledHistory {
+    /// Chunks the run was spilled in.
+    pub fn chunks(&self) -> u32 {
+        self.chunks
+    }
+
+    /// Reads the run back as batches of the history table's batch schema
+    /// (`schema` is the file schema), in table order, and hands each to
+    /// `write`. The spill file is removed afterwards.
+    pub fn replay(self, schema: &SchemaRef, write: &mut dyn FnMut(&RecordBatch) -> Result<()>) -> Result<()> {
+        let out_schema = batch_schema(schema);
+        let file = File::open(&self.file.path).map_err(|e| Error::write(self.file.path.display(), e))?;
+        let what = || format!("spill file {}", self.file.path.display());
+        let mut reader = FileReader::try_new(BufReader::with_capacity(1 << 20, file), None)
+            .map_err(|e| Error::Arrow { what: what(), source: e })?;
+        if !self.long {
+            for batch in reader.by_ref() {
+                let batch = batch.map_err(|e| Error::Arrow { what: what(), source: e })?;
+                let mut columns = vec![repeated(&self.run_id, batch.num_rows())];
+                columns.extend(batch.columns().iter().cloned());
+                let b = RecordBatch::try_new(Arc::clone(&out_schema), columns)
+                    .map_err(|e| Error::Arrow { what: what(), source: e })?;
+                write(&b)?;
+            }
+            return Ok(());
+        }
+        let mut by_name: Vec<usize> = (0..self.segments.len()).filter(|k| !self.segments[*k].is_empty()).collect();
+        by_name.sort_by(|a, b| self.keys[*a].cmp(&self.keys[*b]));
+        let mut out = LongOut::new(&self.run_id, out_schema);
+        for k in by_name {
+            let segments = &self.segments[k];
+            let ordered = segments.windows(2).all(|w| w[0].max_step <= w[1].min_step);
+            let mut read = |i: u32| -> Result<RecordBatch> {
+                reader.set_index(i as usize).map_err(|e| Error::Arrow { what: what(), source: e })?;
+                match reader.next() {
+                    Some(b) => b.map_err(|e| Error::Arrow { what: what(), source: e }),
+                    None => Err(Error::Internal(format!("{}: batch {i} is missing", what()))),
+                }
+            };
+            if ordered {
+                for s in segments {
+                    for i in s.first..s.first + s.batches {
+                        let b = read(i)?;
+                        out.push(&self.keys[k], &b, write)?;
+                    }
+                }
+            } else {
+                merge_segments(segments, &mut read, &mut |b| out.push(&self.keys[k], b, write))?;
+            }
+        }
+        out.flush(write)
+    }
+}
+
+/// Gathers a key's spilled rows into batches of the table's batch schema.
+struct LongOut {
+    run_id: String,
+    schema: SchemaRef,
+    pending: Vec<(String, RecordBatch)>,
+    rows: usize,
+}
+
+impl LongOut {
+    fn new(run_id: &str, schema: SchemaRef) -> LongOut {
+        LongOut { run_id: run_id.to_string(), schema, pending: Vec::new(), rows: 0 }
+    }
+
+    fn push(&mut self, key: &str, b: &RecordBatch, write: &mut dyn FnMut(&RecordBatch) -> Result<()>) -> Result<()> {
+        self.rows += b.num_rows();
+        self.pending.push((key.to_string(), b.clone()));
+        if self.rows >= REPLAY_BATCH_ROWS { self.flush(write) } else { Ok(()) }
+    }
+
+    fn flush(&mut self, write: &mut dyn FnMut(&RecordBatch) -> Result<()>) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let n = std::mem::take(&mut self.rows);
+        let mut key = RunsBuilder::default();
+        for (k, b) in &pending {
+            key.push(k, b.num_rows());
+        }
+        let column = |i: usize| -> Result<ArrayRef> {
+            let parts: Vec<&dyn Array> = pending.iter().map(|(_, b)| b.column(i).as_ref()).collect();
+            arrow_select::concat::concat(&parts)
+                .map_err(|e| Error::Arrow { what: format!("spilled history of run {}", self.run_id), source: e })
+        };
+        let columns =
+            vec![repeated(&self.run_id, n), column(0)?, column(1)?, column(2)?, key.finish(), column(3)?, column(4)?];
+        let batch = RecordBatch::try_new(Arc::clone(&self.schema), columns)
+            .map_err(|e| Error::Arrow { what: format!("spilled history of run {}", self.run_id), source: e })?;
+        write(&batch)
+    }
+}
+
+/// Merges a key's segments whose steps overlap: by step, ties in chunk
+/// order. One batch of each segment is held at a time.
+fn merge_segments(
+    segments: &[Segment],
+    read: &mut dyn FnMut(u32) -> Result<RecordBatch>,
+    emit: &mut dyn FnMut(&RecordBatch) -> Result<()>,
+) -> Result<()> {
+    struct Cursor {
+        segment: Segment,
+        next_batch: u32,
+        batch: RecordBatch,
+        row: usize,
+    }
+    let mut cursors: Vec<Cursor> = Vec::with_capacity(segments.len());
+    // (step, cursor): cursors are in chunk order, so ties go to the earlier chunk.
+    let mut heap: BinaryHeap<Reverse<(i64, usize)>> = BinaryHeap::new();
+    let step_at = |b: &RecordBatch, row: usize| {
+        b.column(0).as_any().downcast_ref::<Int64Array>().expect("invariant: steps are int64").value(row)
+    };
+    for s in segments {
+        let batch = read(s.first)?;
+        heap.push(Reverse((step_at(&batch, 0), cursors.len())));
+        cursors.push(Cursor { segment: *s, next_batch: s.first + 1, batch, row: 0 });
+    }
+    // Output rows as (cursor's batch held, row), gathered per output batch.
+    let mut held: Vec<RecordBatch> = Vec::new();
+    let mut picks: Vec<(usize, usize)> = Vec::with_capacity(SPILL_BATCH_ROWS);
+    let mut held_of: Vec<Option<usize>> = vec![None; cursors.len()];
+    let flush = |held: &mut Vec<RecordBatch>,
+                 picks: &mut Vec<(usize, usize)>,
+                 held_of: &mut Vec<Option<usize>>,
+                 emit: &mut dyn FnMut(&RecordBatch) -> Result<()>|
+     -> Result<()> {
+        if picks.is_empty() {
+            return Ok(());
+        }
+        let refs: Vec<&RecordBatch> = held.iter().collect();
+        let batch = interleave_batches(&refs, picks)?;
+        emit(&batch)?;
+        held.clear();
+        picks.clear();
+        held_of.iter_mut().for_each(|h| *h = None);
+        Ok(())
+    };
+    while let Some(Reverse((_, c))) = heap.pop() {
+        let slot = match held_of[c] {
+            Some(s) => s,
+            None => {
+                held.push(cursors[c].batch.clone());
+                held_of[c] = Some(held.len() - 1);
+                held.len() - 1
+            }
+        };
+        picks.push((slot, cursors[c].row));
+        let cur = &mut cursors[c];
+        cur.row += 1;
+        if cur.row == cur.batch.num_rows() {
+            if cur.next_batch < cur.segment.first + cur.segment.batches {
+                // The held copy keeps the old batch alive until the flush.
+                let next = read(cur.next_batch)?;
+                let cur = &mut cursors[c];
+                cur.next_batch += 1;
+                cur.batch = next;
+                cur.row = 0;
+                held_of[c] = None;
+                heap.push(Reverse((step_at(&cur.batch, 0), c)));
+            }
+        } else {
+            heap.push(Reverse((step_at(&cur.batch, cur.row), c)));
+        }
+        if picks.len() >= SPILL_BATCH_ROWS {
+            flush(&mut held, &mut picks, &mut held_of, emit)?;
+        }
+    }
+    flush(&mut held, &mut picks, &mut held_of, emit)
+}
+
+/// The rows `picks` (batch, row) of `batches`, one column at a time.
+fn interleave_batches(batches: &[&RecordBatch], picks: &[(usize, usize)]) -> Result<RecordBatch> {
+    let schema = batches[0].schema();
+    let columns = (0..schema.fields().len())
+        .map(|i| {
+            let arrays: Vec<&dyn Array> = batches.iter().map(|b| b.column(i).as_ref()).collect();
+            arrow_select::interleave::interleave(&arrays, picks)
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::Arrow { what: "merging spilled history".into(), source: e })?;
+    RecordBatch::try_new(schema, columns)
+        .map_err(|e| Error::Arrow { what: "merging spilled history".into(), source: e })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::columns::ColumnKind;
+    use crate::output::history::{collect_kinds, long_schema, wide_schema};
+    use crate::output::runlength::expand;
+    use crate::pipeline::{EncodedHistory, HistoryEncoding, HistorySink, HistoryTarget};
+    use crate::run::{HistoryPoint, HistoryRow, RunData, RunHistory, RunIdentity};
+    use crate::value::Value;
+    use std::collections::BTreeMap;
+
+    /// A run of `rows` rows: keys `k0..k5` with ascending steps, `shuffled`
+    /// with steps out of order (repeated steps among them), `text` with
+    /// strings now and then, and a key first seen half-way.
+    fn run(rows: u32) -> RunHistory {
+        let mut h = RunHistory { keys: (0..6).map(|k| format!("k{k}")).collect(), ..Default::default() };
+        h.keys.push("shuffled".into());
+        h.keys.push("text".into());
+        let mut seed = 7u64;
+        let mut next = move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed >> 33
+        };
+        for r in 0..rows {
+            h.rows.push(HistoryRow {
+                step: r as i64 * 2,
+                timestamp: (r % 5 != 0).then_some(r as i64),
+                runtime_s: Some(r as f64),
+            });
+            for k in 0..6 {
+                if (r + k) % 3 != 0 {
+                    h.points.push(HistoryPoint { row: r, key: k, value: Value::Float(r as f64 + k as f64 / 10.0) });
+                }
+            }
+            h.points.push(HistoryPoint { row: r, key: 6, value: Value::Int((next() % 50) as i64) });
+            if r % 7 == 0 {
+                h.points.push(HistoryPoint { row: r, key: 7, value: Value::Str(format!("t{r}")) });
+            }
+            if r == rows / 2 {
+                h.keys.push("late".into());
+            }
+            if r >= rows / 2 {
+                h.points.push(HistoryPoint { row: r, key: 8, value: Value::Float(-(r as f64)) });
+            }
+        }
+        h
+    }
+
+    /// Splits a history into chunks of `rows` rows (keys as the source has them then).
+    fn chunks(h: &RunHistory, rows: usize) -> Vec<RunHistory> {
+        let mut out = Vec::new();
+        for start in (0..h.rows.len()).step_by(rows) {
+            let end = (start + rows).min(h.rows.len());
+            let points: Vec<HistoryPoint> = h
+                .points
+                .iter()
+                .filter(|p| (start..end).contains(&(p.row as usize)))
+                .map(|p| HistoryPoint { row: p.row - start as u32, ..p.clone() })
+                .collect();
+            let keys = points
+                .iter()
+                .map(|p| p.key as usize + 1)
+                .max()
+                .unwrap_or(0)
+                .max(out.last().map_or(0, |c: &RunHistory| c.keys.len()));
+            out.push(RunHistory {
+                rows: h.rows[start..end].to_vec(),
+                keys: h.keys[..keys].to_vec(),
+                points,
+                series: Vec::new(),
+            });
+        }
+        out
+    }
+
+    fn through_sink(target: Arc<HistoryTarget>, h: &RunHistory, rows: usize) -> (Vec<RecordBatch>, u32) {
+        let mut sink = HistorySink::new(Some(Arc::clone(&target)), "r");
+        let mut parts = chunks(h, rows);
+        let last = parts.pop().unwrap();
+        for mut c in parts {
+            sink.flush(&mut c).unwrap();
+        }
+        let data = RunData { identity: RunIdentity::new("r"), history: Some(last), ..Default::default() };
+        let schema = match &target.encoding {
+            HistoryEncoding::Long(s) | HistoryEncoding::Wide(s, _) => Arc::clone(s),
+            HistoryEncoding::Kinds => unreachable!(),
+        };
+        match sink.finish(data).unwrap().history {
+            EncodedHistory::Spilled(s) => {
+                let chunks = s.chunks();
+                let mut out = Vec::new();
+                s.replay(&schema, &mut |b| {
+                    out.push(b.clone());
+                    Ok(())
+                })
+                .unwrap();
+                (out, chunks)
+            }
+            EncodedHistory::Batch(b) => (vec![b], 1),
+            _ => panic!("no history"),
+        }
+    }
+
+    /// A column of the batches as one array (run-length columns expanded to strings).
+    fn column(batches: &[RecordBatch], name: &str) -> arrow_array::ArrayRef {
+        let parts: Vec<ArrayRef> = batches
+            .iter()
+            .map(|b| {
+                let c = b.column_by_name(name).unwrap();
+                if matches!(c.data_type(), DataType::RunEndEncoded(..)) {
+                    Arc::new(arrow_array::StringArray::from(expand(c.as_ref()))) as ArrayRef
+                } else {
+                    Arc::clone(c)
+                }
+            })
+            .collect();
+        let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
+        arrow_select::concat::concat(&refs).unwrap()
+    }
+
+    #[test]
+    fn spilled_runs_read_back_as_the_whole_run_is_written() {
+        let h = run(5000);
+        let dir = tempfile::tempdir().unwrap();
+        let spill = SpillDir::create(&dir.path().join("spill")).unwrap();
+        let long = Arc::new(HistoryTarget {
+            encoding: HistoryEncoding::Long(long_schema()),
+            chunk_bytes: 1,
+            spill: Some(Arc::clone(&spill)),
+        });
+        let (whole, _) = through_sink(Arc::clone(&long), &h, 5000);
+        for rows in [1, 333, 1024, 4999] {
+            let (spilled, chunks) = through_sink(Arc::clone(&long), &h, rows);
+            assert_eq!(chunks as usize, 5000usize.div_ceil(rows));
+            for c in ["run_id", "step", "timestamp", "runtime_s", "key", "value", "value_json"] {
+                assert_eq!(
+                    column(&spilled, c).to_data(),
+                    column(&whole, c).to_data(),
+                    "long column {c}, chunks of {rows} rows"
+                );
+            }
+        }
+        let mut kinds: BTreeMap<String, ColumnKind> = BTreeMap::new();
+        collect_kinds(&h, &mut kinds);
+        let schema = wide_schema(&kinds);
+        let wide = Arc::new(HistoryTarget {
+            encoding: HistoryEncoding::Wide(Arc::clone(&schema), kinds),
+            chunk_bytes: 1,
+            spill: Some(Arc::clone(&spill)),
+        });
+        let (whole, _) = through_sink(Arc::clone(&wide), &h, 5000);
+        let (spilled, _) = through_sink(Arc::clone(&wide), &h, 700);
+        for f in schema.fields() {
+            assert_eq!(
+                column(&spilled, f.name()).to_data(),
+                column(&whole, f.name()).to_data(),
+                "wide column {}",
+                f.name()
+            );
+        }
+        assert!(spill.total_bytes() > 0);
+        assert_eq!(std::fs::read_dir(spill.path()).unwrap().count(), 0, "spill files are removed once read");
+    }
+}
