@@ -36,6 +36,8 @@ class Measured:
         self.seconds = 0.0
         self.maxrss_kib = 0
         self.cpu_s = 0.0
+        self.user_s = 0.0
+        self.sys_s = 0.0
         self.server_cpu_s = 0.0
         self.other_cpu_s = 0.0
         self.status = 0
@@ -93,6 +95,7 @@ def run_child(m: Measured, argv: list[str], logs: Path, cwd: Path, env: dict | N
     proc.returncode = m.status = os.waitstatus_to_exitcode(status)
     m.maxrss_kib = ru.ru_maxrss
     m.cpu_s = ru.ru_utime + ru.ru_stime
+    m.user_s, m.sys_s = ru.ru_utime, ru.ru_stime
     m.stdout = out_path.read_text(errors="replace")
     m.stderr = err_path.read_text(errors="replace")
     return m

@@ -71,12 +71,18 @@ pub struct HistoryTarget {
 /// Bytes of a [`HistoryPoint`] as held, beyond its value's own heap data.
 const POINT_BYTES: usize = std::mem::size_of::<crate::run::HistoryPoint>();
 const ROW_BYTES: usize = std::mem::size_of::<crate::run::HistoryRow>();
+/// Bytes of one value in the long layout's Arrow columns (step, timestamp,
+/// runtime, value, the JSON offset, validity bits).
+const LONG_VALUE_BYTES: usize = 4 * 8 + 4 + 1;
 
-/// About how many bytes `h` holds (rows, points, series values).
+/// About how many bytes `h` takes: as held (rows, points, series) and once
+/// encoded (every value a long row of its own, repeating its row's fields).
 pub fn history_bytes(h: &RunHistory) -> usize {
+    let series_values: usize = h.series.iter().map(|s| s.values.len()).sum();
     h.rows.len() * ROW_BYTES
-        + h.points.len() * POINT_BYTES
+        + h.points.len() * (POINT_BYTES + LONG_VALUE_BYTES)
         + h.series.iter().map(|s| s.values.get_buffer_memory_size()).sum::<usize>()
+        + series_values * LONG_VALUE_BYTES
 }
 
 /// Where a source hands a run's history as it reads it: in chunks of whole
@@ -191,6 +197,7 @@ impl HistorySink {
         let Some(mut h) = data.history.take() else {
             return Ok(ReadRun { data, history: EncodedHistory::None });
         };
+        self.run_id.clone_from(&data.identity.run_id);
         let history = match &target.encoding {
             HistoryEncoding::Kinds => {
                 self.flush(&mut h)?;

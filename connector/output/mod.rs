@@ -34,6 +34,11 @@ pub const ROW_GROUP_BYTES: usize = 64 * 1024 * 1024;
 pub const ROW_GROUP_ROWS: usize = 1024 * 1024;
 /// A history part closes after this many bytes written.
 pub const PART_BYTES: usize = 256 * 1024 * 1024;
+/// Tables with more columns than this are compressed with Snappy, not zstd:
+/// parquet's zstd codec holds a compression and a decompression context per
+/// column writer, all alive until the row group closes (tens of KiB each,
+/// gigabytes for a runs table with 100,000 config keys).
+pub const WIDE_TABLE_COLUMNS: usize = 512;
 
 /// Encodings of the history's row columns: steps and timestamps ascend
 /// (delta-encoded to a few bits a row), floats are split by byte, which
@@ -109,6 +114,11 @@ pub struct TableWriter {
 
 impl TableWriter {
     pub fn new(schema: SchemaRef, props: WriterProperties, name: &str, parted: bool) -> TableWriter {
+        let props = if schema.fields().len() > WIDE_TABLE_COLUMNS {
+            props.into_builder().set_compression(Compression::SNAPPY).build()
+        } else {
+            props
+        };
         TableWriter { schema, props, name: name.to_string(), parted, current: None, done: Vec::new(), rows: 0 }
     }
 
@@ -161,5 +171,46 @@ impl TableWriter {
         }
         self.close_part()?;
         Ok(std::mem::take(&mut self.done))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{ArrayRef, Float64Array};
+    use arrow_schema::{DataType, Field, Schema};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    /// A table of very many columns is written with Snappy and parquet's own
+    /// column writers (see [`WIDE_TABLE_COLUMNS`]), and reads back whole.
+    #[test]
+    fn very_wide_tables_are_written_with_snappy_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let dataset = DatasetDir::open(&dir.path().join("out")).unwrap();
+        let prov = Provenance { source: "s".into(), source_kind: "k".into(), selection: "*".into() };
+        for columns in [WIDE_TABLE_COLUMNS, WIDE_TABLE_COLUMNS + 1] {
+            let fields: Vec<Field> =
+                (0..columns).map(|i| Field::new(format!("config.k{i}"), DataType::Float64, true)).collect();
+            let schema = Arc::new(Schema::new(fields));
+            let arrays: Vec<ArrayRef> = (0..columns)
+                .map(|i| Arc::new(Float64Array::from(vec![Some(i as f64), None, Some(0.5)])) as ArrayRef)
+                .collect();
+            let batch = RecordBatch::try_new(Arc::clone(&schema), arrays).unwrap();
+            let name = format!("t{columns}.parquet");
+            let mut w = TableWriter::new(schema, writer_properties(&prov, "runs", &[], &[]), &name, false);
+            w.write(&dataset, &batch).unwrap();
+            let files = w.finish(&dataset).unwrap();
+            let file = std::fs::File::open(&files[0].tmp).unwrap();
+            let reader = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+            let codec = reader.metadata().row_group(0).column(0).compression();
+            let want = if columns > WIDE_TABLE_COLUMNS {
+                Compression::SNAPPY
+            } else {
+                Compression::ZSTD(ZstdLevel::default())
+            };
+            assert_eq!(std::mem::discriminant(&codec), std::mem::discriminant(&want), "{columns} columns: {codec:?}");
+            let back: Vec<RecordBatch> = reader.build().unwrap().collect::<std::result::Result<_, _>>().unwrap();
+            assert_eq!(back, vec![batch], "{columns} columns");
+        }
     }
 }

@@ -61,6 +61,7 @@ impl<W: Write + Send> ParallelWriter<W> {
             .iter()
             .map(|c| !without_run_length && writes_codec(writer.properties().compression(c.path())))
             .collect();
+        let wide = schema.fields().len() > super::WIDE_TABLE_COLUMNS;
         Ok(ParallelWriter {
             writer,
             factory,
@@ -71,7 +72,10 @@ impl<W: Write + Send> ParallelWriter<W> {
             max_rows,
             max_bytes,
             run_length_leaves,
-            without_page_encoders: ablation::disabled(Component::PageEncoders),
+            // The page encoders hold buffers per column until the row group
+            // closes: for tables of very many columns (a runs table of
+            // 100,000 config keys) parquet's writer alone holds less.
+            without_page_encoders: ablation::disabled(Component::PageEncoders) || wide,
         })
     }
 
