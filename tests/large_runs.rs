@@ -125,7 +125,7 @@ const BOUNDED_PEAK_KIB: u64 = 100 * 1024;
 const HISTORY_POINT_BYTES: u64 = std::mem::size_of::<runport::run::HistoryPoint>() as u64;
 
 #[test]
-fn a_spill_folder_left_by_a_killed_export_is_removed_by_the_next() {
+fn a_spill_folder_left_by_a_killed_export_is_removed_by_the_next_and_spilled_runs_match_the_reference() {
     // `std-long` (100,000 rows) is larger than one chunk under a 16 MiB limit: it spills.
     let runs = wandb_runs("standard");
     let tmp = tempdir();
@@ -139,4 +139,6 @@ fn a_spill_folder_left_by_a_killed_export_is_removed_by_the_next() {
     assert!(summary["failures"].as_array().is_some_and(|f| f.is_empty()), "{summary}");
     assert!(summary["spill_bytes"].as_u64().is_some_and(|b| b > 0), "nothing spilled: {summary}");
     assert!(!spill.exists(), "{} is left after the export", spill.display());
+    // The run read in chunks holds what the reference reader finds.
+    reference_check(&runs, &out, "long");
 }
