@@ -23,6 +23,7 @@ use prost::Message;
 use runport::output::history::{long_batch, long_schema};
 use runport::output::parallel::ParallelWriter;
 use runport::output::{Provenance, history_writer_properties};
+use runport::pipeline::HistorySink;
 use runport::plan::{FetchPlan, HistoryLayout};
 use runport::run::{HistoryPoint, HistoryRow, RunHistory};
 use runport::selection::Selection;
@@ -167,7 +168,7 @@ fn transaction_log(c: &mut Criterion) {
     g.bench_function("decode_run", |b| {
         b.iter(|| {
             let mut counts = RecordCounts::default();
-            let run = decode_run("bench", &[file.path()], &all, &mut counts).unwrap();
+            let run = decode_run("bench", &[file.path()], &all, &mut counts, &mut HistorySink::whole()).unwrap();
             assert_eq!(counts.decoded_history, LOG_STEPS as u64);
             run.history.map(|h| h.points.len())
         })
@@ -179,7 +180,7 @@ fn transaction_log(c: &mut Criterion) {
     g.bench_function("decode_run_name_state", |b| {
         b.iter(|| {
             let mut counts = RecordCounts::default();
-            let run = decode_run("bench", &[file.path()], &name_state, &mut counts).unwrap();
+            let run = decode_run("bench", &[file.path()], &name_state, &mut counts, &mut HistorySink::whole()).unwrap();
             assert_eq!(counts.decoded_history, 0);
             run.identity.text("state").map(str::to_string)
         })

@@ -4,6 +4,7 @@
 
 mod crash;
 mod harness;
+mod large_runs;
 mod mlflow;
 mod wandb_api;
 mod wandb_files;

@@ -16,6 +16,7 @@ use runport::output::runs::RunsTable;
 use runport::plan::{FetchPlan, HistoryLayout};
 use runport::sources::wandb_files::{WANDB_IDENTITY_COLUMNS, WANDB_PREFIXES};
 use runport::selection::Selection;
+use runport::pipeline::HistorySink;
 use runport::sources::wandb_files::decode::{RecordCounts, decode_run};
 use runport::sources::wandb_files::log_reader::HEADER;
 
@@ -33,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
     std::fs::write(path, &bytes).expect("scratch file is writable");
     let plan = FetchPlan::new(Selection::all(), HistoryLayout::Long, WANDB_IDENTITY_COLUMNS);
     let mut counts = RecordCounts::default();
-    let Ok(mut run) = decode_run("fuzz", &[path], &plan, &mut counts) else {
+    let Ok(mut run) = decode_run("fuzz", &[path], &plan, &mut counts, &mut HistorySink::whole()) else {
         return;
     };
     if let Some(h) = &run.history {

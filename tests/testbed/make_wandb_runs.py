@@ -4,9 +4,10 @@
     python make_wandb_runs.py --out DIR --set standard [--jobs 2]
     python make_wandb_runs.py --out DIR --set sample
     python make_wandb_runs.py --out DIR --set bench [--runs 200 --steps 10000 --keys 10 --jobs 2]
+    python make_wandb_runs.py --out DIR --set large [--steps 40000 --keys 20]
 
 Runs land in DIR/wandb/offline-run-<time>-<id>/run-<id>.wandb. Every run has a
-fixed id. For `standard` and `sample`, DIR/scenarios.json maps each scenario
+fixed id. For `standard`, `sample` and `large`, DIR/scenarios.json maps each scenario
 name to its run id and to what a reader must find (state, exit code, values
 known by construction). Each run is written by its own Python process (the
 `--worker` mode of this script); the parameters travel in an environment
@@ -272,10 +273,25 @@ def w_bench(p):
         (done / rid).touch()
 
 
+def w_large(p):
+    """One large run: STEPS rows of KEYS float metrics (the memory-bound tests and benchmark)."""
+    import random
+
+    import wandb
+
+    rnd = random.Random(p["steps"] * 1000 + p["keys"])
+    keys = [f"metric_{k:02d}" for k in range(p["keys"])]
+    run = wandb.init(project="runport-large", id=p["run_id"], dir=p["out"], config={"steps": p["steps"]},
+                     settings=_settings(x_disable_stats=True, x_disable_meta=True))
+    for _ in range(p["steps"]):
+        run.log({k: rnd.random() for k in keys})
+    run.finish()
+
+
 WORKERS = {
     "config": w_config, "types": w_types, "values": w_values, "summary": w_summary,
     "steps": w_steps, "long": w_long, "failed": w_failed, "resumed": w_resumed,
-    "killed": w_killed, "sample": w_sample, "bench": w_bench,
+    "killed": w_killed, "sample": w_sample, "bench": w_bench, "large": w_large,
 }
 
 
@@ -512,6 +528,15 @@ def scenarios_sample(steps: int) -> dict:
     return out
 
 
+LARGE_RUN_ID = "large-run"
+
+
+def scenarios_large(steps: int, keys: int) -> dict:
+    return {"large": {"run_id": LARGE_RUN_ID, "purpose": f"{steps} steps of {keys} float keys",
+                      "state": "finished", "exit_code": 0, "folders": 1, "history_rows": steps,
+                      "history_long_rows": steps * keys}}
+
+
 def gen_standard(out: Path, jobs: int, long_steps: int):
     cwd = str(out)
     meta = {}
@@ -569,12 +594,12 @@ def gen_bench(out: Path, runs: int, steps: int, keys: int, jobs: int):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Write real W&B offline runs for runport's tests.")
     ap.add_argument("--out", help="output folder (runs go to OUT/wandb/...)")
-    ap.add_argument("--set", choices=["standard", "sample", "bench"], default="standard")
+    ap.add_argument("--set", choices=["standard", "sample", "bench", "large"], default="standard")
     ap.add_argument("--runs", type=int, default=200, help="bench: number of runs")
     ap.add_argument("--steps", type=int, default=None,
                     help="bench: steps per run (10000); standard: steps of the long run (100000); "
-                         "sample: steps per run (300)")
-    ap.add_argument("--keys", type=int, default=10, help="bench: float keys per step")
+                         "sample: steps per run (300); large: steps of the run (40000)")
+    ap.add_argument("--keys", type=int, default=None, help="bench: float keys per step (10); large: (20)")
     ap.add_argument("--jobs", type=int, default=2, help="parallel processes")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -587,13 +612,18 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     if args.set == "bench":
-        gen_bench(out, args.runs, args.steps or 10000, args.keys, max(1, args.jobs))
+        gen_bench(out, args.runs, args.steps or 10000, args.keys or 10, max(1, args.jobs))
         print(f"bench: done in {time.perf_counter() - t0:.1f} s")
         return 0
     if (out / "wandb").exists():
         ap.error(f"{out / 'wandb'} already exists: use an empty folder")
     if args.set == "standard":
         sc, timings = gen_standard(out, max(1, args.jobs), args.steps or 100_000)
+    elif args.set == "large":
+        steps, keys = args.steps or 40_000, args.keys or 20
+        t = time.perf_counter()
+        run_worker("large", {"out": str(out), "run_id": LARGE_RUN_ID, "steps": steps, "keys": keys}, str(out))
+        sc, timings = scenarios_large(steps, keys), {"large": round(time.perf_counter() - t, 2)}
     else:
         steps = args.steps or 300
         t = time.perf_counter()

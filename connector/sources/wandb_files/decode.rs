@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use prost::Message;
 use serde::Serialize;
+use smallvec::SmallVec;
 
 use super::log_reader::{LogError, TransactionLogReader};
 use super::records::{EnvelopeError, MAX_KEY_DEPTH};
@@ -15,6 +16,7 @@ use super::records::{RecordType, RunExitRecord, RunRecord, StatsRecord, Timestam
 use super::tree::{Tree, parse_or_keep};
 use super::wire::{ItemRef, RawBytes, RawItem, RawValue, history_items_raw, update_items_raw};
 use crate::columns::{encode_path, flatten};
+use crate::pipeline::HistorySink;
 use crate::plan::FetchPlan;
 use crate::run::{HistoryPoint, HistoryRow, RunData, RunHistory, RunIdentity, seconds_to_micros};
 use crate::value::Value;
@@ -94,7 +96,41 @@ pub enum DecodeError {
     Open { path: String, source: std::io::Error },
     #[error("{path}: record {record}: {reason}")]
     Record { path: String, record: u64, reason: String },
+    #[error("{path}: history up to record {record} could not be handed over: {reason}")]
+    History { path: String, record: u64, reason: String },
 }
+
+/// Warnings kept per run: past these, only their number (a run damaged in
+/// every row must not hold a message per row).
+pub const MAX_RUN_WARNINGS: usize = 100;
+
+/// A run's warnings: the first [`MAX_RUN_WARNINGS`], and how many more there were.
+#[derive(Debug, Default)]
+struct RunWarnings {
+    kept: Vec<String>,
+    more: u64,
+}
+
+impl RunWarnings {
+    fn push(&mut self, w: String) {
+        if self.kept.len() < MAX_RUN_WARNINGS {
+            self.kept.push(w);
+        } else {
+            self.more += 1;
+        }
+    }
+
+    fn into_vec(mut self) -> Vec<String> {
+        if self.more > 0 {
+            self.kept.push(format!("{} more warnings of this run were not kept", self.more));
+        }
+        self.kept
+    }
+}
+
+/// History items of one record kept on the stack: the SDK writes the
+/// logged keys plus `_step`, `_timestamp` and `_runtime`.
+type RowItems<'a> = SmallVec<[RawItem<'a>; 32]>;
 
 /// Marks a history key the selection does not want.
 const EXCLUDED: u32 = u32::MAX;
@@ -115,17 +151,23 @@ struct RunDecoder<'p> {
     history_slots: Slots<u32>,
     last_time_us: Option<i64>,
     last_runtime: Option<f64>,
+    /// The step of the last history row (rows are handed over in chunks:
+    /// `history.rows` holds only the current chunk's).
+    last_step: Option<i64>,
     exit: Option<RunExitRecord>,
-    warnings: Vec<String>,
+    warnings: RunWarnings,
     counts: RecordCounts,
 }
 
-/// Reads a run from its log files (several when the run was resumed, in order).
+/// Reads a run from its log files (several when the run was resumed, in
+/// order), handing its history to `sink` in chunks of whole rows (a row is
+/// one history record); the last chunk is left in the run's `history`.
 pub fn decode_run(
     run_id: &str,
     files: &[impl AsRef<Path>],
     plan: &FetchPlan,
     counts: &mut RecordCounts,
+    sink: &mut HistorySink,
 ) -> Result<RunData, DecodeError> {
     let needs = RecordNeeds::from_plan(plan);
     let mut d = RunDecoder {
@@ -141,8 +183,9 @@ pub fn decode_run(
         history_slots: Slots::default(),
         last_time_us: None,
         last_runtime: None,
+        last_step: None,
         exit: None,
-        warnings: Vec::new(),
+        warnings: RunWarnings::default(),
         counts: RecordCounts::default(),
     };
     let mut newest_mtime = None;
@@ -172,6 +215,10 @@ pub fn decode_run(
                 Err(RecordError::Fatal(reason)) => {
                     return Err(DecodeError::Record { path: shown, record: d.counts.read, reason });
                 }
+            }
+            // Between records, so between rows.
+            if let Err(reason) = sink.flush_if_full(&mut d.history) {
+                return Err(DecodeError::History { path: shown, record: d.counts.read, reason });
             }
         }
         d.counts.bytes += reader.bytes_read();
@@ -240,7 +287,7 @@ impl RunDecoder<'_> {
             }
             RecordType::History => {
                 self.counts.decoded_history += 1;
-                let mut items = Vec::new();
+                let mut items = RowItems::new();
                 let step = history_items_raw(payload, |item| items.push(item))?;
                 if items.iter().all(|i| i.single_segment().is_some()) {
                     let kept = self.history.points.len();
@@ -444,8 +491,9 @@ impl RunDecoder<'_> {
         row.step = match (step, step_item) {
             (Some(s), _) => s,
             (None, Some(f)) => f as i64,
-            (None, None) => self.history.rows.last().map_or(0, |r| r.step + 1),
+            (None, None) => self.last_step.map_or(0, |s| s + 1),
         };
+        self.last_step = Some(row.step);
         self.note_time(row.timestamp);
         if row.runtime_s.is_some() {
             self.last_runtime = row.runtime_s;
@@ -544,7 +592,7 @@ impl RunDecoder<'_> {
             identity,
             groups: vec![("config.", config), ("summary.", summary)],
             history: plan.history.then_some(self.history),
-            warnings: self.warnings,
+            warnings: self.warnings.into_vec(),
         }
     }
 }
@@ -627,7 +675,7 @@ fn apply_item(tree: &mut Tree, removal: bool, item: &ItemRef<'_>) {
 }
 
 /// A history value as a [`Value`]; JSON text that does not parse is kept as a string.
-fn raw_to_value(raw: RawValue<'_>, path: &[&str], warnings: &mut Vec<String>) -> Value {
+fn raw_to_value(raw: RawValue<'_>, path: &[&str], warnings: &mut RunWarnings) -> Value {
     // Text that came as `&str` is UTF-8: the error case cannot happen.
     bytes_to_value(raw.into(), || encode_path(path), warnings).unwrap_or(Value::Null)
 }
@@ -637,7 +685,7 @@ fn raw_to_value(raw: RawValue<'_>, path: &[&str], warnings: &mut Vec<String>) ->
 fn bytes_to_value(
     raw: RawBytes<'_>,
     path: impl FnOnce() -> String,
-    warnings: &mut Vec<String>,
+    warnings: &mut RunWarnings,
 ) -> Result<Value, EnvelopeError> {
     Ok(match raw {
         RawBytes::Null => Value::Null,
@@ -693,7 +741,7 @@ mod tests {
         });
         let plan = FetchPlan::new(sel, HistoryLayout::Long, WANDB_IDENTITY_COLUMNS);
         let mut counts = RecordCounts::default();
-        let run = decode_run("fallback", &[f.path()], &plan, &mut counts).unwrap();
+        let run = decode_run("fallback", &[f.path()], &plan, &mut counts, &mut HistorySink::whole()).unwrap();
         (run, counts)
     }
 
@@ -726,7 +774,8 @@ mod tests {
         ];
         for (what, rec) in records {
             let f = write_log(&[envelope(17, &run), rec]);
-            let e = decode_run("r1", &[f.path()], &plan, &mut RecordCounts::default()).unwrap_err();
+            let e = decode_run("r1", &[f.path()], &plan, &mut RecordCounts::default(), &mut HistorySink::whole())
+                .unwrap_err();
             let text = e.to_string();
             assert!(text.contains("record 2") && text.contains("nested more than 256 levels"), "{what}: {text}");
         }
@@ -838,6 +887,74 @@ mod tests {
         );
         assert_eq!(run.history.as_ref().unwrap().rows.len(), 3);
         assert!(run.warnings.iter().any(|w| w.contains("record 3 skipped")), "{:?}", run.warnings);
+    }
+
+    /// A history handed over in chunks of a few rows reads back as the whole
+    /// run would: a row without a step counts on from the previous row, also
+    /// when that row went out with the previous chunk.
+    #[test]
+    fn history_in_chunks_keeps_steps_counting_across_chunks() {
+        use arrow_array::cast::AsArray;
+        use arrow_array::types::{Float64Type, Int64Type};
+
+        use crate::output::history::long_schema;
+        use crate::output::spill::SpillDir;
+        use crate::pipeline::{EncodedHistory, HistoryEncoding, HistoryTarget};
+
+        let n = 500;
+        let records: Vec<Vec<u8>> = (0..n)
+            .map(|i| {
+                let items = vec![item("", &["a"], None, &format!("{i}")), item("", &["b"], None, &format!("-{i}"))];
+                envelope(2, &HistoryRecord { item: items, step: (i == 200).then_some(HistoryStep { num: 1000 }) })
+            })
+            .collect();
+        let steps: Vec<i64> = (0..n).map(|i| if i < 200 { i } else { 800 + i }).collect();
+        let f = write_log(&records);
+        let plan = FetchPlan::new(Selection::all(), HistoryLayout::Long, WANDB_IDENTITY_COLUMNS);
+        let dir = tempfile::tempdir().unwrap();
+        let schema = long_schema();
+        let target = HistoryTarget {
+            encoding: HistoryEncoding::Long(std::sync::Arc::clone(&schema)),
+            chunk_bytes: 4096,
+            spill: Some(SpillDir::create(&dir.path().join("spill")).unwrap()),
+        };
+        let mut sink = HistorySink::new(Some(std::sync::Arc::new(target)), "r");
+        let data = decode_run("r", &[f.path()], &plan, &mut RecordCounts::default(), &mut sink).unwrap();
+        let last = data.history.as_ref().unwrap();
+        assert!(last.rows.len() < 100 && sink.chunks() > 5, "{} rows left, {} chunks", last.rows.len(), sink.chunks());
+        assert_eq!(last.keys, ["a", "b"], "keys stay over chunks");
+        let EncodedHistory::Spilled(spilled) = sink.finish(data).unwrap().history else {
+            panic!("a history larger than a chunk is spilled")
+        };
+        let mut batches = Vec::new();
+        spilled
+            .replay(&schema, &mut |b| {
+                batches.push(b.clone());
+                Ok(())
+            })
+            .unwrap();
+        let col = |name: &str| batches.iter().map(|b| b.column_by_name(name).unwrap().clone()).collect::<Vec<_>>();
+        let got_steps: Vec<i64> =
+            col("step").iter().flat_map(|c| c.as_primitive::<Int64Type>().values().to_vec()).collect();
+        let got_values: Vec<f64> =
+            col("value").iter().flat_map(|c| c.as_primitive::<Float64Type>().values().to_vec()).collect();
+        // The long layout: key a's rows by step, then key b's.
+        assert_eq!(got_steps, [steps.clone(), steps].concat());
+        let want: Vec<f64> = (0..n).map(|i| i as f64).chain((0..n).map(|i| -(i as f64))).collect();
+        assert_eq!(got_values, want);
+    }
+
+    #[test]
+    fn warnings_past_the_cap_are_counted_not_kept() {
+        let records: Vec<Vec<u8>> = (0..150)
+            .map(|_| envelope(2, &HistoryRecord { item: vec![item("", &["bad"], None, "{oops")], step: None }))
+            .collect();
+        let (run, _) = decode(&records, None);
+        assert_eq!(run.history.as_ref().unwrap().rows.len(), 150);
+        assert_eq!(run.warnings.len(), MAX_RUN_WARNINGS + 1, "{:?}", run.warnings.last());
+        assert!(run.warnings[..MAX_RUN_WARNINGS].iter().all(|w| w.contains("value at bad is not valid JSON")));
+        // 150 values and the missing run record; 100 kept.
+        assert_eq!(run.warnings[MAX_RUN_WARNINGS], "51 more warnings of this run were not kept");
     }
 
     #[test]

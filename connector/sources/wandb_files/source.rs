@@ -72,10 +72,10 @@ impl LocalRuns for WandbFiles {
         i: usize,
         plan: &FetchPlan,
         counts: &mut RecordCounts,
-        _sink: &mut HistorySink,
+        sink: &mut HistorySink,
     ) -> Result<RunData, String> {
         let run = &self.runs[i];
-        decode_run(&run.run_id, &run.files, plan, counts).map_err(|e| e.to_string())
+        decode_run(&run.run_id, &run.files, plan, counts, sink).map_err(|e| e.to_string())
     }
 
     fn describe_plan(&self, plan: &FetchPlan) -> serde_json::Value {
