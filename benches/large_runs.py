@@ -11,8 +11,8 @@ Builds runport (`cargo build --release`), makes the data once (cached under
 once), then for each source exports, one after the other:
 
   files  large  one run of --wandb-steps steps x --keys float metrics, written
-                by the W&B SDK in offline mode (make_wandb_runs.py --set bench
-                --runs 1); about 1.4 GB of .wandb for 1,000,000 x 20
+                by the W&B SDK in offline mode (make_wandb_runs.py --set large);
+                1.6 GB of .wandb for 1,000,000 x 20, about 20 minutes to write
          small  --small-runs runs of 10,000 steps x 10 keys, same writer
   api    large  one synthetic run of --api-steps steps x --keys keys on the
                 W&B API test server (wandb_server.py --synthetic 1:STEPS:KEYS),
@@ -62,14 +62,16 @@ def du(path: Path) -> int:
 
 
 def wandb_set(python: str, data: Path, runs: int, steps: int, keys: int, jobs: int) -> Path:
-    """A W&B SDK-written set (kept when complete); returns its wandb/ folder."""
+    """A W&B SDK-written set (kept when complete); returns its wandb/ folder.
+    One run is the `large` set (one process), more the `bench` set."""
     done = data / "complete"
     if not done.exists():
         log(f"writing {runs} run(s) of {steps} steps x {keys} keys with the W&B SDK into {data}")
         t0 = time.perf_counter()
-        subprocess.run([python, str(TESTBED / "make_wandb_runs.py"), "--set", "bench", "--runs", str(runs),
-                        "--steps", str(steps), "--keys", str(keys), "--jobs", str(jobs), "--out", str(data)],
-                       check=True)
+        shutil.rmtree(data, ignore_errors=True)
+        which = ["--set", "large"] if runs == 1 else ["--set", "bench", "--runs", str(runs), "--jobs", str(jobs)]
+        subprocess.run([python, str(TESTBED / "make_wandb_runs.py"), *which, "--steps", str(steps), "--keys",
+                        str(keys), "--out", str(data)], check=True)
         done.write_text(f"{time.perf_counter() - t0:.1f} s\n")
         log(f"written in {done.read_text().strip()}")
     return data / "wandb"
