@@ -62,12 +62,17 @@ impl Spool {
         Spool { limit, spill, memory: Vec::new(), file: None, len: 0 }
     }
 
-    /// A spool for a run's history: a chunk's worth in memory, the rest in
-    /// the target's spill folder; all in memory without a target (no
-    /// history chunks are taken then either).
-    pub fn for_history(target: Option<&HistoryTarget>) -> Spool {
+    /// A spool for a run's history, of which `held` bytes are in memory
+    /// already (earlier answers of the same run): the run holds at most a
+    /// chunk's worth in memory, the rest goes to the target's spill folder;
+    /// all in memory without a target (no history chunks are taken then
+    /// either).
+    pub fn for_history(target: Option<&HistoryTarget>, held: u64) -> Spool {
         match target {
-            Some(t) => Spool::new(t.chunk_bytes, t.spill.clone()),
+            Some(t) => {
+                let left = (t.chunk_bytes as u64).saturating_sub(held);
+                Spool::new(usize::try_from(left).unwrap_or(usize::MAX), t.spill.clone())
+            }
             None => Spool::new(usize::MAX, None),
         }
     }
@@ -179,6 +184,14 @@ impl Spooled {
         self.len() == 0
     }
 
+    /// Bytes held in memory.
+    pub fn held(&self) -> u64 {
+        match self {
+            Spooled::Memory(b) => b.len() as u64,
+            Spooled::File { .. } => 0,
+        }
+    }
+
     /// The records written with [`Spool::write_record`], in order.
     pub fn records(self) -> Records {
         match self {
@@ -257,6 +270,31 @@ mod tests {
 
     fn fs_count(dir: &std::path::Path) -> usize {
         std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
+    }
+
+    /// A run's answers share one chunk of memory: once earlier ones hold
+    /// it, the next goes to a file however small.
+    #[test]
+    fn the_answers_of_a_run_share_a_chunk_of_memory() {
+        use crate::output::history::long_schema;
+        use crate::pipeline::HistoryEncoding;
+        let base = tempfile::tempdir().unwrap();
+        let dir = SpillDir::create(&base.path().join("spill")).unwrap();
+        let target =
+            HistoryTarget { encoding: HistoryEncoding::Long(long_schema()), chunk_bytes: 100, spill: Some(dir) };
+        let mut held = 0;
+        let mut in_file = Vec::new();
+        for _ in 0..4 {
+            let mut spool = Spool::for_history(Some(&target), held);
+            spool.write(&[7u8; 40]).unwrap();
+            in_file.push(spool.in_file());
+            held += spool.finish().unwrap().held();
+        }
+        assert_eq!(in_file, [false, false, true, true]);
+        assert_eq!(held, 80);
+        let mut unbounded = Spool::for_history(None, u64::MAX);
+        unbounded.write(&[7u8; 1000]).unwrap();
+        assert!(!unbounded.in_file(), "without a target nothing is spooled");
     }
 
     #[test]

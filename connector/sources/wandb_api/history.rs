@@ -507,7 +507,7 @@ mod tests {
                 spill: Some(Arc::clone(&spill)),
             });
             // The download as the source keeps it: in a temporary file past a chunk.
-            let mut spool = Spool::for_history(Some(&target));
+            let mut spool = Spool::for_history(Some(&target), 0);
             spool.write(&data).unwrap();
             assert_eq!(spool.in_file(), chunk_bytes < data.len());
             let mut sink = HistorySink::new(Some(Arc::clone(&target)), "r");

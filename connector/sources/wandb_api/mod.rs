@@ -271,7 +271,7 @@ impl WandbApi {
             Err(e) => return Err(e),
         };
         let Some(parquet) = parquet else {
-            let mut rows = Spool::for_history(target);
+            let mut rows = Spool::for_history(target, 0);
             self.pages(run, 0, &mut rows).await?;
             return Ok(FetchedHistory { files: Vec::new(), rows: finish(rows, &what)? });
         };
@@ -292,11 +292,15 @@ impl WandbApi {
             .filter_map(|r| r.get("_step").and_then(|s| s.as_f64()))
             .map(|f| f as i64)
             .min();
+        // The run's answers share one chunk of memory; the rest waits on disk.
         let mut files = Vec::with_capacity(urls.len());
+        let mut held = 0;
         for (i, u) in urls.iter().enumerate() {
-            files.push(self.download(&format!("history file {} of run {name}", i + 1), u, target).await?);
+            let file = self.download(&format!("history file {} of run {name}", i + 1), u, target, held).await?;
+            held += file.held();
+            files.push(file);
         }
-        let mut rows = Spool::for_history(target);
+        let mut rows = Spool::for_history(target, held);
         if let Some(from) = first_live {
             self.pages(run, from, &mut rows).await?;
         }
@@ -304,13 +308,20 @@ impl WandbApi {
     }
 
     /// Downloads a history file, to a temporary file as it arrives when it
-    /// passes a chunk of `target`. No credentials: the URL may be another host.
-    async fn download(&self, what: &str, url: &str, target: Option<&HistoryTarget>) -> Result<Spooled, String> {
+    /// passes what is left of a chunk of `target` (the run holds `held`
+    /// bytes in memory already). No credentials: the URL may be another host.
+    async fn download(
+        &self,
+        what: &str,
+        url: &str,
+        target: Option<&HistoryTarget>,
+        held: u64,
+    ) -> Result<Spooled, String> {
         let url = match reqwest::Url::parse(url) {
             Ok(u) => u,
             Err(_) => self.graphql_url.join(url).map_err(|e| format!("{what}: bad URL: {e}"))?,
         };
-        let mut body = Spool::for_history(target);
+        let mut body = Spool::for_history(target, held);
         self.http.send_to(what, |c| c.get(url.clone()), &mut body).await.map_err(|e| e.to_string())?;
         finish(body, what)
     }
@@ -353,7 +364,7 @@ impl WandbApi {
                 by_step.entry(step as i64).or_default().extend(obj.clone());
             }
         }
-        let mut rows = Spool::for_history(target);
+        let mut rows = Spool::for_history(target, 0);
         for row in by_step.into_values() {
             rows.write_record(serde_json::Value::Object(row).to_string().as_bytes())
                 .map_err(|e| keep_error(&what, &e))?;
