@@ -6,7 +6,7 @@ auth, fault injection and request accounting.
 
     python tests/testbed/wandb_server.py --runs DIR --port 0 --files-port 0 --api-key KEY
         [--entity E --project P] [--synthetic RUNS:STEPS:KEYS[:SEED]] [--cache DIR]
-        [--live-steps N] [--part-rows N] [--step-type int64|float64]
+        [--live-steps N] [--part-rows N (0: one file a run)] [--step-type int64|float64]
         [--timestamps micro|seconds] [--debug-flip history|summary|config]
 
 When ready it prints one JSON line to stdout
