@@ -58,13 +58,16 @@ pub enum HttpError {
     Status { what: String, status: u16, url: String, detail: String, retry_after: Option<Duration> },
     #[error("{what}: {url}: {reason}")]
     Transport { what: String, url: String, reason: String },
+    /// The body could not be kept where it goes (a full disk, say).
+    #[error("{what}: {reason}")]
+    Local { what: String, reason: String },
 }
 
 impl HttpError {
     pub fn status(&self) -> Option<u16> {
         match self {
             HttpError::Status { status, .. } => Some(*status),
-            HttpError::Transport { .. } => None,
+            HttpError::Transport { .. } | HttpError::Local { .. } => None,
         }
     }
 
@@ -73,13 +76,14 @@ impl HttpError {
         match self {
             HttpError::Status { status, .. } => *status == 429 || *status >= 500,
             HttpError::Transport { .. } => true,
+            HttpError::Local { .. } => false,
         }
     }
 
     fn retry_after(&self) -> Option<Duration> {
         match self {
             HttpError::Status { retry_after, .. } => *retry_after,
-            HttpError::Transport { .. } => None,
+            HttpError::Transport { .. } | HttpError::Local { .. } => None,
         }
     }
 }
@@ -195,6 +199,33 @@ pub struct Response {
     pub body: Bytes,
 }
 
+/// Where a successful response's body goes as it arrives (see
+/// [`Http::send_to`]): memory, or a file for bodies too large to hold.
+pub trait BodySink: Send {
+    /// A body begins (again, on a retried attempt): whatever an earlier
+    /// attempt wrote is dropped. `length` is its `Content-Length` if sent.
+    fn start(&mut self, length: Option<u64>) -> std::io::Result<()>;
+
+    /// The next bytes of the body.
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()>;
+}
+
+/// The most memory a body's announced length reserves up front.
+const MAX_RESERVE: u64 = 64 << 20;
+
+impl BodySink for Vec<u8> {
+    fn start(&mut self, length: Option<u64>) -> std::io::Result<()> {
+        self.clear();
+        self.reserve(length.unwrap_or(0).min(MAX_RESERVE) as usize);
+        Ok(())
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
 /// The shared HTTP client of one export.
 #[derive(Debug, Clone)]
 pub struct Http {
@@ -260,6 +291,22 @@ impl Http {
     /// response, or the error of the last attempt. `what` names the request
     /// in errors (e.g. `listing page 3 of entity/project`).
     pub async fn send(&self, what: &str, build: impl Fn(&Client) -> RequestBuilder) -> Result<Response, HttpError> {
+        let mut body = Vec::new();
+        let (status, headers) = self.send_to(what, build, &mut body).await?;
+        Ok(Response { status, headers, body: Bytes::from(body) })
+    }
+
+    /// [`Http::send`], with the 2xx body handed to `sink` as it arrives
+    /// instead of held: a retried attempt starts the sink over. Returns the
+    /// status and headers.
+    pub async fn send_to<S: BodySink>(
+        &self,
+        what: &str,
+        build: impl Fn(&Client) -> RequestBuilder,
+        sink: &mut S,
+    ) -> Result<(StatusCode, HeaderMap), HttpError> {
+        // One attempt at a time writes to the sink; the lock lends it to each.
+        let sink = tokio::sync::Mutex::new(sink);
         let started = Instant::now();
         let deadline = self.policy.deadline;
         let backoff = ExponentialBuilder::default()
@@ -267,7 +314,10 @@ impl Http {
             .with_max_delay(self.policy.max_delay)
             .with_max_times(self.policy.max_retries)
             .with_jitter();
-        let attempt = || async { self.attempt(what, &build).await };
+        let attempt = || async {
+            let mut sink = sink.lock().await;
+            self.attempt(what, &build, &mut **sink).await
+        };
         attempt
             .retry(backoff)
             .when(|e: &HttpError| e.is_retryable() && started.elapsed() < deadline)
@@ -284,7 +334,12 @@ impl Http {
             .await
     }
 
-    async fn attempt(&self, what: &str, build: &impl Fn(&Client) -> RequestBuilder) -> Result<Response, HttpError> {
+    async fn attempt<S: BodySink>(
+        &self,
+        what: &str,
+        build: &impl Fn(&Client) -> RequestBuilder,
+        sink: &mut S,
+    ) -> Result<(StatusCode, HeaderMap), HttpError> {
         let _permit = self.limit.acquire().await;
         let request = build(&self.client).build().map_err(|e| HttpError::Transport {
             what: what.to_string(),
@@ -298,15 +353,24 @@ impl Http {
             url: url.clone(),
             reason: without_url(&e),
         };
-        let resp = self.client.execute(request).await.map_err(transport)?;
+        let mut resp = self.client.execute(request).await.map_err(transport)?;
         let status = resp.status();
         let headers = resp.headers().clone();
+        if status.is_success() {
+            let local = |e: std::io::Error| HttpError::Local {
+                what: what.to_string(),
+                reason: format!("cannot keep the response body: {e}"),
+            };
+            sink.start(resp.content_length()).map_err(local)?;
+            while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+                self.stats.bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                sink.write(&chunk).map_err(local)?;
+            }
+            self.limit.succeeded();
+            return Ok((status, headers));
+        }
         let body = resp.bytes().await.map_err(transport)?;
         self.stats.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
-        if status.is_success() {
-            self.limit.succeeded();
-            return Ok(Response { status, headers, body });
-        }
         if status == StatusCode::TOO_MANY_REQUESTS {
             self.stats.throttled.fetch_add(1, Ordering::Relaxed);
             self.limit.throttled();

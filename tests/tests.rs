@@ -7,4 +7,5 @@ mod harness;
 mod large_runs;
 mod mlflow;
 mod wandb_api;
+mod wandb_api_large;
 mod wandb_files;

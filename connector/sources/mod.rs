@@ -12,6 +12,7 @@
 
 pub mod mlflow;
 pub mod read;
+pub mod spooled;
 pub mod wandb_api;
 pub mod wandb_files;
 

@@ -21,6 +21,7 @@ use runport::output::history::{long_batch, long_schema};
 use runport::plan::{FetchPlan, HistoryLayout};
 use runport::sources::wandb_files::WANDB_IDENTITY_COLUMNS;
 use runport::selection::Selection;
+use runport::pipeline::HistorySink;
 use runport::sources::wandb_api::history::HistoryBuilder;
 
 fn plan() -> &'static FetchPlan {
@@ -39,7 +40,7 @@ fn quiet_inside_parquet() {
 
 fuzz_target!(init: quiet_inside_parquet(), |data: &[u8]| {
     let mut builder = HistoryBuilder::new(plan());
-    if builder.add_parquet(Bytes::copy_from_slice(data)).is_ok() {
+    if builder.add_parquet(Bytes::copy_from_slice(data), &mut HistorySink::whole()).is_ok() {
         let history = builder.finish();
         long_batch(&long_schema(), "run", &history).expect("an accepted history must become a long batch");
     }

@@ -6,7 +6,7 @@ auth, fault injection and request accounting.
 
     python tests/testbed/wandb_server.py --runs DIR --port 0 --files-port 0 --api-key KEY
         [--entity E --project P] [--synthetic RUNS:STEPS:KEYS[:SEED]] [--cache DIR]
-        [--live-steps N] [--part-rows N] [--step-type int64|float64]
+        [--live-steps N] [--part-rows N (0: one file a run)] [--step-type int64|float64]
         [--timestamps micro|seconds] [--debug-flip history|summary|config]
 
 When ready it prints one JSON line to stdout
@@ -277,7 +277,7 @@ class Testbed:
         self.secret = os.urandom(32)
         self.micro = args.timestamps == "micro"
         self.step_type = args.step_type
-        self.part_rows = max(1, args.part_rows)
+        self.part_rows = max(0, args.part_rows)
         self.debug_flip = args.debug_flip
         self.no_parquet_history = args.no_parquet_history
         self.lock = threading.Lock()
@@ -287,7 +287,6 @@ class Testbed:
         self.live_override: dict = {}
         self.live_global = None
         self.file_locks: dict = {}
-        self.bytes_cache: dict = {}
         if args.cache:
             self.cache = Path(args.cache)
             self.cache.mkdir(parents=True, exist_ok=True)
@@ -311,22 +310,13 @@ class Testbed:
         self.files_url = None
         self.base_url = None
 
-    # ---- file bytes (small LRU: range requests re-read the same file) --------
+    # ---- history files (sent from disk, never held whole) --------------------
 
-    def file_bytes(self, path: Path):
-        key = str(path)
-        with self.lock:
-            hit = self.bytes_cache.pop(key, None)
-            if hit is not None:
-                self.bytes_cache[key] = hit
-                return hit
-        data = path.read_bytes()
-        hit = (data, '"%s"' % hashlib.sha256(data).hexdigest()[:32])
-        with self.lock:
-            self.bytes_cache[key] = hit
-            while len(self.bytes_cache) > 32:
-                self.bytes_cache.pop(next(iter(self.bytes_cache)))
-        return hit
+    def file_info(self, path: Path):
+        """The size and ETag of a history file (written once, then renamed
+        into place: its size and modification time identify its bytes)."""
+        st = path.stat()
+        return st.st_size, '"%x-%x"' % (st.st_size, st.st_mtime_ns)
 
     # ---- live tail -------------------------------------------------------
 
@@ -585,8 +575,9 @@ class RunView:
             raise GraphQLError('Cannot query field "parquetHistory" on type "Run".')
         cut = tb.cut(r)
         urls = []
-        for lo in range(0, cut, tb.part_rows):
-            hi = min(cut, lo + tb.part_rows)
+        part = tb.part_rows or max(1, cut)
+        for lo in range(0, cut, part):
+            hi = min(cut, lo + part)
             urls.append(tb_sign_url(tb, r.name, lo, hi))
         live = []
         if cut < r.n_rows:
@@ -630,10 +621,9 @@ def parquet_file(tb: Testbed, run, lo: int, hi: int) -> Path:
             if flip and lo == 0:
                 rows = [dict(x) for x in run.rows(lo, hi)]
                 _flip_row(rows[0])
-                table = store.rows_to_table(rows, tb.step_type)
+                store.write_parquet(store.rows_to_table(rows, tb.step_type), path)
             else:
-                table = run.table(lo, hi, tb.step_type)
-            store.write_parquet(table, path)
+                run.write_history_parquet(lo, hi, tb.step_type, path)
     return path
 
 
@@ -644,6 +634,30 @@ def parquet_file(tb: Testbed, run, lo: int, hi: int) -> Path:
 
 class Abort(Exception):
     """Ends the request without a (complete) response."""
+
+
+class FileBody:
+    """Bytes [start, start + length) of a file, sent from disk a block at a
+    time: a history file of any size is served without being held."""
+
+    BLOCK = 1 << 20
+
+    def __init__(self, path: Path, start: int, length: int):
+        self.path, self.start, self.length = path, start, length
+
+    def __len__(self):
+        return self.length
+
+    def write_to(self, out, limit: int | None = None):
+        left = self.length if limit is None else min(limit, self.length)
+        with open(self.path, "rb") as f:
+            f.seek(self.start)
+            while left > 0:
+                block = f.read(min(self.BLOCK, left))
+                if not block:
+                    raise OSError(f"{self.path} is shorter than expected")
+                out.write(block)
+                left -= len(block)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -700,11 +714,17 @@ class Handler(BaseHTTPRequestHandler):
         if self.command == "HEAD":
             return
         if truncate:
-            self.wfile.write(body[: len(body) // 2])
+            if isinstance(body, FileBody):
+                body.write_to(self.wfile, len(body) // 2)
+            else:
+                self.wfile.write(body[: len(body) // 2])
             self.wfile.flush()
             self.close_connection = True
             raise Abort()
-        self.wfile.write(body)
+        if isinstance(body, FileBody):
+            body.write_to(self.wfile)
+        else:
+            self.wfile.write(body)
 
     def _reset(self):
         try:
@@ -1031,8 +1051,9 @@ class FilesHandler(Handler):
             entry["range"] = self.headers.get("Range")
 
         def make():
-            data, etag = tb.file_bytes(parquet_file(tb, run, lo, hi))
-            return self._range(data, etag)
+            path = parquet_file(tb, run, lo, hi)
+            size, etag = tb.file_info(path)
+            return self._range(path, size, etag)
 
         rule = self._faults(None, set(), path)
         if rule is not None and self._apply(rule, entry, make):
@@ -1042,15 +1063,14 @@ class FilesHandler(Handler):
         entry["bytes"] = len(body)
         self._send(status, body, ctype, headers)
 
-    def _range(self, data: bytes, etag: str):
+    def _range(self, path: Path, n: int, etag: str):
         rng = self.headers.get("Range")
         headers = {"Accept-Ranges": "bytes", "ETag": etag}
         ctype = "application/octet-stream"
         if not rng or not rng.startswith("bytes="):
-            return 200, data, ctype, headers
+            return 200, FileBody(path, 0, n), ctype, headers
         spec = rng[len("bytes="):].split(",")[0].strip()
         a, _, b = spec.partition("-")
-        n = len(data)
         if a == "":
             start, end = max(0, n - int(b)), n - 1
         else:
@@ -1060,7 +1080,7 @@ class FilesHandler(Handler):
             headers["Content-Range"] = f"bytes */{n}"
             return 416, b"", ctype, headers
         headers["Content-Range"] = f"bytes {start}-{end}/{n}"
-        return 206, data[start:end + 1], ctype, headers
+        return 206, FileBody(path, start, end + 1 - start), ctype, headers
 
 
 def make_server(port, handler_cls, tb):
@@ -1088,7 +1108,8 @@ def main(argv=None) -> int:
     ap.add_argument("--project", default="runport-testbed")
     ap.add_argument("--live-steps", type=int, default=0,
                     help="the last N rows of every run stay out of Parquet (liveData only)")
-    ap.add_argument("--part-rows", type=int, default=50_000, help="rows per Parquet part")
+    ap.add_argument("--part-rows", type=int, default=50_000,
+                    help="rows per Parquet file of a run's history (0: one file a run)")
     ap.add_argument("--step-type", choices=["int64", "float64"], default="int64",
                     help="Arrow type of `_step` in the Parquet files")
     ap.add_argument("--timestamps", choices=["micro", "seconds"], default="micro",

@@ -274,10 +274,30 @@ def rows_to_table(rows: list[dict], step_type: str = "int64") -> pa.Table:
     return pa.Table.from_arrays(cols, schema=pa.schema(fields))
 
 
+# Rows of a row group of the exported Parquet files.
+PARQUET_ROW_GROUP = 65536
+
+
 def write_parquet(table: pa.Table, path: Path):
+    write_parquet_groups(iter([table]), path)
+
+
+def write_parquet_groups(tables, path: Path):
+    """Writes the tables (one schema) to `path` one after the other, in row
+    groups of PARQUET_ROW_GROUP rows, under a temporary name renamed into
+    place: a file of any size is written holding one table at a time."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    pq.write_table(table, tmp, compression="zstd", write_statistics=True,
-                   row_group_size=65536)
+    writer = None
+    try:
+        for table in tables:
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema, compression="zstd", write_statistics=True)
+            writer.write_table(table, row_group_size=PARQUET_ROW_GROUP)
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:
+        raise ValueError(f"no table to write to {path}")
     os.replace(tmp, path)
 
 
@@ -312,6 +332,10 @@ class BaseRun:
     def history_keys(self) -> dict: ...
     def table(self, lo: int, hi: int, step_type: str) -> pa.Table:
         return rows_to_table(self.rows(lo, hi), step_type)
+
+    def write_history_parquet(self, lo: int, hi: int, step_type: str, path: Path):
+        """The Parquet export of rows [lo, hi)."""
+        write_parquet(self.table(lo, hi, step_type), path)
 
     def fingerprint(self) -> str: ...
 
@@ -556,7 +580,8 @@ class SyntheticRun(BaseRun):
         else:
             h = int(hi_step)
             hi = min(self.n_rows, h // st + 1 if hi_inclusive else -(-h // st))
-        return list(range(lo, max(lo, hi)))
+        # a range, not a list: a run of 10 million rows is never listed whole
+        return range(lo, max(lo, hi))
 
     def _columns(self, lo, hi):
         import numpy as np
@@ -587,6 +612,11 @@ class SyntheticRun(BaseRun):
             arrays.append(pa.array(v))
             fields.append(pa.field(n, arrays[-1].type))
         return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+    def write_history_parquet(self, lo, hi, step_type, path):
+        """Row group by row group: a file of any size in bounded memory."""
+        groups = range(lo, max(hi, lo + 1), PARQUET_ROW_GROUP)
+        write_parquet_groups((self.table(a, min(hi, a + PARQUET_ROW_GROUP), step_type) for a in groups), path)
 
     def config_obj(self):
         i, s = self.i, self.p.seed

@@ -2,6 +2,11 @@
 //! column per key plus `_step`; nested objects as struct columns), read with
 //! only the selected keys' columns, then the live rows not exported yet.
 //!
+//! A run of any size is read in bounded memory: a file is read row group by
+//! row group, in batches of about [`BATCH_BYTES`] as held, and the history
+//! is handed to the run's [`HistorySink`] between batches and between live
+//! rows, never inside a row.
+//!
 //! Column names are single path segments (a flat key `a.b` is the column
 //! `a.b`, encoded `a\.b`); struct children add segments (`nest.x`).
 
@@ -12,13 +17,14 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, UInt32Type, UInt64Type};
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::DataType;
-use bytes::Bytes;
+use arrow_schema::Field;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::file::metadata::ParquetMetaData;
+use parquet::file::reader::ChunkReader;
 
 use crate::columns::{flatten, push_segment};
-use crate::pipeline::catch_third_party;
+use crate::pipeline::{HistorySink, catch_third_party};
 use crate::plan::FetchPlan;
 use crate::run::{HistoryPoint, HistoryRow, HistorySeries, RunHistory, seconds_to_micros};
 use crate::value::Value;
@@ -26,6 +32,16 @@ use crate::value::Value;
 use super::listing::restore_non_finite;
 
 const ROW_COLUMNS: [&str; 3] = ["_step", "_timestamp", "_runtime"];
+
+/// About the bytes a batch read from a history file takes as held (rows,
+/// series, points): a batch's rows are handed over whole, so this bounds
+/// what a chunk can overshoot by.
+pub const BATCH_BYTES: usize = 1 << 20;
+
+/// Rows of a batch: at least this many, whatever a row's size...
+const MIN_BATCH_ROWS: usize = 64;
+/// ...and at most this many.
+const MAX_BATCH_ROWS: usize = 65536;
 
 /// Builds a run's history in step order.
 pub struct HistoryBuilder<'p> {
@@ -64,8 +80,10 @@ impl<'p> HistoryBuilder<'p> {
         self.plan.wants_history_key(&key) || (is_struct && self.plan.selection.wants_prefix(&format!("history.{key}.")))
     }
 
-    /// Adds the rows of one exported Parquet file. Returns the rows added.
-    pub fn add_parquet(&mut self, file: Bytes) -> Result<usize, String> {
+    /// Adds the rows of one exported Parquet file (bytes, or a file on
+    /// disk), a batch at a time, handing the history to `sink` between
+    /// batches. Returns the rows added.
+    pub fn add_parquet<R: ChunkReader + 'static>(&mut self, file: R, sink: &mut HistorySink) -> Result<usize, String> {
         let file_len = file.len();
         let builder = catch_third_party(|| ParquetRecordBatchReaderBuilder::try_new(file))
             .map_err(|p| damaged(&p))?
@@ -79,8 +97,15 @@ impl<'p> HistoryBuilder<'p> {
             .filter(|(_, f)| self.wants_column(f.name(), matches!(f.data_type(), DataType::Struct(_))))
             .map(|(i, _)| i)
             .collect();
+        let row_bytes: usize = ROW_BYTES
+            + roots
+                .iter()
+                .map(|&i| schema.field(i))
+                .filter(|f| !ROW_COLUMNS.contains(&f.name().as_str()))
+                .map(held_bytes)
+                .sum::<usize>();
+        let rows = (BATCH_BYTES / row_bytes).clamp(MIN_BATCH_ROWS, MAX_BATCH_ROWS);
         let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
-        let rows = builder.metadata().file_metadata().num_rows().clamp(1, 65536) as usize;
         // parquet's reader and decoders may panic on damaged data that
         // runport's checks do not see: such a file is an error of this run,
         // not a crash. Only their calls are guarded; `add_batch` is
@@ -96,6 +121,8 @@ impl<'p> HistoryBuilder<'p> {
                 Err(p) => return Err(damaged(&p)),
             };
             added += self.add_batch(&batch)?;
+            drop(batch);
+            sink.flush_if_full(&mut self.history)?;
         }
         Ok(added)
     }
@@ -190,52 +217,66 @@ impl<'p> HistoryBuilder<'p> {
         }
     }
 
-    /// Adds live rows (JSON objects with `_step`) whose steps the files did
-    /// not hold: the live tail starts after the exported rows, and a row the
-    /// server has already exported is not added twice.
-    pub fn add_live_rows(&mut self, rows: &[serde_json::Value]) -> usize {
-        let exported_up_to = self.last_file_step;
-        let mut added = 0;
-        for r in rows {
-            let r = match r {
-                serde_json::Value::String(s) => match serde_json::from_str::<serde_json::Value>(s) {
-                    Ok(v) => v,
-                    Err(_) => match Value::parse(s) {
-                        Ok(v) => serde_json::from_str(&v.to_json()).unwrap_or(serde_json::Value::Null),
-                        Err(_) => continue,
-                    },
-                },
-                other => other.clone(),
-            };
-            let Some(obj) = r.as_object() else { continue };
-            let Some(step) = obj.get("_step").and_then(|s| s.as_f64()) else { continue };
-            let step = step as i64;
-            if exported_up_to.is_some_and(|last| step <= last) {
+    /// Adds a live row, given as the text of a JSON object with `_step`,
+    /// unless the files held its step: the live tail starts after the
+    /// exported rows, and a row the server has already exported is not
+    /// added twice. Returns whether it was added; the caller hands the
+    /// history to its sink between rows.
+    pub fn add_live_row(&mut self, text: &[u8]) -> bool {
+        let r = match serde_json::from_slice::<serde_json::Value>(text) {
+            Ok(r) => r,
+            // Bare NaN and infinities are not JSON.
+            Err(_) => match std::str::from_utf8(text).ok().and_then(|t| Value::parse(t).ok()) {
+                Some(v) => serde_json::from_str(&v.to_json()).unwrap_or(serde_json::Value::Null),
+                None => return false,
+            },
+        };
+        let Some(obj) = r.as_object() else { return false };
+        let Some(step) = obj.get("_step").and_then(|s| s.as_f64()) else { return false };
+        let step = step as i64;
+        if self.last_file_step.is_some_and(|last| step <= last) {
+            return false;
+        }
+        let row = self.history.rows.len() as u32;
+        self.history.rows.push(HistoryRow {
+            step,
+            timestamp: obj.get("_timestamp").and_then(|v| v.as_f64()).and_then(seconds_to_micros),
+            runtime_s: obj.get("_runtime").and_then(|v| v.as_f64()),
+        });
+        for (k, v) in obj {
+            if ROW_COLUMNS.contains(&k.as_str()) || v.is_null() {
                 continue;
             }
-            let row = self.history.rows.len() as u32;
-            self.history.rows.push(HistoryRow {
-                step,
-                timestamp: obj.get("_timestamp").and_then(|v| v.as_f64()).and_then(seconds_to_micros),
-                runtime_s: obj.get("_runtime").and_then(|v| v.as_f64()),
-            });
-            for (k, v) in obj {
-                if ROW_COLUMNS.contains(&k.as_str()) || v.is_null() {
-                    continue;
-                }
-                let mut key = String::new();
-                push_segment(&mut key, true, k);
-                let value = restore_non_finite(Value::parse(&v.to_string()).unwrap_or(Value::Null));
-                self.push(row, &key, value);
-            }
-            added += 1;
+            let mut key = String::new();
+            push_segment(&mut key, true, k);
+            let value = restore_non_finite(Value::parse(&v.to_string()).unwrap_or(Value::Null));
+            self.push(row, &key, value);
         }
-        added
+        true
+    }
+
+    /// The history so far (for the caller's sink between live rows).
+    pub fn history_mut(&mut self) -> &mut RunHistory {
+        &mut self.history
     }
 
     /// The history: exported rows in the server's order, then the live tail.
     pub fn finish(self) -> RunHistory {
         self.history
+    }
+}
+
+/// Bytes of a history row as held ([`HistoryRow`]).
+const ROW_BYTES: usize = std::mem::size_of::<HistoryRow>();
+
+/// About the bytes one cell of a file column takes as held: a float in a
+/// series, else points (a struct's leaves each), plus a string's text.
+fn held_bytes(field: &Field) -> usize {
+    match field.data_type() {
+        DataType::Float64 => std::mem::size_of::<f64>(),
+        DataType::Struct(children) => children.iter().map(|c| held_bytes(c)).sum::<usize>().max(1),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => std::mem::size_of::<HistoryPoint>() + 32,
+        _ => std::mem::size_of::<HistoryPoint>(),
     }
 }
 
@@ -263,7 +304,7 @@ fn damaged(panic: &str) -> String {
 /// Checks the row counts and that every column chunk lies inside the file:
 /// parquet's reader panics on a negative offset or size, and its sum of row
 /// counts overflows.
-fn check_chunks(meta: &ParquetMetaData, file_len: usize) -> Result<(), String> {
+fn check_chunks(meta: &ParquetMetaData, file_len: u64) -> Result<(), String> {
     let mut rows = 0i64;
     for (g, rg) in meta.row_groups().iter().enumerate() {
         rows = rows
@@ -276,7 +317,7 @@ fn check_chunks(meta: &ParquetMetaData, file_len: usize) -> Result<(), String> {
                 .ok()
                 .zip(u64::try_from(col.compressed_size()).ok())
                 .and_then(|(s, n)| s.checked_add(n))
-                .is_some_and(|end| end <= file_len as u64);
+                .is_some_and(|end| end <= file_len);
             if !inside {
                 return Err(format!(
                     "column {} of row group {g}: bytes {start}+{} outside the file ({file_len} bytes)",
@@ -337,12 +378,16 @@ mod tests {
     use crate::selection::Selection;
     use crate::sources::wandb_files::WANDB_IDENTITY_COLUMNS;
     use arrow_array::{Float64Array, Int64Array};
+    use bytes::Bytes;
     use parquet::arrow::ArrowWriter;
     use parquet::basic::{BrotliLevel, Compression, GzipLevel, ZstdLevel};
     use parquet::file::properties::WriterProperties;
 
     fn file(codec: Compression) -> Bytes {
-        let n = 3000;
+        file_of(codec, 3000)
+    }
+
+    fn file_of(codec: Compression, n: i64) -> Bytes {
         let batch = RecordBatch::try_from_iter([
             ("_step", Arc::new(Int64Array::from_iter_values(0..n)) as ArrayRef),
             (
@@ -386,7 +431,7 @@ mod tests {
             ("row counts overflow", &include_bytes!("../../../tests/fixtures/history-row-counts-overflow.parquet")[..]),
         ] {
             let mut b = HistoryBuilder::new(&plan);
-            let e = b.add_parquet(Bytes::from_static(data)).expect_err(name);
+            let e = b.add_parquet(Bytes::from_static(data), &mut HistorySink::whole()).expect_err(name);
             assert!(e.starts_with("history file: "), "{name}: {e}");
         }
     }
@@ -401,7 +446,7 @@ mod tests {
         let data = file(Compression::ZSTD(ZstdLevel::try_new(1).unwrap()));
         BUG_IN_ADD_BATCH.set(true);
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            HistoryBuilder::new(&plan).add_parquet(data.clone())
+            HistoryBuilder::new(&plan).add_parquet(data.clone(), &mut HistorySink::whole())
         }));
         BUG_IN_ADD_BATCH.set(false);
         match result {
@@ -409,7 +454,7 @@ mod tests {
             Ok(r) => panic!("a bug of add_batch became {r:?}"),
         }
         assert!(!crate::pipeline::in_third_party_code(), "the guard is left when a panic passes it");
-        assert_eq!(HistoryBuilder::new(&plan).add_parquet(data).unwrap(), 3000);
+        assert_eq!(HistoryBuilder::new(&plan).add_parquet(data, &mut HistorySink::whole()).unwrap(), 3000);
     }
 
     #[test]
@@ -417,7 +462,7 @@ mod tests {
         let plan = FetchPlan::new(Selection::all(), HistoryLayout::Long, WANDB_IDENTITY_COLUMNS);
         let read = |codec| {
             let mut b = HistoryBuilder::new(&plan);
-            assert_eq!(b.add_parquet(file(codec)).unwrap(), 3000, "{codec:?}");
+            assert_eq!(b.add_parquet(file(codec), &mut HistorySink::whole()).unwrap(), 3000, "{codec:?}");
             b.finish()
         };
         let ours = read(Compression::ZSTD(ZstdLevel::try_new(1).unwrap()));
@@ -432,5 +477,103 @@ mod tests {
         ] {
             assert_eq!(read(codec), ours, "{codec:?}");
         }
+    }
+
+    /// A file of 100,000 rows read from disk in chunks, then live rows (one
+    /// the file holds), gives the run the whole read gives: the same long
+    /// rows in the same order.
+    #[test]
+    fn a_file_and_live_rows_in_chunks_read_as_the_whole_run() {
+        use crate::output::history::long_schema;
+        use crate::output::runlength::expand_to_strings;
+        use crate::output::spill::SpillDir;
+        use crate::pipeline::{EncodedHistory, HistoryEncoding, HistoryTarget};
+        use crate::run::{RunData, RunIdentity};
+        use crate::sources::spooled::Spool;
+
+        let plan = FetchPlan::new(Selection::all(), HistoryLayout::Long, WANDB_IDENTITY_COLUMNS);
+        let data = file_of(Compression::ZSTD(ZstdLevel::try_new(1).unwrap()), 100_000);
+        let live: Vec<&[u8]> = vec![
+            br#"{"_step": 99999, "loss": 5}"#,
+            br#"{"_step": 100000, "_timestamp": 1.8e9, "loss": NaN, "acc": 0.5, "note": "x"}"#,
+            br#"{"_step": 100001, "loss": 0.25, "nest": {"a": 1}}"#,
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let spill = SpillDir::create(&dir.path().join("spill")).unwrap();
+        let read = |chunk_bytes: usize| {
+            let target = Arc::new(HistoryTarget {
+                encoding: HistoryEncoding::Long(long_schema()),
+                chunk_bytes,
+                spill: Some(Arc::clone(&spill)),
+            });
+            // The download as the source keeps it: in a temporary file past a chunk.
+            let mut spool = Spool::for_history(Some(&target), 0);
+            spool.write(&data).unwrap();
+            assert_eq!(spool.in_file(), chunk_bytes < data.len());
+            let mut sink = HistorySink::new(Some(Arc::clone(&target)), "r");
+            let mut b = HistoryBuilder::new(&plan);
+            let added = match spool.finish().unwrap() {
+                crate::sources::spooled::Spooled::Memory(bytes) => b.add_parquet(bytes, &mut sink),
+                crate::sources::spooled::Spooled::File { file, .. } => b.add_parquet(file, &mut sink),
+            };
+            assert_eq!(added.unwrap(), 100_000);
+            let added: Vec<bool> = live
+                .iter()
+                .map(|row| {
+                    let added = b.add_live_row(row);
+                    sink.flush_if_full(b.history_mut()).unwrap();
+                    added
+                })
+                .collect();
+            assert_eq!(added, [false, true, true], "a step the file holds is not added twice");
+            let chunks = sink.chunks();
+            let run = RunData { identity: RunIdentity::new("r"), history: Some(b.finish()), ..Default::default() };
+            let mut out = Vec::new();
+            match sink.finish(run).unwrap().history {
+                EncodedHistory::Batch(batch) => out.push(batch),
+                EncodedHistory::Spilled(s) => {
+                    s.replay(&long_schema(), &mut |b| {
+                        out.push(b.clone());
+                        Ok(())
+                    })
+                    .unwrap();
+                }
+                _ => panic!("no history"),
+            }
+            // Each column as one plain array (run-length columns as strings).
+            let columns: Vec<(String, ArrayRef)> = out[0]
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| {
+                    let parts: Vec<ArrayRef> = out
+                        .iter()
+                        .map(|b| {
+                            let c = b.column_by_name(f.name()).unwrap();
+                            match c.data_type() {
+                                DataType::RunEndEncoded(..) => expand_to_strings(c.as_ref()).unwrap(),
+                                _ => Arc::clone(c),
+                            }
+                        })
+                        .collect();
+                    let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
+                    (f.name().clone(), arrow_select::concat::concat(&refs).unwrap())
+                })
+                .collect();
+            (columns, chunks)
+        };
+        let (whole, chunks) = read(usize::MAX);
+        assert_eq!(chunks, 0);
+        assert_eq!(whole[0].1.len(), 2 * 100_000 - 100_000 / 5 + 5);
+        let (chunked, chunks) = read(64 << 10);
+        // 100,000 rows of 56 bytes held in batches of 1 MiB: six batches, a
+        // chunk each; the live rows fill no chunk of their own.
+        assert_eq!(chunks, 6);
+        assert!(spill.peak_bytes() > 0);
+        assert_eq!(whole.len(), chunked.len());
+        for ((name, a), (_, b)) in whole.iter().zip(&chunked) {
+            assert_eq!(a.to_data(), b.to_data(), "column {name}");
+        }
+        assert_eq!(std::fs::read_dir(spill.path()).map(|d| d.count()).unwrap_or(0), 0, "temporary files are removed");
     }
 }

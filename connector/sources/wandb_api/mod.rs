@@ -7,6 +7,10 @@
 //!   the exported Parquet files (downloaded without credentials, read with
 //!   only the selected columns) plus the live rows; `--samples N` asks for a
 //!   sampled history instead; without `parquetHistory`, history pages.
+//! - A run of any size takes bounded memory: a download, or the rows of
+//!   history pages, past a history chunk go to a temporary file as they
+//!   arrive ([`crate::sources::spooled`]); the CPU stage reads them back a
+//!   batch or a row at a time and hands the history over in chunks.
 //! - Every request goes through [`crate::http::Http`]: one retry policy,
 //!   an adaptive number of requests in flight.
 
@@ -19,7 +23,6 @@ mod source;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use serde_json::json;
 
 use crate::error::{Error, Result};
@@ -29,6 +32,7 @@ use crate::plan::FetchPlan;
 use crate::redact::redact;
 use crate::remote::{Listing, ListingError, RemoteSource};
 use crate::run::RunData;
+use crate::sources::spooled::{Spool, Spooled};
 
 use credentials::{ApiKey, KeySource, find_api_key};
 use history::HistoryBuilder;
@@ -246,10 +250,16 @@ impl WandbApi {
     }
 
     /// Fetches a run's selected history: raw material for the CPU stage.
-    pub async fn fetch_history(&self, plan: &FetchPlan, run: &ListedRun) -> Result<FetchedHistory, String> {
+    /// What passes a chunk of `target` waits in temporary files.
+    pub async fn fetch_history(
+        &self,
+        plan: &FetchPlan,
+        run: &ListedRun,
+        target: Option<&HistoryTarget>,
+    ) -> Result<FetchedHistory, String> {
         let name = &run.data.identity.run_id;
         if let Some(samples) = self.opts.samples {
-            return self.sampled(plan, run, samples).await;
+            return self.sampled(plan, run, samples, target).await;
         }
         let mut vars = self.base_vars();
         vars["name"] = name.clone().into();
@@ -261,7 +271,9 @@ impl WandbApi {
             Err(e) => return Err(e),
         };
         let Some(parquet) = parquet else {
-            return self.paged(run).await;
+            let mut rows = Spool::for_history(target, 0);
+            self.pages(run, 0, &mut rows).await?;
+            return Ok(FetchedHistory { files: Vec::new(), rows: finish(rows, &what)? });
         };
         let urls: Vec<String> = parquet
             .get("parquetUrls")
@@ -280,28 +292,50 @@ impl WandbApi {
             .filter_map(|r| r.get("_step").and_then(|s| s.as_f64()))
             .map(|f| f as i64)
             .min();
+        // The run's answers share one chunk of memory; the rest waits on disk.
         let mut files = Vec::with_capacity(urls.len());
+        let mut held = 0;
         for (i, u) in urls.iter().enumerate() {
-            files.push(self.download(&format!("history file {} of run {name}", i + 1), u).await?);
+            let file = self.download(&format!("history file {} of run {name}", i + 1), u, target, held).await?;
+            held += file.held();
+            files.push(file);
         }
-        let rows = match first_live {
-            Some(from) => self.pages(run, from).await?,
-            None => Vec::new(),
-        };
-        Ok(FetchedHistory { files, rows })
+        let mut rows = Spool::for_history(target, held);
+        if let Some(from) = first_live {
+            self.pages(run, from, &mut rows).await?;
+        }
+        Ok(FetchedHistory { files, rows: finish(rows, &what)? })
     }
 
-    /// Downloads a history file. No credentials: the URL may be another host.
-    async fn download(&self, what: &str, url: &str) -> Result<Bytes, String> {
+    /// Downloads a history file, to a temporary file as it arrives when it
+    /// passes what is left of a chunk of `target` (the run holds `held`
+    /// bytes in memory already). No credentials: the URL may be another host.
+    async fn download(
+        &self,
+        what: &str,
+        url: &str,
+        target: Option<&HistoryTarget>,
+        held: u64,
+    ) -> Result<Spooled, String> {
         let url = match reqwest::Url::parse(url) {
             Ok(u) => u,
             Err(_) => self.graphql_url.join(url).map_err(|e| format!("{what}: bad URL: {e}"))?,
         };
-        let resp = self.http.send(what, |c| c.get(url.clone())).await.map_err(|e| e.to_string())?;
-        Ok(resp.body)
+        let mut body = Spool::for_history(target, held);
+        self.http.send_to(what, |c| c.get(url.clone()), &mut body).await.map_err(|e| e.to_string())?;
+        finish(body, what)
     }
 
-    async fn sampled(&self, plan: &FetchPlan, run: &ListedRun, samples: usize) -> Result<FetchedHistory, String> {
+    /// A sampled history: one `sampledHistory` spec per selected key, each
+    /// answer at most `samples` rows (the server's limit on an answer bounds
+    /// it too), merged by step.
+    async fn sampled(
+        &self,
+        plan: &FetchPlan,
+        run: &ListedRun,
+        samples: usize,
+        target: Option<&HistoryTarget>,
+    ) -> Result<FetchedHistory, String> {
         let name = &run.data.identity.run_id;
         let keys: Vec<String> = run
             .history_keys
@@ -319,7 +353,8 @@ impl WandbApi {
         let mut vars = self.base_vars();
         vars["name"] = name.clone().into();
         vars["specs"] = json!(specs);
-        let data = self.graphql(&format!("sampled history of run {name}"), SAMPLED_HISTORY, vars).await?;
+        let what = format!("sampled history of run {name}");
+        let data = self.graphql(&what, SAMPLED_HISTORY, vars).await?;
         let lists = data.pointer("/project/run/sampledHistory").and_then(|s| s.as_array()).cloned().unwrap_or_default();
         let mut by_step: BTreeMap<i64, serde_json::Map<String, serde_json::Value>> = BTreeMap::new();
         for list in lists {
@@ -329,17 +364,18 @@ impl WandbApi {
                 by_step.entry(step as i64).or_default().extend(obj.clone());
             }
         }
-        Ok(FetchedHistory { files: Vec::new(), rows: by_step.into_values().map(serde_json::Value::Object).collect() })
-    }
-
-    /// History pages (`history(minStep, maxStep)`), for servers without parquetHistory.
-    async fn paged(&self, run: &ListedRun) -> Result<FetchedHistory, String> {
-        Ok(FetchedHistory { files: Vec::new(), rows: self.pages(run, 0).await? })
+        let mut rows = Spool::for_history(target, 0);
+        for row in by_step.into_values() {
+            rows.write_record(serde_json::Value::Object(row).to_string().as_bytes())
+                .map_err(|e| keep_error(&what, &e))?;
+        }
+        Ok(FetchedHistory { files: Vec::new(), rows: finish(rows, &what)? })
     }
 
     /// History rows from step `from` to the run's last step, a page at a
     /// time, in requests in proportion to the rows, not to the step range
     /// (steps counted in tokens are sparse: a run may log step 0, 1e6, 2e6).
+    /// Each row's text goes to `rows` as a record as its page arrives.
     ///
     /// A page asks for a step range and at most [`HISTORY_PAGE_SAMPLES`]
     /// rows; the server samples a range holding more, so a page that comes
@@ -350,11 +386,10 @@ impl WandbApi {
     /// is read, else spans everything left, so a small run takes one request. A
     /// single step holding a full page (only possible with repeated steps)
     /// cannot be read without sampling: the run fails.
-    async fn pages(&self, run: &ListedRun, from: i64) -> Result<Vec<serde_json::Value>, String> {
+    async fn pages(&self, run: &ListedRun, from: i64, rows: &mut Spool) -> Result<(), String> {
         let name = &run.data.identity.run_id;
         // Exclusive end: past the last step when the listing gave it.
         let end = run.last_step.map_or(i64::MAX / 2, |l| l.saturating_add(1));
-        let mut rows = Vec::new();
         let mut min = from;
         let left = end.saturating_sub(min).max(1);
         let mut span = match run.history_line_count {
@@ -372,7 +407,7 @@ impl WandbApi {
             vars["samples"] = HISTORY_PAGE_SAMPLES.into();
             let what = format!("history page of steps {min}..{max} of run {name}");
             let data = self.graphql(&what, HISTORY_PAGE, vars).await?;
-            let page = data.pointer("/project/run/history").and_then(|h| h.as_array()).cloned().unwrap_or_default();
+            let page = data.pointer("/project/run/history").and_then(|h| h.as_array()).map_or(&[][..], Vec::as_slice);
             let n = page.len() as i64;
             if n >= HISTORY_PAGE_SAMPLES {
                 if max - min <= 1 {
@@ -381,7 +416,13 @@ impl WandbApi {
                 span = (max - min) / 2;
                 continue;
             }
-            rows.extend(page);
+            for row in page {
+                let written = match row {
+                    serde_json::Value::String(text) => rows.write_record(text.as_bytes()),
+                    other => rows.write_record(other.to_string().as_bytes()),
+                };
+                written.map_err(|e| keep_error(&what, &e))?;
+            }
             let asked = max - min;
             min = max;
             span = if n == 0 {
@@ -391,7 +432,7 @@ impl WandbApi {
                 dense.clamp(1, i128::from(asked.saturating_mul(8))) as i64
             };
         }
-        Ok(rows)
+        Ok(())
     }
 }
 
@@ -428,13 +469,13 @@ impl RemoteSource for WandbApi {
         self: Arc<Self>,
         plan: Arc<FetchPlan>,
         listed: ListedRun,
-        _target: Option<Arc<HistoryTarget>>,
+        target: Option<Arc<HistoryTarget>>,
     ) -> Result<(RunData, FetchedHistory), String> {
         if !self.needs_history(&plan, &listed) {
             // No history request for this run; an empty history when history was asked.
             return Ok((listed.data, FetchedHistory::default()));
         }
-        let fetched = self.fetch_history(&plan, &listed).await?;
+        let fetched = self.fetch_history(&plan, &listed, target.as_deref()).await?;
         Ok((listed.data, fetched))
     }
 
@@ -442,31 +483,56 @@ impl RemoteSource for WandbApi {
         &self,
         plan: &FetchPlan,
         (mut data, fetched): (RunData, FetchedHistory),
-        _sink: &mut HistorySink,
+        sink: &mut HistorySink,
     ) -> Result<RunData, String> {
         if plan.history {
-            fetched.decode(plan, &mut data)?;
+            fetched.decode(plan, &mut data, sink)?;
         }
         Ok(data)
     }
 }
 
-/// A run's history as fetched: Parquet files and JSON rows.
-#[derive(Debug, Default)]
+/// A run's history as fetched: Parquet files and the texts of JSON rows
+/// (records), each in memory or in a temporary file.
+#[derive(Default)]
 pub struct FetchedHistory {
-    pub files: Vec<Bytes>,
-    pub rows: Vec<serde_json::Value>,
+    pub files: Vec<Spooled>,
+    pub rows: Spooled,
 }
 
 impl FetchedHistory {
-    /// CPU stage: decodes the files (selected columns only) and merges the rows.
-    pub fn decode(self, plan: &FetchPlan, run: &mut RunData) -> Result<(), String> {
+    /// CPU stage: decodes the files (selected columns only, a batch at a
+    /// time), then the rows, handing the history to `sink` in chunks; the
+    /// last chunk is left in `run.history`. A temporary file is removed as
+    /// soon as it is read.
+    pub fn decode(self, plan: &FetchPlan, run: &mut RunData, sink: &mut HistorySink) -> Result<(), String> {
         let mut b = HistoryBuilder::new(plan);
         for f in self.files {
-            b.add_parquet(f)?;
+            match f {
+                Spooled::Memory(bytes) => b.add_parquet(bytes, sink)?,
+                Spooled::File { file, kept, .. } => {
+                    let added = b.add_parquet(file, sink)?;
+                    drop(kept);
+                    added
+                }
+            };
         }
-        b.add_live_rows(&self.rows);
+        let mut rows = self.rows.records();
+        while let Some(row) = rows.next_record().map_err(|e| format!("history rows: cannot read them back: {e}"))? {
+            if b.add_live_row(row) {
+                sink.flush_if_full(b.history_mut())?;
+            }
+        }
         run.history = Some(b.finish());
         Ok(())
     }
+}
+
+/// What a spool holds, or an error naming the request.
+fn finish(spool: Spool, what: &str) -> Result<Spooled, String> {
+    spool.finish().map_err(|e| keep_error(what, &e))
+}
+
+fn keep_error(what: &str, e: &std::io::Error) -> String {
+    format!("{what}: cannot keep the answer in a temporary file: {e}")
 }
