@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 use std::fs;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use super::{MetricPoint, MlflowRun, RunView, parse_metric_value, status_name};
@@ -99,41 +100,64 @@ fn keyed_files(dir: &Path) -> Vec<(String, PathBuf)> {
     out
 }
 
-/// The points of one metric file, in file order.
-pub fn read_metric_file(path: &Path) -> Result<Vec<MetricPoint>, String> {
-    let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut out = Vec::new();
-    for (n, line) in text.lines().enumerate() {
+/// The points of one metric file, in file order, each handed to `each`:
+/// the file is read line by line, never whole.
+pub fn read_metric_file(path: &Path, mut each: impl FnMut(MetricPoint) -> Result<(), String>) -> Result<(), String> {
+    let file = fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut reader = BufReader::with_capacity(64 * 1024, file);
+    let mut buf = Vec::new();
+    for n in 1.. {
+        buf.clear();
+        if reader.read_until(b'\n', &mut buf).map_err(|e| format!("{} line {n}: {e}", path.display()))? == 0 {
+            break;
+        }
+        let line = std::str::from_utf8(&buf).map_err(|_| format!("{} line {n}: not UTF-8", path.display()))?;
+        let line = line.strip_suffix('\n').unwrap_or(line);
+        let line = line.strip_suffix('\r').unwrap_or(line);
         if line.trim().is_empty() {
             continue;
         }
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let bad = || format!("{} line {}: expected `timestamp value [step ...]`, got {line:?}", path.display(), n + 1);
-        if f.len() < 2 {
-            return Err(bad());
-        }
-        out.push(MetricPoint {
-            timestamp_ms: f[0].parse().map_err(|_| bad())?,
-            value: parse_metric_value(f[1]).ok_or_else(bad)?,
-            // As MLflow's own FileStore reader does: only 3-field lines carry
-            // a step; 2-field (legacy) and 5-field (with a dataset name and
-            // digest) lines read as step 0.
-            step: match (f.len(), f.get(2)) {
-                (3, Some(s)) => s.parse().map_err(|_| bad())?,
-                (2 | 5, _) => 0,
-                _ => return Err(bad()),
-            },
-        });
+        each(metric_line(line).ok_or_else(|| {
+            format!("{} line {n}: expected `timestamp value [step ...]`, got {line:?}", path.display())
+        })?)?;
     }
-    Ok(out)
+    Ok(())
+}
+
+/// One metric line: `timestamp value`, `timestamp value step` or
+/// `timestamp value step dataset digest`.
+fn metric_line(line: &str) -> Option<MetricPoint> {
+    let mut f = line.split_whitespace();
+    let (timestamp, value, step) = (f.next()?, f.next()?, f.next());
+    let rest = f.count();
+    Some(MetricPoint {
+        timestamp_ms: timestamp.parse().ok()?,
+        value: parse_metric_value(value)?,
+        // As MLflow's own FileStore reader does: only 3-field lines carry
+        // a step; 2-field (legacy) and 5-field (with a dataset name and
+        // digest) lines read as step 0.
+        step: match (step, rest) {
+            (Some(s), 0) => s.parse().ok()?,
+            (None, 0) | (Some(_), 2) => 0,
+            _ => return None,
+        },
+    })
 }
 
 /// The latest point as MLflow picks it: the greatest (step, timestamp, value).
-fn latest(points: &[MetricPoint]) -> Option<f64> {
-    points
-        .iter()
-        .max_by(|a, b| (a.step, a.timestamp_ms).cmp(&(b.step, b.timestamp_ms)).then(a.value.total_cmp(&b.value)))
-        .map(|p| p.value)
+fn later(a: MetricPoint, b: MetricPoint) -> MetricPoint {
+    let order = (a.step, a.timestamp_ms).cmp(&(b.step, b.timestamp_ms)).then(a.value.total_cmp(&b.value));
+    if order.is_lt() { b } else { a }
+}
+
+/// The latest value of a metric file, read line by line.
+fn latest(path: &Path) -> Result<Option<f64>, String> {
+    let mut latest: Option<MetricPoint> = None;
+    read_metric_file(path, |p| {
+        latest = Some(latest.map_or(p, |l| later(l, p)));
+        Ok(())
+    })?;
+    Ok(latest.map(|p| p.value))
 }
 
 /// A run of the store: its listing and where its metric files are.
@@ -173,7 +197,7 @@ pub fn list_runs(root: &Path, wanted: &[String], view: RunView) -> Result<Vec<St
             let metric_files = keyed_files(&dir.join("metrics"));
             let mut metrics = Vec::new();
             for (k, p) in &metric_files {
-                if let Some(v) = latest(&read_metric_file(p)?) {
+                if let Some(v) = latest(p)? {
                     metrics.push((k.clone(), v));
                 }
             }
@@ -225,15 +249,32 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("loss");
         fs::write(&p, "1000 0.5\n2000 nan 1\n3000 inf 2 train abc123\n4000 -inf 2\n").unwrap();
-        let pts = read_metric_file(&p).unwrap();
+        let read = |p: &Path| {
+            let mut pts = Vec::new();
+            read_metric_file(p, |x| {
+                pts.push(x);
+                Ok(())
+            })
+            .map(|_| pts)
+        };
+        let pts = read(&p).unwrap();
         assert_eq!(pts.len(), 4);
         assert_eq!((pts[0].step, pts[0].timestamp_ms, pts[0].value), (0, 1000, 0.5));
         assert!(pts[1].value.is_nan());
         assert_eq!((pts[2].step, pts[2].value), (0, f64::INFINITY), "5-field lines read as step 0, as MLflow does");
-        assert_eq!(latest(&pts), Some(f64::NEG_INFINITY), "greatest (step, timestamp)");
+        assert_eq!(latest(&p).unwrap(), Some(f64::NEG_INFINITY), "greatest (step, timestamp)");
         fs::write(&p, "1000 0.5 1 x\n").unwrap();
-        assert!(read_metric_file(&p).is_err(), "4 fields is not a metric line");
-        fs::write(&p, "oops\n").unwrap();
-        assert!(read_metric_file(&p).unwrap_err().contains("line 1"));
+        assert!(read(&p).is_err(), "4 fields is not a metric line");
+        fs::write(&p, "1000 0.5 1\r\n\n2000 0.25 2").unwrap();
+        let pts = read(&p).unwrap();
+        assert_eq!(
+            pts.iter().map(|p| (p.step, p.value)).collect::<Vec<_>>(),
+            [(1, 0.5), (2, 0.25)],
+            "CRLF, no last newline"
+        );
+        fs::write(&p, "1000 0.5\noops\n").unwrap();
+        assert!(read(&p).unwrap_err().contains("line 2"));
+        fs::write(&p, b"1000 0.5\n\xff 1\n").unwrap();
+        assert!(read(&p).unwrap_err().contains("line 2: not UTF-8"));
     }
 }

@@ -9,19 +9,21 @@
 //! layout, read only for the metric keys the selection needs.
 
 pub mod filestore;
+mod history;
 pub mod rest;
 mod source;
 pub mod sqlite;
 
+pub use history::MetricHistoryBuilder;
 pub use source::{MlflowConfig, MlflowLocation, REGISTRATION};
 
 use std::path::PathBuf;
 
+use crate::pipeline::HistorySink;
 use crate::run::IdentityKind::{Text, Timestamp};
-use crate::run::{HistoryRow, HistorySeries, IdentityColumn, RunData, RunHistory, RunIdentity};
+use crate::run::{IdentityColumn, RunData, RunIdentity};
 use crate::sources::RunColumns;
 use crate::value::Value;
-use arrow_array::Float64Array;
 
 /// Identity columns of MLflow sources, in output order.
 pub const MLFLOW_IDENTITY_COLUMNS: &[IdentityColumn] = &[
@@ -144,31 +146,30 @@ impl MlflowLocal {
         }
     }
 
-    /// Run `i` with the histories of its selected metric keys.
-    pub fn read_run(&self, i: usize, plan: &crate::plan::FetchPlan) -> Result<RunData, String> {
+    /// Run `i` with the histories of its selected metric keys, read in the
+    /// store's order and handed to `sink` in chunks.
+    pub fn read_run(&self, i: usize, plan: &crate::plan::FetchPlan, sink: &mut HistorySink) -> Result<RunData, String> {
         let stored = &self.runs[i];
-        let keys = history_keys(plan, &stored.run.metrics);
+        let mut keys = history_keys(plan, &stored.run.metrics);
+        keys.sort();
         let mut data = stored.run.clone().into_run_data(plan);
         if plan.history {
-            let mut series = match &self.store {
+            let mut history = MetricHistoryBuilder::new(sink);
+            match &self.store {
                 LocalStore::Sqlite(p) => {
                     let conn = sqlite::open(p)?;
-                    sqlite::histories(&conn, p, &stored.run.run_id, &keys)?
+                    sqlite::read_histories(&conn, p, &stored.run.run_id, &keys, &mut history)?;
                 }
-                LocalStore::FileStore(_) => keys
-                    .iter()
-                    .map(|k| {
-                        let path = stored.metric_files.iter().find(|(mk, _)| mk == k).map(|(_, p)| p);
-                        let points = match path {
-                            Some(p) => filestore::read_metric_file(p)?,
-                            None => Vec::new(),
-                        };
-                        Ok((k.clone(), points))
-                    })
-                    .collect::<Result<Vec<_>, String>>()?,
-            };
-            series.sort_by(|a, b| a.0.cmp(&b.0));
-            data.history = Some(history_from_series(series)?);
+                LocalStore::FileStore(_) => {
+                    for k in &keys {
+                        history.start_key(k)?;
+                        if let Some((_, path)) = stored.metric_files.iter().find(|(mk, _)| mk == k) {
+                            filestore::read_metric_file(path, |p| history.push(p))?;
+                        }
+                    }
+                }
+            }
+            data.history = Some(history.finish());
         }
         Ok(data)
     }
@@ -237,29 +238,6 @@ impl MlflowRun {
             warnings: Vec::new(),
         }
     }
-}
-
-/// Builds a run's history from per-key series (each in the store's order):
-/// a row per point, each key's values one series over its rows. Row and key
-/// indices are 32-bit: a run with more points than that is an error.
-pub fn history_from_series(series: Vec<(String, Vec<MetricPoint>)>) -> Result<RunHistory, String> {
-    let mut h = RunHistory::default();
-    for (key, points) in series {
-        let too_many = || format!("the run has more than {} metric points", u32::MAX);
-        let id = u32::try_from(h.keys.len()).map_err(|_| too_many())?;
-        // Every row index of this series, its last included, fits.
-        u32::try_from(h.rows.len() + points.len()).map_err(|_| too_many())?;
-        let first_row = h.rows.len() as u32;
-        h.keys.push(key);
-        h.rows.extend(points.iter().map(|p| HistoryRow {
-            step: p.step,
-            timestamp: p.timestamp_ms.checked_mul(1000),
-            runtime_s: None,
-        }));
-        let values = Float64Array::from_iter_values(points.iter().map(|p| p.value));
-        h.series.push(HistorySeries { key: id, first_row, values });
-    }
-    Ok(h)
 }
 
 /// The metric keys of a run whose history the plan selects.

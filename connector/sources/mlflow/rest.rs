@@ -13,23 +13,32 @@
 //! `metrics/get-history` is asked per (run, key), paged. Bulk requests are
 //! kept asked ahead of the runs being read (see `MlflowRest::ask_ahead`).
 //!
+//! A run's fetched points stay in memory up to one history chunk's worth
+//! (all its keys together); past that, each page of `get-history` goes to a
+//! temporary file in the spill folder as it arrives, and the decode stage
+//! reads the file back point by point, flushing chunks to the sink. Bulk
+//! answers hold fewer than [`BULK_MAX`] points and stay in memory.
+//!
 //! Auth as the official client: `MLFLOW_TRACKING_USERNAME` and
 //! `MLFLOW_TRACKING_PASSWORD` (Basic), or `MLFLOW_TRACKING_TOKEN` (Bearer).
 
 use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use serde_json::{Value as Json, json};
 
-use super::{MetricPoint, MlflowRun, RunView, history_from_series, history_keys, parse_metric_value};
+use super::{MetricHistoryBuilder, MetricPoint, MlflowRun, RunView, history_keys, parse_metric_value};
 use crate::error::{Error, Result};
 use crate::http::{Http, HttpError, RetryPolicy, build_client};
+use crate::output::spill::{SpillDir, SpillFile};
 use crate::pipeline::{HistorySink, HistoryTarget};
 use crate::plan::FetchPlan;
 use crate::redact::redact;
 use crate::remote::{Listing, ListingError, RemoteSource};
-use crate::run::RunData;
+use crate::run::{HistoryRow, RunData};
 use crate::sources::wandb_api::credentials::ApiKey;
 use crate::value::Value;
 
@@ -466,9 +475,11 @@ impl MlflowRest {
         Ok(Some(Mutex::new(per_run)))
     }
 
-    /// A metric's full history, paged (servers that ignore paging answer at once).
-    async fn metric_history(&self, run_id: &str, key: &str) -> Result<Vec<MetricPoint>, String> {
-        let mut out = Vec::new();
+    /// A metric's full history, paged (servers that ignore paging answer at
+    /// once); pages past the run's in-memory budget go to a temporary file.
+    async fn metric_history(&self, run_id: &str, key: &str, budget: &FetchBudget) -> Result<FetchedSeries, String> {
+        let what = format!("history of metric {key:?} of run {run_id}");
+        let mut series = PagedSeries::new(budget, &what);
         let mut token: Option<String> = None;
         loop {
             let mut q = vec![
@@ -479,17 +490,184 @@ impl MlflowRest {
             if let Some(t) = &token {
                 q.push(("page_token", t.clone()));
             }
-            let what = format!("history of metric {key:?} of run {run_id}");
-            let resp = self.call(&what, "metrics/get-history", &q, None).await?;
-            for m in resp.get("metrics").and_then(|m| m.as_array()).into_iter().flatten() {
-                out.push(metric_point(m).ok_or_else(|| format!("{what}: unreadable point {m}"))?);
-            }
-            match resp.get("next_page_token").and_then(|t| t.as_str()).filter(|t| !t.is_empty()) {
-                Some(t) if token.as_deref() != Some(t) => token = Some(t.to_string()),
+            let body = self.call_raw(&self.api, &what, "metrics/get-history", &q, None).await.map_err(|(_, e)| e)?;
+            let page: HistoryPage = if body.is_empty() {
+                HistoryPage::default()
+            } else {
+                serde_json::from_slice(&body)
+                    .map_err(|e| format!("{what}: the server answered with invalid JSON: {e}"))?
+            };
+            drop(body);
+            let points = page
+                .metrics
+                .iter()
+                .map(|m| m.point().ok_or_else(|| format!("{what}: unreadable point {m:?}")))
+                .collect::<Result<Vec<_>, _>>()?;
+            series.add(points)?;
+            match page.next_page_token.filter(|t| !t.is_empty()) {
+                Some(t) if token.as_deref() != Some(t.as_str()) => token = Some(t),
                 _ => break,
             }
         }
-        Ok(out)
+        series.finish()
+    }
+}
+
+/// One `get-history` page, read straight into its points (no JSON tree).
+#[derive(Default, serde::Deserialize)]
+struct HistoryPage {
+    #[serde(default)]
+    metrics: Vec<PagePoint>,
+    #[serde(default)]
+    next_page_token: Option<String>,
+}
+
+/// A point of a `get-history` page: numbers, or strings such as `"NaN"`.
+#[derive(Debug, serde::Deserialize)]
+struct PagePoint {
+    value: Option<Json>,
+    timestamp: Option<Json>,
+    step: Option<Json>,
+}
+
+impl PagePoint {
+    fn point(&self) -> Option<MetricPoint> {
+        Some(MetricPoint {
+            value: metric_value(self.value.as_ref()?)?,
+            timestamp_ms: int(self.timestamp.as_ref()).unwrap_or(0),
+            step: int(self.step.as_ref()).unwrap_or(0),
+        })
+    }
+}
+
+/// Bytes a point stands for in a history chunk: its row and its value.
+const CHUNK_BYTES_PER_POINT: usize = std::mem::size_of::<HistoryRow>() + std::mem::size_of::<f64>();
+/// Bytes of a point in a temporary file: step, timestamp (ms) and the
+/// value's bits, each 8 bytes little-endian.
+const FILE_POINT_BYTES: usize = 24;
+
+/// How many of a run's fetched points may stay in memory (one history
+/// chunk's worth, all keys together), and where the others go.
+struct FetchBudget {
+    spill: Option<Arc<SpillDir>>,
+    max_points: usize,
+    held: AtomicUsize,
+}
+
+impl FetchBudget {
+    /// With no spill folder (no history target, or the wide layout's first
+    /// pass, which keeps no rows), everything stays in memory.
+    fn new(target: Option<&HistoryTarget>) -> FetchBudget {
+        let spill = target.and_then(|t| t.spill.clone());
+        let max_points = target.map_or(usize::MAX, |t| t.chunk_bytes / CHUNK_BYTES_PER_POINT);
+        FetchBudget { spill, max_points, held: AtomicUsize::new(0) }
+    }
+
+    /// Takes `n` more points into memory, or says they must go to a file.
+    fn take(&self, n: usize) -> bool {
+        if self.spill.is_none() {
+            return true;
+        }
+        let before = self.held.fetch_add(n, Ordering::Relaxed);
+        if before + n <= self.max_points {
+            return true;
+        }
+        self.held.fetch_sub(n, Ordering::Relaxed);
+        false
+    }
+
+    fn release(&self, n: usize) {
+        if self.spill.is_some() {
+            self.held.fetch_sub(n, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A metric's history as fetched: in memory, or in a temporary file.
+pub enum FetchedSeries {
+    Memory(Vec<MetricPoint>),
+    File { file: SpillFile, points: u64 },
+}
+
+impl FetchedSeries {
+    /// Hands every point to `out`, in the order fetched.
+    fn read_into(self, what: &str, out: &mut MetricHistoryBuilder<'_>) -> Result<(), String> {
+        match self {
+            FetchedSeries::Memory(points) => points.into_iter().try_for_each(|p| out.push(p)),
+            FetchedSeries::File { file, points } => {
+                let failed = |e: std::io::Error| format!("{what}: reading {}: {e}", file.path().display());
+                let mut reader = BufReader::with_capacity(256 * 1024, File::open(file.path()).map_err(failed)?);
+                let mut buf = [0u8; FILE_POINT_BYTES];
+                for _ in 0..points {
+                    reader.read_exact(&mut buf).map_err(failed)?;
+                    let field = |i: usize| {
+                        u64::from_le_bytes(buf[i * 8..i * 8 + 8].try_into().expect("invariant: 8 of 24 bytes"))
+                    };
+                    out.push(MetricPoint {
+                        step: field(0) as i64,
+                        timestamp_ms: field(1) as i64,
+                        value: f64::from_bits(field(2)),
+                    })?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A metric's pages as they arrive: in memory while the run's budget lasts,
+/// then (those already held included) in a temporary file.
+struct PagedSeries<'b> {
+    budget: &'b FetchBudget,
+    what: &'b str,
+    memory: Vec<MetricPoint>,
+    file: Option<(BufWriter<File>, SpillFile, u64)>,
+}
+
+impl<'b> PagedSeries<'b> {
+    fn new(budget: &'b FetchBudget, what: &'b str) -> PagedSeries<'b> {
+        PagedSeries { budget, what, memory: Vec::new(), file: None }
+    }
+
+    fn add(&mut self, page: Vec<MetricPoint>) -> Result<(), String> {
+        if self.file.is_none() {
+            if self.budget.take(page.len()) {
+                self.memory.extend(page);
+                return Ok(());
+            }
+            let dir = self.budget.spill.as_ref().expect("invariant: the budget spills only with a spill folder");
+            let (file, spill) = dir.temp_file().map_err(|e| format!("{}: {e}", self.what))?;
+            self.file = Some((BufWriter::with_capacity(256 * 1024, file), spill, 0));
+            let held = std::mem::take(&mut self.memory);
+            self.budget.release(held.len());
+            self.write(&held)?;
+        }
+        self.write(&page)
+    }
+
+    fn write(&mut self, points: &[MetricPoint]) -> Result<(), String> {
+        let (writer, spill, written) = self.file.as_mut().expect("invariant: writing to the file once it exists");
+        let failed = |e: std::io::Error| format!("{}: writing {}: {e}", self.what, spill.path().display());
+        for p in points {
+            let mut buf = [0u8; FILE_POINT_BYTES];
+            buf[..8].copy_from_slice(&p.step.to_le_bytes());
+            buf[8..16].copy_from_slice(&p.timestamp_ms.to_le_bytes());
+            buf[16..].copy_from_slice(&p.value.to_bits().to_le_bytes());
+            writer.write_all(&buf).map_err(failed)?;
+        }
+        *written += points.len() as u64;
+        spill.holds(*written * FILE_POINT_BYTES as u64);
+        Ok(())
+    }
+
+    fn finish(self) -> Result<FetchedSeries, String> {
+        match self.file {
+            None => Ok(FetchedSeries::Memory(self.memory)),
+            Some((writer, file, points)) => {
+                writer.into_inner().map_err(|e| format!("{}: writing {}: {e}", self.what, file.path().display()))?;
+                Ok(FetchedSeries::File { file, points })
+            }
+        }
     }
 }
 
@@ -507,14 +685,6 @@ fn int(v: Option<&Json>) -> Option<i64> {
         Json::String(s) => s.parse().ok(),
         _ => None,
     }
-}
-
-fn metric_point(m: &Json) -> Option<MetricPoint> {
-    Some(MetricPoint {
-        value: metric_value(m.get("value")?)?,
-        timestamp_ms: int(m.get("timestamp")).unwrap_or(0),
-        step: int(m.get("step")).unwrap_or(0),
-    })
 }
 
 /// The points a run's selected histories are expected to hold: its largest
@@ -612,7 +782,7 @@ pub fn parse_run(r: &Json, experiment_names: &HashMap<&str, &str>) -> MlflowRun 
 
 impl RemoteSource for MlflowRest {
     type Listed = MlflowRun;
-    type Fetched = (MlflowRun, Vec<(String, Vec<MetricPoint>)>);
+    type Fetched = (MlflowRun, Vec<(String, FetchedSeries)>);
 
     async fn list(self: Arc<Self>, plan: Arc<FetchPlan>) -> Listing<MlflowRun> {
         let (runs, expected, cut) = self.list_runs().await;
@@ -628,16 +798,17 @@ impl RemoteSource for MlflowRest {
         self: Arc<Self>,
         plan: Arc<FetchPlan>,
         run: MlflowRun,
-        _target: Option<Arc<HistoryTarget>>,
+        target: Option<Arc<HistoryTarget>>,
     ) -> Result<Self::Fetched, String> {
         let mut named = Vec::new();
         if plan.history {
             self.prefetch_next_groups(&run.run_id);
             let keys = history_keys(&plan, &run.metrics);
+            let budget = FetchBudget::new(target.as_deref());
             let fetches = keys.iter().map(|k| async {
                 match self.bulk_history(&run.run_id, k).await? {
-                    Some(points) => Ok(points),
-                    None => self.metric_history(&run.run_id, k).await,
+                    Some(points) => Ok(FetchedSeries::Memory(points)),
+                    None => self.metric_history(&run.run_id, k, &budget).await,
                 }
             });
             let series = futures_util::future::try_join_all(fetches).await?;
@@ -650,12 +821,18 @@ impl RemoteSource for MlflowRest {
         &self,
         plan: &FetchPlan,
         (run, mut named): Self::Fetched,
-        _sink: &mut HistorySink,
+        sink: &mut HistorySink,
     ) -> Result<RunData, String> {
+        let run_id = run.run_id.clone();
         let mut data = run.into_run_data(plan);
         if plan.history {
             named.sort_by(|a, b| a.0.cmp(&b.0));
-            data.history = Some(history_from_series(named)?);
+            let mut history = MetricHistoryBuilder::new(sink);
+            for (key, series) in named {
+                history.start_key(&key)?;
+                series.read_into(&format!("history of metric {key:?} of run {run_id}"), &mut history)?;
+            }
+            data.history = Some(history.finish());
         }
         Ok(data)
     }

@@ -174,9 +174,9 @@ impl LocalRuns for MlflowLocal {
         i: usize,
         plan: &FetchPlan,
         _counts: &mut RecordCounts,
-        _sink: &mut HistorySink,
+        sink: &mut HistorySink,
     ) -> Result<RunData, String> {
-        self.read_run(i, plan)
+        self.read_run(i, plan, sink)
     }
 
     fn describe_plan(&self, plan: &FetchPlan) -> serde_json::Value {

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags, params};
 
-use super::{MetricPoint, MlflowRun, RunView};
+use super::{MetricHistoryBuilder, MetricPoint, MlflowRun, RunView};
 
 /// Opens the database read-only.
 pub fn open(path: &Path) -> Result<Connection, String> {
@@ -152,13 +152,18 @@ pub fn list_runs(path: &Path, experiments: &[String], view: RunView) -> Result<V
 /// MLflow's index of the metrics table by (run_uuid, key, step).
 const RUN_KEY_INDEX: &str = "index_metrics_run_uuid_key_step";
 
-/// The histories of `keys` of one run, per key in (step, timestamp) order.
-pub fn histories(
+/// The histories of `keys` of one run, key after key (in the order given),
+/// each in (step, timestamp, value) order: the rows are read from SQLite
+/// one at a time and handed to `out`, which flushes them in chunks. The
+/// index on (run_uuid, key, step) yields a key's points in step order, so
+/// SQLite sorts only the points of one step at a time by timestamp and value.
+pub fn read_histories(
     conn: &Connection,
     path: &Path,
     run_id: &str,
     keys: &[String],
-) -> Result<Vec<(String, Vec<MetricPoint>)>, String> {
+    out: &mut MetricHistoryBuilder<'_>,
+) -> Result<(), String> {
     let e = err(path);
     // MLflow's schema indexes (run_uuid, key, step), but without statistics
     // (ANALYZE) recent SQLite versions prefer the primary key, which starts
@@ -172,27 +177,26 @@ pub fn histories(
         if indexed { format!("INDEXED BY {RUN_KEY_INDEX}") } else { String::new() }
     );
     let mut st = conn.prepare_cached(&query).map_err(&e)?;
-    let mut out = Vec::with_capacity(keys.len());
     for key in keys {
-        let rows = st
-            .query_map(params![run_id, key], |r| {
-                let nan: bool = r.get(3)?;
-                Ok(MetricPoint {
-                    value: if nan { f64::NAN } else { r.get(0)? },
-                    timestamp_ms: r.get(1)?,
-                    step: r.get(2)?,
-                })
-            })
-            .map_err(&e)?;
-        let points = rows.collect::<Result<Vec<_>, _>>().map_err(&e)?;
-        out.push((key.clone(), points));
+        let what = |e: rusqlite::Error| format!("{}: history of metric {key:?} of run {run_id}: {e}", path.display());
+        out.start_key(key)?;
+        let mut rows = st.query(params![run_id, key]).map_err(what)?;
+        while let Some(r) = rows.next().map_err(what)? {
+            let nan: bool = r.get(3).map_err(what)?;
+            out.push(MetricPoint {
+                value: if nan { f64::NAN } else { r.get(0).map_err(what)? },
+                timestamp_ms: r.get(1).map_err(what)?,
+                step: r.get(2).map_err(what)?,
+            })?;
+        }
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::HistorySink;
 
     #[test]
     fn histories_with_and_without_the_run_key_index() {
@@ -209,13 +213,18 @@ mod tests {
             if indexed {
                 conn.execute_batch(&format!("CREATE INDEX {RUN_KEY_INDEX} ON metrics (run_uuid, key, step)")).unwrap();
             }
-            let got =
-                histories(&conn, Path::new("mlflow.db"), "r1", &["loss".to_string(), "none".to_string()]).unwrap();
-            assert_eq!(got.len(), 2);
-            let loss: Vec<(i64, i64)> = got[0].1.iter().map(|p| (p.step, p.timestamp_ms)).collect();
-            assert_eq!((got[0].0.as_str(), loss), ("loss", vec![(0, 10), (1, 20), (2, 30)]));
-            assert!(got[0].1[2].value.is_nan(), "is_nan rows read as NaN");
-            assert!(got[1].1.is_empty());
+            let mut sink = HistorySink::whole();
+            let mut out = MetricHistoryBuilder::new(&mut sink);
+            let keys = ["loss".to_string(), "none".to_string()];
+            read_histories(&conn, Path::new("mlflow.db"), "r1", &keys, &mut out).unwrap();
+            let h = out.finish();
+            assert_eq!(h.keys, keys);
+            let loss: Vec<(i64, Option<i64>)> = h.rows.iter().map(|r| (r.step, r.timestamp)).collect();
+            assert_eq!(loss, vec![(0, Some(10_000)), (1, Some(20_000)), (2, Some(30_000))]);
+            assert_eq!(h.series.len(), 1, "no points of `none`");
+            let values = &h.series[0].values;
+            assert_eq!((values.value(0), values.value(1)), (1.0, 2.0));
+            assert!(values.value(2).is_nan(), "is_nan rows read as NaN");
         }
     }
 
