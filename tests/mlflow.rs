@@ -359,3 +359,136 @@ fn options_of_other_sources_are_usage_errors_its_own_are_applied_and_concurrency
         assert_eq!(planned_concurrency(&stdout), concurrency, "{kind}: default concurrency");
     }
 }
+
+/// The large run of the memory tests: 200,000 points over 4 keys (steps in
+/// order, repeated, out of order, restarted; a NaN now and then). With
+/// `--memory-limit 16MiB` a history chunk is 1 MiB, about 22,000 points:
+/// the run spills in some ten chunks, and held whole it would take about
+/// 200,000 x (24 bytes fetched or read + 48 as history rows + 40 in the
+/// Arrow batch) = 22 MiB more than in chunks.
+const LARGE_POINTS: u64 = 200_000;
+const LARGE_KEYS: u32 = 4;
+
+fn large_run() -> &'static LargeMlflowRun {
+    static RUN: OnceLock<LargeMlflowRun> = OnceLock::new();
+    RUN.get_or_init(|| mlflow_large_run(LARGE_POINTS, LARGE_KEYS))
+}
+
+/// Every Parquet file of a dataset (by path), its columns read back and joined.
+fn dataset_columns(dir: &Path) -> Vec<(String, Vec<(String, arrow_array::ArrayRef)>)> {
+    let mut files: Vec<PathBuf> =
+        walk_files(dir).into_iter().filter(|p| p.extension().is_some_and(|x| x == "parquet")).collect();
+    files.sort();
+    files
+        .iter()
+        .map(|p| {
+            let (names, batches) = read_parquet(p);
+            let columns = names
+                .iter()
+                .enumerate()
+                .map(|(i, name)| {
+                    let parts: Vec<&dyn arrow_array::Array> = batches.iter().map(|b| b.column(i).as_ref()).collect();
+                    (name.clone(), arrow_select::concat::concat(&parts).expect("columns of one type"))
+                })
+                .collect();
+            (p.strip_prefix(dir).expect("under the dataset").display().to_string(), columns)
+        })
+        .collect()
+}
+
+/// Exports `source` with `--memory-limit limit` into a folder of its own
+/// (the spill folder is made beside the dataset); returns the summary, the
+/// peak RSS in KiB and the folder.
+fn export_with_limit(source: &str, limit: &str) -> (serde_json::Value, u64, tempfile::TempDir) {
+    let dir = tempdir();
+    let out = dir.path().join("dataset");
+    let mut cmd = runport();
+    cmd.args(["export", source, "--experiment", "runport-large", "--json", "--memory-limit", limit, "-o"]).arg(&out);
+    let (o, peak_kib) = run_with_peak_rss(&mut cmd);
+    let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert_eq!(o.status.code(), Some(0), "export {source} --memory-limit {limit}\n{stdout}\n{stderr}");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(left, ["dataset"], "--memory-limit {limit}: only the dataset is left beside it, no spill folder");
+    (last_json_line(&stdout), peak_kib, dir)
+}
+
+/// A large run exported within 16 MiB (spilled) and with no limit to speak
+/// of (held whole): the same dataset, every column and row order included;
+/// spill bytes only in the first; no spill folder left; and a peak RSS
+/// within the process's fixed cost plus twice the budget, below the
+/// whole run's.
+fn large_run_streams_within_the_budget(source: &str, in_flight_kib: u64) {
+    let (fixed, fixed_kib, _) = {
+        // The process's own cost (binary, runtime, listing, writers): the
+        // same export without history.
+        let dir = tempdir();
+        let out = dir.path().join("dataset");
+        let mut cmd = runport();
+        cmd.args(["export", source, "--experiment", "runport-large", "--json", "--history", "none", "-o"]).arg(&out);
+        let (o, kib) = run_with_peak_rss(&mut cmd);
+        assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+        (last_json_line(&String::from_utf8_lossy(&o.stdout)), kib, dir)
+    };
+    assert_eq!(fixed["runs"], 1, "{fixed}");
+    let (whole, whole_kib, whole_dir) = export_with_limit(source, "64GiB");
+    let (spilled, spilled_kib, spilled_dir) = export_with_limit(source, "16MiB");
+    eprintln!(
+        "{source}: peak RSS {fixed_kib} KiB without history, {whole_kib} KiB held whole, {spilled_kib} KiB within \
+         16MiB; spill bytes {}",
+        spilled["spill_bytes"]
+    );
+    assert_eq!(whole["rows"]["history"], LARGE_POINTS, "{whole}");
+    assert_eq!(spilled["rows"]["history"], LARGE_POINTS, "{spilled}");
+    assert_eq!(whole["spill_bytes"], 0, "nothing spills under 64GiB: {whole}");
+    assert!(spilled["spill_bytes"].as_u64().is_some_and(|b| b > 0), "the run spills under 16MiB: {spilled}");
+    let (a, b) =
+        (dataset_columns(&whole_dir.path().join("dataset")), dataset_columns(&spilled_dir.path().join("dataset")));
+    let files =
+        |d: &[(String, Vec<(String, arrow_array::ArrayRef)>)]| d.iter().map(|f| f.0.clone()).collect::<Vec<_>>();
+    assert_eq!(files(&a), files(&b), "the same files");
+    assert!(files(&a).iter().any(|f| f.starts_with("history/")), "{:?}", files(&a));
+    for ((file, whole), (_, spilled)) in a.iter().zip(&b) {
+        let names = |c: &[(String, arrow_array::ArrayRef)]| c.iter().map(|c| c.0.clone()).collect::<Vec<_>>();
+        assert_eq!(names(whole), names(spilled), "{file}: the same columns");
+        for ((name, w), (_, s)) in whole.iter().zip(spilled) {
+            assert!(w.as_ref() == s.as_ref(), "{file}: column {name} differs between the whole and the spilled export");
+        }
+    }
+    // Held in chunks, the run adds at most the budget to the process's own
+    // cost, as much again for the history file's writer, whose row groups
+    // (up to 1Mi rows) do not follow --memory-limit, and the answers in
+    // flight; held whole, it takes more than in chunks.
+    let bound = fixed_kib + 2 * 16 * 1024 + in_flight_kib;
+    assert!(
+        spilled_kib <= bound,
+        "peak RSS {spilled_kib} KiB within 16MiB, above {bound} KiB ({fixed_kib} KiB without history)"
+    );
+    assert!(spilled_kib < whole_kib, "peak RSS {spilled_kib} KiB within 16MiB, {whole_kib} KiB held whole");
+}
+
+#[test]
+fn large_sqlite_run_streams_within_the_memory_budget() {
+    let run = large_run();
+    large_run_streams_within_the_budget(&format!("sqlite:///{}", run.db.display()), 0);
+}
+
+#[test]
+fn large_mlruns_run_streams_within_the_memory_budget() {
+    let run = large_run();
+    large_run_streams_within_the_budget(run.mlruns.to_str().expect("test paths are UTF-8"), 0);
+}
+
+/// The large run served by a real `mlflow server` (on a copy of the sqlite
+/// store the official client wrote): `get-history` pages of 25,000 points,
+/// spilled to a temporary file past the run's chunk.
+#[test]
+fn large_rest_run_streams_within_the_memory_budget() {
+    let run = large_run();
+    let dir = tempdir();
+    let db = dir.path().join("mlflow.db");
+    std::fs::copy(&run.db, &db).expect("copy the large run's store");
+    let server = MlflowServer::start(&db, false);
+    // Each key's pages are asked at once: 4 answers of 25,000 points in
+    // flight, each about 2.5 MB of JSON and 0.6 MB of points (4 MiB allowed).
+    large_run_streams_within_the_budget(&server.source(), LARGE_KEYS as u64 * 4 * 1024);
+}

@@ -110,18 +110,32 @@ pub fn wandb_runs(set: &str) -> PathBuf {
     let reqs = fs::read(testbed_dir().join("requirements.txt")).expect("read requirements");
     let key = fnv(&[&source, &reqs, set.as_bytes()]);
     let dir = target_dir().join("testbed-data").join(format!("wandb-{set}-{key:016x}"));
+    cached_data(&dir, &format!("testbed-data-{set}"), || {
+        eprintln!("test bed: writing W&B runs ({set}) into {} (first run only)", dir.display());
+        write_wandb_runs(&dir, set)
+    });
+    dir
+}
+
+/// Test data in `dir`, made by `make` (into the empty folder) unless a
+/// complete copy is there; one process makes it while the others wait.
+fn cached_data(dir: &Path, lock_name: &str, make: impl FnOnce()) {
     let done = dir.join(".complete");
     if done.exists() {
-        return dir;
+        return;
     }
     python();
-    let _guard = lock(&format!("testbed-data-{set}"));
+    let _guard = lock(lock_name);
     if done.exists() {
-        return dir;
+        return;
     }
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).expect("create test data dir");
-    eprintln!("test bed: writing W&B runs ({set}) into {} (first run only)", dir.display());
+    let _ = fs::remove_dir_all(dir);
+    fs::create_dir_all(dir).expect("create test data dir");
+    make();
+    fs::write(&done, b"").expect("write data marker");
+}
+
+fn write_wandb_runs(dir: &Path, set: &str) {
     testbed_script(
         "make_wandb_runs.py",
         &["--out".as_ref(), dir.as_os_str(), "--set".as_ref(), set.as_ref(), "--jobs".as_ref(), "2".as_ref()],
@@ -134,12 +148,10 @@ pub fn wandb_runs(set: &str) -> PathBuf {
             std::thread::sleep(std::time::Duration::from_secs(3));
         }
         let past = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
-        for p in wandb_logs(&dir) {
+        for p in wandb_logs(dir) {
             File::options().write(true).open(&p).and_then(|f| f.set_modified(past)).expect("set test data mtime");
         }
     }
-    fs::write(&done, b"").expect("write data marker");
-    dir
 }
 
 /// The scenario table `make_wandb_runs.py` writes next to the runs.
@@ -419,6 +431,56 @@ impl Drop for MlflowServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// One MLflow run with a long metric history (`mlflow_large_run.py`: `points`
+/// points over `keys` keys), logged by the official client into a sqlite
+/// store and into a FileStore at once, cached under `target/testbed-data/`
+/// and made again when the script changes.
+pub struct LargeMlflowRun {
+    /// `mlflow.db`, for `sqlite:///` (and a server started on a copy).
+    pub db: PathBuf,
+    /// The FileStore's `mlruns/` folder.
+    pub mlruns: PathBuf,
+}
+
+pub fn mlflow_large_run(points: u64, keys: u32) -> LargeMlflowRun {
+    let script = testbed_dir().join("mlflow_large_run.py");
+    let source = fs::read(&script).expect("read tests/testbed/mlflow_large_run.py");
+    let reqs = fs::read(testbed_dir().join("requirements.txt")).expect("read requirements");
+    let shape = format!("{points}x{keys}");
+    let key = fnv(&[&source, &reqs, shape.as_bytes()]);
+    let dir = target_dir().join("testbed-data").join(format!("mlflow-large-{shape}-{key:016x}"));
+    let run = LargeMlflowRun { db: dir.join("mlflow.db"), mlruns: dir.join("mlruns") };
+    cached_data(&dir, &format!("testbed-data-mlflow-large-{shape}"), || {
+        eprintln!("test bed: logging an MLflow run of {shape} points into {} (first run only)", dir.display());
+        let uris = [format!("sqlite:///{}", run.db.display()), format!("file://{}", run.mlruns.display())];
+        // Both stores at once: one process each.
+        let children: Vec<_> = uris
+            .iter()
+            .map(|uri| {
+                let mut cmd = Command::new(python());
+                cmd.arg(&script)
+                    .args(["--tracking-uri", uri, "--points", &points.to_string(), "--keys", &keys.to_string()])
+                    .current_dir(&dir)
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped());
+                (uri, cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", script.display())))
+            })
+            .collect();
+        for (uri, child) in children {
+            let out = child.wait_with_output().expect("wait for mlflow_large_run.py");
+            assert!(
+                out.status.success(),
+                "mlflow_large_run.py --tracking-uri {uri} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            eprintln!("test bed: {}", String::from_utf8_lossy(&out.stdout).trim());
+        }
+    });
+    run
 }
 
 /// Every file under `dir`, recursively.

@@ -498,12 +498,7 @@ impl MlflowRest {
                     .map_err(|e| format!("{what}: the server answered with invalid JSON: {e}"))?
             };
             drop(body);
-            let points = page
-                .metrics
-                .iter()
-                .map(|m| m.point().ok_or_else(|| format!("{what}: unreadable point {m:?}")))
-                .collect::<Result<Vec<_>, _>>()?;
-            series.add(points)?;
+            series.add(page.metrics.into_iter().map(|p| p.0).collect())?;
             match page.next_page_token.filter(|t| !t.is_empty()) {
                 Some(t) if token.as_deref() != Some(t.as_str()) => token = Some(t),
                 _ => break,
@@ -522,21 +517,42 @@ struct HistoryPage {
     next_page_token: Option<String>,
 }
 
-/// A point of a `get-history` page: numbers, or strings such as `"NaN"`.
-#[derive(Debug, serde::Deserialize)]
-struct PagePoint {
-    value: Option<Json>,
-    timestamp: Option<Json>,
-    step: Option<Json>,
-}
+/// A point of a `get-history` page, read straight into a [`MetricPoint`]:
+/// numbers, or strings such as `"NaN"`; a missing timestamp or step is 0.
+struct PagePoint(MetricPoint);
 
-impl PagePoint {
-    fn point(&self) -> Option<MetricPoint> {
-        Some(MetricPoint {
-            value: metric_value(self.value.as_ref()?)?,
-            timestamp_ms: int(self.timestamp.as_ref()).unwrap_or(0),
-            step: int(self.step.as_ref()).unwrap_or(0),
-        })
+impl<'de> serde::Deserialize<'de> for PagePoint {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<PagePoint, D::Error> {
+        #[derive(serde::Deserialize)]
+        struct Fields {
+            value: Scalar,
+            #[serde(default)]
+            timestamp: Option<Scalar>,
+            #[serde(default)]
+            step: Option<Scalar>,
+        }
+        /// A number or a string, as the server writes metric fields.
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Scalar {
+            Int(i64),
+            Float(f64),
+            Text(String),
+        }
+        let f = Fields::deserialize(d)?;
+        let value = match f.value {
+            Scalar::Int(i) => i as f64,
+            Scalar::Float(v) => v,
+            Scalar::Text(t) => parse_metric_value(&t)
+                .ok_or_else(|| serde::de::Error::custom(format!("unreadable metric value {t:?}")))?,
+        };
+        // As `int` reads them: whole numbers, or their text.
+        let int = |s: Option<Scalar>| match s {
+            Some(Scalar::Int(i)) => i,
+            Some(Scalar::Text(t)) => t.parse().unwrap_or(0),
+            _ => 0,
+        };
+        Ok(PagePoint(MetricPoint { value, timestamp_ms: int(f.timestamp), step: int(f.step) }))
     }
 }
 
@@ -854,6 +870,76 @@ mod tests {
         assert!(parse_bulk(b"{}").unwrap().is_empty() && parse_bulk(b"").unwrap().is_empty());
         assert!(parse_bulk(br#"{"metrics":[{"key":"x","step":0,"value":1}]}"#).unwrap_err().contains("run_id"));
         assert!(parse_bulk(b"<html>").is_err());
+    }
+
+    #[test]
+    fn history_pages_read_into_points() {
+        let body = br#"{"metrics":[{"key":"x","value":"NaN","timestamp":"5","step":2},
+            {"key":"x","value":1,"timestamp":7},{"key":"x","value":1.7976931348623157e308,"step":3,"run_id":"r"}],
+            "next_page_token":"t"}"#;
+        let page: HistoryPage = serde_json::from_slice(body).unwrap();
+        let points: Vec<MetricPoint> = page.metrics.into_iter().map(|p| p.0).collect();
+        assert!(points[0].value.is_nan() && (points[0].timestamp_ms, points[0].step) == (5, 2));
+        assert_eq!(points[1], MetricPoint { value: 1.0, timestamp_ms: 7, step: 0 });
+        assert_eq!(points[2], MetricPoint { value: f64::MAX, timestamp_ms: 0, step: 3 });
+        assert_eq!(page.next_page_token.as_deref(), Some("t"));
+        let empty: HistoryPage = serde_json::from_slice(b"{}").unwrap();
+        assert!(empty.metrics.is_empty() && empty.next_page_token.is_none());
+        assert!(serde_json::from_slice::<HistoryPage>(br#"{"metrics":[{"value":"x"}]}"#).is_err());
+        assert!(serde_json::from_slice::<HistoryPage>(br#"{"metrics":[{"step":1}]}"#).is_err());
+    }
+
+    /// Pages past the run's budget go to a temporary file (the points held
+    /// before them too) and read back as fetched; within it, memory.
+    #[test]
+    fn pages_past_the_budget_go_to_a_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let spill = SpillDir::create(&dir.path().join("spill")).unwrap();
+        let target = HistoryTarget {
+            encoding: crate::pipeline::HistoryEncoding::Kinds,
+            chunk_bytes: 1000 * CHUNK_BYTES_PER_POINT,
+            spill: Some(Arc::clone(&spill)),
+        };
+        let budget = FetchBudget::new(Some(&target));
+        let page = |from: i64| -> Vec<MetricPoint> {
+            (from..from + 400)
+                .map(|i| MetricPoint {
+                    value: if i == 7 { f64::NAN } else { i as f64 / 3.0 },
+                    timestamp_ms: i * 10,
+                    step: -i,
+                })
+                .collect()
+        };
+        let read = |series: FetchedSeries| {
+            let mut sink = HistorySink::whole();
+            let mut out = MetricHistoryBuilder::new(&mut sink);
+            out.start_key("k").unwrap();
+            series.read_into("test", &mut out).unwrap();
+            let h = out.finish();
+            let values = h.series.first().map(|s| s.values.values().to_vec()).unwrap_or_default();
+            h.rows.iter().zip(values).map(|(r, v)| (r.step, r.timestamp, v.to_bits())).collect::<Vec<_>>()
+        };
+        let expected = |n: i64| read(FetchedSeries::Memory((0..n).step_by(400).flat_map(page).collect()));
+
+        let mut small = PagedSeries::new(&budget, "small");
+        small.add(page(0)).unwrap();
+        small.add(page(400)).unwrap();
+        let small = small.finish().unwrap();
+        assert!(matches!(small, FetchedSeries::Memory(ref p) if p.len() == 800));
+        // Another key of the run: its first page would pass the run's 1,000 points.
+        let mut large = PagedSeries::new(&budget, "large");
+        for from in (0..2000).step_by(400) {
+            large.add(page(from)).unwrap();
+        }
+        let large = large.finish().unwrap();
+        let FetchedSeries::File { ref file, points } = large else { panic!("past the budget: a file") };
+        assert_eq!(points, 2000);
+        let path = file.path().to_path_buf();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 2000 * FILE_POINT_BYTES as u64);
+        assert!(spill.peak_bytes() >= 2000 * FILE_POINT_BYTES as u64);
+        assert_eq!(read(large), expected(2000));
+        assert!(!path.exists(), "the temporary file goes once read");
+        assert_eq!(read(small), expected(800));
     }
 
     #[test]
