@@ -10,6 +10,7 @@
 
 pub mod filestore;
 mod history;
+mod pages;
 pub mod rest;
 mod source;
 pub mod sqlite;
