@@ -16,11 +16,12 @@ once), then for each source exports, one after the other:
          small  --small-runs runs of 10,000 steps x 10 keys, same writer
   api    large  one synthetic run of --api-steps steps x --keys keys on the
                 W&B API test server (wandb_server.py --synthetic 1:STEPS:KEYS),
-                its Parquet history in parts of --part-rows rows
+                its Parquet history in files of --part-rows rows (the server's
+                default 50,000: 200 files for 10,000,000 steps)
          small  --small-runs * 10 synthetic runs of 10,000 steps x 10 keys
   mlflow large  one run with one metric of --mlflow-points points, logged by
-                the MLflow client into a sqlite:/// store
-                (mlflow_testbed.py populate --set bench --runs 1 --metrics 1)
+                the MLflow client into a sqlite:/// store (mlflow_large_run.py;
+                5,000,000 points take about 35 minutes to log)
          small  100 runs x 5 metrics x 1,000 points, same writer
 
 Each export runs as a child: wall time, user and system CPU seconds and peak
@@ -78,16 +79,22 @@ def wandb_set(python: str, data: Path, runs: int, steps: int, keys: int, jobs: i
 
 
 def mlflow_set(python: str, data: Path, runs: int, metrics: int, steps: int, jobs: int) -> str:
-    """An MLflow sqlite store logged by the MLflow client; returns its sqlite:/// URI."""
-    data.mkdir(parents=True, exist_ok=True)
+    """An MLflow sqlite store logged by the MLflow client; returns its sqlite:/// URI.
+    One run of one metric is mlflow_large_run.py, more the `bench` set."""
     uri = f"sqlite:///{data / 'mlflow.db'}"
     done = data / "complete"
     if not done.exists():
+        shutil.rmtree(data, ignore_errors=True)
+        data.mkdir(parents=True)
         log(f"logging {runs} run(s) x {metrics} metric(s) x {steps} points with the MLflow client into {uri}")
         t0 = time.perf_counter()
-        subprocess.run([python, str(TESTBED / "mlflow_testbed.py"), "populate", "--tracking-uri", uri,
-                        "--set", "bench", "--runs", str(runs), "--metrics", str(metrics), "--steps", str(steps),
-                        "--jobs", str(jobs)], check=True, stdout=subprocess.DEVNULL)
+        if runs == 1 and metrics == 1:
+            cmd = [python, str(TESTBED / "mlflow_large_run.py"), "--tracking-uri", uri, "--points", str(steps),
+                   "--jobs", str(jobs)]
+        else:
+            cmd = [python, str(TESTBED / "mlflow_testbed.py"), "populate", "--tracking-uri", uri, "--set", "bench",
+                   "--runs", str(runs), "--metrics", str(metrics), "--steps", str(steps), "--jobs", str(jobs)]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         done.write_text(f"{time.perf_counter() - t0:.1f} s\n")
         log(f"logged in {done.read_text().strip()}")
     return uri
@@ -120,7 +127,8 @@ def main() -> int:
     ap.add_argument("--mlflow-points", type=int, default=5_000_000)
     ap.add_argument("--keys", type=int, default=20)
     ap.add_argument("--small-runs", type=int, default=20, help="W&B files small set: runs of 10,000 x 10")
-    ap.add_argument("--part-rows", type=int, default=1_000_000, help="API server: rows per Parquet part")
+    ap.add_argument("--part-rows", type=int, default=50_000,
+                    help="API server: rows per Parquet file (0: one file a run)")
     ap.add_argument("--memory-limit", default="256MiB")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="generator processes")
     ap.add_argument("--data", default=str(ROOT / "target" / "bench-data" / "large"))
@@ -133,7 +141,7 @@ def main() -> int:
     work = data / "work"
     logs = work / "logs"
     shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    logs.mkdir(parents=True)
     only = set(args.only.split(","))
     pairs: list[tuple[str, Measured, Measured]] = []
 
@@ -167,7 +175,8 @@ def main() -> int:
                 source = f"wandb://{info['entity']}/{info['project']}"
                 extra = ["--base-url", info["base_url"]]
                 # An unmeasured pass has the server write its Parquet files.
-                export(f"{name} warm-up", source, work, logs, "64GiB", extra + ["--select", "history.*"], env)
+                export(f"{name} warm-up", source, work, logs, args.memory_limit, extra + ["--select", "history.*"],
+                       env)
                 measured.append(export(name, source, work, logs, args.memory_limit, extra, env))
             finally:
                 proc.stdin.close()
@@ -175,7 +184,7 @@ def main() -> int:
         pairs.append(("wandb api", measured[0], measured[1]))
 
     if "mlflow" in only:
-        large = mlflow_set(python, data / f"mlflow-1x1x{args.mlflow_points}", 1, 1, args.mlflow_points, 1)
+        large = mlflow_set(python, data / f"mlflow-1x1x{args.mlflow_points}", 1, 1, args.mlflow_points, args.jobs)
         small = mlflow_set(python, data / "mlflow-100x5x1000", 100, 5, 1000, args.jobs)
         pairs.append(("mlflow sqlite",
                       export("mlflow large", large, work, logs, args.memory_limit, []),

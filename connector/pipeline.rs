@@ -68,6 +68,16 @@ pub struct HistoryTarget {
     pub spill: Option<Arc<SpillDir>>,
 }
 
+impl HistoryTarget {
+    /// Bytes of fetched answers (history files, pages) one run may hold in
+    /// memory before they go to a temporary file: a quarter of a chunk, since
+    /// a network source has many runs in flight (18 by default) and each
+    /// holds its answers until it is decoded.
+    pub fn answer_bytes(&self) -> usize {
+        self.chunk_bytes / 4
+    }
+}
+
 /// Bytes of a [`HistoryPoint`] as held, beyond its value's own heap data.
 const POINT_BYTES: usize = std::mem::size_of::<crate::run::HistoryPoint>();
 const ROW_BYTES: usize = std::mem::size_of::<crate::run::HistoryRow>();

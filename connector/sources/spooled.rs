@@ -2,7 +2,7 @@
 //! memory.
 //!
 //! A [`Spool`] keeps the bytes written to it in memory up to a limit (a
-//! history chunk, [`crate::pipeline::HistoryTarget::chunk_bytes`]) and moves
+//! quarter of a history chunk, [`crate::pipeline::HistoryTarget::answer_bytes`]) and moves
 //! them to a temporary file once they pass it: a file of the export's spill
 //! folder, counted in its peak ([`SpillDir::temp_file`]), or an anonymous file
 //! in the system's temporary folder (`TMPDIR`) when there is none (the wide
@@ -64,13 +64,13 @@ impl Spool {
 
     /// A spool for a run's history, of which `held` bytes are in memory
     /// already (earlier answers of the same run): the run holds at most a
-    /// chunk's worth in memory, the rest goes to the target's spill folder;
+    /// quarter chunk's worth in memory ([`HistoryTarget::answer_bytes`]), the rest goes to the target's spill folder;
     /// all in memory without a target (no history chunks are taken then
     /// either).
     pub fn for_history(target: Option<&HistoryTarget>, held: u64) -> Spool {
         match target {
             Some(t) => {
-                let left = (t.chunk_bytes as u64).saturating_sub(held);
+                let left = (t.answer_bytes() as u64).saturating_sub(held);
                 Spool::new(usize::try_from(left).unwrap_or(usize::MAX), t.spill.clone())
             }
             None => Spool::new(usize::MAX, None),
@@ -281,7 +281,7 @@ mod tests {
         let base = tempfile::tempdir().unwrap();
         let dir = SpillDir::create(&base.path().join("spill")).unwrap();
         let target =
-            HistoryTarget { encoding: HistoryEncoding::Long(long_schema()), chunk_bytes: 100, spill: Some(dir) };
+            HistoryTarget { encoding: HistoryEncoding::Long(long_schema()), chunk_bytes: 400, spill: Some(dir) };
         let mut held = 0;
         let mut in_file = Vec::new();
         for _ in 0..4 {

@@ -1,5 +1,5 @@
 //! `get-history` answers as they arrive: pages read straight into points,
-//! and a run's points held in memory up to one history chunk's worth (all
+//! and a run's points held in memory up to a quarter of a history chunk (all
 //! its keys together); past that, each page goes to a temporary file in the
 //! spill folder, which the decode stage reads back point by point.
 
@@ -67,8 +67,8 @@ const CHUNK_BYTES_PER_POINT: usize = std::mem::size_of::<HistoryRow>() + std::me
 /// value's bits, each 8 bytes little-endian.
 const FILE_POINT_BYTES: usize = 24;
 
-/// How many of a run's fetched points may stay in memory (one history
-/// chunk's worth, all keys together), and where the others go.
+/// How many of a run's fetched points may stay in memory (a quarter of a
+/// history chunk's worth, all keys together), and where the others go.
 pub struct FetchBudget {
     spill: Option<Arc<SpillDir>>,
     max_points: usize,
@@ -80,7 +80,7 @@ impl FetchBudget {
     /// pass, which keeps no rows), everything stays in memory.
     pub fn new(target: Option<&HistoryTarget>) -> FetchBudget {
         let spill = target.and_then(|t| t.spill.clone());
-        let max_points = target.map_or(usize::MAX, |t| t.chunk_bytes / CHUNK_BYTES_PER_POINT);
+        let max_points = target.map_or(usize::MAX, |t| t.answer_bytes() / CHUNK_BYTES_PER_POINT);
         FetchBudget { spill, max_points, held: AtomicUsize::new(0) }
     }
 
@@ -222,7 +222,7 @@ mod tests {
         let spill = SpillDir::create(&dir.path().join("spill")).unwrap();
         let target = HistoryTarget {
             encoding: crate::pipeline::HistoryEncoding::Kinds,
-            chunk_bytes: 1000 * CHUNK_BYTES_PER_POINT,
+            chunk_bytes: 4 * 1000 * CHUNK_BYTES_PER_POINT,
             spill: Some(Arc::clone(&spill)),
         };
         let budget = FetchBudget::new(Some(&target));

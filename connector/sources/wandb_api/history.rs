@@ -509,7 +509,7 @@ mod tests {
             // The download as the source keeps it: in a temporary file past a chunk.
             let mut spool = Spool::for_history(Some(&target), 0);
             spool.write(&data).unwrap();
-            assert_eq!(spool.in_file(), chunk_bytes < data.len());
+            assert_eq!(spool.in_file(), target.answer_bytes() < data.len());
             let mut sink = HistorySink::new(Some(Arc::clone(&target)), "r");
             let mut b = HistoryBuilder::new(&plan);
             let added = match spool.finish().unwrap() {
