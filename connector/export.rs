@@ -174,14 +174,15 @@ impl Planned {
     }
 
     /// Key kinds of the selected history over all runs (the wide schema),
-    /// each run's history read in chunks of `chunk_bytes` and dropped.
-    fn wide_kinds(&self, chunk_bytes: usize) -> Result<BTreeMap<String, ColumnKind>> {
+    /// each run's history read in chunks of `chunk_bytes` and dropped
+    /// (downloads past a run's share of memory wait in `spill`).
+    fn wide_kinds(&self, chunk_bytes: usize, spill: &Arc<SpillDir>) -> Result<BTreeMap<String, ColumnKind>> {
         let mut history_only = (*self.plan).clone();
         history_only.config = false;
         history_only.summary = false;
         history_only.identity_columns.retain(|c| c.name == "run_id");
         let mut kinds = BTreeMap::new();
-        self.read_runs(&Arc::new(history_only), Some(kinds_target(chunk_bytes)), &mut |_, run, _| {
+        self.read_runs(&Arc::new(history_only), Some(kinds_target(chunk_bytes, Some(spill))), &mut |_, run, _| {
             if let Ok(ReadRun { history: EncodedHistory::Kinds(k), .. }) = &run {
                 unify_kinds(&mut kinds, k);
             }
@@ -191,9 +192,10 @@ impl Planned {
     }
 }
 
-/// Reading history only for the kinds of its keys.
-fn kinds_target(chunk_bytes: usize) -> Arc<HistoryTarget> {
-    Arc::new(HistoryTarget { encoding: HistoryEncoding::Kinds, chunk_bytes, spill: None })
+/// Reading history only for the kinds of its keys (downloads past a run's
+/// share of memory wait in `spill`, else in anonymous temporary files).
+fn kinds_target(chunk_bytes: usize, spill: Option<&Arc<SpillDir>>) -> Arc<HistoryTarget> {
+    Arc::new(HistoryTarget { encoding: HistoryEncoding::Kinds, chunk_bytes, spill: spill.cloned() })
 }
 
 fn unify_kinds(kinds: &mut BTreeMap<String, ColumnKind>, more: &BTreeMap<String, ColumnKind>) {
@@ -220,9 +222,10 @@ pub fn export(opts: &ExportOptions) -> Result<ExportSummary> {
         )));
     }
     let chunk_bytes = chunk_bytes(opts.memory_limit);
+    let spill = SpillDir::create(&dataset.spill_path())?;
     let encoding = match (plan.history, plan.history_layout) {
         (true, HistoryLayout::Wide) => {
-            let kinds = planned.wide_kinds(chunk_bytes)?;
+            let kinds = planned.wide_kinds(chunk_bytes, &spill)?;
             Some(HistoryEncoding::Wide(wide_schema(&kinds), kinds))
         }
         (true, _) => Some(HistoryEncoding::Long(long_schema())),
@@ -236,7 +239,6 @@ pub fn export(opts: &ExportOptions) -> Result<ExportSummary> {
         let props = history_writer_properties(prov, plan.history_layout != HistoryLayout::Wide);
         TableWriter::new(Arc::clone(s), props, "history/part-", true)
     });
-    let spill = SpillDir::create(&dataset.spill_path())?;
     let target =
         encoding.map(|encoding| Arc::new(HistoryTarget { encoding, chunk_bytes, spill: Some(Arc::clone(&spill)) }));
 
@@ -441,7 +443,7 @@ pub fn schemas(
     let plan = &planned.plan;
     let mut runs = RunsTable::new(&plan.identity_columns, planned.columns.groups);
     let mut kinds = BTreeMap::new();
-    let target = plan.history.then(|| kinds_target(chunk_bytes(DEFAULT_MEMORY_LIMIT)));
+    let target = plan.history.then(|| kinds_target(chunk_bytes(DEFAULT_MEMORY_LIMIT), None));
     planned.read_runs(plan, target, &mut |_, run, _| {
         if let Ok(ReadRun { data: mut run, history }) = run {
             if let EncodedHistory::Kinds(k) = history {

@@ -63,8 +63,9 @@ pub struct HistoryTarget {
     /// A run's history is handed over in chunks of about this many bytes
     /// (as held by the source: rows, points, series).
     pub chunk_bytes: usize,
-    /// Where runs larger than a chunk go; `None` only for
-    /// [`HistoryEncoding::Kinds`], which keeps no rows.
+    /// Where runs larger than a chunk go, and downloads past a run's share
+    /// of memory; `None` only for [`HistoryEncoding::Kinds`], which keeps no
+    /// rows (downloads then go to anonymous temporary files).
     pub spill: Option<Arc<SpillDir>>,
 }
 
