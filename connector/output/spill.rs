@@ -318,6 +318,17 @@ impl SpilledHistory {
         self.chunks
     }
 
+    /// The run read back whole, as [`SpilledHistory::replay`] hands it over.
+    #[cfg(test)]
+    pub fn read_all(self, schema: &SchemaRef) -> Result<Vec<RecordBatch>> {
+        let mut out = Vec::new();
+        self.replay(schema, &mut |b| {
+            out.push(b.clone());
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
     /// Reads the run back as batches of the history table's batch schema
     /// (`schema` is the file schema), in table order, and hands each to
     /// `write`. The spill file is removed afterwards.
@@ -589,13 +600,7 @@ mod tests {
         match sink.finish(data).unwrap().history {
             EncodedHistory::Spilled(s) => {
                 let chunks = s.chunks();
-                let mut out = Vec::new();
-                s.replay(&schema, &mut |b| {
-                    out.push(b.clone());
-                    Ok(())
-                })
-                .unwrap();
-                (out, chunks)
+                (s.read_all(&schema).unwrap(), chunks)
             }
             EncodedHistory::Batch(b) => (vec![b], 1),
             _ => panic!("no history"),

@@ -153,13 +153,7 @@ mod tests {
         let EncodedHistory::Spilled(spilled) = sink.finish(data).unwrap().history else {
             panic!("a history of many chunks is spilled")
         };
-        let mut batches = Vec::new();
-        spilled
-            .replay(&schema, &mut |b| {
-                batches.push(b.clone());
-                Ok(())
-            })
-            .unwrap();
+        let batches = spilled.read_all(&schema).unwrap();
         // Per column, the batches joined (run-length columns as strings).
         let joined = |batches: &[arrow_array::RecordBatch], name: &str| -> arrow_array::ArrayRef {
             let parts: Vec<arrow_array::ArrayRef> = batches

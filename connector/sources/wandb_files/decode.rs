@@ -926,13 +926,7 @@ mod tests {
         let EncodedHistory::Spilled(spilled) = sink.finish(data).unwrap().history else {
             panic!("a history larger than a chunk is spilled")
         };
-        let mut batches = Vec::new();
-        spilled
-            .replay(&schema, &mut |b| {
-                batches.push(b.clone());
-                Ok(())
-            })
-            .unwrap();
+        let batches = spilled.read_all(&schema).unwrap();
         let col = |name: &str| batches.iter().map(|b| b.column_by_name(name).unwrap().clone()).collect::<Vec<_>>();
         let got_steps: Vec<i64> =
             col("step").iter().flat_map(|c| c.as_primitive::<Int64Type>().values().to_vec()).collect();
