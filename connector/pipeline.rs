@@ -16,7 +16,7 @@ use arrow_schema::SchemaRef;
 
 use crate::columns::ColumnKind;
 
-use crate::output::history::{kinds_by_key, long_batch, long_parts, wide_batch};
+use crate::output::history::{kinds_by_key, long_batch, wide_batch};
 use crate::output::spill::{SpillDir, SpillWriter, SpilledHistory};
 use crate::run::{RunData, RunHistory};
 
@@ -108,7 +108,7 @@ pub fn history_bytes(h: &RunHistory) -> usize {
 pub struct HistorySink {
     target: Option<Arc<HistoryTarget>>,
     run_id: String,
-    spill: Option<SpillWriter>,
+    spill: Option<SpillThread>,
     /// [`HistoryEncoding::Kinds`]: the kinds so far, by key id.
     kinds: Vec<Option<ColumnKind>>,
     chunks: usize,
@@ -141,62 +141,40 @@ impl HistorySink {
         if h.rows.is_empty() && h.points.is_empty() && h.series.is_empty() {
             return Ok(());
         }
-        // The keys lend themselves to the chunk and come back after it.
-        let mut chunk = RunHistory {
-            rows: std::mem::take(&mut h.rows),
-            keys: std::mem::take(&mut h.keys),
-            points: std::mem::take(&mut h.points),
-            series: std::mem::take(&mut h.series),
-        };
-        let taken = self.take(&target, &chunk);
-        // The vectors go back emptied, their memory kept for the next chunk.
-        chunk.rows.clear();
-        chunk.points.clear();
-        chunk.series.clear();
-        (h.rows, h.keys, h.points, h.series) = (chunk.rows, chunk.keys, chunk.points, chunk.series);
-        taken.map_err(|e| e.to_string())
-    }
-
-    fn take(&mut self, target: &HistoryTarget, chunk: &RunHistory) -> crate::error::Result<()> {
         self.chunks += 1;
-        let run_id = self.run_id.clone();
-        match &target.encoding {
-            HistoryEncoding::Kinds => {
-                let kinds = kinds_by_key(chunk);
-                if self.kinds.len() < kinds.len() {
-                    self.kinds.resize(kinds.len(), None);
-                }
-                for (have, new) in self.kinds.iter_mut().zip(kinds) {
-                    if let Some(new) = new {
-                        *have = Some(have.unwrap_or(ColumnKind::Null).unify(new));
-                    }
-                }
-            }
-            HistoryEncoding::Long(_) => {
-                let parts = long_parts(&run_id, chunk)?;
-                self.spill_writer(target, None)?.write_long(&parts)?;
-            }
-            HistoryEncoding::Wide(schema, kinds) => {
-                let batch = wide_batch(schema, kinds, &run_id, chunk)?;
-                self.spill_writer(target, Some(schema))?.write_wide(&batch)?;
-            }
+        if let HistoryEncoding::Kinds = target.encoding {
+            self.add_kinds(h);
+            h.rows.clear();
+            h.points.clear();
+            h.series.clear();
+            return Ok(());
         }
-        Ok(())
+        // The chunk goes to the spill thread; vectors it has emptied come
+        // back for the next chunk.
+        let spill = match &mut self.spill {
+            Some(s) => s,
+            None => self.spill.insert(SpillThread::start(Arc::clone(&target), &self.run_id)?),
+        };
+        let mut next = spill.spent.try_recv().unwrap_or_default();
+        next.keys = h.keys.clone();
+        let chunk = std::mem::replace(h, next);
+        if spill.chunks.as_ref().is_some_and(|c| c.send(chunk).is_ok()) {
+            return Ok(());
+        }
+        // The thread stopped on an error: it is the run's.
+        self.spill.take().map_or(Ok(()), |s| s.join().map(|_| ()))
     }
 
-    fn spill_writer(
-        &mut self,
-        target: &HistoryTarget,
-        wide: Option<&SchemaRef>,
-    ) -> crate::error::Result<&mut SpillWriter> {
-        if self.spill.is_none() {
-            let dir = target
-                .spill
-                .as_ref()
-                .ok_or_else(|| crate::error::Error::Internal("a history chunk to spill, and no spill folder".into()))?;
-            self.spill = Some(SpillWriter::create(dir, wide)?);
+    fn add_kinds(&mut self, chunk: &RunHistory) {
+        let kinds = kinds_by_key(chunk);
+        if self.kinds.len() < kinds.len() {
+            self.kinds.resize(kinds.len(), None);
         }
-        Ok(self.spill.as_mut().expect("invariant: just created"))
+        for (have, new) in self.kinds.iter_mut().zip(kinds) {
+            if let Some(new) = new {
+                *have = Some(have.unwrap_or(ColumnKind::Null).unify(new));
+            }
+        }
     }
 
     /// Completes the run: its history as the writer takes it (the last
@@ -226,7 +204,7 @@ impl HistorySink {
             }
             _ => {
                 self.flush(&mut h)?;
-                let spill = self.spill.take().expect("invariant: spilling");
+                let spill = self.spill.take().ok_or("the spill of the run stopped")?.join()?;
                 EncodedHistory::Spilled(spill.finish(&self.run_id, h.keys).map_err(|e| e.to_string())?)
             }
         };
@@ -236,6 +214,62 @@ impl HistorySink {
     /// Chunks handed over so far.
     pub fn chunks(&self) -> usize {
         self.chunks
+    }
+}
+
+/// A run's chunks being spilled on a thread of their own: the source reads
+/// the next chunk while the last one is sorted and written. One chunk waits
+/// at most, so a spilling run holds about three chunks.
+struct SpillThread {
+    chunks: Option<crossbeam_channel::Sender<RunHistory>>,
+    /// Chunks written, their vectors emptied for reuse.
+    spent: crossbeam_channel::Receiver<RunHistory>,
+    thread: std::thread::JoinHandle<crate::error::Result<SpillWriter>>,
+}
+
+impl SpillThread {
+    fn start(target: Arc<HistoryTarget>, run_id: &str) -> Result<SpillThread, String> {
+        let dir = target
+            .spill
+            .clone()
+            .ok_or_else(|| format!("run {run_id}: a history chunk to spill, and no spill folder"))?;
+        let wide = match &target.encoding {
+            HistoryEncoding::Wide(schema, _) => Some(Arc::clone(schema)),
+            _ => None,
+        };
+        let mut writer = SpillWriter::create(&dir, wide.as_ref()).map_err(|e| e.to_string())?;
+        let (tx, rx) = crossbeam_channel::bounded::<RunHistory>(1);
+        let (spent_tx, spent) = crossbeam_channel::bounded::<RunHistory>(2);
+        let run = run_id.to_string();
+        let thread = std::thread::Builder::new()
+            .name("runport-spill".into())
+            .spawn(move || {
+                for mut chunk in rx {
+                    match &target.encoding {
+                        HistoryEncoding::Long(_) => writer.write_long(&run, &chunk)?,
+                        HistoryEncoding::Wide(schema, kinds) => {
+                            writer.write_wide(&wide_batch(schema, kinds, &run, &chunk)?)?
+                        }
+                        HistoryEncoding::Kinds => {}
+                    }
+                    chunk.rows.clear();
+                    chunk.points.clear();
+                    chunk.series.clear();
+                    let _ = spent_tx.try_send(chunk);
+                }
+                Ok(writer)
+            })
+            .map_err(|e| format!("run {run_id}: cannot start a thread to spill its history: {e}"))?;
+        Ok(SpillThread { chunks: Some(tx), spent, thread })
+    }
+
+    /// Waits for the chunks sent to be written.
+    fn join(mut self) -> Result<SpillWriter, String> {
+        drop(self.chunks.take());
+        match self.thread.join() {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(p) => std::panic::resume_unwind(p),
+        }
     }
 }
 

@@ -145,18 +145,12 @@ impl LongParts {
 
 /// The long rows of `h`, sorted by (key, step), log order kept for ties.
 pub fn long_parts(run_id: &str, h: &RunHistory) -> Result<LongParts> {
-    // One batch a run, its run-length columns indexed by i32.
-    let values = h.points.len() + h.series.iter().map(|s| s.values.len()).sum::<usize>();
-    if i32::try_from(values).is_err() {
-        return Err(Error::Internal(format!(
-            "run {run_id} has {values} history values, more than the {} one batch can hold",
-            i32::MAX
-        )));
-    }
-    let mut by_name: Vec<u32> = (0..h.keys.len() as u32).collect();
-    by_name.sort_by(|a, b| h.keys[*a as usize].cmp(&h.keys[*b as usize]));
-    // Keys that only have series, in ascending rows whose steps ascend (the
-    // usual case), need no per-value entries: their rows are in step order.
+    long_parts_except(run_id, h, &vec![false; h.keys.len()])
+}
+
+/// Keys (by id) that only have series, in ascending rows whose steps
+/// ascend (the usual case): their rows are in step order as they are.
+pub fn series_in_order(h: &RunHistory) -> Vec<bool> {
     let mut series_of: Vec<Vec<&HistorySeries>> = vec![Vec::new(); h.keys.len()];
     for s in &h.series {
         series_of[s.key as usize].push(s);
@@ -165,7 +159,7 @@ pub fn long_parts(run_id: &str, h: &RunHistory) -> Result<LongParts> {
     for p in &h.points {
         has_points[p.key as usize] = true;
     }
-    let direct: Vec<bool> = (0..h.keys.len())
+    (0..h.keys.len())
         .map(|k| {
             let ranges = || series_of[k].iter().map(|s| s.first_row as usize..s.first_row as usize + s.values.len());
             !has_points[k]
@@ -174,12 +168,32 @@ pub fn long_parts(run_id: &str, h: &RunHistory) -> Result<LongParts> {
                     .all(|w| w[0].first_row as usize + w[0].values.len() <= w[1].first_row as usize)
                 && ranges().flat_map(|r| h.rows[r].iter().map(|row| row.step)).is_sorted()
         })
-        .collect();
-    let mut per_key = entries_by_key(h, &direct);
+        .collect()
+}
+
+/// [`long_parts`] without the keys marked in `skip` (by key id).
+pub fn long_parts_except(run_id: &str, h: &RunHistory, skip: &[bool]) -> Result<LongParts> {
+    // One batch a run, its run-length columns indexed by i32.
+    let values = h.points.len() + h.series.iter().map(|s| s.values.len()).sum::<usize>();
+    if i32::try_from(values).is_err() {
+        return Err(Error::Internal(format!(
+            "run {run_id} has {values} history values, more than the {} one batch can hold",
+            i32::MAX
+        )));
+    }
+    let mut by_name: Vec<u32> = (0..h.keys.len() as u32).filter(|k| !skip[*k as usize]).collect();
+    by_name.sort_by(|a, b| h.keys[*a as usize].cmp(&h.keys[*b as usize]));
+    let mut series_of: Vec<Vec<&HistorySeries>> = vec![Vec::new(); h.keys.len()];
+    for s in &h.series {
+        series_of[s.key as usize].push(s);
+    }
+    let direct = series_in_order(h);
+    let not_entries: Vec<bool> = direct.iter().zip(skip).map(|(d, s)| *d || *s).collect();
+    let mut per_key = entries_by_key(h, &not_entries);
     let n: usize = per_key.iter().map(Vec::len).sum::<usize>()
         + h.series
             .iter()
-            .filter(|s| direct[s.key as usize])
+            .filter(|s| direct[s.key as usize] && !skip[s.key as usize])
             .map(|s| s.values.len() - s.values.null_count())
             .sum::<usize>();
 

@@ -169,35 +169,22 @@ pub fn decode_run(
     counts: &mut RecordCounts,
     sink: &mut HistorySink,
 ) -> Result<RunData, DecodeError> {
-    let needs = RecordNeeds::from_plan(plan);
-    let mut d = RunDecoder {
-        plan,
-        needs,
-        run: None,
-        config: Tree::default(),
-        summary: Tree::default(),
-        history: RunHistory::default(),
-        key_ids: HashMap::new(),
-        config_slots: Slots::default(),
-        summary_slots: Slots::default(),
-        history_slots: Slots::default(),
-        last_time_us: None,
-        last_runtime: None,
-        last_step: None,
-        exit: None,
-        warnings: RunWarnings::default(),
-        counts: RecordCounts::default(),
-    };
+    let mut d = RunDecoder::new(plan, RecordNeeds::from_plan(plan));
     let mut newest_mtime = None;
     for path in files {
         let path = path.as_ref();
         let shown = path.display().to_string();
         let file = File::open(path).map_err(|source| DecodeError::Open { path: shown.clone(), source })?;
-        newest_mtime = newest_mtime.max(file.metadata().and_then(|m| m.modified()).ok());
-        let mut reader =
-            TransactionLogReader::new(file).map_err(|source| DecodeError::Log { path: shown.clone(), source })?;
+        let meta = file.metadata().ok();
+        newest_mtime = newest_mtime.max(meta.as_ref().and_then(|m| m.modified().ok()));
         // Each log holds its own exit record; a resumed run's state is its last log's.
         d.exit = None;
+        if d.needs.history && meta.is_some_and(|m| pipelined(m.len())) {
+            d.read_pipelined(file, &shown, sink)?;
+            continue;
+        }
+        let mut reader =
+            TransactionLogReader::new(file).map_err(|source| DecodeError::Log { path: shown.clone(), source })?;
         loop {
             let rec = match reader.next_record() {
                 Ok(Some(rec)) => rec,
@@ -207,19 +194,10 @@ pub fn decode_run(
                 }
             };
             d.counts.read += 1;
-            match d.record(rec) {
-                Ok(()) => {}
-                Err(RecordError::Skipped(e)) => {
-                    d.warnings.push(format!("{shown}: record {} skipped: {e}", d.counts.read))
-                }
-                Err(RecordError::Fatal(reason)) => {
-                    return Err(DecodeError::Record { path: shown, record: d.counts.read, reason });
-                }
-            }
+            let done = d.record(rec);
+            d.after_record(done, &shown)?;
             // Between records, so between rows.
-            if let Err(reason) = sink.flush_if_full(&mut d.history) {
-                return Err(DecodeError::History { path: shown, record: d.counts.read, reason });
-            }
+            d.flush(sink, &shown)?;
         }
         d.counts.bytes += reader.bytes_read();
         for w in reader.warnings() {
@@ -228,6 +206,34 @@ pub fn decode_run(
     }
     counts.add(&d.counts);
     Ok(d.finish(run_id, newest_mtime))
+}
+
+/// Logs at least this large are read on two threads ([`RunDecoder::read_pipelined`]).
+pub const PIPELINED_FILE_BYTES: u64 = 16 << 20;
+
+#[cfg(test)]
+thread_local! {
+    /// Tests read small logs on two threads too.
+    static PIPELINE_FROM: std::cell::Cell<u64> = const { std::cell::Cell::new(PIPELINED_FILE_BYTES) };
+}
+
+/// Whether a log of `len` bytes is read on two threads.
+fn pipelined(len: u64) -> bool {
+    #[cfg(test)]
+    return len >= PIPELINE_FROM.get();
+    #[cfg(not(test))]
+    return len >= PIPELINED_FILE_BYTES;
+}
+
+/// Bytes of history records in one batch handed between the threads.
+const HISTORY_BATCH_BYTES: usize = 1 << 20;
+
+/// History records read by the reading thread: their bytes, and each
+/// record's number in the log and place in `buf`.
+#[derive(Default)]
+struct HistoryBatch {
+    buf: Vec<u8>,
+    records: Vec<(u64, std::ops::Range<usize>)>,
 }
 
 /// A record that could not be read: skipped with a warning, or the end of
@@ -252,7 +258,28 @@ impl From<prost::DecodeError> for RecordError {
     }
 }
 
-impl RunDecoder<'_> {
+impl<'p> RunDecoder<'p> {
+    fn new(plan: &'p FetchPlan, needs: RecordNeeds) -> Self {
+        RunDecoder {
+            plan,
+            needs,
+            run: None,
+            config: Tree::default(),
+            summary: Tree::default(),
+            history: RunHistory::default(),
+            key_ids: HashMap::new(),
+            config_slots: Slots::default(),
+            summary_slots: Slots::default(),
+            history_slots: Slots::default(),
+            last_time_us: None,
+            last_runtime: None,
+            last_step: None,
+            exit: None,
+            warnings: RunWarnings::default(),
+            counts: RecordCounts::default(),
+        }
+    }
+
     fn record(&mut self, rec: &[u8]) -> Result<(), RecordError> {
         let Some((kind, payload)) = peek_record_type(rec)? else {
             return Ok(());
@@ -312,6 +339,147 @@ impl RunDecoder<'_> {
                 self.counts.decoded_exit += 1;
                 self.exit = Some(RunExitRecord::decode(payload)?);
             }
+        }
+        Ok(())
+    }
+
+    /// A warning when a record was skipped; the end of the run when it
+    /// cannot go on.
+    fn after_record(&mut self, done: Result<(), RecordError>, shown: &str) -> Result<(), DecodeError> {
+        match done {
+            Ok(()) => Ok(()),
+            Err(RecordError::Skipped(e)) => {
+                self.warnings.push(format!("{shown}: record {} skipped: {e}", self.counts.read));
+                Ok(())
+            }
+            Err(RecordError::Fatal(reason)) => {
+                Err(DecodeError::Record { path: shown.to_string(), record: self.counts.read, reason })
+            }
+        }
+    }
+
+    /// Hands the history to `sink` when it holds a chunk's worth.
+    fn flush(&mut self, sink: &mut HistorySink, shown: &str) -> Result<(), DecodeError> {
+        sink.flush_if_full(&mut self.history).map_err(|reason| DecodeError::History {
+            path: shown.to_string(),
+            record: self.counts.read,
+            reason,
+        })
+    }
+
+    /// Reads a large log on two threads: a reading thread frames the
+    /// records and decodes all but the history records (run, config,
+    /// summary, stats, exit: the state they build moves there and back),
+    /// handing the history records, in order and with their numbers, to
+    /// this thread, which builds the history. A large run's file is then
+    /// read on two cores. The result is the sequential read's, but for the
+    /// order of warnings: those of history records come after the others'.
+    fn read_pipelined(&mut self, file: File, shown: &str, sink: &mut HistorySink) -> Result<(), DecodeError> {
+        let plan = self.plan;
+        let mut other = RunDecoder::new(plan, RecordNeeds { history: false, ..self.needs });
+        other.run = self.run.take();
+        other.config = std::mem::take(&mut self.config);
+        other.summary = std::mem::take(&mut self.summary);
+        other.config_slots = std::mem::take(&mut self.config_slots);
+        other.summary_slots = std::mem::take(&mut self.summary_slots);
+        other.last_time_us = self.last_time_us;
+        other.counts.read = self.counts.read;
+        let read_shown = shown.to_string();
+        let other = std::thread::scope(|scope| {
+            let (tx, rx) = crossbeam_channel::bounded::<HistoryBatch>(4);
+            let reader = std::thread::Builder::new()
+                .name("runport-wandb-read".into())
+                .spawn_scoped(scope, move || other.read_all_but_history(file, &read_shown, &tx).map(|()| other))
+                .map_err(|e| DecodeError::History {
+                    path: shown.to_string(),
+                    record: 0,
+                    reason: format!("cannot start a thread to read the file: {e}"),
+                })?;
+            let mut built = Ok(());
+            'batches: for batch in rx {
+                for (number, range) in &batch.records {
+                    self.counts.read = *number;
+                    let done = self.record(&batch.buf[range.clone()]);
+                    built = self.after_record(done, shown).and_then(|()| self.flush(sink, shown));
+                    if built.is_err() {
+                        // The reading thread stops at its next batch.
+                        break 'batches;
+                    }
+                }
+            }
+            let other = match reader.join() {
+                Ok(r) => r,
+                Err(p) => std::panic::resume_unwind(p),
+            };
+            // This thread's error comes first: it is of an earlier record.
+            built?;
+            other
+        })?;
+        self.run = other.run;
+        self.config = other.config;
+        self.summary = other.summary;
+        self.config_slots = other.config_slots;
+        self.summary_slots = other.summary_slots;
+        self.exit = other.exit;
+        self.last_time_us = self.last_time_us.max(other.last_time_us);
+        let c = other.counts;
+        self.counts.read = c.read;
+        self.counts.decoded_run += c.decoded_run;
+        self.counts.decoded_config += c.decoded_config;
+        self.counts.decoded_summary += c.decoded_summary;
+        self.counts.decoded_stats += c.decoded_stats;
+        self.counts.decoded_exit += c.decoded_exit;
+        self.counts.bytes += c.bytes;
+        self.warnings.kept.extend(other.warnings.kept);
+        while self.warnings.kept.len() > MAX_RUN_WARNINGS {
+            self.warnings.kept.pop();
+            self.warnings.more += 1;
+        }
+        self.warnings.more += other.warnings.more;
+        Ok(())
+    }
+
+    /// The reading thread of [`RunDecoder::read_pipelined`]: decodes the
+    /// records that are not history and sends the history records to `tx`.
+    fn read_all_but_history(
+        &mut self,
+        file: File,
+        shown: &str,
+        tx: &crossbeam_channel::Sender<HistoryBatch>,
+    ) -> Result<(), DecodeError> {
+        let mut reader =
+            TransactionLogReader::new(file).map_err(|source| DecodeError::Log { path: shown.to_string(), source })?;
+        let mut batch = HistoryBatch::default();
+        loop {
+            let rec = match reader.next_record() {
+                Ok(Some(rec)) => rec,
+                Ok(None) => break,
+                Err(source) => {
+                    let _ = tx.send(batch);
+                    return Err(DecodeError::Log { path: shown.to_string(), source });
+                }
+            };
+            self.counts.read += 1;
+            if let Ok(Some((RecordType::History, _))) = peek_record_type(rec) {
+                let start = batch.buf.len();
+                batch.buf.extend_from_slice(rec);
+                batch.records.push((self.counts.read, start..batch.buf.len()));
+                if batch.buf.len() >= HISTORY_BATCH_BYTES && tx.send(std::mem::take(&mut batch)).is_err() {
+                    // The history thread stopped on an error of its own.
+                    return Ok(());
+                }
+                continue;
+            }
+            let done = self.record(rec);
+            if let Err(e) = self.after_record(done, shown) {
+                let _ = tx.send(batch);
+                return Err(e);
+            }
+        }
+        let _ = tx.send(batch);
+        self.counts.bytes += reader.bytes_read();
+        for w in reader.warnings() {
+            self.warnings.push(format!("{shown}: {w}"));
         }
         Ok(())
     }
@@ -949,6 +1117,61 @@ mod tests {
         assert!(run.warnings[..MAX_RUN_WARNINGS].iter().all(|w| w.contains("value at bad is not valid JSON")));
         // 150 values and the missing run record; 100 kept.
         assert_eq!(run.warnings[MAX_RUN_WARNINGS], "51 more warnings of this run were not kept");
+    }
+
+    #[test]
+    fn a_log_read_on_two_threads_reads_as_on_one() {
+        // Every kind of record, interleaved: config and summary updates
+        // between history rows (flat, nested, without a step, with a bad
+        // value), records that do not decode, a resumed run record, exit.
+        let mut records = vec![envelope(17, &RunRecord { run_id: "r1".into(), ..Default::default() })];
+        for i in 0..3000u32 {
+            let step = (i % 7 != 3).then(|| HistoryStep { num: i64::from(i) });
+            let mut items = vec![
+                item("loss", &[], None, &format!("{}", f64::from(i) / 3.0)),
+                item("_timestamp", &[], None, &format!("{}", 1.7e9 + f64::from(i))),
+            ];
+            if i % 5 == 0 {
+                items.push(item("", &["nest", "x"], None, &i.to_string()));
+            }
+            if i % 250 == 0 {
+                items.push(item("bad", &[], None, "{oops"));
+            }
+            records.push(envelope(2, &HistoryRecord { item: items, step }));
+            let kv = KeyedValue { key: format!("k{}", i % 13), nested_key: vec![], value_json: i.to_string() };
+            records.push(envelope(3, &UpdateRecord { update: vec![kv.clone()], remove: vec![] }));
+            if i % 100 == 0 {
+                records.push(envelope(5, &UpdateRecord { update: vec![kv], remove: vec![] }));
+                records.push(vec![0x12, 0x05, 0xff, 0xff]);
+            }
+        }
+        records
+            .push(envelope(17, &RunRecord { run_id: "r1".into(), display_name: "later".into(), ..Default::default() }));
+        records.push(envelope(18, &RunExitRecord { exit_code: 0, runtime: 9 }));
+        let f = write_log(&records);
+        let plan = FetchPlan::new(Selection::all(), HistoryLayout::Long, WANDB_IDENTITY_COLUMNS);
+        let read = |from: u64| {
+            PIPELINE_FROM.set(from);
+            let mut counts = RecordCounts::default();
+            let run = decode_run("r", &[f.path(), f.path()], &plan, &mut counts, &mut HistorySink::whole());
+            PIPELINE_FROM.set(PIPELINED_FILE_BYTES);
+            (run.unwrap(), counts)
+        };
+        let (one, one_counts) = read(u64::MAX);
+        let (two, two_counts) = read(0);
+        assert_eq!(two.identity, one.identity);
+        assert_eq!(two.groups, one.groups);
+        assert_eq!(two.history, one.history);
+        assert_eq!(two_counts, one_counts);
+        assert_eq!(one.history.as_ref().unwrap().rows.len(), 6000);
+        let sorted = |mut w: Vec<String>| {
+            w.sort();
+            w
+        };
+        // Under the cap: the same warnings, in another order.
+        assert_eq!(one.warnings.len(), 84, "{:?}", one.warnings);
+        assert!(one.warnings.iter().any(|w| w.contains("skipped")), "{:?}", one.warnings);
+        assert_eq!(sorted(two.warnings), sorted(one.warnings));
     }
 
     #[test]
