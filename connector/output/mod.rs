@@ -37,7 +37,8 @@ pub const PART_BYTES: usize = 256 * 1024 * 1024;
 /// Tables with more columns than this are compressed with Snappy, not zstd:
 /// parquet's zstd codec holds a compression and a decompression context per
 /// column writer, all alive until the row group closes (tens of KiB each,
-/// gigabytes for a runs table with 100,000 config keys).
+/// gigabytes for a runs table with 100,000 config keys); and their row groups
+/// are written a block of columns at a time ([`parallel::ParallelWriter`]).
 pub const WIDE_TABLE_COLUMNS: usize = 512;
 
 /// Encodings of the history's row columns: steps and timestamps ascend

@@ -17,7 +17,9 @@ use std::io::Write;
 
 use arrow_array::ArrayRef;
 use arrow_array::RecordBatch;
-use arrow_schema::SchemaRef;
+use std::sync::Arc;
+
+use arrow_schema::{Schema, SchemaRef};
 use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_writer::{ArrowColumnWriter, ArrowLeafColumn, ArrowRowGroupWriterFactory, compute_leaves};
@@ -46,6 +48,9 @@ pub struct ParallelWriter<W: Write + Send> {
     run_length_leaves: Vec<bool>,
     /// The benchmark switch ([`crate::ablation`]): parquet's Arrow writer instead.
     without_page_encoders: bool,
+    /// Tables of more than [`super::WIDE_TABLE_COLUMNS`] columns: the row
+    /// group's batches, held until it is written a block of columns at a time.
+    wide: Option<Vec<RecordBatch>>,
 }
 
 impl<W: Write + Send> ParallelWriter<W> {
@@ -76,6 +81,7 @@ impl<W: Write + Send> ParallelWriter<W> {
             // closes: for tables of very many columns (a runs table of
             // 100,000 config keys) parquet's writer alone holds less.
             without_page_encoders: ablation::disabled(Component::PageEncoders) || wide,
+            wide: wide.then(Vec::new),
         })
     }
 
@@ -88,6 +94,40 @@ impl<W: Write + Send> ParallelWriter<W> {
             )));
         }
         let mut rest = batch.clone();
+        if self.wide.is_some() {
+            // Held as the file's types: run-length columns become strings.
+            let columns = self
+                .schema
+                .fields()
+                .iter()
+                .zip(rest.columns())
+                .map(|(field, array)| {
+                    if is_run_length_of(array.data_type(), field.data_type()) {
+                        expand_to_strings(array.as_ref())
+                    } else if array.data_type() != field.data_type() {
+                        Err(ParquetError::General(format!(
+                            "column {} of type {} for a file column of type {}",
+                            field.name(),
+                            array.data_type(),
+                            field.data_type()
+                        )))
+                    } else {
+                        Ok(Arc::clone(array))
+                    }
+                })
+                .collect::<Result<Vec<_>>>()?;
+            rest = RecordBatch::try_new(Arc::clone(&self.schema), columns)?;
+            while rest.num_rows() > 0 {
+                let take = rest.num_rows().min(self.max_rows - self.buffered_rows);
+                self.wide.as_mut().expect("invariant: wide").push(rest.slice(0, take));
+                rest = rest.slice(take, rest.num_rows() - take);
+                self.buffered_rows += take;
+                if self.buffered_rows >= self.max_rows || self.in_progress_size() >= self.max_bytes {
+                    self.flush()?;
+                }
+            }
+            return Ok(());
+        }
         while rest.num_rows() > 0 {
             if self.columns.is_none() {
                 let index = self.writer.flushed_row_groups().len();
@@ -166,6 +206,9 @@ impl<W: Write + Send> ParallelWriter<W> {
     /// Closes the row group being written, if any; its columns' chunks are
     /// finished in parallel.
     pub fn flush(&mut self) -> Result<()> {
+        if self.wide.is_some() {
+            return self.flush_wide();
+        }
         let Some(columns) = self.columns.take() else { return Ok(()) };
         let direct = std::mem::take(&mut self.direct);
         if self.buffered_rows == 0 {
@@ -195,6 +238,46 @@ impl<W: Write + Send> ParallelWriter<W> {
         Ok(())
     }
 
+    /// Writes the held batches as one row group, [`WIDE_BLOCK_COLUMNS`]
+    /// columns at a time: parquet's column writers take a few KiB each until
+    /// their chunk is closed, too much for 100,000 columns at once. Each
+    /// block's writers come from a writer of the block's columns alone, whose
+    /// column chunks are those of the file's columns.
+    fn flush_wide(&mut self) -> Result<()> {
+        let batches = std::mem::take(self.wide.as_mut().expect("invariant: wide"));
+        if batches.is_empty() {
+            return Ok(());
+        }
+        self.buffered_rows = 0;
+        let batch = arrow_select::concat::concat_batches(&self.schema, &batches)?;
+        drop(batches);
+        let props = WriterProperties::clone(self.writer.properties());
+        let mut group = self.writer.next_row_group()?;
+        let fields = self.schema.fields();
+        for start in (0..fields.len()).step_by(WIDE_BLOCK_COLUMNS) {
+            let end = (start + WIDE_BLOCK_COLUMNS).min(fields.len());
+            let block = Arc::new(Schema::new(fields[start..end].to_vec()));
+            let (_, factory) = ArrowWriter::try_new(std::io::sink(), Arc::clone(&block), Some(props.clone()))?
+                .into_serialized_writer()?;
+            let mut writers = factory.create_column_writers(0)?;
+            let mut leaves = Vec::new();
+            for (field, array) in block.fields().iter().zip(&batch.columns()[start..end]) {
+                leaves.extend(compute_leaves(field, array)?);
+            }
+            if leaves.len() != writers.len() {
+                return Err(leaf_count_error(leaves.len(), writers.len()));
+            }
+            writers.par_iter_mut().zip(leaves.par_iter()).try_for_each(|(w, leaf)| w.write(leaf))?;
+            drop(leaves);
+            let chunks = writers.into_par_iter().map(|w| w.close()).collect::<Result<Vec<_>>>()?;
+            for chunk in chunks {
+                chunk.append_to_row_group(&mut group)?;
+            }
+        }
+        group.close()?;
+        Ok(())
+    }
+
     /// Bytes written to the file so far.
     pub fn bytes_written(&self) -> usize {
         self.writer.bytes_written()
@@ -202,6 +285,9 @@ impl<W: Write + Send> ParallelWriter<W> {
 
     /// The estimated encoded size of the row group being written.
     pub fn in_progress_size(&self) -> usize {
+        if let Some(batches) = &self.wide {
+            return batches.iter().map(RecordBatch::get_array_memory_size).sum();
+        }
         let arrow: usize = self.columns.iter().flatten().map(|w| w.get_estimated_total_bytes()).sum();
         let direct: usize = self
             .direct
@@ -223,6 +309,9 @@ impl<W: Write + Send> ParallelWriter<W> {
         Ok(out)
     }
 }
+
+/// Columns of a very wide table written at a time ([`ParallelWriter::flush_wide`]).
+const WIDE_BLOCK_COLUMNS: usize = 256;
 
 /// A leaf column of the row group that bypasses parquet's Arrow writer.
 enum Direct {
@@ -302,6 +391,79 @@ mod tests {
             let got: Vec<RecordBatch> = reader.with_batch_size(5000).build().unwrap().map(|b| b.unwrap()).collect();
             assert_eq!(got, std::slice::from_ref(&input), "{codec:?}");
         }
+    }
+
+    #[test]
+    fn very_wide_tables_are_written_a_block_of_columns_at_a_time() {
+        use arrow_array::builder::{ListBuilder, StringBuilder};
+        // Blocks of WIDE_BLOCK_COLUMNS, the last one partial; a list column
+        // and run-length `run_id` among them; three row groups.
+        let n = 2 * WIDE_BLOCK_COLUMNS + 37;
+        let mut fields = vec![
+            Field::new("run_id", DataType::Utf8, false),
+            Field::new("tags", DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))), true),
+        ];
+        fields.extend((2..n).map(|i| match i % 3 {
+            0 => Field::new(format!("c{i}"), DataType::Int64, true),
+            1 => Field::new(format!("c{i}"), DataType::Float64, true),
+            _ => Field::new(format!("c{i}"), DataType::Utf8, true),
+        }));
+        let schema = Arc::new(Schema::new(fields));
+        assert!(n > crate::output::WIDE_TABLE_COLUMNS);
+        let make = |from: usize, rows: usize, run_length: bool| {
+            let ids: Vec<String> = (from..from + rows).map(|r| format!("run-{r}")).collect();
+            let mut columns: Vec<ArrayRef> = vec![if run_length {
+                let mut b = crate::output::runlength::RunsBuilder::default();
+                for id in &ids {
+                    b.push(id, 1);
+                }
+                b.finish()
+            } else {
+                Arc::new(StringArray::from(ids.clone()))
+            }];
+            let mut tags = ListBuilder::new(StringBuilder::new());
+            for r in from..from + rows {
+                for t in 0..r % 3 {
+                    tags.values().append_value(format!("t{t}"));
+                }
+                tags.append(r % 4 != 1);
+            }
+            columns.push(Arc::new(tags.finish()));
+            for i in 2..n {
+                let valid = |r: usize| !(r + i).is_multiple_of(5);
+                columns.push(match i % 3 {
+                    0 => {
+                        Arc::new(Int64Array::from_iter((from..from + rows).map(|r| valid(r).then_some((r * i) as i64))))
+                    }
+                    1 => Arc::new(Float64Array::from_iter(
+                        (from..from + rows).map(|r| valid(r).then_some(r as f64 / (i + 1) as f64)),
+                    )),
+                    _ => Arc::new(StringArray::from_iter(
+                        (from..from + rows).map(|r| valid(r).then(|| format!("{r}:{i}"))),
+                    )),
+                });
+            }
+            columns
+        };
+        let plain = |from, rows| RecordBatch::try_new(Arc::clone(&schema), make(from, rows, false)).unwrap();
+        let run_length_schema = Arc::new(Schema::new(
+            std::iter::once(Arc::new(Field::new("run_id", crate::output::runlength::run_length_type(), false)))
+                .chain(schema.fields().iter().skip(1).cloned())
+                .collect::<Vec<_>>(),
+        ));
+        let props = WriterProperties::builder().set_max_row_group_row_count(Some(40)).build();
+        let mut out = Vec::new();
+        let mut w = ParallelWriter::try_new(&mut out, Arc::clone(&schema), props).unwrap();
+        assert!(w.wide.is_some());
+        w.write(&plain(0, 30)).unwrap();
+        w.write(&RecordBatch::try_new(run_length_schema, make(30, 25, true)).unwrap()).unwrap();
+        w.write(&plain(55, 45)).unwrap();
+        w.close().unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(Bytes::from(out)).unwrap();
+        let sizes: Vec<i64> = reader.metadata().row_groups().iter().map(|g| g.num_rows()).collect();
+        assert_eq!(sizes, [40, 40, 20]);
+        let got: Vec<RecordBatch> = reader.with_batch_size(1000).build().unwrap().map(|b| b.unwrap()).collect();
+        assert_eq!(got, [plain(0, 100)]);
     }
 
     #[test]
