@@ -5,6 +5,7 @@
     python make_wandb_runs.py --out DIR --set sample
     python make_wandb_runs.py --out DIR --set bench [--runs 200 --steps 10000 --keys 10 --jobs 2]
     python make_wandb_runs.py --out DIR --set large [--steps 40000 --keys 20]
+    python make_wandb_runs.py --out DIR --set wide [--keys 20000]
 
 Runs land in DIR/wandb/offline-run-<time>-<id>/run-<id>.wandb. Every run has a
 fixed id. For `standard`, `sample` and `large`, DIR/scenarios.json maps each scenario
@@ -288,7 +289,24 @@ def w_large(p):
     run.finish()
 
 
+def w_wide(p):
+    """One run with KEYS config keys (nested in groups of 100, mixed types)
+    and KEYS summary keys: a very wide runs table."""
+    import wandb
+
+    n = p["keys"]
+    config = {f"group_{g:03d}": {f"c{i}": (i * 0.5 if i % 3 else f"v{i}") for i in range(g * 100, min(n, g * 100 + 100))}
+              for g in range((n + 99) // 100)}
+    run = wandb.init(project="runport-wide", id=p["run_id"], dir=p["out"], config=config,
+                     settings=_settings(x_disable_stats=True, x_disable_meta=True))
+    for i in range(n):
+        run.summary[f"s{i}"] = i if i % 2 else float(i) / 3
+    run.log({"loss": 0.5})
+    run.finish()
+
+
 WORKERS = {
+    "wide": w_wide,
     "config": w_config, "types": w_types, "values": w_values, "summary": w_summary,
     "steps": w_steps, "long": w_long, "failed": w_failed, "resumed": w_resumed,
     "killed": w_killed, "sample": w_sample, "bench": w_bench, "large": w_large,
@@ -529,6 +547,7 @@ def scenarios_sample(steps: int) -> dict:
 
 
 LARGE_RUN_ID = "large-run"
+WIDE_RUN_ID = "wide-run"
 
 
 def scenarios_large(steps: int, keys: int) -> dict:
@@ -594,12 +613,13 @@ def gen_bench(out: Path, runs: int, steps: int, keys: int, jobs: int):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Write real W&B offline runs for runport's tests.")
     ap.add_argument("--out", help="output folder (runs go to OUT/wandb/...)")
-    ap.add_argument("--set", choices=["standard", "sample", "bench", "large"], default="standard")
+    ap.add_argument("--set", choices=["standard", "sample", "bench", "large", "wide"], default="standard")
     ap.add_argument("--runs", type=int, default=200, help="bench: number of runs")
     ap.add_argument("--steps", type=int, default=None,
                     help="bench: steps per run (10000); standard: steps of the long run (100000); "
                          "sample: steps per run (300); large: steps of the run (40000)")
-    ap.add_argument("--keys", type=int, default=None, help="bench: float keys per step (10); large: (20)")
+    ap.add_argument("--keys", type=int, default=None,
+                    help="bench: float keys per step (10); large: (20); wide: config and summary keys (20000)")
     ap.add_argument("--jobs", type=int, default=2, help="parallel processes")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -624,6 +644,13 @@ def main(argv=None) -> int:
         t = time.perf_counter()
         run_worker("large", {"out": str(out), "run_id": LARGE_RUN_ID, "steps": steps, "keys": keys}, str(out))
         sc, timings = scenarios_large(steps, keys), {"large": round(time.perf_counter() - t, 2)}
+    elif args.set == "wide":
+        keys = args.keys or 20_000
+        t = time.perf_counter()
+        run_worker("wide", {"out": str(out), "run_id": WIDE_RUN_ID, "keys": keys}, str(out))
+        sc = {"wide": {"run_id": WIDE_RUN_ID, "purpose": f"{keys} config and {keys} summary keys",
+                       "state": "finished", "exit_code": 0, "folders": 1, "history_rows": 1}}
+        timings = {"wide": round(time.perf_counter() - t, 2)}
     else:
         steps = args.steps or 300
         t = time.perf_counter()
