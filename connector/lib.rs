@@ -7,6 +7,7 @@
 
 pub mod ablation;
 pub mod columns;
+pub mod delta;
 pub mod error;
 pub mod export;
 pub mod http;
@@ -20,6 +21,7 @@ pub mod remote;
 pub mod run;
 pub mod selection;
 pub mod sources;
+pub mod sync;
 pub mod value;
 
 pub use error::{Error, Result};

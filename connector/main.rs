@@ -111,6 +111,24 @@ enum Command {
         #[arg(long, value_parser = parse_size, default_value = "256MiB")]
         memory_limit: usize,
     },
+    /// Keep Delta Lake tables (TABLE/runs, TABLE/history) up to date with a source, reading only
+    /// the runs that changed since the last sync.
+    Sync {
+        #[command(flatten)]
+        common: Common,
+        /// The folder of the two Delta tables (created on the first sync).
+        table: PathBuf,
+        /// Rewrite both tables from the source, whatever they hold (also needed to change
+        /// --select, --history or the source).
+        #[arg(long)]
+        full_refresh: bool,
+        /// Keep the rows of runs gone from the source (by default they are removed).
+        #[arg(long)]
+        keep_deleted: bool,
+        /// Memory for the history of the runs being read (as for export).
+        #[arg(long, value_parser = parse_size, default_value = "256MiB")]
+        memory_limit: usize,
+    },
     /// Show what an export would read and write, without reading any run.
     Plan {
         #[command(flatten)]
@@ -265,6 +283,44 @@ fn run(command: Command, json_logs: bool) -> Result<u8, Error> {
                     summary.bytes,
                     summary.failures.len(),
                     summary.warnings.len(),
+                    summary.seconds
+                );
+            }
+            Ok(if summary.failures.is_empty() { 0 } else { EXIT_PARTIAL })
+        }
+        Command::Sync { common, table, full_refresh, keep_deleted, memory_limit } => {
+            let opts = runport::sync::SyncOptions {
+                source: common.source.clone(),
+                table,
+                selection: common.select.clone(),
+                history: common.history.into(),
+                full_refresh,
+                keep_deleted,
+                concurrency: common.concurrency(),
+                options: common.options(),
+                memory_limit,
+            };
+            let summary = runport::sync::sync(&opts)?;
+            for f in summary.failures.iter().filter(|_| !json_logs) {
+                eprintln!("runport: run {} failed ({}): {}; its previous rows are kept", f.run, f.stage, f.error);
+            }
+            if common.json {
+                print_json(&summary);
+            } else {
+                let r = &summary.runs;
+                println!(
+                    "synced {}: {} new, {} changed, {} unchanged, {} deleted, {} failed runs; {} history rows; \
+                     {} files added, {} removed; {}; {:.2} s",
+                    summary.table,
+                    r.new,
+                    r.changed,
+                    r.unchanged,
+                    r.deleted,
+                    r.failed,
+                    summary.history_rows,
+                    summary.files_added,
+                    summary.files_removed,
+                    if summary.committed { "committed" } else { "nothing to commit" },
                     summary.seconds
                 );
             }

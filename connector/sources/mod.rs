@@ -148,6 +148,26 @@ pub trait Source: Send + Sync {
         target: Option<Arc<HistoryTarget>>,
         consume: &mut ConsumeRun<'_>,
     ) -> Result<Option<RunFailure>>;
+
+    /// `runport sync`: each run's label and change fingerprint, in run-id
+    /// order, from the listing alone (no history is read); `None` when the
+    /// source cannot be synced yet.
+    fn fingerprints(&self) -> Result<Option<Vec<(String, String)>>> {
+        Ok(None)
+    }
+
+    /// [`Source::read_runs`] for the runs labelled in `only`; the others
+    /// are not read at all.
+    fn read_only(
+        &self,
+        _plan: &Arc<FetchPlan>,
+        _concurrency: usize,
+        _target: Option<Arc<HistoryTarget>>,
+        _only: &std::collections::HashSet<String>,
+        _consume: &mut ConsumeRun<'_>,
+    ) -> Result<Option<RunFailure>> {
+        Err(Error::Internal("this source reads every run".into()))
+    }
 }
 
 /// A source's configuration, as registrations return it.

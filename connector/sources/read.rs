@@ -37,6 +37,12 @@ pub trait LocalRuns: Send + Sync + 'static {
 
     /// What `runport plan` shows and the manifest records (asks nothing).
     fn describe_plan(&self, plan: &FetchPlan) -> serde_json::Value;
+
+    /// Run `i`'s change fingerprint, from what opening the source found
+    /// (`runport sync`); `None`: the source has none.
+    fn fingerprint(&self, _i: usize) -> Option<String> {
+        None
+    }
 }
 
 /// A local source: its runs read on the CPU pool.
@@ -62,7 +68,26 @@ impl<L: LocalRuns> Source for Local<L> {
         target: Option<Arc<HistoryTarget>>,
         consume: &mut ConsumeRun<'_>,
     ) -> Result<Option<RunFailure>> {
-        read_local(&self.0, plan, concurrency, target, consume);
+        read_local(&self.0, (0..self.0.len()).collect(), plan, concurrency, target, consume);
+        Ok(None)
+    }
+
+    fn fingerprints(&self) -> Result<Option<Vec<(String, String)>>> {
+        Ok((0..self.0.len())
+            .map(|i| self.0.fingerprint(i).map(|f| (self.0.run_id(i).to_string(), f)))
+            .collect::<Option<Vec<_>>>())
+    }
+
+    fn read_only(
+        &self,
+        plan: &Arc<FetchPlan>,
+        concurrency: usize,
+        target: Option<Arc<HistoryTarget>>,
+        only: &std::collections::HashSet<String>,
+        consume: &mut ConsumeRun<'_>,
+    ) -> Result<Option<RunFailure>> {
+        let indices = (0..self.0.len()).filter(|i| only.contains(self.0.run_id(*i))).collect();
+        read_local(&self.0, indices, plan, concurrency, target, consume);
         Ok(None)
     }
 }
@@ -119,22 +144,28 @@ impl<S: NetworkSource> Source for Network<S> {
 /// Reads every run of a local source on `concurrency` CPU threads.
 fn read_local<L: LocalRuns>(
     runs: &Arc<L>,
+    indices: Vec<usize>,
     plan: &Arc<FetchPlan>,
     concurrency: usize,
     target: Option<Arc<HistoryTarget>>,
     consume: &mut ConsumeRun<'_>,
 ) {
     let (reader, plan) = (Arc::clone(runs), Arc::clone(plan));
-    let work = move |i: usize| {
+    let indices = Arc::new(indices);
+    let at = Arc::clone(&indices);
+    let work = move |n: usize| {
+        let i = at[n];
         let mut counts = RecordCounts::default();
         let mut sink = HistorySink::new(target.clone(), reader.run_id(i));
         let out = reader.read(i, &plan, &mut counts, &mut sink).and_then(|data| sink.finish(data));
         (out, counts)
     };
     let workers = concurrency.max(1);
-    for_each_run(runs.len(), workers, workers * 2, work, |i, out| match out {
-        Ok((run, counts)) => consume(runs.run_id(i), run, counts),
-        Err(panic) => consume(runs.run_id(i), Err(format!("internal error: {panic}")), RecordCounts::default()),
+    for_each_run(indices.len(), workers, workers * 2, work, |n, out| match out {
+        Ok((run, counts)) => consume(runs.run_id(indices[n]), run, counts),
+        Err(panic) => {
+            consume(runs.run_id(indices[n]), Err(format!("internal error: {panic}")), RecordCounts::default())
+        }
     });
 }
 

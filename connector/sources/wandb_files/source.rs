@@ -81,4 +81,24 @@ impl LocalRuns for WandbFiles {
     fn describe_plan(&self, plan: &FetchPlan) -> serde_json::Value {
         WandbFiles::describe_plan(self, plan)
     }
+
+    /// Each log file's name, size and modification time (nanoseconds): a
+    /// `.wandb` file is only appended to while its run lives.
+    fn fingerprint(&self, i: usize) -> Option<String> {
+        let files: Vec<serde_json::Value> = self.runs[i]
+            .files
+            .iter()
+            .map(|f| {
+                let meta = std::fs::metadata(f).ok();
+                let mtime = meta
+                    .as_ref()
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_nanos() as u64);
+                let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                serde_json::json!([name, meta.map_or(0, |m| m.len()), mtime])
+            })
+            .collect();
+        Some(serde_json::Value::Array(files).to_string())
+    }
 }

@@ -1,0 +1,335 @@
+//! Delta Lake tables for `runport sync`: runport writes the Parquet files
+//! (with its own writer, as for `export`), delta-rs writes the log: table
+//! creation, `add`/`remove` actions, `txn`, commit info, and the optimistic
+//! concurrency of commits. No Arrow type crosses between the two (delta-rs
+//! is on another arrow major): schemas are translated here, and statistics
+//! are read from the written files' Parquet footers.
+//!
+//! Tables are written with reader protocol 1 and writer protocol 2 (no
+//! deletion vectors, no column mapping), so that every Delta reader reads them.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use arrow_schema::{DataType, Schema, TimeUnit};
+use deltalake::kernel::transaction::CommitBuilder;
+use deltalake::kernel::{
+    Action, Add, ArrayType, DataType as DeltaType, Metadata, Protocol, Remove, StructField, StructType, Transaction,
+};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::{DeltaTable, DeltaTableBuilder};
+use parquet::file::metadata::ParquetMetaData;
+use parquet::file::statistics::Statistics;
+use serde_json::{Map, Value, json};
+
+use crate::error::{Error, Result};
+
+/// Columns whose minimum and maximum go into an `add` action's statistics:
+/// the first 32, as Delta's `dataSkippingNumIndexedCols` default.
+const STATS_COLUMNS: usize = 32;
+
+/// Longest string whose minimum and maximum are recorded (longer ones would
+/// need truncation rules; their bounds are left out, which only costs skipping).
+const STATS_STRING_CHARS: usize = 32;
+
+/// One Delta table of a sync's TABLE folder (`TABLE/runs`, `TABLE/history`).
+pub struct DeltaDir {
+    pub path: PathBuf,
+    url: url::Url,
+    /// The table as last loaded (`None`: no table there yet).
+    pub table: Option<DeltaTable>,
+}
+
+fn delta_error(what: &str, path: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Internal(format!("Delta table {}: {what}: {e}", path.display()))
+}
+
+impl DeltaDir {
+    /// The table at `path`, loaded when it has a log.
+    pub async fn open(path: &Path) -> Result<DeltaDir> {
+        std::fs::create_dir_all(path).map_err(|e| Error::write(path.display(), e))?;
+        let abs = std::fs::canonicalize(path).map_err(|e| Error::write(path.display(), e))?;
+        let url = url::Url::from_directory_path(&abs)
+            .map_err(|()| Error::Usage(format!("{}: not a path a Delta table can live at", path.display())))?;
+        let mut dir = DeltaDir { path: abs, url, table: None };
+        dir.load().await?;
+        Ok(dir)
+    }
+
+    /// Loads the table's newest version (none when it has no log yet).
+    pub async fn load(&mut self) -> Result<()> {
+        if !self.path.join("_delta_log").exists() {
+            self.table = None;
+            return Ok(());
+        }
+        let table = DeltaTableBuilder::from_url(self.url.clone())
+            .map_err(|e| delta_error("cannot open", &self.path, e))?
+            .load()
+            .await
+            .map_err(|e| delta_error("cannot read its log", &self.path, e))?;
+        self.table = Some(table);
+        Ok(())
+    }
+
+    /// The loaded table's version.
+    pub fn version(&self) -> Option<u64> {
+        self.table.as_ref().and_then(|t| t.version())
+    }
+
+    /// The table's configuration (`runport.*` settings of the sync that made it).
+    pub fn configuration(&self) -> Option<HashMap<String, String>> {
+        let snapshot = self.table.as_ref()?.snapshot().ok()?;
+        Some(snapshot.metadata().configuration().clone())
+    }
+
+    /// The relative paths of the table's live files.
+    pub fn files(&self) -> Result<Vec<String>> {
+        let Some(t) = &self.table else { return Ok(Vec::new()) };
+        let base = self.url.as_str().to_string();
+        let uris = t.get_file_uris().map_err(|e| delta_error("cannot list its files", &self.path, e))?;
+        // Local tables give absolute paths, others URLs: both relative here.
+        Ok(uris
+            .map(|u| match u.strip_prefix(&base) {
+                Some(rel) => percent_encoding::percent_decode_str(rel).decode_utf8_lossy().into_owned(),
+                None => match Path::new(&u).strip_prefix(&self.path) {
+                    Ok(rel) => rel.to_string_lossy().into_owned(),
+                    Err(_) => u,
+                },
+            })
+            .collect())
+    }
+
+    /// The version a `txn` action of `app_id` last recorded.
+    pub async fn txn_version(&self, app_id: &str) -> Result<Option<i64>> {
+        let Some(t) = &self.table else { return Ok(None) };
+        let snapshot = t.snapshot().map_err(|e| delta_error("cannot read its state", &self.path, e))?;
+        snapshot
+            .transaction_version(t.log_store().as_ref(), app_id)
+            .await
+            .map_err(|e| delta_error("cannot read its transactions", &self.path, e))
+    }
+
+    /// Commits `actions` (adds and removes, a `txn`), creating the table
+    /// with `schema` and `configuration` when there is none, and changing
+    /// its schema when `schema` differs. Returns the new version.
+    pub async fn commit(
+        &mut self,
+        schema: &Schema,
+        configuration: &[(String, String)],
+        mut actions: Vec<Action>,
+        app_metadata: HashMap<String, Value>,
+    ) -> Result<u64> {
+        let delta_schema = delta_schema(schema)?;
+        let operation = match &self.table {
+            None => {
+                let protocol: Protocol = serde_json::from_value(json!({"minReaderVersion": 1, "minWriterVersion": 2}))
+                    .map_err(|e| Error::Internal(format!("Delta protocol: {e}")))?;
+                let metadata = new_metadata(&delta_schema, configuration)?;
+                actions.insert(0, Action::Metadata(metadata.clone()));
+                actions.insert(0, Action::Protocol(protocol.clone()));
+                DeltaOperation::Create { mode: SaveMode::ErrorIfExists, location: self.url.clone(), protocol, metadata }
+            }
+            Some(t) => {
+                let snapshot = t.snapshot().map_err(|e| delta_error("cannot read its state", &self.path, e))?;
+                if snapshot.schema().as_ref() != &delta_schema {
+                    actions.insert(0, Action::Metadata(new_metadata(&delta_schema, configuration)?));
+                }
+                DeltaOperation::Write { mode: SaveMode::Append, partition_by: None, predicate: None }
+            }
+        };
+        let snapshot = match &self.table {
+            Some(t) => Some(t.snapshot().map_err(|e| delta_error("cannot read its state", &self.path, e))?),
+            None => None,
+        };
+        let log_store = match &self.table {
+            Some(t) => t.log_store(),
+            None => DeltaTableBuilder::from_url(self.url.clone())
+                .map_err(|e| delta_error("cannot open", &self.path, e))?
+                .build()
+                .map_err(|e| delta_error("cannot open", &self.path, e))?
+                .log_store(),
+        };
+        // A table created meanwhile by another sync is not written over.
+        let retries = if self.table.is_none() { 0 } else { 15 };
+        let done = CommitBuilder::default()
+            .with_actions(actions)
+            .with_app_metadata(app_metadata)
+            .with_max_retries(retries)
+            .build(snapshot.map(|s| s as &dyn deltalake::kernel::transaction::TableReference), log_store, operation)
+            .await
+            .map_err(|e| delta_error("commit failed", &self.path, e))?;
+        let version = done.version();
+        self.load().await?;
+        Ok(version)
+    }
+}
+
+fn new_metadata(schema: &StructType, configuration: &[(String, String)]) -> Result<Metadata> {
+    deltalake::kernel::new_metadata(schema, Vec::<String>::new(), configuration.iter().cloned())
+        .map_err(|e| Error::Internal(format!("Delta metadata: {e}")))
+}
+
+/// A `txn` action: `app_id` at `version`.
+pub fn txn(app_id: &str, version: i64) -> Action {
+    Action::Txn(Transaction::new(app_id, version))
+}
+
+/// The Delta type of an Arrow type of runport's tables.
+fn delta_type(dt: &DataType) -> Result<DeltaType> {
+    Ok(match dt {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => DeltaType::STRING,
+        DataType::RunEndEncoded(_, values) => delta_type(values.data_type())?,
+        DataType::Int64 => DeltaType::LONG,
+        DataType::Int32 => DeltaType::INTEGER,
+        DataType::Float64 => DeltaType::DOUBLE,
+        DataType::Boolean => DeltaType::BOOLEAN,
+        DataType::Timestamp(TimeUnit::Microsecond, Some(_)) => DeltaType::TIMESTAMP,
+        DataType::List(item) | DataType::LargeList(item) => {
+            ArrayType::new(delta_type(item.data_type())?, item.is_nullable()).into()
+        }
+        other => return Err(Error::Internal(format!("no Delta type for the Arrow type {other}"))),
+    })
+}
+
+/// The Delta schema of a table's Arrow schema.
+pub fn delta_schema(schema: &Schema) -> Result<StructType> {
+    let fields = schema
+        .fields()
+        .iter()
+        .map(|f| Ok(StructField::new(f.name().clone(), delta_type(f.data_type())?, f.is_nullable())))
+        .collect::<Result<Vec<_>>>()?;
+    StructType::try_new(fields).map_err(|e| Error::Internal(format!("Delta schema: {e}")))
+}
+
+/// The `add` action of a Parquet file written at `rel` (relative to the
+/// table), its statistics from the file's footer: `numRecords`, and per
+/// column `nullCount`, and `minValues`/`maxValues` for the first
+/// [`STATS_COLUMNS`] integer and short string columns.
+pub fn add_action(table: &Path, rel: &str) -> Result<Action> {
+    let path = table.join(rel);
+    let file = File::open(&path).map_err(|e| Error::write(path.display(), e))?;
+    let meta = file.metadata().map_err(|e| Error::write(path.display(), e))?;
+    let footer = parquet::file::metadata::ParquetMetaDataReader::new()
+        .parse_and_finish(&file)
+        .map_err(|e| Error::Parquet { path: path.display().to_string(), source: e })?;
+    let modification_time = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as i64);
+    Ok(Action::Add(Add {
+        path: rel.to_string(),
+        size: meta.len() as i64,
+        modification_time,
+        data_change: true,
+        stats: Some(stats(&footer).to_string()),
+        ..Default::default()
+    }))
+}
+
+/// A `remove` action of a live file.
+pub fn remove_action(rel: &str) -> Action {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    Action::Remove(Remove {
+        path: rel.to_string(),
+        data_change: true,
+        deletion_timestamp: Some(now),
+        extended_file_metadata: None,
+        partition_values: None,
+        size: None,
+        tags: None,
+        deletion_vector: None,
+        base_row_id: None,
+        default_row_commit_version: None,
+    })
+}
+
+/// Delta statistics of a file from its row groups' statistics. A column
+/// without statistics in some row group gets no entry (readers then read
+/// the file).
+fn stats(meta: &ParquetMetaData) -> Value {
+    let rows: i64 = meta.row_groups().iter().map(|g| g.num_rows()).sum();
+    let schema = meta.file_metadata().schema_descr();
+    let (mut nulls, mut mins, mut maxs) = (Map::new(), Map::new(), Map::new());
+    for (i, column) in schema.columns().iter().enumerate() {
+        // Top-level primitive columns only (lists have no bounds here).
+        if column.path().parts().len() != 1 {
+            continue;
+        }
+        let name = column.name().to_string();
+        let all: Option<Vec<&Statistics>> = meta.row_groups().iter().map(|g| g.column(i).statistics()).collect();
+        let Some(all) = all else { continue };
+        if let Some(n) = all.iter().map(|s| s.null_count_opt()).sum::<Option<u64>>() {
+            nulls.insert(name.clone(), n.into());
+        }
+        if i >= STATS_COLUMNS || all.is_empty() {
+            continue;
+        }
+        // Plain integers and strings only: timestamps are INT64 too.
+        let plain = match column.logical_type_ref() {
+            None => column.physical_type() == parquet::basic::Type::INT64,
+            Some(parquet::basic::LogicalType::String) => true,
+            Some(_) => false,
+        };
+        if !plain {
+            continue;
+        }
+        match bounds(&all) {
+            Some((lo, hi)) => {
+                mins.insert(name.clone(), lo);
+                maxs.insert(name, hi);
+            }
+            None => continue,
+        }
+    }
+    json!({"numRecords": rows, "minValues": mins, "maxValues": maxs, "nullCount": nulls})
+}
+
+/// The minimum and maximum over row groups, for integers and UTF-8 strings
+/// (no floats: Parquet bounds leave NaN out, which readers that order NaN
+/// last would skip wrongly; no timestamps: Delta's bounds are milliseconds).
+fn bounds(all: &[&Statistics]) -> Option<(Value, Value)> {
+    match all.first()? {
+        Statistics::Int64(_) => {
+            let mut lo = i64::MAX;
+            let mut hi = i64::MIN;
+            for s in all {
+                let Statistics::Int64(v) = s else { return None };
+                if v.min_opt().is_none() && v.max_opt().is_none() {
+                    continue;
+                }
+                // Timestamps are Int64 too: only plain integers get bounds.
+                lo = lo.min(*v.min_opt()?);
+                hi = hi.max(*v.max_opt()?);
+            }
+            (lo <= hi).then(|| (lo.into(), hi.into()))
+        }
+        Statistics::ByteArray(_) => {
+            let mut lo: Option<String> = None;
+            let mut hi: Option<String> = None;
+            for s in all {
+                let Statistics::ByteArray(v) = s else { return None };
+                if v.min_opt().is_none() && v.max_opt().is_none() {
+                    continue;
+                }
+                // Exact bounds only: parquet may truncate them.
+                if !v.min_is_exact() || !v.max_is_exact() {
+                    return None;
+                }
+                let min = std::str::from_utf8(v.min_opt()?.data()).ok()?.to_string();
+                let max = std::str::from_utf8(v.max_opt()?.data()).ok()?.to_string();
+                if lo.as_ref().is_none_or(|l| &min < l) {
+                    lo = Some(min);
+                }
+                if hi.as_ref().is_none_or(|h| &max > h) {
+                    hi = Some(max);
+                }
+            }
+            let (lo, hi) = (lo?, hi?);
+            (lo.chars().count() <= STATS_STRING_CHARS && hi.chars().count() <= STATS_STRING_CHARS)
+                .then(|| (lo.into(), hi.into()))
+        }
+        _ => None,
+    }
+}

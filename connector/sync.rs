@@ -1,0 +1,700 @@
+//! `runport sync SOURCE TABLE`: keeps two Delta Lake tables, `TABLE/runs`
+//! and `TABLE/history`, up to date with a source, reading only what changed.
+//!
+//! - The table is the state. Each run's row in `runs` carries three sync
+//!   columns: `_sync_key` (the run's label in the source's listing),
+//!   `_sync_fingerprint` (its change fingerprint, from the listing alone)
+//!   and `_sync_history_file` (the `history` file holding its rows).
+//! - A sync lists the source whole (cheap, and deletions only show there),
+//!   compares fingerprints, and reads only new and changed runs. Unchanged
+//!   runs' rows of `runs` are rebuilt from the table itself; their history
+//!   is neither read nor rewritten, unless it shares a file with a changed
+//!   or deleted run: that file is replaced copy-on-write, its other runs'
+//!   rows copied unchanged.
+//! - Runs still running get history files of their own, so that the files
+//!   of finished runs are almost never rewritten.
+//! - One commit per table, `history` first, then `runs` (rewritten whole:
+//!   it is small), each with a `txn` action and runport's commit info; the
+//!   `runs` commit records the `history` version it matches. Nothing changed:
+//!   no commit at all.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fs::File;
+use std::io::BufWriter;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float64Type, Int64Type, TimestampMicrosecondType};
+use arrow_array::{Array, ArrayRef, BooleanArray, RecordBatch, StringArray};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::delta::{DeltaDir, add_action, remove_action, txn};
+use crate::error::{Error, Result};
+use crate::export::{Planned, RunFailure, chunk_bytes, open};
+use crate::http::HttpCounts;
+use crate::output::history::long_schema;
+use crate::output::parallel::ParallelWriter;
+use crate::output::runs::RunsTable;
+use crate::output::spill::SpillDir;
+use crate::output::{PART_BYTES, Provenance, history_writer_properties, writer_properties};
+use crate::pipeline::{EncodedHistory, HistoryEncoding, HistoryTarget, ReadRun};
+use crate::plan::HistoryLayout;
+use crate::run::{IdentityKind, IdentityValue, RunData, RunIdentity};
+use crate::sources::{RecordCounts, SourceOption};
+use crate::value::Value;
+
+/// The sync columns of `runs` (see the module).
+pub const SYNC_KEY: &str = "_sync_key";
+pub const SYNC_FINGERPRINT: &str = "_sync_fingerprint";
+pub const SYNC_HISTORY_FILE: &str = "_sync_history_file";
+
+/// What to sync, and how.
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    pub source: String,
+    pub table: PathBuf,
+    pub selection: Option<String>,
+    /// `Long` or `None` (a Delta table has one schema: the long layout).
+    pub history: HistoryLayout,
+    pub full_refresh: bool,
+    pub keep_deleted: bool,
+    pub concurrency: Option<usize>,
+    pub options: Vec<SourceOption>,
+    pub memory_limit: usize,
+}
+
+/// Runs by what the sync did with them.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SyncRuns {
+    pub new: usize,
+    pub changed: usize,
+    pub unchanged: usize,
+    /// Gone from the source: removed from both tables (kept with `--keep-deleted`).
+    pub deleted: usize,
+    /// Could not be read: their previous rows are kept, and read again next time.
+    pub failed: usize,
+}
+
+/// What `runport sync --json` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct SyncSummary {
+    pub runs: SyncRuns,
+    /// History rows written (new and changed runs, and rows copied out of replaced files).
+    pub history_rows: u64,
+    pub files_added: usize,
+    pub files_removed: usize,
+    /// Each table's version after the sync (unchanged when nothing changed).
+    pub versions: BTreeMap<String, Option<u64>>,
+    /// Whether the sync committed anything.
+    pub committed: bool,
+    /// Bytes of the files written.
+    pub bytes: u64,
+    pub failures: Vec<RunFailure>,
+    /// Records read and decoded (W&B files): only new and changed runs are read.
+    pub records: RecordCounts,
+    pub http: Option<HttpCounts>,
+    pub seconds: f64,
+    pub table: String,
+}
+
+/// A run as the table holds it.
+struct TableRun {
+    data: RunData,
+    fingerprint: String,
+    history_file: Option<String>,
+}
+
+/// A run to write into `runs`.
+struct NewRun {
+    data: RunData,
+    fingerprint: String,
+    history_file: Option<String>,
+}
+
+/// A history file being written.
+struct FileOut {
+    rel: String,
+    writer: ParallelWriter<BufWriter<File>>,
+    rows: u64,
+}
+
+/// The history files a sync writes: runs in a shared file (a new one past
+/// [`PART_BYTES`]), runs still running each in a file of their own.
+struct HistoryFiles {
+    dir: PathBuf,
+    schema: SchemaRef,
+    props: parquet::file::properties::WriterProperties,
+    sync_id: String,
+    next: usize,
+    shared: Option<FileOut>,
+    /// Closed files: (relative path, rows).
+    done: Vec<(String, u64)>,
+}
+
+impl HistoryFiles {
+    fn create(&mut self) -> Result<FileOut> {
+        let rel = format!("part-{}-{:05}.parquet", self.sync_id, self.next);
+        self.next += 1;
+        let path = self.dir.join(&rel);
+        let file = File::create(&path).map_err(|e| Error::write(path.display(), e))?;
+        let writer = ParallelWriter::try_new(
+            BufWriter::with_capacity(1 << 20, file),
+            Arc::clone(&self.schema),
+            self.props.clone(),
+        )
+        .map_err(|e| Error::Parquet { path: path.display().to_string(), source: e })?;
+        Ok(FileOut { rel, writer, rows: 0 })
+    }
+
+    fn close(&mut self, out: FileOut) -> Result<()> {
+        let path = self.dir.join(&out.rel);
+        let mut w = out.writer.close().map_err(|e| Error::Parquet { path: path.display().to_string(), source: e })?;
+        std::io::Write::flush(&mut w).map_err(|e| Error::write(path.display(), e))?;
+        let file = w.into_inner().map_err(|e| Error::write(path.display(), e.into_error()))?;
+        file.sync_all().map_err(|e| Error::write(path.display(), e))?;
+        self.done.push((out.rel, out.rows));
+        Ok(())
+    }
+
+    /// Writes one run's rows; returns the file they went to (`None`: no rows).
+    fn write_run(&mut self, own_file: bool, write: impl FnOnce(&mut FileOut) -> Result<()>) -> Result<Option<String>> {
+        if own_file {
+            let mut out = self.create()?;
+            write(&mut out)?;
+            let rel = out.rel.clone();
+            let rows = out.rows;
+            self.close(out)?;
+            if rows == 0 {
+                let (rel, _) = self.done.pop().expect("invariant: just closed");
+                let _ = std::fs::remove_file(self.dir.join(&rel));
+                return Ok(None);
+            }
+            return Ok(Some(rel));
+        }
+        if self.shared.is_none() {
+            self.shared = Some(self.create()?);
+        }
+        let out = self.shared.as_mut().expect("invariant: just created");
+        let before = out.rows;
+        write(out)?;
+        let (rel, rows) = (out.rel.clone(), out.rows - before);
+        if out.writer.bytes_written() >= PART_BYTES {
+            let full = self.shared.take().expect("invariant: open");
+            self.close(full)?;
+        }
+        Ok((rows > 0).then_some(rel))
+    }
+
+    /// Closes the shared file; returns every file written, with rows (a
+    /// shared file that got no rows is removed).
+    fn finish(mut self) -> Result<Vec<(String, u64)>> {
+        if let Some(out) = self.shared.take() {
+            self.close(out)?;
+        }
+        let dir = self.dir.clone();
+        self.done.retain(|(rel, rows)| {
+            if *rows == 0 {
+                let _ = std::fs::remove_file(dir.join(rel));
+            }
+            *rows > 0
+        });
+        Ok(self.done)
+    }
+}
+
+fn write_batch(out: &mut FileOut, dir: &Path, batch: &RecordBatch) -> Result<()> {
+    if batch.num_rows() == 0 {
+        return Ok(());
+    }
+    out.writer
+        .write(batch)
+        .map_err(|e| Error::Parquet { path: dir.join(&out.rel).display().to_string(), source: e })?;
+    out.rows += batch.num_rows() as u64;
+    Ok(())
+}
+
+/// Syncs `opts.source` into the Delta tables under `opts.table`.
+pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
+    let started = Instant::now();
+    if opts.history == HistoryLayout::Wide {
+        return Err(Error::Usage(
+            "runport sync writes the long history layout (or none): a Delta table keeps one schema".into(),
+        ));
+    }
+    if opts.memory_limit < crate::export::MIN_MEMORY_LIMIT {
+        return Err(Error::Usage(format!("--memory-limit {} is below the smallest taken", opts.memory_limit)));
+    }
+    let planned = open(&opts.source, opts.selection.as_deref(), opts.history, opts.concurrency, &opts.options)?;
+    let listing = planned.source.fingerprints()?.ok_or_else(|| {
+        Error::Usage(format!(
+            "runport sync does not read {} sources yet (it reads W&B local files); use runport export",
+            planned.provenance.source_kind
+        ))
+    })?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Internal(format!("cannot start the Delta runtime: {e}")))?;
+    std::fs::create_dir_all(&opts.table).map_err(|e| Error::write(opts.table.display(), e))?;
+    let mut runs_table = runtime.block_on(DeltaDir::open(&opts.table.join("runs")))?;
+    let mut history_table = runtime.block_on(DeltaDir::open(&opts.table.join("history")))?;
+    let settings = settings(&planned);
+    let mut full = opts.full_refresh || runs_table.table.is_none();
+    if let Some(conf) = runs_table.configuration()
+        && !opts.full_refresh
+    {
+        for (key, want) in &settings {
+            let have = conf.get(key).map(String::as_str).unwrap_or("");
+            if have != want {
+                return Err(Error::Usage(format!(
+                    "{}: the tables were synced with {key} {have:?}, not {want:?}; give --full-refresh to rewrite them",
+                    opts.table.display()
+                )));
+            }
+        }
+    }
+    let mut table_runs = if full { BTreeMap::new() } else { read_table_runs(&runs_table, &planned)? };
+    if !full && runs_table.table.is_some() && table_runs.is_empty() && !runs_table.files()?.is_empty() {
+        full = true;
+    }
+
+    // What changed: from the listing alone.
+    let listed: BTreeMap<String, String> = listing.into_iter().collect();
+    let to_read: HashSet<String> = listed
+        .iter()
+        .filter(|(key, fp)| full || table_runs.get(*key).is_none_or(|t| &t.fingerprint != *fp))
+        .map(|(key, _)| key.clone())
+        .collect();
+    let gone: Vec<String> = table_runs.keys().filter(|k| !listed.contains_key(*k)).cloned().collect();
+    let mut counts = SyncRuns {
+        new: to_read.iter().filter(|k| !table_runs.contains_key(*k)).count(),
+        changed: to_read.iter().filter(|k| table_runs.contains_key(*k)).count(),
+        unchanged: listed.len() - to_read.len(),
+        deleted: gone.len(),
+        failed: 0,
+    };
+    let mut versions =
+        BTreeMap::from([("runs".to_string(), runs_table.version()), ("history".to_string(), history_table.version())]);
+    let nothing = to_read.is_empty() && (gone.is_empty() || opts.keep_deleted) && !full;
+    if nothing {
+        return Ok(SyncSummary {
+            runs: counts,
+            history_rows: 0,
+            files_added: 0,
+            files_removed: 0,
+            versions,
+            committed: false,
+            bytes: 0,
+            failures: Vec::new(),
+            records: RecordCounts::default(),
+            http: planned.source.http_counts(),
+            seconds: started.elapsed().as_secs_f64(),
+            table: opts.table.display().to_string(),
+        });
+    }
+
+    // Read the new and changed runs; their history goes to new files.
+    let sync_id = sync_id();
+    let plan = Arc::clone(&planned.plan);
+    let spill = SpillDir::create(&opts.table.join(".history.runport-spill"))?;
+    let schema = long_schema();
+    let target = plan.history.then(|| {
+        Arc::new(HistoryTarget {
+            encoding: HistoryEncoding::Long(Arc::clone(&schema)),
+            chunk_bytes: chunk_bytes(opts.memory_limit),
+            spill: Some(Arc::clone(&spill)),
+        })
+    });
+    let mut files = HistoryFiles {
+        dir: history_table.path.clone(),
+        schema: Arc::clone(&schema),
+        props: history_writer_properties(&planned.provenance, true),
+        sync_id: sync_id.clone(),
+        next: 0,
+        shared: None,
+        done: Vec::new(),
+    };
+    let mut new_runs: BTreeMap<String, NewRun> = BTreeMap::new();
+    let mut failures = Vec::new();
+    let mut fatal: Option<Error> = None;
+    let mut records = RecordCounts::default();
+    let dir = history_table.path.clone();
+    planned.source.read_only(&plan, planned.concurrency, target, &to_read, &mut |label, run, counts| {
+        records.add(&counts);
+        let ReadRun { data, history } = match run {
+            Ok(r) => r,
+            Err(error) => {
+                tracing::warn!(run = label, %error, "run failed; its previous rows are kept");
+                failures.push(RunFailure { run: label.to_string(), stage: "decode".into(), error });
+                return ControlFlow::Continue(());
+            }
+        };
+        let running = data.identity.text("state") == Some("running");
+        let written = files.write_run(running, |out| match history {
+            EncodedHistory::Batch(batch) => write_batch(out, &dir, &batch),
+            EncodedHistory::Spilled(spilled) => spilled.replay(&schema, &mut |b| write_batch(out, &dir, b)),
+            EncodedHistory::None | EncodedHistory::Kinds(_) => Ok(()),
+        });
+        match written {
+            Ok(history_file) => {
+                let fingerprint = listed.get(label).cloned().unwrap_or_default();
+                new_runs.insert(label.to_string(), NewRun { data, fingerprint, history_file });
+                ControlFlow::Continue(())
+            }
+            Err(e) => {
+                fatal = Some(e);
+                ControlFlow::Break(())
+            }
+        }
+    })?;
+    if let Some(e) = fatal {
+        return Err(e);
+    }
+    counts.failed = failures.len();
+    for f in &failures {
+        // A run that failed keeps what the table holds (a new one is not added).
+        if !table_runs.contains_key(&f.run) {
+            counts.new -= 1;
+        } else {
+            counts.changed -= 1;
+        }
+    }
+
+    // Files to replace: those of runs read again, of runs gone, or all (full refresh).
+    let live_history = history_table.files()?;
+    let dropped: HashSet<&String> = if opts.keep_deleted { HashSet::new() } else { gone.iter().collect() };
+    let replaced: BTreeSet<String> = if full {
+        live_history.iter().cloned().collect()
+    } else {
+        table_runs
+            .iter()
+            .filter(|(key, _)| new_runs.contains_key(*key) || dropped.contains(key))
+            .filter_map(|(_, t)| t.history_file.clone())
+            .collect()
+    };
+    // Their other runs' rows, copied into a new file each.
+    if !full {
+        let mut carry: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (key, t) in &table_runs {
+            if let Some(f) = &t.history_file
+                && replaced.contains(f)
+                && !new_runs.contains_key(key)
+                && !dropped.contains(key)
+            {
+                carry.entry(f.clone()).or_default().push(key.clone());
+            }
+        }
+        for (file, keys) in carry {
+            let ids: HashSet<String> = keys.iter().map(|k| table_runs[k].data.identity.run_id.clone()).collect();
+            let path = history_table.path.join(&file);
+            let written = files.write_run(true, |out| copy_rows(&path, &ids, out, &dir))?;
+            for key in keys {
+                if let Some(t) = table_runs.get_mut(&key) {
+                    t.history_file.clone_from(&written);
+                }
+            }
+        }
+    }
+    let written_files = files.finish()?;
+    let history_rows: u64 = written_files.iter().map(|(_, r)| r).sum::<u64>();
+    let mut bytes = 0u64;
+
+    // The history commit.
+    let app_id = app_id(&settings);
+    let mut files_added = 0;
+    let mut files_removed = 0;
+    if plan.history {
+        let mut actions = Vec::new();
+        for (rel, _) in &written_files {
+            let add = add_action(&history_table.path, rel)?;
+            if let deltalake::kernel::Action::Add(a) = &add {
+                bytes += a.size as u64;
+            }
+            actions.push(add);
+        }
+        files_added += written_files.len();
+        for rel in &replaced {
+            actions.push(remove_action(rel));
+        }
+        files_removed += replaced.len();
+        let sequence = runtime.block_on(history_table.txn_version(&app_id))?.map_or(0, |v| v + 1);
+        actions.push(txn(&app_id, sequence));
+        let info = commit_info(&planned.provenance, &counts, None);
+        let v = runtime.block_on(history_table.commit(&schema, &settings, actions, info))?;
+        versions.insert("history".into(), Some(v));
+    }
+
+    // The runs commit: the whole table, rebuilt.
+    let mut runs = RunsTable::new(&planned.plan.identity_columns, planned.columns.groups);
+    let mut sync_columns: HashMap<String, (String, String, Option<String>)> = HashMap::new();
+    for (key, t) in table_runs.iter_mut() {
+        if new_runs.contains_key(key) || dropped.contains(key) {
+            continue;
+        }
+        sync_columns
+            .insert(t.data.identity.run_id.clone(), (key.clone(), t.fingerprint.clone(), t.history_file.clone()));
+        runs.push(&mut t.data);
+    }
+    for (key, mut r) in new_runs {
+        sync_columns.insert(r.data.identity.run_id.clone(), (key, r.fingerprint, r.history_file));
+        runs.push(&mut r.data);
+    }
+    let batch = with_sync_columns(runs.build()?, &sync_columns)?;
+    let rel = format!("part-{sync_id}-runs.parquet");
+    let path = runs_table.path.join(&rel);
+    let props = writer_properties(&planned.provenance, "runs", &["run_id", "source", "state"], &[]);
+    let props = if batch.num_columns() > crate::output::WIDE_TABLE_COLUMNS {
+        props.into_builder().set_compression(parquet::basic::Compression::SNAPPY).build()
+    } else {
+        props
+    };
+    {
+        let file = File::create(&path).map_err(|e| Error::write(path.display(), e))?;
+        let mut w = ParallelWriter::try_new(BufWriter::new(file), batch.schema(), props)
+            .map_err(|e| Error::Parquet { path: path.display().to_string(), source: e })?;
+        w.write(&batch).map_err(|e| Error::Parquet { path: path.display().to_string(), source: e })?;
+        let out = w.close().map_err(|e| Error::Parquet { path: path.display().to_string(), source: e })?;
+        let file = out.into_inner().map_err(|e| Error::write(path.display(), e.into_error()))?;
+        file.sync_all().map_err(|e| Error::write(path.display(), e))?;
+    }
+    let mut actions = vec![add_action(&runs_table.path, &rel)?];
+    if let deltalake::kernel::Action::Add(a) = &actions[0] {
+        bytes += a.size as u64;
+    }
+    let old_runs_files = runs_table.files()?;
+    files_added += 1;
+    files_removed += old_runs_files.len();
+    for f in &old_runs_files {
+        actions.push(remove_action(f));
+    }
+    let sequence = runtime.block_on(runs_table.txn_version(&app_id))?.map_or(0, |v| v + 1);
+    actions.push(txn(&app_id, sequence));
+    let info = commit_info(&planned.provenance, &counts, versions["history"]);
+    let v = runtime.block_on(runs_table.commit(&batch.schema(), &settings, actions, info))?;
+    versions.insert("runs".into(), Some(v));
+    drop(spill);
+
+    Ok(SyncSummary {
+        runs: counts,
+        history_rows,
+        files_added,
+        files_removed,
+        versions,
+        committed: true,
+        bytes,
+        failures,
+        records,
+        http: planned.source.http_counts(),
+        seconds: started.elapsed().as_secs_f64(),
+        table: opts.table.display().to_string(),
+    })
+}
+
+/// What the tables were synced with; a later sync with other settings is
+/// refused unless `--full-refresh`.
+fn settings(planned: &Planned) -> Vec<(String, String)> {
+    vec![
+        ("runport.source".into(), planned.provenance.source.clone()),
+        ("runport.source_kind".into(), planned.provenance.source_kind.clone()),
+        ("runport.selection".into(), planned.provenance.selection.clone()),
+        ("runport.history".into(), if planned.plan.history { "long" } else { "none" }.into()),
+    ]
+}
+
+/// The `txn` application id of a source and selection.
+fn app_id(settings: &[(String, String)]) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for (k, v) in settings {
+        for b in k.bytes().chain([0]).chain(v.bytes()).chain([0]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x100000001b3);
+        }
+    }
+    format!("runport-sync-{h:016x}")
+}
+
+/// A name part unique to this sync: time and process.
+fn sync_id() -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    format!("{}-{:x}-{}", now.as_secs(), now.subsec_nanos(), std::process::id())
+}
+
+fn commit_info(
+    prov: &Provenance,
+    counts: &SyncRuns,
+    history_version: Option<u64>,
+) -> HashMap<String, serde_json::Value> {
+    let mut info = json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "source": prov.source,
+        "source_kind": prov.source_kind,
+        "selection": prov.selection,
+        "runs": counts,
+    });
+    if let Some(v) = history_version {
+        info["history_version"] = v.into();
+    }
+    HashMap::from([("runport".to_string(), info)])
+}
+
+/// Copies the rows of runs `ids` from a history file of the table into `out`.
+fn copy_rows(path: &Path, ids: &HashSet<String>, out: &mut FileOut, dir: &Path) -> Result<()> {
+    let file = File::open(path).map_err(|e| Error::write(path.display(), e))?;
+    let what = |e| Error::Parquet { path: path.display().to_string(), source: e };
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(what)?
+        .with_batch_size(65536)
+        .build()
+        .map_err(what)?;
+    for batch in reader {
+        let batch = batch.map_err(|e| Error::Arrow { what: path.display().to_string(), source: e })?;
+        let run_id = batch.column_by_name("run_id").and_then(|c| c.as_string_opt::<i32>()).ok_or_else(|| {
+            Error::Internal(format!("{}: a history file without a run_id text column", path.display()))
+        })?;
+        let keep: BooleanArray = run_id.iter().map(|id| Some(id.is_some_and(|id| ids.contains(id)))).collect();
+        let kept = arrow_select::filter::filter_record_batch(&batch, &keep)
+            .map_err(|e| Error::Arrow { what: path.display().to_string(), source: e })?;
+        let kept = RecordBatch::try_new(long_schema_batch(), kept.columns().to_vec())
+            .map_err(|e| Error::Arrow { what: path.display().to_string(), source: e })?;
+        write_batch(out, dir, &kept)?;
+    }
+    Ok(())
+}
+
+/// The long history schema as read back (the file schema, plain strings).
+fn long_schema_batch() -> SchemaRef {
+    long_schema()
+}
+
+/// The table's runs, rebuilt from `runs`: each row as the run's data (its
+/// identity and column groups), fingerprint and history file, by key.
+fn read_table_runs(table: &DeltaDir, planned: &Planned) -> Result<BTreeMap<String, TableRun>> {
+    let mut out = BTreeMap::new();
+    for rel in table.files()? {
+        let path = table.path.join(&rel);
+        let file = File::open(&path).map_err(|e| Error::write(path.display(), e))?;
+        let what = |e| Error::Parquet { path: path.display().to_string(), source: e };
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .map_err(what)?
+            .with_batch_size(4096)
+            .build()
+            .map_err(what)?;
+        for batch in reader {
+            let batch = batch.map_err(|e| Error::Arrow { what: path.display().to_string(), source: e })?;
+            for row in 0..batch.num_rows() {
+                let (key, run) = table_run(&batch, row, planned)
+                    .map_err(|e| Error::Internal(format!("{}: row {row}: {e}", path.display())))?;
+                out.insert(key, run);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn text_at(batch: &RecordBatch, name: &str, row: usize) -> Option<String> {
+    let c = batch.column_by_name(name)?.as_string_opt::<i32>()?;
+    c.is_valid(row).then(|| c.value(row).to_string())
+}
+
+/// One row of `runs` as the run it holds.
+fn table_run(batch: &RecordBatch, row: usize, planned: &Planned) -> std::result::Result<(String, TableRun), String> {
+    let key = text_at(batch, SYNC_KEY, row).ok_or("no _sync_key")?;
+    let fingerprint = text_at(batch, SYNC_FINGERPRINT, row).unwrap_or_default();
+    let history_file = text_at(batch, SYNC_HISTORY_FILE, row);
+    let run_id = text_at(batch, "run_id", row).ok_or("no run_id")?;
+    let mut identity = RunIdentity::new(run_id);
+    for c in planned.plan.identity_columns.iter().filter(|c| c.name != "run_id") {
+        let Some(col) = batch.column_by_name(c.name) else { continue };
+        if col.is_null(row) && c.kind != IdentityKind::TextList {
+            continue;
+        }
+        let value = match c.kind {
+            IdentityKind::Text => IdentityValue::Text(col.as_string::<i32>().value(row).to_string()),
+            IdentityKind::Timestamp => {
+                IdentityValue::Timestamp(col.as_primitive::<TimestampMicrosecondType>().value(row))
+            }
+            IdentityKind::Float => IdentityValue::Float(col.as_primitive::<Float64Type>().value(row)),
+            IdentityKind::Int => IdentityValue::Int(col.as_primitive::<Int64Type>().value(row)),
+            IdentityKind::TextList => {
+                let list = col.as_list::<i32>();
+                let items = if list.is_valid(row) {
+                    list.value(row)
+                } else {
+                    Arc::new(StringArray::from(Vec::<String>::new())) as ArrayRef
+                };
+                let items = items.as_string::<i32>();
+                IdentityValue::TextList(items.iter().flatten().map(str::to_string).collect())
+            }
+        };
+        identity.set(c.name, Some(value));
+    }
+    let mut groups: Vec<(&'static str, Vec<(String, Value)>)> =
+        planned.columns.groups.iter().map(|g| (*g, Vec::new())).collect();
+    let schema = batch.schema();
+    for (field, col) in schema.fields().iter().zip(batch.columns()) {
+        let Some(g) = planned.columns.groups.iter().position(|p| field.name().starts_with(p)) else { continue };
+        if col.is_null(row) {
+            continue;
+        }
+        let path = field.name()[planned.columns.groups[g].len()..].to_string();
+        let value = cell_value(field, col, row)?;
+        groups[g].1.push((path, value));
+    }
+    Ok((
+        key,
+        TableRun { data: RunData { identity, groups, history: None, warnings: Vec::new() }, fingerprint, history_file },
+    ))
+}
+
+/// A group column's cell as the value it was written from.
+fn cell_value(field: &Field, col: &ArrayRef, row: usize) -> std::result::Result<Value, String> {
+    Ok(match col.data_type() {
+        DataType::Boolean => Value::Bool(col.as_boolean().value(row)),
+        DataType::Int64 => Value::Int(col.as_primitive::<Int64Type>().value(row)),
+        DataType::Float64 => Value::Float(col.as_primitive::<Float64Type>().value(row)),
+        DataType::Utf8 => {
+            let text = col.as_string::<i32>().value(row);
+            match field.metadata().get("runport.kind").map(String::as_str) {
+                Some("json") => Value::parse(text).map_err(|e| format!("{}: {e}", field.name()))?,
+                _ => Value::Str(text.to_string()),
+            }
+        }
+        other => return Err(format!("{}: unexpected type {other}", field.name())),
+    })
+}
+
+/// The runs table with the sync columns appended, by run id.
+fn with_sync_columns(
+    batch: RecordBatch,
+    sync: &HashMap<String, (String, String, Option<String>)>,
+) -> Result<RecordBatch> {
+    let ids = batch
+        .column_by_name("run_id")
+        .and_then(|c| c.as_string_opt::<i32>())
+        .ok_or_else(|| Error::Internal("runs without a run_id column".into()))?;
+    let mut keys = Vec::with_capacity(ids.len());
+    let mut fps = Vec::with_capacity(ids.len());
+    let mut files = Vec::with_capacity(ids.len());
+    for id in ids.iter() {
+        let s = id.and_then(|id| sync.get(id));
+        keys.push(s.map(|s| s.0.clone()));
+        fps.push(s.map(|s| s.1.clone()));
+        files.push(s.and_then(|s| s.2.clone()));
+    }
+    let schema = batch.schema();
+    let mut fields: Vec<Arc<Field>> = schema.fields().iter().cloned().collect();
+    fields.push(Arc::new(Field::new(SYNC_KEY, DataType::Utf8, true)));
+    fields.push(Arc::new(Field::new(SYNC_FINGERPRINT, DataType::Utf8, true)));
+    fields.push(Arc::new(Field::new(SYNC_HISTORY_FILE, DataType::Utf8, true)));
+    let mut columns = batch.columns().to_vec();
+    columns.push(Arc::new(StringArray::from(keys)));
+    columns.push(Arc::new(StringArray::from(fps)));
+    columns.push(Arc::new(StringArray::from(files)));
+    RecordBatch::try_new(Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone())), columns)
+        .map_err(|e| Error::Arrow { what: "runs".into(), source: e })
+}
