@@ -37,6 +37,7 @@ use crate::delta::{DeltaDir, add_action, remove_action, txn};
 use crate::error::{Error, Result};
 use crate::export::{Planned, RunFailure, chunk_bytes, open};
 use crate::http::HttpCounts;
+use crate::output::dataset::OutputLock;
 use crate::output::history::long_schema;
 use crate::output::parallel::ParallelWriter;
 use crate::output::runs::RunsTable;
@@ -241,6 +242,8 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
         .build()
         .map_err(|e| Error::Internal(format!("cannot start the Delta runtime: {e}")))?;
     std::fs::create_dir_all(&opts.table).map_err(|e| Error::write(opts.table.display(), e))?;
+    // Syncs into one TABLE exclude each other (a second one exits 2).
+    let _lock = OutputLock::acquire_for(opts.table.join(".runport-sync-lock"), &opts.table, "sync")?;
     let mut runs_table = runtime.block_on(DeltaDir::open(&opts.table.join("runs")))?;
     let mut history_table = runtime.block_on(DeltaDir::open(&opts.table.join("history")))?;
     let settings = settings(&planned);
@@ -371,10 +374,14 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
     let replaced: BTreeSet<String> = if full {
         live_history.iter().cloned().collect()
     } else {
+        // Live files no run of `runs` refers to (a sync killed between its
+        // two commits) go too: their runs are read again.
+        let referred: HashSet<&String> = table_runs.values().filter_map(|t| t.history_file.as_ref()).collect();
         table_runs
             .iter()
             .filter(|(key, _)| new_runs.contains_key(*key) || dropped.contains(key))
             .filter_map(|(_, t)| t.history_file.clone())
+            .chain(live_history.iter().filter(|f| !referred.contains(f)).cloned())
             .collect()
     };
     // Their other runs' rows, copied into a new file each.
@@ -418,10 +425,12 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
             actions.push(add);
         }
         files_added += written_files.len();
-        for rel in &replaced {
+        // Only live files are removed (a killed sync may have removed some).
+        let live: HashSet<&String> = live_history.iter().collect();
+        for rel in replaced.iter().filter(|f| live.contains(f)) {
             actions.push(remove_action(rel));
+            files_removed += 1;
         }
-        files_removed += replaced.len();
         let sequence = runtime.block_on(history_table.txn_version(&app_id))?.map_or(0, |v| v + 1);
         actions.push(txn(&app_id, sequence));
         let info = commit_info(&planned.provenance, &counts, None);

@@ -149,3 +149,68 @@ fn sync_brings_delta_tables_to_the_source_and_reads_only_what_changed() {
     assert_eq!(refreshed["committed"], true, "{refreshed}");
     assert_eq!(refreshed["versions"]["runs"], 2, "{refreshed}");
 }
+
+/// A sync killed between its two commits (`history` committed, `runs` not):
+/// the next sync removes the history files no run of `runs` refers to and
+/// reads their runs again, and the tables equal an export. The kill falls
+/// in that window for sure: strace holds every `linkat` (how delta-rs
+/// commits a version on local disk) for 1.5 s after it is done, and the
+/// sync is killed as soon as the new `history` version is there.
+#[test]
+fn a_sync_killed_between_its_commits_is_completed_by_the_next() {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let set = wandb_runs("standard").join("wandb");
+    let tmp = tempdir();
+    let source = tmp.path().join("wandb");
+    let table = tmp.path().join("table");
+    let later_new = folders(&set, "std-config");
+    std::fs::create_dir_all(&source).unwrap();
+    for entry in std::fs::read_dir(&set).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_dir() && !p.is_symlink() && !later_new.contains(&p) {
+            copy_dir(&p, &source.join(p.file_name().unwrap()));
+        }
+    }
+    sync(&source, &table, &[], 0);
+    for f in &later_new {
+        copy_dir(f, &source.join(f.file_name().unwrap()));
+    }
+    for f in folders(&source, "std-values") {
+        std::fs::remove_dir_all(f).unwrap();
+    }
+    let mut child = std::process::Command::new("strace")
+        .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=linkat", "-e", "inject=linkat:delay_exit=1500000"])
+        .arg(env!("CARGO_BIN_EXE_runport"))
+        .arg("sync")
+        .arg(&source)
+        .arg(&table)
+        .env("RUST_LOG", "runport=warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("this test needs strace (fault injection) on PATH: {e}"));
+    let history_v1 = table.join("history/_delta_log/00000000000000000001.json");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !history_v1.exists() {
+        assert!(Instant::now() < deadline, "the sync never committed its history");
+        assert!(child.try_wait().unwrap().is_none(), "the sync ended before its history commit");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Meanwhile, a second sync into the same tables is refused (exit 2).
+    sync(&source, &table, &[], 2);
+    // strace and the traced runport: SIGKILL to the whole process group is
+    // not ours to send; kill the traced child, then strace.
+    let killed = std::process::Command::new("pkill")
+        .args(["-KILL", "-P", &child.id().to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(killed, "no traced runport to kill");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(!table.join("runs/_delta_log/00000000000000000001.json").exists(), "runs committed before the kill");
+
+    let next = sync(&source, &table, &[], 0);
+    assert_eq!(next["committed"], true, "{next}");
+    assert_same_as_export(&source, &table, tmp.path(), "after-kill");
+}

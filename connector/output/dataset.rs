@@ -380,13 +380,19 @@ fn exchange_unsupported(e: &io::Error) -> bool {
 /// An exclusive lock on `.NAME.runport-lock` beside the output folder,
 /// holding the pid of its owner; the file is removed on release.
 #[derive(Debug)]
-struct OutputLock {
+pub(crate) struct OutputLock {
     file: File,
     path: PathBuf,
 }
 
 impl OutputLock {
     fn acquire(path: PathBuf, dir: &Path) -> Result<OutputLock> {
+        Self::acquire_for(path, dir, "export")
+    }
+
+    /// The lock at `path` for writing `dir`; `what` names the command that
+    /// holds it in the error a second one gets (exit 2).
+    pub(crate) fn acquire_for(path: PathBuf, dir: &Path, what: &str) -> Result<OutputLock> {
         loop {
             let mut file = File::options()
                 .read(true)
@@ -401,7 +407,7 @@ impl OutputLock {
                     let owner = fs::read_to_string(&path).unwrap_or_default();
                     let owner = owner.trim();
                     return Err(Error::Usage(format!(
-                        "{} is being written by another runport export{}; wait for it to end or choose another folder",
+                        "{} is being written by another runport {what}{}; wait for it to end or choose another folder",
                         dir.display(),
                         if owner.is_empty() { String::new() } else { format!(" (pid {owner})") }
                     )));
