@@ -214,3 +214,68 @@ fn a_sync_killed_between_its_commits_is_completed_by_the_next() {
     assert_eq!(next["committed"], true, "{next}");
     assert_same_as_export(&source, &table, tmp.path(), "after-kill");
 }
+
+/// Changes made with the MLflow client between syncs: more points on one
+/// run (a new key among them), a tag on another, a run deleted, a new run.
+const MLFLOW_CHANGES: &str = r#"
+import sys
+from mlflow.tracking import MlflowClient
+c = MlflowClient(tracking_uri=sys.argv[1])
+exps = [e.experiment_id for e in c.search_experiments()]
+runs = c.search_runs(experiment_ids=exps, order_by=["attributes.start_time ASC"])
+assert len(runs) >= 3, len(runs)
+r0, r1, r2 = runs[0].info.run_id, runs[1].info.run_id, runs[2].info.run_id
+for s in range(1000, 1010):
+    c.log_metric(r0, "m_extra", s * 0.5, step=s)
+c.set_tag(r1, "note", "checked")
+c.delete_run(r2)
+new = c.create_run(runs[0].info.experiment_id)
+c.log_metric(new.info.run_id, "loss", 0.25, step=0)
+c.set_terminated(new.info.run_id)
+"#;
+
+#[test]
+fn sync_of_an_mlflow_sqlite_store_follows_what_the_mlflow_client_logs() {
+    let tmp = tempdir();
+    let uri = format!("sqlite:///{}", tmp.path().join("mlflow.db").display());
+    testbed_script(
+        "mlflow_testbed.py",
+        &[
+            "populate",
+            "--tracking-uri",
+            &uri,
+            "--set",
+            "bench",
+            "--runs",
+            "6",
+            "--metrics",
+            "3",
+            "--steps",
+            "200",
+            "--jobs",
+            "1",
+        ]
+        .map(std::ffi::OsStr::new),
+    );
+    let (source, table) = (Path::new(&uri), tmp.path().join("table"));
+    let first = sync(source, &table, &[], 0);
+    assert_eq!(first["runs"]["new"], 6, "{first}");
+    assert_same_as_export(source, &table, tmp.path(), "mlflow-first");
+    let again = sync(source, &table, &[], 0);
+    assert_eq!(again["committed"], false, "{again}");
+    assert_eq!(again["runs"]["unchanged"], 6, "{again}");
+
+    python_snippet(MLFLOW_CHANGES, &[std::ffi::OsStr::new(&uri)]);
+    let changed = sync(source, &table, &[], 0);
+    assert_eq!(
+        (
+            &changed["runs"]["new"],
+            &changed["runs"]["changed"],
+            &changed["runs"]["deleted"],
+            &changed["runs"]["unchanged"]
+        ),
+        (&1.into(), &2.into(), &1.into(), &3.into()),
+        "{changed}"
+    );
+    assert_same_as_export(source, &table, tmp.path(), "mlflow-changed");
+}

@@ -110,6 +110,9 @@ pub struct MlflowRun {
     pub lifecycle_stage: Option<String>,
     /// Latest value per key.
     pub metrics: Vec<(String, f64)>,
+    /// The (step, timestamp in ms) of each key's latest value, where the
+    /// store keeps them (sqlite's `latest_metrics`): a change signal.
+    pub latest_marks: Vec<(String, i64, i64)>,
     pub params: Vec<(String, String)>,
     pub tags: Vec<(String, String)>,
 }

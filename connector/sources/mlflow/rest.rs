@@ -611,6 +611,15 @@ pub fn parse_run(r: &Json, experiment_names: &HashMap<&str, &str>) -> MlflowRun 
             .flatten()
             .filter_map(|m| Some((m.get("key")?.as_str()?.to_string(), metric_value(m.get("value")?)?)))
             .collect(),
+        latest_marks: data
+            .get("metrics")
+            .and_then(|m| m.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|m| {
+                Some((m.get("key")?.as_str()?.to_string(), int(m.get("step")).unwrap_or(0), int(m.get("timestamp"))?))
+            })
+            .collect(),
         params: pairs(data.get("params")),
         tags: pairs(data.get("tags")),
     }

@@ -179,6 +179,50 @@ impl LocalRuns for MlflowLocal {
         self.read_run(i, plan, sink)
     }
 
+    /// The listing's status, end time, stage, name, latest metrics (values,
+    /// and their step and timestamp in sqlite), params and tags, and the
+    /// size and modification time of each metric file (a file store
+    /// appends to them as a run logs).
+    fn fingerprint(&self, i: usize) -> Option<String> {
+        let stored = &self.runs[i];
+        let r = &stored.run;
+        let files: Vec<serde_json::Value> = stored
+            .metric_files
+            .iter()
+            .map(|(key, path)| {
+                let meta = std::fs::metadata(path).ok();
+                let mtime = meta
+                    .as_ref()
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_nanos() as u64);
+                serde_json::json!([key, meta.map_or(0, |m| m.len()), mtime])
+            })
+            .collect();
+        let mut marks = r.latest_marks.clone();
+        marks.sort();
+        let mut metrics: Vec<(String, String)> = r.metrics.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
+        metrics.sort();
+        let mut params = r.params.clone();
+        params.sort();
+        let mut tags = r.tags.clone();
+        tags.sort();
+        Some(
+            serde_json::json!([
+                r.status,
+                r.end_time_ms,
+                r.lifecycle_stage,
+                r.run_name,
+                metrics,
+                marks,
+                params,
+                tags,
+                files
+            ])
+            .to_string(),
+        )
+    }
+
     fn describe_plan(&self, plan: &FetchPlan) -> serde_json::Value {
         let keys: usize = self.runs.iter().map(|r| super::history_keys(plan, &r.run.metrics).len()).sum();
         serde_json::json!({

@@ -113,16 +113,24 @@ pub fn list_runs(path: &Path, experiments: &[String], view: RunView) -> Result<V
         }
     }
     {
-        let mut st = conn.prepare("SELECT run_uuid, key, value, is_nan FROM latest_metrics").map_err(&e)?;
+        let mut st =
+            conn.prepare("SELECT run_uuid, key, value, is_nan, step, timestamp FROM latest_metrics").map_err(&e)?;
         let rows = st
             .query_map([], |r| {
                 let nan: bool = r.get(3)?;
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, if nan { f64::NAN } else { r.get(2)? }))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    if nan { f64::NAN } else { r.get(2)? },
+                    r.get::<_, Option<i64>>(4)?.unwrap_or(0),
+                    r.get::<_, Option<i64>>(5)?.unwrap_or(0),
+                ))
             })
             .map_err(&e)?;
         for row in rows {
-            let (run, key, value) = row.map_err(&e)?;
+            let (run, key, value, step, timestamp) = row.map_err(&e)?;
             if let Some(i) = index.get(&run) {
+                runs[*i].latest_marks.push((key.clone(), step, timestamp));
                 runs[*i].metrics.push((key, value));
             }
         }
