@@ -45,6 +45,18 @@ pub trait LocalRuns: Send + Sync + 'static {
     }
 }
 
+/// `[name, size, modification time in ns]` of a file, as fingerprints hold
+/// it (0 for what cannot be read).
+pub fn file_mark(name: &str, path: &std::path::Path) -> serde_json::Value {
+    let meta = std::fs::metadata(path).ok();
+    let mtime = meta
+        .as_ref()
+        .and_then(|m| m.modified().ok())
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as u64);
+    serde_json::json!([name, meta.map_or(0, |m| m.len()), mtime])
+}
+
 /// A local source: its runs read on the CPU pool.
 pub struct Local<L>(pub Arc<L>);
 

@@ -13,7 +13,7 @@ use crate::pipeline::HistorySink;
 use crate::plan::FetchPlan;
 use crate::redact::redact;
 use crate::run::RunData;
-use crate::sources::read::{Local, LocalRuns, Network, NetworkSource};
+use crate::sources::read::{Local, LocalRuns, Network, NetworkSource, file_mark};
 use crate::sources::{
     BoxedConfig, RecordCounts, Registration, RunColumns, Source, SourceConfig, SourceOption, parse_config,
 };
@@ -186,19 +186,8 @@ impl LocalRuns for MlflowLocal {
     fn fingerprint(&self, i: usize) -> Option<String> {
         let stored = &self.runs[i];
         let r = &stored.run;
-        let files: Vec<serde_json::Value> = stored
-            .metric_files
-            .iter()
-            .map(|(key, path)| {
-                let meta = std::fs::metadata(path).ok();
-                let mtime = meta
-                    .as_ref()
-                    .and_then(|m| m.modified().ok())
-                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map_or(0, |d| d.as_nanos() as u64);
-                serde_json::json!([key, meta.map_or(0, |m| m.len()), mtime])
-            })
-            .collect();
+        let files: Vec<serde_json::Value> =
+            stored.metric_files.iter().map(|(key, path)| file_mark(key, path)).collect();
         let mut marks = r.latest_marks.clone();
         marks.sort();
         let mut metrics: Vec<(String, String)> = r.metrics.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();

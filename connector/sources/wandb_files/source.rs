@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::pipeline::HistorySink;
 use crate::plan::FetchPlan;
 use crate::run::RunData;
-use crate::sources::read::{Local, LocalRuns};
+use crate::sources::read::{Local, LocalRuns, file_mark};
 use crate::sources::{BoxedConfig, Registration, RunColumns, Source, SourceConfig, SourceOption};
 
 pub const REGISTRATION: Registration = Registration { parse };
@@ -88,16 +88,7 @@ impl LocalRuns for WandbFiles {
         let files: Vec<serde_json::Value> = self.runs[i]
             .files
             .iter()
-            .map(|f| {
-                let meta = std::fs::metadata(f).ok();
-                let mtime = meta
-                    .as_ref()
-                    .and_then(|m| m.modified().ok())
-                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map_or(0, |d| d.as_nanos() as u64);
-                let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                serde_json::json!([name, meta.map_or(0, |m| m.len()), mtime])
-            })
+            .map(|f| file_mark(&f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), f))
             .collect();
         Some(serde_json::Value::Array(files).to_string())
     }
