@@ -133,7 +133,7 @@ impl DeltaDir {
             Some(t) => {
                 let snapshot = t.snapshot().map_err(|e| delta_error("cannot read its state", &self.path, e))?;
                 if snapshot.schema().as_ref() != &delta_schema {
-                    actions.insert(0, Action::Metadata(new_metadata(&delta_schema, configuration)?));
+                    actions.insert(0, Action::Metadata(changed_metadata(snapshot.metadata(), &delta_schema)?));
                 }
                 DeltaOperation::Write { mode: SaveMode::Append, partition_by: None, predicate: None }
             }
@@ -168,6 +168,15 @@ impl DeltaDir {
 fn new_metadata(schema: &StructType, configuration: &[(String, String)]) -> Result<Metadata> {
     deltalake::kernel::new_metadata(schema, Vec::<String>::new(), configuration.iter().cloned())
         .map_err(|e| Error::Internal(format!("Delta metadata: {e}")))
+}
+
+/// The table's metadata with another schema: its id, creation time and
+/// configuration kept (readers that cache a table by its id see one table).
+fn changed_metadata(old: &Metadata, schema: &StructType) -> Result<Metadata> {
+    let error = |e: serde_json::Error| Error::Internal(format!("Delta metadata: {e}"));
+    let mut v = serde_json::to_value(old).map_err(error)?;
+    v["schemaString"] = serde_json::to_string(schema).map_err(error)?.into();
+    serde_json::from_value(v).map_err(error)
 }
 
 /// A `txn` action: `app_id` at `version`.

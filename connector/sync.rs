@@ -568,16 +568,11 @@ fn copy_rows(path: &Path, ids: &HashSet<String>, out: &mut FileOut, dir: &Path) 
         let keep: BooleanArray = run_id.iter().map(|id| Some(id.is_some_and(|id| ids.contains(id)))).collect();
         let kept = arrow_select::filter::filter_record_batch(&batch, &keep)
             .map_err(|e| Error::Arrow { what: path.display().to_string(), source: e })?;
-        let kept = RecordBatch::try_new(long_schema_batch(), kept.columns().to_vec())
+        let kept = RecordBatch::try_new(long_schema(), kept.columns().to_vec())
             .map_err(|e| Error::Arrow { what: path.display().to_string(), source: e })?;
         write_batch(out, dir, &kept)?;
     }
     Ok(())
-}
-
-/// The long history schema as read back (the file schema, plain strings).
-fn long_schema_batch() -> SchemaRef {
-    long_schema()
 }
 
 /// The table's runs, rebuilt from `runs`: each row as the run's data (its

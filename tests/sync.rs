@@ -39,6 +39,7 @@ same(hist, want, "history", cols)
 adds = pl.DataFrame(dt.get_add_actions(flatten=True))
 assert adds["num_records"].min() > 0 and adds["num_records"].sum() == hist.height, adds
 print(f"runs {runs.height}, history {hist.height}, files {adds.height}, version {dt.version()}")
+print(f"runs table id {DeltaTable(f'{table}/runs').metadata().id}")
 "#;
 
 fn sync(source: &Path, table: &Path, args: &[&str], want_code: i32) -> serde_json::Value {
@@ -50,11 +51,13 @@ fn sync(source: &Path, table: &Path, args: &[&str], want_code: i32) -> serde_jso
     if want_code == 0 { last_json_line(&stdout) } else { serde_json::Value::Null }
 }
 
-fn assert_same_as_export(source: &Path, table: &Path, scratch: &Path, what: &str) {
+/// Returns the `runs` table's id (its metadata id).
+fn assert_same_as_export(source: &Path, table: &Path, scratch: &Path, what: &str) -> String {
     let export = scratch.join(format!("export-{what}"));
     export_json(source, &export, &[], 0);
     let out = python_snippet(SAME_AS_EXPORT, &[table.as_os_str(), export.as_os_str()]);
     eprintln!("{what}: {}", out.trim());
+    out.lines().last().and_then(|l| l.strip_prefix("runs table id ")).expect("the table id").to_string()
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -108,7 +111,7 @@ fn sync_brings_delta_tables_to_the_source_and_reads_only_what_changed() {
     assert!(first["runs"]["new"].as_u64().unwrap() >= 8, "{first}");
     assert_eq!(first["versions"]["runs"], 0, "{first}");
     assert_eq!(first["versions"]["history"], 0, "{first}");
-    assert_same_as_export(&source, &table, tmp.path(), "first");
+    let id = assert_same_as_export(&source, &table, tmp.path(), "first");
 
     // Nothing changed: no history read, no commit.
     let again = sync(&source, &table, &[], 0);
@@ -140,7 +143,8 @@ fn sync_brings_delta_tables_to_the_source_and_reads_only_what_changed() {
     let read = changed["records"]["read"].as_u64().unwrap();
     assert!(read > 0 && read < first["records"]["read"].as_u64().unwrap() / 10, "{changed}\n{first}");
     assert_eq!(changed["versions"]["history"], 1, "{changed}");
-    assert_same_as_export(&source, &table, tmp.path(), "changed");
+    // New config keys changed the schema; the table stays the same table.
+    assert_eq!(assert_same_as_export(&source, &table, tmp.path(), "changed"), id);
 
     // Another selection is refused without --full-refresh, and taken with it.
     let narrower = ["--select", "run_id,name,state,config.*,history.*"];
