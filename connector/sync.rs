@@ -337,7 +337,7 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
                 return ControlFlow::Continue(());
             }
         };
-        let running = data.identity.text("state") == Some("running");
+        let running = is_live(&data.identity);
         let written = files.write_run(running, |out| match history {
             EncodedHistory::Batch(batch) => write_batch(out, &dir, &batch),
             EncodedHistory::Spilled(spilled) => spilled.replay(&schema, &mut |b| write_batch(out, &dir, b)),
@@ -502,6 +502,12 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
         seconds: started.elapsed().as_secs_f64(),
         table: opts.table.display().to_string(),
     })
+}
+
+/// Whether a run is still running (W&B `state` `running`, MLflow `status`
+/// `RUNNING`): its history gets a file of its own.
+fn is_live(identity: &RunIdentity) -> bool {
+    identity.text("state") == Some("running") || identity.text("status") == Some("RUNNING")
 }
 
 /// What the tables were synced with; a later sync with other settings is

@@ -219,15 +219,31 @@ fn a_sync_killed_between_its_commits_is_completed_by_the_next() {
     assert_same_as_export(&source, &table, tmp.path(), "after-kill");
 }
 
+/// A run left RUNNING, its points logged by the MLflow client.
+const MLFLOW_LIVE_RUN: &str = r#"
+import sys
+from mlflow.tracking import MlflowClient
+c = MlflowClient(tracking_uri=sys.argv[1])
+exp = c.search_experiments()[0].experiment_id
+live = c.create_run(exp, run_name="live")
+for s in range(20):
+    c.log_metric(live.info.run_id, "loss", 1.0 / (s + 1), step=s)
+"#;
+
 /// Changes made with the MLflow client between syncs: more points on one
-/// run (a new key among them), a tag on another, a run deleted, a new run.
+/// finished run (a new key among them) and on the live run, a tag on
+/// another run, a run deleted, a new run.
 const MLFLOW_CHANGES: &str = r#"
 import sys
 from mlflow.tracking import MlflowClient
 c = MlflowClient(tracking_uri=sys.argv[1])
 exps = [e.experiment_id for e in c.search_experiments()]
 runs = c.search_runs(experiment_ids=exps, order_by=["attributes.start_time ASC"])
-assert len(runs) >= 3, len(runs)
+assert len(runs) >= 4, len(runs)
+live = [r for r in runs if r.info.run_name == "live"][0].info.run_id
+runs = [r for r in runs if r.info.run_id != live]
+for s in range(20, 30):
+    c.log_metric(live, "loss", 1.0 / (s + 1), step=s)
 r0, r1, r2 = runs[0].info.run_id, runs[1].info.run_id, runs[2].info.run_id
 for s in range(1000, 1010):
     c.log_metric(r0, "m_extra", s * 0.5, step=s)
@@ -261,13 +277,16 @@ fn sync_of_an_mlflow_sqlite_store_follows_what_the_mlflow_client_logs() {
         ]
         .map(std::ffi::OsStr::new),
     );
+    python_snippet(MLFLOW_LIVE_RUN, &[std::ffi::OsStr::new(&uri)]);
     let (source, table) = (Path::new(&uri), tmp.path().join("table"));
     let first = sync(source, &table, &[], 0);
-    assert_eq!(first["runs"]["new"], 6, "{first}");
+    assert_eq!(first["runs"]["new"], 7, "{first}");
+    // The live run's history is a file of its own: two history files and the runs file.
+    assert_eq!(first["files_added"], 3, "{first}");
     assert_same_as_export(source, &table, tmp.path(), "mlflow-first");
     let again = sync(source, &table, &[], 0);
     assert_eq!(again["committed"], false, "{again}");
-    assert_eq!(again["runs"]["unchanged"], 6, "{again}");
+    assert_eq!(again["runs"]["unchanged"], 7, "{again}");
 
     python_snippet(MLFLOW_CHANGES, &[std::ffi::OsStr::new(&uri)]);
     let changed = sync(source, &table, &[], 0);
@@ -278,7 +297,7 @@ fn sync_of_an_mlflow_sqlite_store_follows_what_the_mlflow_client_logs() {
             &changed["runs"]["deleted"],
             &changed["runs"]["unchanged"]
         ),
-        (&1.into(), &2.into(), &1.into(), &3.into()),
+        (&1.into(), &3.into(), &1.into(), &3.into()),
         "{changed}"
     );
     assert_same_as_export(source, &table, tmp.path(), "mlflow-changed");
