@@ -102,23 +102,27 @@ fn a_large_run_exports_in_bounded_memory_and_equals_the_unbounded_export() {
         }
         assert_same_dataset(&bounded, &whole, layout);
         // Held whole, the run's points alone take `HISTORY_POINT_BYTES` each;
-        // in chunks, they must not show in the peak at all.
+        // in chunks, they must not show in the peak. Both peaks vary by a few
+        // MiB from run to run (threads' allocator arenas): the bounded one
+        // must be lower by at least half of what the points take.
         let whole_points_kib = points * HISTORY_POINT_BYTES / 1024;
         assert!(
-            small_peak < BOUNDED_PEAK_KIB && small_peak + whole_points_kib < big_peak,
+            small_peak < BOUNDED_PEAK_KIB && small_peak + whole_points_kib / 2 < big_peak,
             "{layout}: peak RSS {small_peak} KiB with a 16 MiB limit, {big_peak} KiB with none: the bounded \
-             export must stay under {BOUNDED_PEAK_KIB} KiB, and under the unbounded peak by more than the \
-             run's points take ({whole_points_kib} KiB)"
+             export must stay under {BOUNDED_PEAK_KIB} KiB, and under the unbounded peak by more than half \
+             of what the run's points take ({whole_points_kib} KiB)"
         );
     }
 }
 
 /// The peak RSS allowed to an export of the large run with `--memory-limit
 /// 16MiB`. Measured with the test build: 26 MiB for an export without
-/// history (the program), 62 MiB with the limit (the program, a row group
-/// of the history writer, about 18 MiB of it, and the chunks), 116 to 119
-/// MiB without a limit (800,000 points of 40 bytes held whole, and their
-/// Arrow batch).
+/// history (the program); with the limit, 62 MiB on one thread, 80 to 87
+/// MiB since a run's chunks are spilled on a thread of their own and a large
+/// `.wandb` is read on two (the program, a row group of the history writer,
+/// about 18 MiB of it, the chunks in flight, each thread's allocator arena);
+/// 106 to 134 MiB without a limit (800,000 points of 40 bytes held whole,
+/// and their Arrow batch).
 const BOUNDED_PEAK_KIB: u64 = 100 * 1024;
 
 /// What a source holds per history value (row, key, value).

@@ -226,7 +226,7 @@ fn pipelined(len: u64) -> bool {
 }
 
 /// Bytes of history records in one batch handed between the threads.
-const HISTORY_BATCH_BYTES: usize = 1 << 20;
+const HISTORY_BATCH_BYTES: usize = 256 << 10;
 
 /// History records read by the reading thread: their bytes, and each
 /// record's number in the log and place in `buf`.
@@ -386,7 +386,7 @@ impl<'p> RunDecoder<'p> {
         other.counts.read = self.counts.read;
         let read_shown = shown.to_string();
         let other = std::thread::scope(|scope| {
-            let (tx, rx) = crossbeam_channel::bounded::<HistoryBatch>(4);
+            let (tx, rx) = crossbeam_channel::bounded::<HistoryBatch>(2);
             let reader = std::thread::Builder::new()
                 .name("runport-wandb-read".into())
                 .spawn_scoped(scope, move || other.read_all_but_history(file, &read_shown, &tx).map(|()| other))
