@@ -100,6 +100,58 @@ impl DeltaDir {
             .collect())
     }
 
+    /// Removes what a sync killed before its commit left in the table's
+    /// folder: runport's data files (`part-*.parquet`) that no commit of
+    /// the log adds or removes and the current version does not hold, and
+    /// the staging files of commits cut short (`_delta_log/N.json#K`: local
+    /// commits are written aside, then linked into place). A file some
+    /// version still refers to is never removed.
+    /// Call it holding the sync lock. Returns the files removed.
+    pub fn remove_unreferenced(&self) -> Result<Vec<String>> {
+        let log = self.path.join("_delta_log");
+        let mut referred: std::collections::HashSet<String> = self.files()?.into_iter().collect();
+        let mut removed = Vec::new();
+        let entries = match std::fs::read_dir(&log) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
+            Err(e) => return Err(Error::write(log.display(), e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::write(log.display(), e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            if name.contains(".json#") {
+                if std::fs::remove_file(&path).is_ok() {
+                    removed.push(format!("_delta_log/{name}"));
+                }
+                continue;
+            }
+            if !name.ends_with(".json") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).map_err(|e| Error::write(path.display(), e))?;
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                let action: Value = serde_json::from_str(line)
+                    .map_err(|e| delta_error(&format!("{name} is not a Delta log"), &self.path, e))?;
+                for kind in ["add", "remove"] {
+                    if let Some(p) = action.get(kind).and_then(|a| a.get("path")).and_then(|p| p.as_str()) {
+                        referred.insert(percent_encoding::percent_decode_str(p).decode_utf8_lossy().into_owned());
+                    }
+                }
+            }
+        }
+        let dir = std::fs::read_dir(&self.path).map_err(|e| Error::write(self.path.display(), e))?;
+        for entry in dir {
+            let entry = entry.map_err(|e| Error::write(self.path.display(), e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("part-") && name.ends_with(".parquet") && !referred.contains(&name) {
+                std::fs::remove_file(entry.path()).map_err(|e| Error::write(entry.path().display(), e))?;
+                removed.push(name);
+            }
+        }
+        Ok(removed)
+    }
+
     /// The version a `txn` action of `app_id` last recorded.
     pub async fn txn_version(&self, app_id: &str) -> Result<Option<i64>> {
         let Some(t) = &self.table else { return Ok(None) };

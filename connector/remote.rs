@@ -26,7 +26,10 @@ use crate::run::RunData;
 
 /// The outcome of a listing: each run, or its id and why it could not be
 /// listed; and how the listing ended when it did not end normally.
-pub type Listing<L> = (Vec<Result<L, (String, String)>>, Option<ListingError>);
+pub type Listing<L> = (ListedRuns<L>, Option<ListingError>);
+
+/// Each listed run, or its id and why it could not be listed.
+pub type ListedRuns<L> = Vec<Result<L, (String, String)>>;
 
 /// A source read over the network: a listing, then one read per run.
 pub trait RemoteSource: Send + Sync + 'static {
@@ -40,6 +43,16 @@ pub trait RemoteSource: Send + Sync + 'static {
     type Fetched: Send + 'static;
 
     fn run_id(listed: &Self::Listed) -> &str;
+
+    /// `runport sync`: a listed run's change fingerprint, from the listing
+    /// alone; `None` when the source cannot tell.
+    fn fingerprint(_listed: &Self::Listed) -> Option<String> {
+        None
+    }
+
+    /// Called with the runs about to be fetched (the whole listing, or the
+    /// part a sync reads), before any fetch: plans requests that span runs.
+    fn prepare(&self, _plan: &FetchPlan, _listed: &[&Self::Listed]) {}
 
     /// Every request the plan needs for one run. Answers larger than a
     /// history chunk (`target.chunk_bytes`) go to temporary files in
@@ -69,29 +82,37 @@ pub enum ListingError {
     Cut { page: usize, error: String },
 }
 
-/// Lists and reads every run; calls `consume(label, result)` in listing order.
-/// Returns how the listing ended.
+/// The runtime network sources run on (two I/O threads).
+pub fn io_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("runport-io")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Internal(format!("cannot start the I/O runtime: {e}")))
+}
+
+/// Lists and reads every run (or, with `listing`, the runs of a listing
+/// made before, on the same runtime); calls `consume(label, result)` in
+/// run-id order. Returns how the listing ended.
+#[allow(clippy::too_many_arguments)]
 pub fn read_runs<S: RemoteSource>(
+    rt: &tokio::runtime::Runtime,
     api: &Arc<S>,
     plan: &Arc<FetchPlan>,
+    listing: Option<Listing<S::Listed>>,
     window: usize,
     decode_ahead: usize,
     target: Option<Arc<HistoryTarget>>,
     mut consume: impl FnMut(&str, Result<ReadRun, String>) -> ControlFlow<()>,
 ) -> Result<Option<ListingError>> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("runport-io")
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Internal(format!("cannot start the I/O runtime: {e}")))?;
     let window = window.max(1);
     rt.block_on(async move {
         let (tx, mut rx) = mpsc::channel::<Delivered>(window);
         let slots = Arc::new(Semaphore::new(window));
         let (consumed_tx, consumed) = watch::channel(0usize);
         let order = Order { consumed, ahead: decode_ahead.max(1) };
-        let producer = tokio::spawn(produce(Arc::clone(api), Arc::clone(plan), target, tx, slots, order));
+        let producer = tokio::spawn(produce(Arc::clone(api), Arc::clone(plan), listing, target, tx, slots, order));
         let mut next = 0usize;
         let mut waiting: BTreeMap<usize, Delivered> = BTreeMap::new();
         let mut stopped = false;
@@ -174,14 +195,22 @@ impl Order {
 async fn produce<S: RemoteSource>(
     api: Arc<S>,
     plan: Arc<FetchPlan>,
+    listing: Option<Listing<S::Listed>>,
     target: Option<Arc<HistoryTarget>>,
     tx: mpsc::Sender<Delivered>,
     slots: Arc<Semaphore>,
     order: Order,
 ) -> Option<ListingError> {
-    let (mut listed, cut) = Arc::clone(&api).list(Arc::clone(&plan)).await;
+    let (mut listed, cut) = match listing {
+        Some(listing) => listing,
+        None => Arc::clone(&api).list(Arc::clone(&plan)).await,
+    };
     if let Some(ListingError::Unreadable(e)) = cut {
         return Some(ListingError::Unreadable(e));
+    }
+    {
+        let ready: Vec<&S::Listed> = listed.iter().filter_map(|r| r.as_ref().ok()).collect();
+        api.prepare(&plan, &ready);
     }
     // Runs are read in run-id order, the order of the dataset's files.
     listed.sort_by(|a, b| {
@@ -283,7 +312,8 @@ mod tests {
         for ahead in [1, 3] {
             let api = Arc::new(Reversed { runs: 10, live: Mutex::new((0, 0)) });
             let mut seen = Vec::new();
-            let outcome = read_runs(&api, &plan, 10, ahead, None, |label, run| {
+            let rt = io_runtime().unwrap();
+            let outcome = read_runs(&rt, &api, &plan, None, 10, ahead, None, |label, run| {
                 assert_eq!(run.unwrap().data.identity.run_id, label);
                 seen.push(label.to_string());
                 api.live.lock().unwrap().0 -= 1;
@@ -336,7 +366,8 @@ mod tests {
         let plan = Arc::new(FetchPlan::new(Selection::all(), HistoryLayout::Long, WANDB_IDENTITY_COLUMNS));
         for window in [1, 3, 16] {
             let mut seen = Vec::new();
-            let outcome = read_runs(&Arc::new(Panicky), &plan, window, 2, None, |label, run| {
+            let rt = io_runtime().unwrap();
+            let outcome = read_runs(&rt, &Arc::new(Panicky), &plan, None, window, 2, None, |label, run| {
                 seen.push((label.to_string(), run.err()));
                 ControlFlow::Continue(())
             })

@@ -80,6 +80,11 @@ impl RunIdentity {
         RunIdentity { run_id: run_id.into(), values: Vec::new() }
     }
 
+    /// The values set, by column, in the order they were set.
+    pub fn values(&self) -> &[(&'static str, IdentityValue)] {
+        &self.values
+    }
+
     /// Sets (or with `None` clears) the value of `column`.
     pub fn set(&mut self, column: &'static str, value: Option<IdentityValue>) {
         self.values.retain(|(c, _)| *c != column);

@@ -89,6 +89,9 @@ pub struct SyncSummary {
     pub history_rows: u64,
     pub files_added: usize,
     pub files_removed: usize,
+    /// Files left by a sync killed before its commit, which no version
+    /// refers to, deleted.
+    pub unreferenced_removed: usize,
     /// Each table's version after the sync (unchanged when nothing changed).
     pub versions: BTreeMap<String, Option<u64>>,
     /// Whether the sync committed anything.
@@ -231,9 +234,9 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
         return Err(Error::Usage(format!("--memory-limit {} is below the smallest taken", opts.memory_limit)));
     }
     let planned = open(&opts.source, opts.selection.as_deref(), opts.history, opts.concurrency, &opts.options)?;
-    let listing = planned.source.fingerprints()?.ok_or_else(|| {
+    let listing = planned.source.fingerprints(&planned.plan)?.ok_or_else(|| {
         Error::Usage(format!(
-            "runport sync does not read {} sources yet (it reads W&B local files); use runport export",
+            "runport sync cannot tell what changed in {} sources; use runport export",
             planned.provenance.source_kind
         ))
     })?;
@@ -246,6 +249,15 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
     let _lock = OutputLock::acquire_for(opts.table.join(".runport-sync-lock"), &opts.table, "sync")?;
     let mut runs_table = runtime.block_on(DeltaDir::open(&opts.table.join("runs")))?;
     let mut history_table = runtime.block_on(DeltaDir::open(&opts.table.join("history")))?;
+    // What a killed sync wrote and never committed.
+    let mut unreferenced_removed = 0;
+    for t in [&runs_table, &history_table] {
+        let gone = t.remove_unreferenced()?;
+        if !gone.is_empty() {
+            tracing::info!(table = %t.path.display(), files = ?gone, "removed files no version refers to");
+        }
+        unreferenced_removed += gone.len();
+    }
     let settings = settings(&planned);
     let mut full = opts.full_refresh || runs_table.table.is_none();
     if let Some(conf) = runs_table.configuration()
@@ -290,6 +302,7 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
             history_rows: 0,
             files_added: 0,
             files_removed: 0,
+            unreferenced_removed,
             versions,
             committed: false,
             bytes: 0,
@@ -493,6 +506,7 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
         history_rows,
         files_added,
         files_removed,
+        unreferenced_removed,
         versions,
         committed: true,
         bytes,

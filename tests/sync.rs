@@ -277,28 +277,257 @@ fn sync_of_an_mlflow_sqlite_store_follows_what_the_mlflow_client_logs() {
         ]
         .map(std::ffi::OsStr::new),
     );
-    python_snippet(MLFLOW_LIVE_RUN, &[std::ffi::OsStr::new(&uri)]);
-    let (source, table) = (Path::new(&uri), tmp.path().join("table"));
-    let first = sync(source, &table, &[], 0);
-    assert_eq!(first["runs"]["new"], 7, "{first}");
-    // The live run's history is a file of its own: two history files and the runs file.
-    assert_eq!(first["files_added"], 3, "{first}");
-    assert_same_as_export(source, &table, tmp.path(), "mlflow-first");
-    let again = sync(source, &table, &[], 0);
-    assert_eq!(again["committed"], false, "{again}");
-    assert_eq!(again["runs"]["unchanged"], 7, "{again}");
+    follow_mlflow_changes(&uri, Path::new(&uri), tmp.path(), "mlflow-sqlite", &|| 0);
+}
 
-    python_snippet(MLFLOW_CHANGES, &[std::ffi::OsStr::new(&uri)]);
-    let changed = sync(source, &table, &[], 0);
+/// Syncs an MLflow store (`source`, tracking URI `uri`) while the MLflow
+/// client changes it: a live run, then [`MLFLOW_CHANGES`]; the tables
+/// equal an export after each change. Returns each sync's summary (first,
+/// unchanged, changed) with the requests `served` counted during it.
+fn follow_mlflow_changes(
+    uri: &str,
+    source: &Path,
+    scratch: &Path,
+    what: &str,
+    served: &dyn Fn() -> usize,
+) -> [(serde_json::Value, usize); 3] {
+    let table = scratch.join("table");
+    let counted = |args: &[&str]| {
+        let before = served();
+        let summary = sync(source, &table, args, 0);
+        let n = served() - before;
+        (summary, n)
+    };
+    python_snippet(MLFLOW_LIVE_RUN, &[std::ffi::OsStr::new(uri)]);
+    let first = counted(&[]);
+    assert_eq!(first.0["runs"]["new"], 7, "{}", first.0);
+    // The live run's history is a file of its own: two history files and the runs file.
+    assert_eq!(first.0["files_added"], 3, "{}", first.0);
+    assert_same_as_export(source, &table, scratch, &format!("{what}-first"));
+    let again = counted(&[]);
+    assert_eq!(again.0["committed"], false, "{}", again.0);
+    assert_eq!(again.0["runs"]["unchanged"], 7, "{}", again.0);
+
+    python_snippet(MLFLOW_CHANGES, &[std::ffi::OsStr::new(uri)]);
+    let changed = counted(&[]);
+    let runs = &changed.0["runs"];
     assert_eq!(
-        (
-            &changed["runs"]["new"],
-            &changed["runs"]["changed"],
-            &changed["runs"]["deleted"],
-            &changed["runs"]["unchanged"]
-        ),
+        (&runs["new"], &runs["changed"], &runs["deleted"], &runs["unchanged"]),
         (&1.into(), &3.into(), &1.into(), &3.into()),
-        "{changed}"
+        "{}",
+        changed.0
     );
-    assert_same_as_export(source, &table, tmp.path(), "mlflow-changed");
+    assert_same_as_export(source, &table, scratch, &format!("{what}-changed"));
+    [first, again, changed]
+}
+
+/// The same changes, made with the MLflow client through a real `mlflow
+/// server`, synced over its REST API: an unchanged sync sends listing
+/// requests only, and a changed one fetches the history of the changed
+/// runs alone.
+#[test]
+fn sync_over_the_mlflow_rest_api_follows_what_the_mlflow_client_logs() {
+    let tmp = tempdir();
+    let server = MlflowServer::start(&tmp.path().join("mlflow.db"), false);
+    let uri = server.tracking_uri.clone();
+    testbed_script(
+        "mlflow_testbed.py",
+        &["populate", "--tracking-uri", &uri, "--set", "bench", "--runs", "6", "--metrics", "3", "--steps", "200"]
+            .map(std::ffi::OsStr::new),
+    );
+    let source = server.source();
+    let [first, again, changed] =
+        follow_mlflow_changes(&uri, Path::new(&source), tmp.path(), "mlflow-rest", &|| server.requests_served());
+    for (summary, served) in [&first, &again, &changed] {
+        assert_eq!(summary["http"]["requests"].as_u64(), Some(*served as u64), "{summary}");
+    }
+    // Nothing changed: the listing's requests only (experiments, runs/search).
+    assert!(again.1 <= 3, "an unchanged sync sent {} requests: {}", again.1, again.0);
+    // The history of the four runs read, not of the other three (the
+    // requests are bulk ones, for several runs each: count the bytes).
+    let bytes = |s: &serde_json::Value| s["http"]["bytes"].as_u64().unwrap();
+    assert!(bytes(&changed.0) < bytes(&first.0) * 3 / 4, "{}\n{}", changed.0, first.0);
+}
+
+/// Reads killed and completed tables the way a user does (deltalake,
+/// polars) and says which state each table is at: the export before the
+/// changes (`old`) or after (`new`). A completed table must be `new` with
+/// no file that no version refers to.
+const KILLED_TABLES: &str = r#"
+import sys, os, json, glob
+import polars as pl
+from polars.testing import assert_frame_equal
+from deltalake import DeltaTable
+
+old, new, tables = sys.argv[1], sys.argv[2], sys.argv[3:]
+cols = ["run_id", "key", "step", "timestamp", "runtime_s", "value", "value_json"]
+def export(d):
+    return pl.read_parquet(f"{d}/runs.parquet"), pl.read_parquet(f"{d}/history/*.parquet")
+states = {"old": export(old), "new": export(new)}
+
+def same(got, want, by):
+    if sorted(got.columns) != sorted(want.columns):
+        return False
+    try:
+        assert_frame_equal(got.select(want.columns).sort(by, nulls_last=True), want.sort(by, nulls_last=True), check_exact=True)
+        return True
+    except AssertionError:
+        return False
+
+def state(got, i, by):
+    found = [name for name, s in states.items() if same(got, s[i], by)]
+    return found[0] if found else None
+
+def referred(table):
+    names = set()
+    for log in glob.glob(f"{table}/_delta_log/*.json"):
+        for line in open(log):
+            a = json.loads(line)
+            for kind in ("add", "remove"):
+                if kind in a:
+                    names.add(a[kind]["path"])
+    return names
+
+seen = {}
+for t in tables:
+    kind, path = t.split(":", 1)
+    runs = pl.read_delta(f"{path}/runs")
+    runs = runs.drop([c for c in runs.columns if c.startswith("_sync_")])
+    hist = pl.read_delta(f"{path}/history")
+    DeltaTable(f"{path}/runs").to_pyarrow_table()
+    got = (state(runs, 0, ["run_id"]), state(hist, 1, cols))
+    assert None not in got, (path, got, runs.height, hist.height)
+    if kind == "done":
+        assert got == ("new", "new"), (path, got)
+        for sub in ("runs", "history"):
+            files = {os.path.basename(f) for f in glob.glob(f"{path}/{sub}/part-*.parquet")}
+            stray = files - referred(f"{path}/{sub}")
+            assert not stray, (path, sub, stray)
+            staged = glob.glob(f"{path}/{sub}/_delta_log/*#*")
+            assert not staged, (path, staged)
+    seen[f"{kind} runs={got[0]} history={got[1]}"] = seen.get(f"{kind} runs={got[0]} history={got[1]}", 0) + 1
+print(json.dumps(seen, sort_keys=True))
+"#;
+
+/// SIGKILL to strace and the traced runport (a process group of their
+/// own); returns once neither runs any more (a zombie has released its locks).
+fn kill_group(child: &mut std::process::Child) {
+    let group = child.id();
+    let _ = std::process::Command::new("kill").args(["-KILL", "--", &format!("-{group}")]).status();
+    let _ = child.wait();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let out = std::process::Command::new("pgrep").args(["-g", &group.to_string()]).output().expect("pgrep");
+        let running = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter(|pid| {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                // The state follows the command name in parentheses.
+                stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z'))
+            })
+            .count();
+        if running == 0 {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "the killed sync is still running");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// SIGKILL at 40 points spread over a sync (with each `fsync`, `linkat`
+/// and `unlink` slowed by strace, so that every window is wide): each
+/// table is always at a whole version, old or new; the next sync completes
+/// to the tables of an uninterrupted sync and removes the files the killed
+/// one wrote and never committed.
+#[test]
+fn syncs_killed_at_40_points_leave_whole_versions_and_the_next_sync_completes_them() {
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+    use std::time::Instant;
+    let set = wandb_runs("standard").join("wandb");
+    let tmp = tempdir();
+    let source = tmp.path().join("wandb");
+    let base = tmp.path().join("base");
+    let later_new = folders(&set, "std-config");
+    let resumed = folders(&set, "std-resumed");
+    std::fs::create_dir_all(&source).unwrap();
+    for entry in std::fs::read_dir(&set).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_dir() && !p.is_symlink() && !later_new.contains(&p) && p != resumed[1] {
+            copy_dir(&p, &source.join(p.file_name().unwrap()));
+        }
+    }
+    sync(&source, &base, &[], 0);
+    let (old, new) = (tmp.path().join("export-old"), tmp.path().join("export-new"));
+    export_json(&source, &old, &[], 0);
+    for f in later_new.iter().chain([&resumed[1]]) {
+        copy_dir(f, &source.join(f.file_name().unwrap()));
+    }
+    for f in folders(&source, "std-values") {
+        std::fs::remove_dir_all(f).unwrap();
+    }
+    export_json(&source, &new, &[], 0);
+
+    let traced = |table: &Path| {
+        std::process::Command::new("strace")
+            .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=fsync,linkat,unlink,unlinkat"])
+            .args(["-e", "inject=fsync:delay_exit=150000", "-e", "inject=linkat:delay_exit=300000"])
+            .args(["-e", "inject=unlink,unlinkat:delay_exit=50000"])
+            .arg(env!("CARGO_BIN_EXE_runport"))
+            .arg("sync")
+            .arg(&source)
+            .arg(table)
+            .env("RUST_LOG", "runport=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("this test needs strace (fault injection) on PATH: {e}"))
+    };
+    // How long a traced sync takes, uninterrupted.
+    let whole = tmp.path().join("whole");
+    copy_dir(&base, &whole);
+    let started = Instant::now();
+    let status = traced(&whole).wait().unwrap();
+    let span = started.elapsed();
+    assert!(status.success(), "the traced sync failed: {status}");
+    eprintln!("a traced sync takes {span:?}");
+
+    let kills = 40u32;
+    let seed = std::env::var("RUNPORT_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    });
+    eprintln!("kill points from seed {seed} (RUNPORT_TEST_SEED)");
+    let mut rng = seed | 1;
+    let mut tables: Vec<String> = Vec::new();
+    let mut removed = 0u64;
+    for i in 0..kills {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        // Kill points spread over the whole sync: one in each of 40 slices, at random within it.
+        let within = (rng % 1000) as f64 / 1000.0;
+        let at = span.mul_f64((f64::from(i) + within) / f64::from(kills));
+        let work = tmp.path().join(format!("work-{i}"));
+        copy_dir(&base, &work);
+        let mut child = traced(&work);
+        std::thread::sleep(at);
+        kill_group(&mut child);
+        let killed = tmp.path().join(format!("killed-{i}"));
+        copy_dir(&work, &killed);
+        tables.push(format!("killed:{}", killed.display()));
+        let next = sync(&source, &work, &[], 0);
+        removed += next["unreferenced_removed"].as_u64().unwrap();
+        tables.push(format!("done:{}", work.display()));
+    }
+    let mut args: Vec<&std::ffi::OsStr> = vec![old.as_os_str(), new.as_os_str()];
+    args.extend(tables.iter().map(std::ffi::OsStr::new));
+    let out = python_snippet(KILLED_TABLES, &args);
+    eprintln!("states after {kills} kills: {}", out.trim());
+    let seen: serde_json::Value = serde_json::from_str(out.trim().lines().last().unwrap()).unwrap();
+    assert_eq!(seen.as_object().unwrap().iter().filter(|(k, _)| k.starts_with("done")).count(), 1, "{seen}");
+    // The kills fell both before any commit and after one: both states were read.
+    let killed_old = seen.get("killed runs=old history=old").and_then(|v| v.as_u64()).unwrap_or(0);
+    assert!(killed_old > 0 && killed_old < u64::from(kills), "{seen}");
+    assert!(removed > 0, "no kill left a file to clean up: {seen}");
 }

@@ -152,7 +152,7 @@ pub trait Source: Send + Sync {
     /// `runport sync`: each run's label and change fingerprint, in run-id
     /// order, from the listing alone (no history is read); `None` when the
     /// source cannot be synced yet.
-    fn fingerprints(&self) -> Result<Option<Vec<(String, String)>>> {
+    fn fingerprints(&self, _plan: &Arc<FetchPlan>) -> Result<Option<Vec<(String, String)>>> {
         Ok(None)
     }
 

@@ -84,7 +84,7 @@ impl<L: LocalRuns> Source for Local<L> {
         Ok(None)
     }
 
-    fn fingerprints(&self) -> Result<Option<Vec<(String, String)>>> {
+    fn fingerprints(&self, _plan: &Arc<FetchPlan>) -> Result<Option<Vec<(String, String)>>> {
         Ok((0..self.0.len())
             .map(|i| self.0.fingerprint(i).map(|f| (self.0.run_id(i).to_string(), f)))
             .collect::<Option<Vec<_>>>())
@@ -122,16 +122,79 @@ pub trait NetworkSource: RemoteSource {
     fn manifest_plan(&self, plan: &FetchPlan) -> serde_json::Value;
 }
 
-/// A network source: its runs read with the async pipeline.
-pub struct Network<S>(pub Arc<S>);
+/// A network source: its runs read with the async pipeline, on one runtime
+/// for the source's life (its HTTP connections belong to it).
+pub struct Network<S: RemoteSource> {
+    api: Arc<S>,
+    rt: std::sync::OnceLock<tokio::runtime::Runtime>,
+    /// The listing a sync took its fingerprints from, read from again.
+    listed: std::sync::Mutex<Option<remote::ListedRuns<S::Listed>>>,
+}
+
+impl<S: NetworkSource> Network<S> {
+    pub fn new(api: S) -> Network<S> {
+        Network { api: Arc::new(api), rt: std::sync::OnceLock::new(), listed: std::sync::Mutex::new(None) }
+    }
+
+    fn runtime(&self) -> Result<&tokio::runtime::Runtime> {
+        if self.rt.get().is_none() {
+            let _ = self.rt.set(remote::io_runtime()?);
+        }
+        Ok(self.rt.get().expect("invariant: just set"))
+    }
+
+    fn read(
+        &self,
+        plan: &Arc<FetchPlan>,
+        listing: Option<remote::Listing<S::Listed>>,
+        concurrency: usize,
+        target: Option<Arc<HistoryTarget>>,
+        consume: &mut ConsumeRun<'_>,
+    ) -> Result<Option<RunFailure>> {
+        // Runs in flight or waiting: enough to keep the requests busy, few
+        // enough that memory stays flat (a run's history is held until written).
+        let window = concurrency.max(4) + 2;
+        // Decoded runs (several times the size of what the server sent)
+        // waiting for the writer: one per core and one more.
+        let decode_ahead = super::cpu_count() + 1;
+        let outcome = remote::read_runs(
+            self.runtime()?,
+            &self.api,
+            plan,
+            listing,
+            window,
+            decode_ahead,
+            target,
+            |label, run| consume(label, run, RecordCounts::default()),
+        )?;
+        match outcome {
+            None => Ok(None),
+            Some(ListingError::Unreadable(e)) => Err(Error::source(self.api.name(), e)),
+            Some(ListingError::Cut { page, error }) => Ok(Some(RunFailure {
+                run: format!("{} {page} and later", S::PAGE_LABEL),
+                stage: "listing".into(),
+                error,
+            })),
+        }
+    }
+}
+
+impl<S: RemoteSource> Drop for Network<S> {
+    fn drop(&mut self) {
+        // Not from within an async context: shut the runtime down in the background.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
 
 impl<S: NetworkSource> Source for Network<S> {
     fn describe_plan(&self, plan: &FetchPlan) -> Result<serde_json::Value> {
-        self.0.describe_plan(plan).map_err(|e| Error::source(self.0.name(), e))
+        self.api.describe_plan(plan).map_err(|e| Error::source(self.api.name(), e))
     }
 
     fn manifest_plan(&self, plan: &FetchPlan) -> serde_json::Value {
-        self.0.manifest_plan(plan)
+        self.api.manifest_plan(plan)
     }
 
     fn run_count(&self) -> Option<usize> {
@@ -139,7 +202,7 @@ impl<S: NetworkSource> Source for Network<S> {
     }
 
     fn http_counts(&self) -> Option<HttpCounts> {
-        Some(self.0.http().stats.snapshot())
+        Some(self.api.http().stats.snapshot())
     }
 
     fn read_runs(
@@ -149,7 +212,58 @@ impl<S: NetworkSource> Source for Network<S> {
         target: Option<Arc<HistoryTarget>>,
         consume: &mut ConsumeRun<'_>,
     ) -> Result<Option<RunFailure>> {
-        read_remote(&self.0, &self.0.name(), S::PAGE_LABEL, plan, concurrency, target, consume)
+        self.read(plan, None, concurrency, target, consume)
+    }
+
+    /// The whole listing (a sync must see deletions), kept for
+    /// [`Source::read_only`]. A listing cut short fails the sync: runs
+    /// missing from it are not gone.
+    fn fingerprints(&self, plan: &Arc<FetchPlan>) -> Result<Option<Vec<(String, String)>>> {
+        let (listed, cut) = self.runtime()?.block_on(Arc::clone(&self.api).list(Arc::clone(plan)));
+        match cut {
+            None => {}
+            Some(ListingError::Unreadable(e)) => return Err(Error::source(self.api.name(), e)),
+            Some(ListingError::Cut { page, error }) => {
+                return Err(Error::source(
+                    self.api.name(),
+                    format!("{} {page} failed, so the listing is incomplete: {error}", S::PAGE_LABEL),
+                ));
+            }
+        }
+        let mut out = Vec::with_capacity(listed.len());
+        for r in &listed {
+            out.push(match r {
+                Ok(l) => match S::fingerprint(l) {
+                    Some(f) => (S::run_id(l).to_string(), f),
+                    None => return Ok(None),
+                },
+                // Listed but unreadable: read again (and failed, keeping the table's rows).
+                Err((id, _)) => (id.clone(), String::new()),
+            });
+        }
+        *self.listed.lock().unwrap_or_else(|e| e.into_inner()) = Some(listed);
+        Ok(Some(out))
+    }
+
+    fn read_only(
+        &self,
+        plan: &Arc<FetchPlan>,
+        concurrency: usize,
+        target: Option<Arc<HistoryTarget>>,
+        only: &std::collections::HashSet<String>,
+        consume: &mut ConsumeRun<'_>,
+    ) -> Result<Option<RunFailure>> {
+        let listed = self.listed.lock().unwrap_or_else(|e| e.into_inner()).take().ok_or_else(|| {
+            Error::Internal("read_only before fingerprints: the listing to read from is missing".into())
+        })?;
+        let kept = listed
+            .into_iter()
+            .filter(|r| match r {
+                Ok(l) => only.contains(S::run_id(l)),
+                Err((id, _)) => only.contains(id),
+            })
+            .collect();
+        self.read(plan, Some((kept, None)), concurrency, target, consume)
     }
 }
 
@@ -179,34 +293,4 @@ fn read_local<L: LocalRuns>(
             consume(runs.run_id(indices[n]), Err(format!("internal error: {panic}")), RecordCounts::default())
         }
     });
-}
-
-/// Reads every run of a network source with the async pipeline, `concurrency`
-/// requests in flight; a listing cut short becomes a failure labelled with
-/// `page_label` (`listing page`, `runs/search page`).
-fn read_remote<S: RemoteSource>(
-    api: &Arc<S>,
-    name: &str,
-    page_label: &str,
-    plan: &Arc<FetchPlan>,
-    concurrency: usize,
-    target: Option<Arc<HistoryTarget>>,
-    consume: &mut ConsumeRun<'_>,
-) -> Result<Option<RunFailure>> {
-    // Runs in flight or waiting: enough to keep the requests busy, few enough
-    // that memory stays flat (a run's history is held until written).
-    let window = concurrency.max(4) + 2;
-    // Decoded runs (several times the size of what the server sent) waiting
-    // for the writer: one per core and one more.
-    let decode_ahead = super::cpu_count() + 1;
-    let outcome = remote::read_runs(api, plan, window, decode_ahead, target, |label, run| {
-        consume(label, run, RecordCounts::default())
-    })?;
-    match outcome {
-        None => Ok(None),
-        Some(ListingError::Unreadable(e)) => Err(Error::source(name, e)),
-        Some(ListingError::Cut { page, error }) => {
-            Ok(Some(RunFailure { run: format!("{page_label} {page} and later"), stage: "listing".into(), error }))
-        }
-    }
 }

@@ -117,6 +117,35 @@ pub struct MlflowRun {
     pub tags: Vec<(String, String)>,
 }
 
+impl MlflowRun {
+    /// `runport sync`'s change fingerprint: the listing's status, end time,
+    /// stage, name, latest metrics (values, and their step and timestamp
+    /// where listed), params and tags, and `files` (what else the store
+    /// shows of a change: a file store's metric files).
+    pub fn fingerprint(&self, files: Vec<serde_json::Value>) -> String {
+        let mut marks = self.latest_marks.clone();
+        marks.sort();
+        let mut metrics: Vec<(String, String)> = self.metrics.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
+        metrics.sort();
+        let mut params = self.params.clone();
+        params.sort();
+        let mut tags = self.tags.clone();
+        tags.sort();
+        serde_json::json!([
+            self.status,
+            self.end_time_ms,
+            self.lifecycle_stage,
+            self.run_name,
+            metrics,
+            marks,
+            params,
+            tags,
+            files
+        ])
+        .to_string()
+    }
+}
+
 /// A local MLflow store, read directly.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LocalStore {

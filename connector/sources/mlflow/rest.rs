@@ -128,8 +128,10 @@ pub struct MlflowRest {
     api: reqwest::Url,
     ajax: reqwest::Url,
     host: String,
-    /// Bulk history groups (set by the listing).
+    /// Bulk history groups (set before the first fetch).
     groups: OnceLock<Groups>,
+    /// The points each listed run's histories are expected to hold.
+    expected: std::sync::Mutex<HashMap<String, i64>>,
     /// Set when the server lacks `get-history-bulk`.
     no_bulk: AtomicBool,
 }
@@ -184,7 +186,17 @@ impl MlflowRest {
         let client = build_client(&format!("runport/{}", env!("CARGO_PKG_VERSION")), policy.attempt_timeout)
             .map_err(Error::Internal)?;
         let http = Http::new(client, policy, opts.concurrency.max(1));
-        Ok(MlflowRest { opts, http, auth, api, ajax, host, groups: OnceLock::new(), no_bulk: AtomicBool::new(false) })
+        Ok(MlflowRest {
+            opts,
+            http,
+            auth,
+            api,
+            ajax,
+            host,
+            groups: OnceLock::new(),
+            expected: Default::default(),
+            no_bulk: AtomicBool::new(false),
+        })
     }
 
     pub fn name(&self) -> String {
@@ -344,8 +356,9 @@ impl MlflowRest {
 
     /// Groups the listed runs for bulk history requests (see the module
     /// documentation), in run-id order.
-    fn plan_groups(&self, plan: &FetchPlan, runs: &[MlflowRun], expected: &HashMap<String, i64>) {
-        let mut order: Vec<&MlflowRun> = runs.iter().filter(|r| !history_keys(plan, &r.metrics).is_empty()).collect();
+    fn plan_groups(&self, plan: &FetchPlan, runs: &[&MlflowRun], expected: &HashMap<String, i64>) {
+        let mut order: Vec<&MlflowRun> =
+            runs.iter().copied().filter(|r| !history_keys(plan, &r.metrics).is_empty()).collect();
         order.sort_by(|a, b| a.run_id.cmp(&b.run_id));
         let mut groups = Groups::default();
         let mut members: Vec<&MlflowRun> = Vec::new();
@@ -629,14 +642,23 @@ impl RemoteSource for MlflowRest {
     type Listed = MlflowRun;
     type Fetched = (MlflowRun, Vec<(String, FetchedSeries)>);
 
-    async fn list(self: Arc<Self>, plan: Arc<FetchPlan>) -> Listing<MlflowRun> {
+    async fn list(self: Arc<Self>, _plan: Arc<FetchPlan>) -> Listing<MlflowRun> {
         let (runs, expected, cut) = self.list_runs().await;
-        self.plan_groups(&plan, &runs, &expected);
+        *self.expected.lock().unwrap_or_else(|e| e.into_inner()) = expected;
         (runs.into_iter().map(Ok).collect(), cut)
     }
 
     fn run_id(listed: &MlflowRun) -> &str {
         &listed.run_id
+    }
+
+    fn fingerprint(listed: &MlflowRun) -> Option<String> {
+        Some(listed.fingerprint(Vec::new()))
+    }
+
+    fn prepare(&self, plan: &FetchPlan, listed: &[&MlflowRun]) {
+        let expected = self.expected.lock().unwrap_or_else(|e| e.into_inner());
+        self.plan_groups(plan, listed, &expected);
     }
 
     async fn fetch(

@@ -154,7 +154,7 @@ impl SourceConfig for MlflowConfig {
                     max_results: s.max_results,
                     concurrency,
                 })?;
-                Ok(Box::new(Network(Arc::new(api))))
+                Ok(Box::new(Network::new(api)))
             }
         }
     }
@@ -185,31 +185,8 @@ impl LocalRuns for MlflowLocal {
     /// appends to them as a run logs).
     fn fingerprint(&self, i: usize) -> Option<String> {
         let stored = &self.runs[i];
-        let r = &stored.run;
-        let files: Vec<serde_json::Value> =
-            stored.metric_files.iter().map(|(key, path)| file_mark(key, path)).collect();
-        let mut marks = r.latest_marks.clone();
-        marks.sort();
-        let mut metrics: Vec<(String, String)> = r.metrics.iter().map(|(k, v)| (k.clone(), v.to_string())).collect();
-        metrics.sort();
-        let mut params = r.params.clone();
-        params.sort();
-        let mut tags = r.tags.clone();
-        tags.sort();
-        Some(
-            serde_json::json!([
-                r.status,
-                r.end_time_ms,
-                r.lifecycle_stage,
-                r.run_name,
-                metrics,
-                marks,
-                params,
-                tags,
-                files
-            ])
-            .to_string(),
-        )
+        let files = stored.metric_files.iter().map(|(key, path)| file_mark(key, path)).collect();
+        Some(stored.run.fingerprint(files))
     }
 
     fn describe_plan(&self, plan: &FetchPlan) -> serde_json::Value {

@@ -9,7 +9,7 @@
 
 use crate::columns::{encode_path, flatten, push_segment};
 use crate::plan::FetchPlan;
-use crate::run::{RunData, RunIdentity};
+use crate::run::{IdentityValue, RunData, RunIdentity};
 use crate::value::Value;
 
 /// One listed run, with what the history stage needs.
@@ -20,6 +20,50 @@ pub struct ListedRun {
     pub history_keys: Option<Vec<String>>,
     pub last_step: Option<i64>,
     pub history_line_count: Option<i64>,
+}
+
+impl ListedRun {
+    /// `runport sync`'s change fingerprint: a digest of everything the
+    /// listing gave for the selection (state, heartbeat, the projected
+    /// config and summary values, and with history `historyLineCount` and
+    /// the history keys with the last step). A run that logs, finishes,
+    /// resumes or is edited changes at least one of them.
+    pub fn fingerprint(&self) -> String {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        let mut part = |bytes: &[u8]| {
+            h.update((bytes.len() as u64).to_le_bytes());
+            h.update(bytes);
+        };
+        part(self.data.identity.run_id.as_bytes());
+        for (column, value) in self.data.identity.values() {
+            part(column.as_bytes());
+            part(identity_text(value).as_bytes());
+        }
+        for (prefix, cols) in &self.data.groups {
+            part(prefix.as_bytes());
+            for (path, value) in cols {
+                part(path.as_bytes());
+                part(value.to_json().as_bytes());
+            }
+        }
+        part(format!("{:?} {:?}", self.history_line_count, self.last_step).as_bytes());
+        for k in self.history_keys.iter().flatten() {
+            part(k.as_bytes());
+        }
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+/// An identity value as fingerprint text (stable across versions).
+fn identity_text(v: &IdentityValue) -> String {
+    match v {
+        IdentityValue::Text(t) => format!("t{t}"),
+        IdentityValue::Timestamp(t) => format!("s{t}"),
+        IdentityValue::Float(f) => format!("f{}", f.to_bits()),
+        IdentityValue::Int(i) => format!("i{i}"),
+        IdentityValue::TextList(l) => format!("l{}", serde_json::Value::from(l.clone())),
+    }
 }
 
 /// The JSON of a field that the API sends either as a JSON string or inline.

@@ -465,6 +465,10 @@ impl RemoteSource for WandbApi {
         &listed.data.identity.run_id
     }
 
+    fn fingerprint(listed: &ListedRun) -> Option<String> {
+        Some(listed.fingerprint())
+    }
+
     async fn fetch(
         self: Arc<Self>,
         plan: Arc<FetchPlan>,

@@ -1,7 +1,5 @@
 //! The W&B API source behind the [`Source`] trait: `wandb://ENTITY/PROJECT`.
 
-use std::sync::Arc;
-
 use super::{DEFAULT_BASE_URL, DEFAULT_PER_PAGE, WandbApi, WandbApiOptions, queries};
 use crate::error::Result;
 use crate::http::Http;
@@ -72,7 +70,7 @@ impl SourceConfig for WandbApiConfig {
         opts.base_url = base_url
             .or_else(|| std::env::var("WANDB_BASE_URL").ok().filter(|u| !u.is_empty()))
             .unwrap_or_else(|| DEFAULT_BASE_URL.to_string());
-        Ok(Box::new(Network(Arc::new(WandbApi::connect(opts)?))))
+        Ok(Box::new(Network::new(WandbApi::connect(opts)?)))
     }
 }
 
