@@ -55,6 +55,11 @@ fn sync(source: &Path, table: &Path, args: &[&str], want_code: i32) -> serde_jso
 fn assert_same_as_export(source: &Path, table: &Path, scratch: &Path, what: &str) -> String {
     let export = scratch.join(format!("export-{what}"));
     export_json(source, &export, &[], 0);
+    assert_same_as(table, &export, what)
+}
+
+/// [`assert_same_as_export`] with the export made already.
+fn assert_same_as(table: &Path, export: &Path, what: &str) -> String {
     let out = python_snippet(SAME_AS_EXPORT, &[table.as_os_str(), export.as_os_str()]);
     eprintln!("{what}: {}", out.trim());
     out.lines().last().and_then(|l| l.strip_prefix("runs table id ")).expect("the table id").to_string()
@@ -70,6 +75,10 @@ fn copy_dir(from: &Path, to: &Path) {
             copy_dir(&src, &dst);
         } else if kind.is_file() {
             std::fs::copy(&src, &dst).unwrap();
+            // The copy keeps the time the SDK last wrote (a run's state may
+            // follow it: a run not written to for a while has crashed).
+            let modified = entry.metadata().unwrap().modified().unwrap();
+            std::fs::File::options().write(true).open(&dst).unwrap().set_modified(modified).unwrap();
         }
     }
 }
@@ -530,4 +539,61 @@ fn syncs_killed_at_40_points_leave_whole_versions_and_the_next_sync_completes_th
     let killed_old = seen.get("killed runs=old history=old").and_then(|v| v.as_u64()).unwrap_or(0);
     assert!(killed_old > 0 && killed_old < u64::from(kills), "{seen}");
     assert!(removed > 0, "no kill left a file to clean up: {seen}");
+}
+
+/// The W&B API (the test server, serving SDK-written runs): runs added, a
+/// run whose history grows (a resumed run's second folder) and a run
+/// deleted between syncs; the tables equal an export after each, an
+/// unchanged sync sends the listing's requests only, and a changed one
+/// fetches the history of the changed runs alone.
+#[test]
+fn sync_over_the_wandb_api_follows_added_grown_and_deleted_runs() {
+    let set = wandb_runs("standard").join("wandb");
+    let tmp = tempdir();
+    let source = tmp.path().join("wandb");
+    let table = tmp.path().join("table");
+    let table_arg = table.to_str().unwrap();
+    let later_new = folders(&set, "std-config");
+    let resumed = folders(&set, "std-resumed");
+    std::fs::create_dir_all(&source).unwrap();
+    for entry in std::fs::read_dir(&set).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_dir() && !p.is_symlink() && !later_new.contains(&p) && p != resumed[1] {
+            copy_dir(&p, &source.join(p.file_name().unwrap()));
+        }
+    }
+    let server = WandbServer::start(&source, &[]);
+    let served = || server.admin("/_testbed/requests", None)["total"].as_u64().unwrap();
+    let api_sync = |what: &str| {
+        let before = served();
+        let (code, stdout, stderr) = server.runport(&["sync", table_arg, "--json"]);
+        assert_eq!(code, 0, "sync {what}\n{stdout}\n{stderr}");
+        let summary = last_json_line(&stdout);
+        assert_eq!(summary["http"]["requests"].as_u64(), Some(served() - before), "{summary}");
+        let export = tmp.path().join(format!("export-{what}"));
+        let (code, stdout, stderr) = server.runport(&["export", "-o", export.to_str().unwrap(), "--json"]);
+        assert_eq!(code, 0, "export {what}\n{stdout}\n{stderr}");
+        assert_same_as(&table, &export, what);
+        summary
+    };
+    let first = api_sync("wandb-api-first");
+    assert!(first["runs"]["new"].as_u64().unwrap() >= 8, "{first}");
+    let again = api_sync("wandb-api-again");
+    assert_eq!(again["committed"], false, "{again}");
+    assert_eq!(again["runs"]["unchanged"], first["runs"]["new"], "{again}");
+    // The listing alone: one page for this set.
+    assert_eq!(again["http"]["requests"], 1, "{again}");
+
+    for f in later_new.iter().chain([&resumed[1]]) {
+        copy_dir(f, &source.join(f.file_name().unwrap()));
+    }
+    for f in folders(&source, "std-values") {
+        std::fs::remove_dir_all(f).unwrap();
+    }
+    server.admin("/_testbed/reload", Some(serde_json::json!({})));
+    let changed = api_sync("wandb-api-changed");
+    let runs = &changed["runs"];
+    assert_eq!((&runs["new"], &runs["changed"], &runs["deleted"]), (&1.into(), &1.into(), &1.into()), "{changed}");
+    let requests = changed["http"]["requests"].as_u64().unwrap();
+    assert!(requests < first["http"]["requests"].as_u64().unwrap() / 2, "{changed}\n{first}");
 }

@@ -268,6 +268,10 @@ def analyze(schema, doc, operation_name, variables):
 # --------------------------------------------------------------------------
 
 
+class DuplicateRuns(ValueError):
+    """A run id served twice (in `--runs` and `--synthetic`)."""
+
+
 class Testbed:
     def __init__(self, args):
         self.args = args
@@ -294,14 +298,13 @@ class Testbed:
         else:
             self.tmp_cache = tempfile.mkdtemp(prefix="wandb-testbed-")
             self.cache = Path(self.tmp_cache)
-        runs: list = []
-        if args.runs:
-            runs.extend(store.load_runs(Path(args.runs), self.cache))
-        if args.synthetic:
-            runs.extend(store.parse_synthetic(args.synthetic).runs)
-        names = [r.name for r in runs]
-        if len(set(names)) != len(names):
-            raise SystemExit("duplicate run ids between --runs and --synthetic")
+        # the synthetic runs are made once and kept by every reload
+        self.synthetic = store.parse_synthetic(args.synthetic).runs if args.synthetic else []
+        self.reload_lock = threading.Lock()  # one reload at a time
+        try:
+            runs = self._read_runs([])
+        except DuplicateRuns as e:
+            raise SystemExit(str(e))
         self.runs = runs
         self.by_name = {r.name: r for r in runs}
         self.schema = build_schema(SCHEMA_PATH.read_text(encoding="utf-8"))
@@ -309,6 +312,44 @@ class Testbed:
         self._install_resolvers()
         self.files_url = None
         self.base_url = None
+
+    # ---- the served runs --------------------------------------------------
+
+    def _read_runs(self, previous) -> list:
+        """The `--runs` folder as it is now (runs unchanged since `previous`
+        reused), then the synthetic runs. Raises DuplicateRuns."""
+        runs: list = []
+        if self.args.runs:
+            runs.extend(store.load_runs(Path(self.args.runs), self.cache, previous))
+        runs.extend(self.synthetic)
+        seen, dup = set(), set()
+        for r in runs:
+            (dup if r.name in seen else seen).add(r.name)
+        if dup:
+            raise DuplicateRuns("duplicate run ids between --runs and --synthetic: "
+                                + ", ".join(sorted(dup)))
+        return runs
+
+    def reload(self):
+        """Re-reads `--runs` and replaces the served runs in one step (the
+        old ones stay if that fails). Per-run state that could outlive its
+        run is dropped: live-tail overrides of runs that are gone, and the
+        locks of Parquet files no served run uses. The Parquet files and the
+        URL tokens are keyed by the run's content (`fingerprint()`), so a
+        changed run never meets its old files or URLs."""
+        with self.reload_lock:
+            with self.lock:
+                previous = self.runs
+            runs = self._read_runs(previous)
+            by_name = {r.name: r for r in runs}
+            dirs = {str(self.cache / "parquet" / r.fingerprint() / r.name) for r in runs}
+            with self.lock:
+                self.runs = runs
+                self.by_name = by_name
+                for name in [n for n in self.live_override if n not in by_name]:
+                    del self.live_override[name]
+                for path in [p for p in self.file_locks if os.path.dirname(p) not in dirs]:
+                    del self.file_locks[path]
 
     # ---- history files (sent from disk, never held whole) --------------------
 
@@ -578,7 +619,7 @@ class RunView:
         part = tb.part_rows or max(1, cut)
         for lo in range(0, cut, part):
             hi = min(cut, lo + part)
-            urls.append(tb_sign_url(tb, r.name, lo, hi))
+            urls.append(tb_sign_url(tb, r, lo, hi))
         live = []
         if cut < r.n_rows:
             for row in self._rows_at(list(range(cut, r.n_rows))):
@@ -593,16 +634,18 @@ def _flip_row(row):
             return
 
 
-def tb_sign_url(tb: Testbed, run_name: str, lo: int, hi: int) -> str:
+def tb_sign_url(tb: Testbed, run, lo: int, hi: int) -> str:
     path = "/files/%s/%s/%s/history-%08d-%08d.parquet" % (
         urllib.parse.quote(tb.entity, safe=""), urllib.parse.quote(tb.project, safe=""),
-        urllib.parse.quote(run_name, safe=""), lo, hi)
+        urllib.parse.quote(run.name, safe=""), lo, hi)
     exp = int(time.time()) + URL_TTL_S
-    return f"{tb.files_url}{path}?expires={exp}&token={sign(tb, path, exp)}"
+    return f"{tb.files_url}{path}?expires={exp}&token={sign(tb, path, exp, run.fingerprint())}"
 
 
-def sign(tb: Testbed, path: str, exp: int) -> str:
-    msg = f"{path}|{exp}|{tb.step_type}|{tb.debug_flip}".encode()
+def sign(tb: Testbed, path: str, exp: int, content: str) -> str:
+    """`content` is the run's fingerprint: a URL handed out before a reload
+    that changed (or removed) the run no longer validates."""
+    msg = f"{path}|{exp}|{tb.step_type}|{tb.debug_flip}|{content}".encode()
     return hmac.new(tb.secret, msg, hashlib.sha256).hexdigest()
 
 
@@ -893,6 +936,15 @@ class ApiHandler(Handler):
                     else:
                         tb.live_global = steps
                 return self._send(200, json.dumps(self._state()).encode())
+            if p == "/_testbed/reload":
+                try:
+                    tb.reload()
+                except DuplicateRuns as e:
+                    return self._send(400, json.dumps({"error": str(e)}).encode())
+                except Exception as e:  # the old runs stay served
+                    traceback.print_exc(file=sys.stderr)
+                    return self._send(500, json.dumps({"error": f"reload failed: {e!r}"}).encode())
+                return self._send(200, json.dumps(self._state()).encode())
         except (ValueError, KeyError, TypeError) as e:
             return self._send(400, json.dumps({"error": str(e)}).encode())
         return self._send(404, b'{"error":"unknown admin endpoint"}')
@@ -1033,10 +1085,11 @@ class FilesHandler(Handler):
             token = qs.get("token", [""])[0]
         except ValueError:
             exp, token = 0, ""
-        if not hmac.compare_digest(token, sign(tb, path, exp)) or exp < time.time():
+        run = tb.by_name.get(urllib.parse.unquote(segs[4]))
+        content = run.fingerprint() if run is not None else ""
+        if not hmac.compare_digest(token, sign(tb, path, exp, content)) or exp < time.time():
             entry.update(status=403, reject="token")
             return self._send(403, b'{"error":"invalid or expired token"}')
-        run = tb.by_name.get(urllib.parse.unquote(segs[4]))
         fname = segs[5]
         try:
             lo, hi = (int(x) for x in fname[len("history-"):-len(".parquet")].split("-"))

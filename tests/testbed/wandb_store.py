@@ -26,6 +26,7 @@ import os
 import pickle
 import re
 import threading
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -430,8 +431,8 @@ class LoadedRun(BaseRun):
             self._rows.append(row)
         self.n_rows = len(self._rows)
         self._steps = [row.get("_step") for row in self._rows]
-        self._fp = hashlib.sha256(pickle.dumps(
-            [(str(f), f.stat().st_size) for f in r.files])).hexdigest()[:16]
+        self._fp = rows_fingerprint(self._rows)
+        self.files_key = None  # set by load_runs
 
     def step_at(self, i):
         return self._steps[i]
@@ -458,7 +459,21 @@ class LoadedRun(BaseRun):
         return history_keys_of(self._rows, self.last_step())
 
     def fingerprint(self):
+        """The history's content (row count and a hash of the rows): the
+        Parquet cache is keyed by it, so a run whose history changed (a
+        resumed run's second folder, a rewritten file) never meets its old
+        files."""
         return self._fp
+
+
+def rows_fingerprint(rows) -> str:
+    """`rows-<n>-<hash>`: a hash of the rows' JSON (key order, int/float,
+    -0.0, NaN and Infinity kept apart), so equal content from other paths
+    or copies shares its Parquet files and any change gets new ones."""
+    h = hashlib.sha256()
+    for lo in range(0, len(rows), 10_000):
+        h.update(json.dumps(rows[lo:lo + 10_000], ensure_ascii=False, default=repr).encode())
+    return "rows-%d-%s" % (len(rows), h.hexdigest()[:24])
 
 
 def history_keys_of(rows, last_step) -> dict:
@@ -474,42 +489,72 @@ def history_keys_of(rows, last_step) -> dict:
     return {"lastStep": last_step, "keys": out}
 
 
-def load_runs(runs_dir: Path, cache: Path | None = None):
-    """Reads every run under runs_dir with wandb_reference (optionally cached
-    as a pickle keyed by the files' names, sizes and mtimes)."""
+# Bumped when a pickled LoadedRun would no longer match what this code builds.
+LOAD_CACHE_VERSION = 2
+
+
+def files_key(run_id: str, files) -> str:
+    """A run's identity on disk: its id and its files' paths, sizes and
+    mtimes (a folder added, removed or written to changes it)."""
+    sig = []
+    for f in files:
+        st = f.stat()
+        sig.append((str(f), st.st_size, st.st_mtime_ns))
+    return hashlib.sha256(pickle.dumps((LOAD_CACHE_VERSION, run_id, sig))).hexdigest()[:24]
+
+
+def load_runs(runs_dir: Path, cache: Path | None = None, previous=None):
+    """Reads every run under runs_dir with wandb_reference, run by run.
+
+    A run whose files (paths, sizes, mtimes) are those of a run in
+    `previous` (an earlier load) is taken from it; else from its pickle in
+    `cache/runs/` (keyed the same way); else it is parsed (and pickled). A
+    `running` run is never reused nor pickled: that state depends on the time
+    of reading (files written to in the last minute), so it is read again."""
+    prev = {r.files_key: r for r in (previous or [])
+            if isinstance(r, LoadedRun) and getattr(r, "files_key", None)}
     groups = ref.discover(runs_dir)
-    key = hashlib.sha256(pickle.dumps(sorted(
-        (rid, [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in fs])
-        for rid, fs in groups.items()))).hexdigest()[:20]
-    pk = cache / f"loaded-{key}.pickle" if cache else None
-    if pk is not None and pk.exists():
-        try:
-            with open(pk, "rb") as fh:
-                runs = pickle.load(fh)
-            # the `running`/`crashed` state depends on the time of reading
-            return runs
-        except Exception:
-            pass
-    runs, failures = [], []
-    import time
     now = time.time()
+    runs, failures = [], []
     for run_id, files in sorted(groups.items()):
-        r = _CapturingRun(run_id)
-        r.files = files
         try:
-            for f in files:
-                r.read_file(f)
-            r.finish(now)
-        except ref.DecodeError as e:
+            key = files_key(run_id, files)
+        except OSError as e:  # removed while listed
             failures.append({"run": run_id, "error": str(e)})
             continue
-        runs.append(LoadedRun(r))
-    if pk is not None and not any(r.state == "running" for r in runs):
-        pk.parent.mkdir(parents=True, exist_ok=True)
-        tmp = pk.with_name(pk.name + f".tmp-{os.getpid()}")
-        with open(tmp, "wb") as fh:
-            pickle.dump(runs, fh, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, pk)
+        old = prev.get(key)
+        if old is not None and old.state != "running":
+            runs.append(old)
+            continue
+        pk = cache / "runs" / f"run-{key}.pickle" if cache else None
+        run = None
+        if pk is not None and pk.exists():
+            try:
+                with open(pk, "rb") as fh:
+                    run = pickle.load(fh)
+                if not isinstance(run, LoadedRun) or run.name != run_id or run.files_key != key:
+                    run = None
+            except Exception:
+                run = None
+        if run is None:
+            r = _CapturingRun(run_id)
+            r.files = files
+            try:
+                for f in files:
+                    r.read_file(f)
+                r.finish(now)
+            except (ref.DecodeError, OSError) as e:
+                failures.append({"run": run_id, "error": str(e)})
+                continue
+            run = LoadedRun(r)
+            run.files_key = key
+            if pk is not None and run.state != "running":
+                pk.parent.mkdir(parents=True, exist_ok=True)
+                tmp = pk.with_name(pk.name + f".tmp-{os.getpid()}-{threading.get_ident()}")
+                with open(tmp, "wb") as fh:
+                    pickle.dump(run, fh, protocol=pickle.HIGHEST_PROTOCOL)
+                os.replace(tmp, pk)
+        runs.append(run)
     return runs
 
 
