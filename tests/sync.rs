@@ -95,24 +95,45 @@ fn folders(wandb: &Path, id: &str) -> Vec<PathBuf> {
     f
 }
 
+/// The standard set's run folders, held back from a source until
+/// [`Held::apply`]: a new run (`std-config`) and a resumed run's second
+/// folder (`std-resumed` grows).
+struct Held(Vec<PathBuf>);
+
+impl Held {
+    /// Copies the standard set into `source` but for the held folders.
+    fn copy_standard(source: &Path) -> Held {
+        let set = wandb_runs("standard").join("wandb");
+        let resumed = folders(&set, "std-resumed");
+        assert_eq!(resumed.len(), 2, "{resumed:?}");
+        let held: Vec<PathBuf> = folders(&set, "std-config").into_iter().chain([resumed[1].clone()]).collect();
+        std::fs::create_dir_all(source).unwrap();
+        for entry in std::fs::read_dir(&set).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_dir() && !p.is_symlink() && !held.contains(&p) {
+                copy_dir(&p, &source.join(p.file_name().unwrap()));
+            }
+        }
+        Held(held)
+    }
+
+    /// A new run, a changed run and a deleted run (`std-values`).
+    fn apply(&self, source: &Path) {
+        for f in &self.0 {
+            copy_dir(f, &source.join(f.file_name().unwrap()));
+        }
+        for f in folders(source, "std-values") {
+            std::fs::remove_dir_all(f).unwrap();
+        }
+    }
+}
+
 #[test]
 fn sync_brings_delta_tables_to_the_source_and_reads_only_what_changed() {
-    let set = wandb_runs("standard").join("wandb");
     let tmp = tempdir();
     let source = tmp.path().join("wandb");
     let table = tmp.path().join("table");
-    // The source without one run (added later) and without the second
-    // folder of a resumed run (its run changes later).
-    std::fs::create_dir_all(&source).unwrap();
-    let later_new = folders(&set, "std-config");
-    let resumed = folders(&set, "std-resumed");
-    assert_eq!(resumed.len(), 2, "{resumed:?}");
-    for entry in std::fs::read_dir(&set).unwrap() {
-        let p = entry.unwrap().path();
-        if p.is_dir() && !p.is_symlink() && !later_new.contains(&p) && p != resumed[1] {
-            copy_dir(&p, &source.join(p.file_name().unwrap()));
-        }
-    }
+    let held = Held::copy_standard(&source);
 
     let first = sync(&source, &table, &[], 0);
     assert_eq!(first["committed"], true, "{first}");
@@ -133,13 +154,7 @@ fn sync_brings_delta_tables_to_the_source_and_reads_only_what_changed() {
     assert_eq!(again["versions"], first["versions"], "{again}");
 
     // A new run, a changed run (resumed: its second folder), a deleted run.
-    for f in &later_new {
-        copy_dir(f, &source.join(f.file_name().unwrap()));
-    }
-    copy_dir(&resumed[1], &source.join(resumed[1].file_name().unwrap()));
-    for f in folders(&source, "std-values") {
-        std::fs::remove_dir_all(f).unwrap();
-    }
+    held.apply(&source);
     let changed = sync(&source, &table, &[], 0);
     assert_eq!(changed["committed"], true, "{changed}");
     assert_eq!(
@@ -173,25 +188,12 @@ fn sync_brings_delta_tables_to_the_source_and_reads_only_what_changed() {
 fn a_sync_killed_between_its_commits_is_completed_by_the_next() {
     use std::process::Stdio;
     use std::time::{Duration, Instant};
-    let set = wandb_runs("standard").join("wandb");
     let tmp = tempdir();
     let source = tmp.path().join("wandb");
     let table = tmp.path().join("table");
-    let later_new = folders(&set, "std-config");
-    std::fs::create_dir_all(&source).unwrap();
-    for entry in std::fs::read_dir(&set).unwrap() {
-        let p = entry.unwrap().path();
-        if p.is_dir() && !p.is_symlink() && !later_new.contains(&p) {
-            copy_dir(&p, &source.join(p.file_name().unwrap()));
-        }
-    }
+    let held = Held::copy_standard(&source);
     sync(&source, &table, &[], 0);
-    for f in &later_new {
-        copy_dir(f, &source.join(f.file_name().unwrap()));
-    }
-    for f in folders(&source, "std-values") {
-        std::fs::remove_dir_all(f).unwrap();
-    }
+    held.apply(&source);
     let mut child = std::process::Command::new("strace")
         .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=linkat", "-e", "inject=linkat:delay_exit=1500000"])
         .arg(env!("CARGO_BIN_EXE_runport"))
@@ -453,28 +455,14 @@ fn syncs_killed_at_40_points_leave_whole_versions_and_the_next_sync_completes_th
     use std::os::unix::process::CommandExt;
     use std::process::Stdio;
     use std::time::Instant;
-    let set = wandb_runs("standard").join("wandb");
     let tmp = tempdir();
     let source = tmp.path().join("wandb");
     let base = tmp.path().join("base");
-    let later_new = folders(&set, "std-config");
-    let resumed = folders(&set, "std-resumed");
-    std::fs::create_dir_all(&source).unwrap();
-    for entry in std::fs::read_dir(&set).unwrap() {
-        let p = entry.unwrap().path();
-        if p.is_dir() && !p.is_symlink() && !later_new.contains(&p) && p != resumed[1] {
-            copy_dir(&p, &source.join(p.file_name().unwrap()));
-        }
-    }
+    let held = Held::copy_standard(&source);
     sync(&source, &base, &[], 0);
     let (old, new) = (tmp.path().join("export-old"), tmp.path().join("export-new"));
     export_json(&source, &old, &[], 0);
-    for f in later_new.iter().chain([&resumed[1]]) {
-        copy_dir(f, &source.join(f.file_name().unwrap()));
-    }
-    for f in folders(&source, "std-values") {
-        std::fs::remove_dir_all(f).unwrap();
-    }
+    held.apply(&source);
     export_json(&source, &new, &[], 0);
 
     let traced = |table: &Path| {
@@ -548,20 +536,11 @@ fn syncs_killed_at_40_points_leave_whole_versions_and_the_next_sync_completes_th
 /// fetches the history of the changed runs alone.
 #[test]
 fn sync_over_the_wandb_api_follows_added_grown_and_deleted_runs() {
-    let set = wandb_runs("standard").join("wandb");
     let tmp = tempdir();
     let source = tmp.path().join("wandb");
     let table = tmp.path().join("table");
     let table_arg = table.to_str().unwrap();
-    let later_new = folders(&set, "std-config");
-    let resumed = folders(&set, "std-resumed");
-    std::fs::create_dir_all(&source).unwrap();
-    for entry in std::fs::read_dir(&set).unwrap() {
-        let p = entry.unwrap().path();
-        if p.is_dir() && !p.is_symlink() && !later_new.contains(&p) && p != resumed[1] {
-            copy_dir(&p, &source.join(p.file_name().unwrap()));
-        }
-    }
+    let held = Held::copy_standard(&source);
     let server = WandbServer::start(&source, &[]);
     let served = || server.admin("/_testbed/requests", None)["total"].as_u64().unwrap();
     let api_sync = |what: &str| {
@@ -584,12 +563,7 @@ fn sync_over_the_wandb_api_follows_added_grown_and_deleted_runs() {
     // The listing alone: one page for this set.
     assert_eq!(again["http"]["requests"], 1, "{again}");
 
-    for f in later_new.iter().chain([&resumed[1]]) {
-        copy_dir(f, &source.join(f.file_name().unwrap()));
-    }
-    for f in folders(&source, "std-values") {
-        std::fs::remove_dir_all(f).unwrap();
-    }
+    held.apply(&source);
     server.admin("/_testbed/reload", Some(serde_json::json!({})));
     let changed = api_sync("wandb-api-changed");
     let runs = &changed["runs"];
