@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 
 use crate::harness::*;
 
-/// Reads the Delta tables with deltalake and polars and compares them with
-/// an export (sync columns aside), rows sorted by every column.
+/// Reads the Delta tables with deltalake, polars and DuckDB's `delta_scan`
+/// and compares them with an export (sync columns aside), rows sorted by
+/// every column.
 const SAME_AS_EXPORT: &str = r#"
 import sys
 import polars as pl
@@ -38,6 +39,11 @@ cols = ["run_id", "key", "step", "timestamp", "runtime_s", "value", "value_json"
 same(hist, want, "history", cols)
 adds = pl.DataFrame(dt.get_add_actions(flatten=True))
 assert adds["num_records"].min() > 0 and adds["num_records"].sum() == hist.height, adds
+# DuckDB's delta_scan, read into Parquet by the DuckDB venv.
+duck_runs, duck_history = sys.argv[3], sys.argv[4]
+duck = pl.read_parquet(duck_runs)
+same(duck.drop(sync_cols), pl.read_parquet(f"{export}/runs.parquet"), "runs (DuckDB)", ["run_id"])
+same(pl.read_parquet(duck_history), want, "history (DuckDB)", cols)
 print(f"runs {runs.height}, history {hist.height}, files {adds.height}, version {dt.version()}")
 print(f"runs table id {DeltaTable(f'{table}/runs').metadata().id}")
 "#;
@@ -60,7 +66,13 @@ fn assert_same_as_export(source: &Path, table: &Path, scratch: &Path, what: &str
 
 /// [`assert_same_as_export`] with the export made already.
 fn assert_same_as(table: &Path, export: &Path, what: &str) -> String {
-    let out = python_snippet(SAME_AS_EXPORT, &[table.as_os_str(), export.as_os_str()]);
+    let duck = export.with_extension("duckdb");
+    std::fs::create_dir_all(&duck).unwrap();
+    let (duck_runs, duck_history) = (duck.join("runs.parquet"), duck.join("history.parquet"));
+    duckdb_delta_scan(&table.join("runs"), &duck_runs);
+    duckdb_delta_scan(&table.join("history"), &duck_history);
+    let args = [table.as_os_str(), export.as_os_str(), duck_runs.as_os_str(), duck_history.as_os_str()];
+    let out = python_snippet(SAME_AS_EXPORT, &args);
     eprintln!("{what}: {}", out.trim());
     out.lines().last().and_then(|l| l.strip_prefix("runs table id ")).expect("the table id").to_string()
 }

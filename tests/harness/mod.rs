@@ -64,15 +64,28 @@ fn run_checked(cmd: &mut Command, what: &str) -> Output {
 /// The test-bed Python: `target/testbed-venv`, created from
 /// `tests/testbed/requirements.txt` when missing or out of date.
 pub fn python() -> PathBuf {
-    let venv = target_dir().join("testbed-venv");
+    venv_python("testbed-venv", "requirements.txt")
+}
+
+/// The Python that reads Delta tables with DuckDB's `delta_scan`:
+/// `target/duckdb-venv` from `tests/testbed/requirements-duckdb.txt` (the
+/// extension's package pins a DuckDB of its own).
+pub fn duckdb_python() -> PathBuf {
+    venv_python("duckdb-venv", "requirements-duckdb.txt")
+}
+
+/// `target/NAME/bin/python`, the venv created from `tests/testbed/REQUIREMENTS`
+/// when missing or out of date.
+fn venv_python(name: &str, requirements: &str) -> PathBuf {
+    let venv = target_dir().join(name);
     let py = venv.join("bin").join("python");
-    let requirements = testbed_dir().join("requirements.txt");
-    let wanted = fs::read(&requirements).expect("read tests/testbed/requirements.txt");
+    let requirements = testbed_dir().join(requirements);
+    let wanted = fs::read(&requirements).unwrap_or_else(|e| panic!("read {}: {e}", requirements.display()));
     let marker = venv.join(".runport-requirements");
     if fs::read(&marker).ok().as_deref() == Some(wanted.as_slice()) && py.exists() {
         return py;
     }
-    let _guard = lock("testbed-venv");
+    let _guard = lock(name);
     if fs::read(&marker).ok().as_deref() == Some(wanted.as_slice()) && py.exists() {
         return py;
     }
@@ -81,16 +94,26 @@ pub fn python() -> PathBuf {
     let _ = fs::remove_dir_all(&venv);
     run_checked(
         Command::new(&python3).args(["-m", "venv"]).arg(&venv),
-        "creating the test-bed venv (needs python3 with venv)",
+        "creating a test-bed venv (needs python3 with venv)",
     );
     run_checked(
         Command::new(&py)
             .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
             .arg(&requirements),
-        "installing tests/testbed/requirements.txt",
+        &format!("installing {}", requirements.display()),
     );
     fs::write(&marker, &wanted).expect("write venv marker");
     py
+}
+
+/// Reads the Delta table at `table` with DuckDB's `delta_scan` into the
+/// Parquet file `out` (`tests/testbed/duckdb_delta.py`); panics with its
+/// output on failure.
+pub fn duckdb_delta_scan(table: &Path, out: &Path) {
+    run_checked(
+        Command::new(duckdb_python()).arg(testbed_dir().join("duckdb_delta.py")).arg(table).arg(out),
+        &format!("reading {} with DuckDB delta_scan", table.display()),
+    );
 }
 
 /// Runs a test-bed script with the venv's Python; panics with its output on failure.
