@@ -201,6 +201,17 @@ def request_counts(base: str) -> dict:
                                   "credential_leaks")}
 
 
+def api_env(key: str) -> dict:
+    """The environment of a client of the test server: its key, no other
+    W&B settings, no proxy for loopback."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env["WANDB_API_KEY"] = key
+    for k in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        env.pop(k, None)
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    return env
+
+
 def start_server(python: str, spec: str, key: str, cache: Path, logs: Path, cpus: set[int] | None = None):
     cmd = [python, str(TESTBED / "wandb_server.py"), "--synthetic", spec, "--port", "0",
            "--files-port", "0", "--api-key", key, "--cache", str(cache), "--exit-with-stdin"]
@@ -564,11 +575,7 @@ def main(argv=None) -> int:
     server, info = start_server(python, spec, key, cache, logs, server_cpus)
     log(f"test server ready in {time.perf_counter() - t_server:.1f} s: {info['runs']} runs ({spec})")
     base = info["base_url"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env["WANDB_API_KEY"] = key
-    for k in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        env.pop(k, None)
-    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    env = api_env(key)
 
     status = 0
     results: dict[str, Measured] = {}

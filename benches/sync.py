@@ -1,8 +1,19 @@
 #!/usr/bin/env python3
-"""`runport sync` on W&B local files: what a sync costs against what changed.
+"""`runport sync` on W&B local files or the W&B API: what a sync costs against what changed.
 
-    target/testbed-venv/bin/python benches/sync.py [--runs 100] [--steps 10000] [--keys 10]
-        [--changed 0.02] [--new 0.01] [--no-build]
+    target/testbed-venv/bin/python benches/sync.py [--source files|api] [--runs N] [--steps 10000]
+        [--keys 10] [--changed 0.02] [--new 0.01] [--no-build]
+
+--source api (default --runs 1000): the W&B API test server's synthetic runs
+(tests/testbed/wandb_server.py --synthetic RUNS:STEPS:KEYS, history files
+cached under --data). Before the first sync the --new share of runs is hidden
+(`/_testbed/hide`) and the --changed share is cut to its first 80% of rows,
+live (`/_testbed/rows`: state running, an earlier heartbeat); before the last
+sync those runs grow back to all their rows and the hidden runs appear. The
+server's own request accounting is printed beside runport's. Ratios: full
+sync / export time, and changed sync / full sync time, requests and bytes.
+
+--source files (default --runs 100):
 
 Builds runport (`cargo build --release`), writes the runs once with the W&B
 SDK (make_wandb_runs.py --set bench; cached under --data, default
@@ -63,7 +74,8 @@ def measure(name: str, argv: list[str], logs: Path) -> Measured:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", type=int, default=100)
+    ap.add_argument("--source", choices=["files", "api"], default="files")
+    ap.add_argument("--runs", type=int, default=None, help="100 for files, 1000 for api")
     ap.add_argument("--steps", type=int, default=10_000)
     ap.add_argument("--keys", type=int, default=10)
     ap.add_argument("--changed", type=float, default=0.02, help="share of runs resumed before the last sync")
@@ -75,6 +87,10 @@ def main() -> int:
     python = str(VENV_PYTHON if VENV_PYTHON.exists() else Path(sys.executable))
     if not build_runport(ROOT, RUNPORT, args.no_build, log):
         return 1
+    if args.source == "api":
+        args.runs = args.runs or 1000
+        return api_main(args, python)
+    args.runs = args.runs or 100
     data = Path(args.data) / f"files-{args.runs}x{args.steps}x{args.keys}"
     if not (data / "complete").exists():
         log(f"writing {args.runs} runs of {args.steps} steps x {args.keys} keys with the W&B SDK into {data}")
@@ -121,17 +137,10 @@ def main() -> int:
 
     print(f"{args.runs} runs of {args.steps} x {args.keys}; changed {len(growing)} (live runs that grew from 80% "
           f"of their log to all of it), new {len(held_back)}")
-    print(f"{'command':<15} {'wall s':>7} {'cpu s':>6} {'RSS MiB':>8} {'records read':>13} {'MB read':>8} "
-          f"{'hist rows':>10} {'+files':>6} {'-files':>6} {'versions':>16}")
-    for m in (baseline, full, unchanged, changed):
-        s = m.summary
-        rec = s.get("records") or {}
-        versions = s.get("versions") or {}
-        rows = s.get("history_rows", (s.get("rows") or {}).get("history", 0))
-        print(f"{m.name:<15} {m.seconds:>7.2f} {m.user_s + m.sys_s:>6.2f} {m.rss_mib:>8.0f} "
-              f"{rec.get('read', 0):>13,} {rec.get('bytes', 0) / 1e6:>8.1f} {rows:>10,} "
-              f"{s.get('files_added', s.get('files', 0)):>6} {s.get('files_removed', 0):>6} "
-              f"{str(versions.get('runs'))+'/'+str(versions.get('history')):>16}")
+    table_of((baseline, full, unchanged, changed), [
+        ("records read", 13, lambda m: f"{(m.summary.get('records') or {}).get('read', 0):,}"),
+        ("MB read", 8, lambda m: f"{(m.summary.get('records') or {}).get('bytes', 0) / 1e6:.1f}"),
+    ])
     fr, ch = full.summary["records"], changed.summary["records"]
     print()
     print(f"full sync / export wall time: {full.seconds / baseline.seconds:.2f} (target <= 1.20)")
@@ -140,6 +149,110 @@ def main() -> int:
     print(f"changed sync / full sync: wall {changed.seconds / full.seconds:.3f}, "
           f"bytes read {ch['bytes'] / max(1, fr['bytes']):.3f} (targets <= 0.05)")
     return 0
+
+
+def table_of(measured, source_columns) -> None:
+    """One line per command: time, CPU, RSS, the source's own columns
+    (name, width, value of a Measured), then what the command wrote."""
+    columns = [("wall s", 7, lambda m: f"{m.seconds:.2f}"), ("cpu s", 6, lambda m: f"{m.user_s + m.sys_s:.2f}"),
+               ("RSS MiB", 8, lambda m: f"{m.rss_mib:.0f}")] + list(source_columns) + [
+        ("hist rows", 11, lambda m: f"{m.summary.get('history_rows', (m.summary.get('rows') or {}).get('history', 0)):,}"),
+        ("+files", 6, lambda m: str(m.summary.get("files_added", m.summary.get("files", 0)))),
+        ("-files", 6, lambda m: str(m.summary.get("files_removed", 0))),
+        ("versions", 9, lambda m: "{}/{}".format(*[(m.summary.get("versions") or {}).get(t) for t in ("runs", "history")])),
+    ]
+    print(f"{'command':<15} " + " ".join(f"{name:>{width}}" for name, width, _ in columns))
+    for m in measured:
+        print(f"{m.name:<15} " + " ".join(f"{value(m):>{width}}" for _, width, value in columns))
+
+
+def api_main(args, python: str) -> int:
+    from compare_wandb_api import admin, api_env, start_server
+
+    work = Path(args.data) / "api-work"
+    shutil.rmtree(work, ignore_errors=True)
+    logs = work / "logs"
+    logs.mkdir(parents=True)
+    cache = Path(args.data) / f"api-cache-{args.runs}x{args.steps}x{args.keys}"
+    cache.mkdir(parents=True, exist_ok=True)
+    key = "runport_bench_" + "0123456789abcdef" * 2 + "01234567"
+    spec = f"{args.runs}:{args.steps}:{args.keys}:0"
+    server, info = start_server(python, spec, key, cache, logs)
+    base = info["base_url"]
+    env = api_env(key)
+    uri = f"wandb://{info['entity']}/{info['project']}"
+    table, export = work / "table", work / "export"
+    try:
+        ids = sorted(r for r in list_run_ids(base, key, info))
+        n_new = max(1, round(args.runs * args.new))
+        n_changed = max(1, round(args.runs * args.changed))
+        hidden, growing = ids[-n_new:], ids[:n_changed]
+        admin(base, "/_testbed/hide", {"runs": hidden})
+        admin(base, "/_testbed/rows", {"runs": growing, "rows": args.steps * 8 // 10})
+
+        def api(name: str, argv: list[str]) -> Measured:
+            admin(base, "/_testbed/reset", {"requests": True})
+            log(f"{name}: {' '.join(argv)}")
+            m = run_child(Measured(name), argv + ["--base-url", base], logs, ROOT, env)
+            if m.status != 0 or m.last_json() is None:
+                log(f"{name} failed (exit {m.status}); see {logs}\n{m.stderr[-3000:]}")
+                raise SystemExit(1)
+            m.summary = m.last_json()
+            m.served = admin(base, "/_testbed/requests")
+            return m
+
+        # Warm-up: the server writes (or finds in its cache) every history file once.
+        api("warm-up export", [str(RUNPORT), "export", uri, "-o", str(work / "warm"), "--json"])
+        shutil.rmtree(work / "warm", ignore_errors=True)
+        baseline = api("export", [str(RUNPORT), "export", uri, "-o", str(export), "--json"])
+        full = api("full sync", [str(RUNPORT), "sync", uri, str(table), "--json"])
+        unchanged = api("unchanged sync", [str(RUNPORT), "sync", uri, str(table), "--json"])
+        admin(base, "/_testbed/rows", {"runs": growing, "rows": None})
+        admin(base, "/_testbed/hide", {"runs": []})
+        changed = api("changed sync", [str(RUNPORT), "sync", uri, str(table), "--json"])
+    finally:
+        server.stdin.close()
+        server.wait(timeout=60)
+
+    print(f"W&B API: {args.runs} synthetic runs of {args.steps} x {args.keys}; changed {n_changed} (live runs "
+          f"that grew from 80% of their rows to all of them), new {n_new}")
+    table_of((baseline, full, unchanged, changed), [
+        ("requests", 9, lambda m: f"{(m.summary.get('http') or {}).get('requests', 0):,}"),
+        ("served", 7, lambda m: f"{m.served.get('total', 0):,}"),
+        ("MB", 8, lambda m: f"{(m.summary.get('http') or {}).get('bytes', 0) / 1e6:.1f}"),
+    ])
+    fh, ch = full.summary["http"], changed.summary["http"]
+    print()
+    print(f"full sync / export wall time: {full.seconds / baseline.seconds:.2f} (target <= 1.20)")
+    print(f"unchanged sync: {unchanged.summary['http']['requests']} requests (the listing), history rows "
+          f"{unchanged.summary['history_rows']}, committed {unchanged.summary['committed']}, "
+          f"{unchanged.seconds:.2f} s")
+    print(f"changed sync / full sync: wall {changed.seconds / full.seconds:.3f}, requests "
+          f"{ch['requests'] / max(1, fh['requests']):.3f}, bytes {ch['bytes'] / max(1, fh['bytes']):.3f} "
+          f"(targets <= 0.05)")
+    return 0
+
+
+def list_run_ids(base: str, key: str, info: dict) -> list[str]:
+    """Every run id of the project, from the API (as a client lists them)."""
+    import base64
+    import json
+    import urllib.request
+    ids, cursor = [], None
+    auth = base64.b64encode(f"api:{key}".encode()).decode()
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    while True:
+        query = ("query R($p: String!, $e: String!, $c: String) { project(name: $p, entityName: $e) { "
+                 "runs(first: 500, after: $c) { edges { node { name } } pageInfo { endCursor hasNextPage } } } }")
+        body = json.dumps({"query": query, "variables": {"p": info["project"], "e": info["entity"], "c": cursor}})
+        req = urllib.request.Request(base + "/graphql", data=body.encode(), method="POST",
+                                     headers={"Content-Type": "application/json", "Authorization": f"Basic {auth}"})
+        with opener.open(req, timeout=120) as r:
+            runs = json.loads(r.read())["data"]["project"]["runs"]
+        ids.extend(e["node"]["name"] for e in runs["edges"])
+        if not runs["pageInfo"]["hasNextPage"]:
+            return ids
+        cursor = runs["pageInfo"]["endCursor"]
 
 
 if __name__ == "__main__":

@@ -290,6 +290,10 @@ class Testbed:
         self.default_live = args.live_steps
         self.live_override: dict = {}
         self.live_global = None
+        # the served view (POST /_testbed/hide, /_testbed/rows): hidden run
+        # ids, and runs served with only their first N rows {id: N}
+        self.hidden: set = set()
+        self.row_limit: dict = {}
         self.file_locks: dict = {}
         if args.cache:
             self.cache = Path(args.cache)
@@ -305,8 +309,12 @@ class Testbed:
             runs = self._read_runs([])
         except DuplicateRuns as e:
             raise SystemExit(str(e))
-        self.runs = runs
-        self.by_name = {r.name: r for r in runs}
+        # base_runs: every run read; runs/by_name: the served view of them
+        self.base_runs = runs
+        self.base_by_name = {r.name: r for r in runs}
+        self.runs: list = []
+        self.by_name: dict = {}
+        self._rebuild_view()
         self.schema = build_schema(SCHEMA_PATH.read_text(encoding="utf-8"))
         self._install_scalars()
         self._install_resolvers()
@@ -333,23 +341,57 @@ class Testbed:
     def reload(self):
         """Re-reads `--runs` and replaces the served runs in one step (the
         old ones stay if that fails). Per-run state that could outlive its
-        run is dropped: live-tail overrides of runs that are gone, and the
-        locks of Parquet files no served run uses. The Parquet files and the
-        URL tokens are keyed by the run's content (`fingerprint()`), so a
-        changed run never meets its old files or URLs."""
+        run is dropped: live-tail overrides, hidden ids and row limits of
+        runs that are gone (and row limits no longer below the run's rows),
+        and the locks of Parquet files no served run uses. The Parquet files
+        and the URL tokens are keyed by the run's content (`fingerprint()`),
+        so a changed run never meets its old files or URLs."""
         with self.reload_lock:
             with self.lock:
-                previous = self.runs
+                previous = self.base_runs
             runs = self._read_runs(previous)
             by_name = {r.name: r for r in runs}
-            dirs = {str(self.cache / "parquet" / r.fingerprint() / r.name) for r in runs}
             with self.lock:
-                self.runs = runs
-                self.by_name = by_name
+                self.base_runs = runs
+                self.base_by_name = by_name
                 for name in [n for n in self.live_override if n not in by_name]:
                     del self.live_override[name]
+                self.hidden &= set(by_name)
+                for name, n in list(self.row_limit.items()):
+                    if name not in by_name or n >= by_name[name].n_rows:
+                        del self.row_limit[name]
+                self._rebuild_view()
+                dirs = {str(self.cache / "parquet" / r.fingerprint() / r.name)
+                        for r in runs + self.runs}
                 for path in [p for p in self.file_locks if os.path.dirname(p) not in dirs]:
                     del self.file_locks[path]
+
+    def _rebuild_view(self):
+        """`runs` and `by_name` from `base_runs` (with `lock` held, or before
+        serving): hidden runs left out, row-limited ones wrapped in a
+        store.TruncatedRun (kept from the previous view when unchanged, with
+        its caches). O(runs), once per change: requests only read the view."""
+        old = self.by_name
+        runs = []
+        for r in self.base_runs:
+            if r.name in self.hidden:
+                continue
+            n = self.row_limit.get(r.name)
+            if n is not None and n < r.n_rows:
+                prev = old.get(r.name)
+                if isinstance(prev, store.TruncatedRun) and prev.base is r and prev.n_rows == n:
+                    r = prev
+                else:
+                    r = store.TruncatedRun(r, n)
+            runs.append(r)
+        self.runs = runs
+        self.by_name = {r.name: r for r in runs}
+
+    def is_flip_run(self, run) -> bool:
+        """The run `--debug-flip` alters: the first run read (by id, so the
+        truncated view of it too)."""
+        base = self.base_runs
+        return bool(base) and base[0].name == run.name
 
     # ---- history files (sent from disk, never held whole) --------------------
 
@@ -529,7 +571,7 @@ class RunView:
                      "username": "testbed-user", "entity": tb.entity}
 
     def _first_run(self):
-        return self.tb.runs and self.tb.runs[0] is self.r
+        return self.tb.is_flip_run(self.r)
 
     def config(self, info, keys=None):
         cfg = self.r.config_obj()
@@ -652,7 +694,7 @@ def sign(tb: Testbed, path: str, exp: int, content: str) -> str:
 def parquet_file(tb: Testbed, run, lo: int, hi: int) -> Path:
     """The Parquet file of rows [lo, hi) of a run, written on first use."""
     d = tb.cache / "parquet" / run.fingerprint() / run.name
-    flip = "-flip" if tb.debug_flip == "history" and tb.runs and tb.runs[0] is run else ""
+    flip = "-flip" if tb.debug_flip == "history" and tb.is_flip_run(run) else ""
     path = d / f"{lo:08d}-{hi:08d}-{tb.step_type}{flip}.parquet"
     if path.exists():
         return path
@@ -881,7 +923,9 @@ class ApiHandler(Handler):
         tb = self.tb
         with tb.lock:
             return {"base_url": tb.base_url, "files_url": tb.files_url, "entity": tb.entity,
-                    "project": tb.project, "runs": len(tb.runs),
+                    "project": tb.project, "runs": len(tb.runs), "runs_loaded": len(tb.base_runs),
+                    "hidden": {"count": len(tb.hidden), "runs": sorted(tb.hidden)},
+                    "rows": dict(sorted(tb.row_limit.items())),
                     "live_steps": {"default": tb.default_live, "global": tb.live_global,
                                    "runs": dict(tb.live_override)},
                     "part_rows": tb.part_rows, "step_type": tb.step_type,
@@ -913,13 +957,17 @@ class ApiHandler(Handler):
                     tb.rules = rules
                 return self._send(200, json.dumps({"rules": [r.describe() for r in rules]}).encode())
             if p == "/_testbed/reset":
-                what = data if data else {"faults": True, "requests": True, "live": True}
+                what = data if data else {"faults": True, "requests": True, "live": True, "view": True}
                 with tb.lock:
                     if what.get("faults"):
                         tb.rules = []
                     if what.get("live"):
                         tb.live_override.clear()
                         tb.live_global = None
+                    if what.get("view"):
+                        tb.hidden.clear()
+                        tb.row_limit.clear()
+                        tb._rebuild_view()
                 if what.get("requests"):
                     tb.acct.reset()
                 return self._send(200, b'{"ok":true}')
@@ -927,7 +975,7 @@ class ApiHandler(Handler):
                 steps = int(data["steps"]) if data.get("steps") is not None else None
                 with tb.lock:
                     if data.get("run"):
-                        if data["run"] not in tb.by_name:
+                        if data["run"] not in tb.base_by_name:
                             return self._send(404, b'{"error":"no such run"}')
                         if steps is None:
                             tb.live_override.pop(data["run"], None)
@@ -935,6 +983,39 @@ class ApiHandler(Handler):
                             tb.live_override[data["run"]] = steps
                     else:
                         tb.live_global = steps
+                return self._send(200, json.dumps(self._state()).encode())
+            if p == "/_testbed/hide":
+                if not isinstance(data, dict) or set(data) != {"runs"}:
+                    raise ValueError('hide wants {"runs": [ID, ...]}')
+                ids = _run_ids(data["runs"], "runs")
+                with tb.lock:
+                    unknown = sorted({i for i in ids if i not in tb.base_by_name})
+                    if not unknown:
+                        tb.hidden = set(ids)
+                        tb._rebuild_view()
+                if unknown:
+                    return self._unknown_runs(unknown)
+                return self._send(200, json.dumps(self._state()).encode())
+            if p == "/_testbed/rows":
+                if (not isinstance(data, dict) or "rows" not in data
+                        or len({"run", "runs"} & set(data)) != 1 or len(data) != 2):
+                    raise ValueError('rows wants {"run": ID, "rows": N} or {"runs": [ID, ...], "rows": N}')
+                ids = [data["run"]] if "run" in data else data["runs"]
+                ids = _run_ids(ids, "run" if "run" in data else "runs")
+                n = data["rows"]
+                if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+                    raise ValueError('"rows" must be a non-negative integer or null')
+                with tb.lock:
+                    unknown = sorted({i for i in ids if i not in tb.base_by_name})
+                    if not unknown:
+                        for i in ids:
+                            if n is None or n >= tb.base_by_name[i].n_rows:
+                                tb.row_limit.pop(i, None)  # whole again
+                            else:
+                                tb.row_limit[i] = n
+                        tb._rebuild_view()
+                if unknown:
+                    return self._unknown_runs(unknown)
                 return self._send(200, json.dumps(self._state()).encode())
             if p == "/_testbed/reload":
                 try:
@@ -948,6 +1029,10 @@ class ApiHandler(Handler):
         except (ValueError, KeyError, TypeError) as e:
             return self._send(400, json.dumps({"error": str(e)}).encode())
         return self._send(404, b'{"error":"unknown admin endpoint"}')
+
+    def _unknown_runs(self, ids):
+        return self._send(404, json.dumps({"error": "unknown run ids: " + ", ".join(ids),
+                                           "runs": ids}).encode())
 
     def _auth_ok(self) -> bool:
         h = self.headers.get("Authorization") or ""
@@ -1039,6 +1124,13 @@ class ApiHandler(Handler):
                 if e.original_error is not None and not isinstance(e.original_error, GraphQLError):
                     traceback.print_exception(e.original_error, file=sys.stderr)
         return 200, out
+
+
+def _run_ids(ids, what) -> list:
+    """`ids` checked to be a list of run id strings (400 otherwise)."""
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise ValueError(f'"{what}" must be ' + ("a list of run ids" if what == "runs" else "a run id"))
+    return ids
 
 
 def _mk(make):

@@ -683,15 +683,100 @@ class SyntheticRun(BaseRun):
     def system_metrics(self):
         return {}
 
-    def history_keys(self):
-        n = self.n_rows
+    def history_keys(self, n: int | None = None):
+        """historyKeys of the whole run, or of its first `n` rows."""
+        n = self.n_rows if n is None else n
         keys = {k: {"typeCounts": [{"type": "number", "count": n}]}
                 for k in list(SPECIALS) + self.p.keys}
-        return {"lastStep": self.last_step(), "keys": keys}
+        return {"lastStep": (n - 1) * self.p.stride, "keys": keys}
 
     def fingerprint(self):
         p = self.p
         return "syn-%d-%d-%d-%d-%d" % (p.seed, p.n_runs, p.steps, p.n_keys, p.stride)
+
+
+class TruncatedRun(BaseRun):
+    """A run served as if it had only its first `n` history rows (the server's
+    `POST /_testbed/rows`: a run that grows). History, Parquet export,
+    historyKeys and the row count stop at row n; the run is `running` and its
+    heartbeat is at n/n_rows of its duration (earlier than when whole, so a
+    listing shows the change when it grows). Config and summary are the
+    whole run's (the final summary). Its `fingerprint()` adds the row count,
+    so its Parquet files and signed URLs are never those of the whole run.
+    O(1) to make; the few answers that scan rows of a loaded run are cached."""
+
+    def __init__(self, base: BaseRun, n: int):
+        if not 0 <= n < base.n_rows:
+            raise ValueError(f"{base.name}: {n} rows is not a truncation of {base.n_rows}")
+        self.base = base
+        self.n_rows = n
+        self.name = base.name
+        self.display_name = base.display_name
+        self.state = "running"
+        self.exit_code = None
+        self.created_us = base.created_us
+        hb, c = base.heartbeat_us, base.created_us
+        self.heartbeat_us = hb if hb is None or c is None else c + (hb - c) * n // base.n_rows
+        self.tags = base.tags
+        self.group = base.group
+        self.job_type = base.job_type
+        self.notes = base.notes
+        self.commit = base.commit
+        self.host = base.host
+        self.runtime_s = getattr(base, "runtime_s", None)
+        self._last_step = None
+        self._keys = None
+
+    def step_at(self, i):
+        if not 0 <= i < self.n_rows:
+            raise IndexError(i)
+        return self.base.step_at(i)
+
+    def rows(self, lo, hi):
+        return self.base.rows(lo, max(lo, min(hi, self.n_rows)))
+
+    def table(self, lo, hi, step_type):
+        return self.base.table(lo, max(lo, min(hi, self.n_rows)), step_type)
+
+    def write_history_parquet(self, lo, hi, step_type, path):
+        self.base.write_history_parquet(lo, max(lo, min(hi, self.n_rows)), step_type, path)
+
+    def indices_in_steps(self, lo_step, hi_step, hi_inclusive=False):
+        idx = self.base.indices_in_steps(lo_step, hi_step, hi_inclusive)
+        if isinstance(idx, range):  # synthetic: O(1)
+            return range(idx.start, max(idx.start, min(idx.stop, self.n_rows)))
+        return [i for i in idx if i < self.n_rows]
+
+    def last_step(self):
+        if self._last_step is None:
+            if isinstance(self.base, SyntheticRun):  # steps increase
+                self._last_step = self.base.step_at(self.n_rows - 1) if self.n_rows else -1
+            else:
+                self._last_step = BaseRun.last_step(self)
+        return self._last_step
+
+    def history_keys(self):
+        if self._keys is None:
+            if isinstance(self.base, SyntheticRun):
+                self._keys = self.base.history_keys(self.n_rows)
+            else:
+                self._keys = history_keys_of(self.base.rows(0, self.n_rows), self.last_step())
+        return self._keys
+
+    def config_obj(self):
+        return self.base.config_obj()
+
+    def config_wandb(self):
+        return self.base.config_wandb()
+
+    def summary_obj(self):
+        return self.base.summary_obj()
+
+    def system_metrics(self):
+        return self.base.system_metrics()
+
+    def fingerprint(self):
+        return "%s-first%d" % (self.base.fingerprint(), self.n_rows)
 
 
 def parse_synthetic(spec: str) -> SyntheticProject:
