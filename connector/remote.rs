@@ -50,6 +50,10 @@ pub trait RemoteSource: Send + Sync + 'static {
         None
     }
 
+    /// `runport sync`: the table holds `listed`'s history up to `mark`;
+    /// a source that can fetch only later steps notes it in `listed`.
+    fn continue_history(_listed: &mut Self::Listed, _mark: crate::sources::SyncMark) {}
+
     /// Called with the runs about to be fetched (the whole listing, or the
     /// part a sync reads), before any fetch: plans requests that span runs.
     fn prepare(&self, _plan: &FetchPlan, _listed: &[&Self::Listed]) {}

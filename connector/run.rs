@@ -214,6 +214,20 @@ pub struct RunData {
     pub history: Option<RunHistory>,
     /// Damage that was skipped over while reading this run.
     pub warnings: Vec<String>,
+    /// `runport sync`: where the history stands in the source (see [`HistoryMark`]).
+    pub history_mark: Option<HistoryMark>,
+}
+
+/// Where a run's history stands in its source, for `runport sync` to read
+/// only new steps next time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HistoryMark {
+    /// `Some(s)`: `history` holds only the steps from `s` on (the source
+    /// read only those); the run's earlier rows are the table's.
+    pub from_step: Option<i64>,
+    /// The history lines the source listed for the run when it was read
+    /// (W&B `historyLineCount`).
+    pub lines: Option<i64>,
 }
 
 impl RunData {

@@ -46,13 +46,14 @@ use crate::output::{PART_BYTES, Provenance, history_writer_properties, writer_pr
 use crate::pipeline::{EncodedHistory, HistoryEncoding, HistoryTarget, ReadRun};
 use crate::plan::HistoryLayout;
 use crate::run::{IdentityKind, IdentityValue, RunData, RunIdentity};
-use crate::sources::{RecordCounts, SourceOption};
+use crate::sources::{RecordCounts, SourceOption, SyncMark};
 use crate::value::Value;
 
 /// The sync columns of `runs` (see the module).
 pub const SYNC_KEY: &str = "_sync_key";
 pub const SYNC_FINGERPRINT: &str = "_sync_fingerprint";
 pub const SYNC_HISTORY_FILE: &str = "_sync_history_file";
+pub const SYNC_HISTORY_MARK: &str = "_sync_history_mark";
 
 /// What to sync, and how.
 #[derive(Debug, Clone)]
@@ -77,6 +78,9 @@ pub struct SyncRuns {
     pub unchanged: usize,
     /// Gone from the source: removed from both tables (kept with `--keep-deleted`).
     pub deleted: usize,
+    /// Changed runs whose new steps alone were read, their earlier rows
+    /// copied from the table (W&B API runs that grew by appending).
+    pub appended: usize,
     /// Could not be read: their previous rows are kept, and read again next time.
     pub failed: usize,
 }
@@ -111,6 +115,7 @@ struct TableRun {
     data: RunData,
     fingerprint: String,
     history_file: Option<String>,
+    mark: Option<SyncMark>,
 }
 
 /// A run to write into `runs`.
@@ -118,7 +123,11 @@ struct NewRun {
     data: RunData,
     fingerprint: String,
     history_file: Option<String>,
+    mark: Option<SyncMark>,
 }
+
+/// A run's sync columns: key, fingerprint, history file, history mark.
+type SyncColumns = (String, String, Option<String>, Option<SyncMark>);
 
 /// A history file being written.
 struct FileOut {
@@ -211,6 +220,139 @@ impl HistoryFiles {
     }
 }
 
+/// The largest `step` of a history batch.
+fn max_step(batch: &RecordBatch) -> Option<i64> {
+    batch.column_by_name("step")?.as_primitive_opt::<Int64Type>()?.iter().flatten().max()
+}
+
+/// Writes a run's history whose later steps alone were read (`history`):
+/// key by key, the run's earlier rows from the table's file `file` first,
+/// then the new ones, so that the rows keep the files' order (`run_id`,
+/// `key`, `step`).
+fn merge_earlier(
+    file: &Path,
+    run_id: &str,
+    history: EncodedHistory,
+    schema: &SchemaRef,
+    write: &mut dyn FnMut(&RecordBatch) -> Result<()>,
+) -> Result<()> {
+    let mut earlier = EarlierRows::open(file, run_id)?;
+    {
+        let mut later = |b: &RecordBatch| -> Result<()> {
+            let b = plain(b)?;
+            for (key, start, end) in key_runs(&b)? {
+                earlier.write_through(Some(&key), write)?;
+                write(&b.slice(start, end - start))?;
+            }
+            Ok(())
+        };
+        match history {
+            EncodedHistory::Batch(b) => later(&b)?,
+            EncodedHistory::Spilled(spilled) => spilled.replay(schema, &mut later)?,
+            EncodedHistory::None | EncodedHistory::Kinds(_) => {}
+        }
+    }
+    earlier.write_through(None, write)
+}
+
+/// A history batch with its run-length encoded columns (`run_id`, `key`) as plain text.
+fn plain(b: &RecordBatch) -> Result<RecordBatch> {
+    let columns = b
+        .columns()
+        .iter()
+        .map(|c| match c.data_type() {
+            DataType::RunEndEncoded(..) => crate::output::runlength::expand_to_strings(c.as_ref())
+                .map_err(|e| Error::Parquet { path: "history".into(), source: e }),
+            _ => Ok(Arc::clone(c)),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    RecordBatch::try_new(long_schema(), columns).map_err(|e| Error::Arrow { what: "history".into(), source: e })
+}
+
+/// The rows of a batch by key: `(key, start, end)` for each run of equal
+/// keys (the key column plain or run-length encoded).
+fn key_runs(b: &RecordBatch) -> Result<Vec<(String, usize, usize)>> {
+    let col = b.column_by_name("key").ok_or_else(|| Error::Internal("history batch without a key".into()))?;
+    let mut out: Vec<(String, usize, usize)> = Vec::new();
+    let mut push = |key: &str, start: usize, end: usize| match out.last_mut() {
+        Some(last) if last.0 == key && last.2 == start => last.2 = end,
+        _ if end > start => out.push((key.to_string(), start, end)),
+        _ => {}
+    };
+    if let Some(runs) = col.as_run_opt::<arrow_array::types::Int32Type>() {
+        let values =
+            runs.values().as_string_opt::<i32>().ok_or_else(|| Error::Internal("history keys not text".into()))?;
+        let (offset, len) = (runs.offset(), runs.len());
+        let mut start = 0;
+        for p in runs.get_start_physical_index()..=runs.get_end_physical_index() {
+            let end = (runs.run_ends().values()[p] as usize).saturating_sub(offset).min(len);
+            push(values.value(p), start, end);
+            start = end;
+        }
+    } else {
+        let keys = col.as_string_opt::<i32>().ok_or_else(|| Error::Internal("history keys not text".into()))?;
+        let mut start = 0;
+        for i in 1..=keys.len() {
+            if i == keys.len() || keys.value(i) != keys.value(start) {
+                push(keys.value(start), start, i);
+                start = i;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A run's rows in a history file of the table, read in the file's order.
+struct EarlierRows {
+    rows: Box<dyn Iterator<Item = Result<RecordBatch>>>,
+    path: PathBuf,
+    batch: Option<RecordBatch>,
+    pos: usize,
+}
+
+impl EarlierRows {
+    fn open(path: &Path, run_id: &str) -> Result<EarlierRows> {
+        let rows = Box::new(rows_of(path, HashSet::from([run_id.to_string()]))?);
+        Ok(EarlierRows { rows, path: path.to_path_buf(), batch: None, pos: 0 })
+    }
+
+    /// The next batch holding rows of the run; `false` at the end.
+    fn next_batch(&mut self) -> Result<bool> {
+        self.batch = self.rows.next().transpose()?;
+        self.pos = 0;
+        Ok(self.batch.is_some())
+    }
+
+    /// Writes the run's rows up to and with key `through` (all: `None`).
+    fn write_through(
+        &mut self,
+        through: Option<&str>,
+        write: &mut dyn FnMut(&RecordBatch) -> Result<()>,
+    ) -> Result<()> {
+        loop {
+            let exhausted = self.batch.as_ref().is_none_or(|b| self.pos == b.num_rows());
+            if exhausted && !self.next_batch()? {
+                return Ok(());
+            }
+            let batch = self.batch.as_ref().expect("invariant: a batch with rows left");
+            let keys = batch.column_by_name("key").and_then(|c| c.as_string_opt::<i32>()).ok_or_else(|| {
+                Error::Internal(format!("{}: a history file without a key text column", self.path.display()))
+            })?;
+            let mut end = self.pos;
+            while end < keys.len() && through.is_none_or(|k| keys.value(end) <= k) {
+                end += 1;
+            }
+            if end > self.pos {
+                write(&batch.slice(self.pos, end - self.pos))?;
+                self.pos = end;
+            }
+            if end < keys.len() {
+                return Ok(());
+            }
+        }
+    }
+}
+
 fn write_batch(out: &mut FileOut, dir: &Path, batch: &RecordBatch) -> Result<()> {
     if batch.num_rows() == 0 {
         return Ok(());
@@ -291,6 +433,7 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
         changed: to_read.iter().filter(|k| table_runs.contains_key(*k)).count(),
         unchanged: listed.len() - to_read.len(),
         deleted: gone.len(),
+        appended: 0,
         failed: 0,
     };
     let mut versions =
@@ -340,6 +483,17 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
     let mut fatal: Option<Error> = None;
     let mut records = RecordCounts::default();
     let dir = history_table.path.clone();
+    // Where the table's history of changed runs stands: a source that can
+    // read only later steps does (checked against its listing).
+    if plan.history && !full {
+        let marks = table_runs
+            .iter()
+            .filter(|(key, t)| to_read.contains(*key) && t.history_file.is_some())
+            .filter_map(|(key, t)| Some((key.clone(), t.mark?)))
+            .collect();
+        planned.source.history_from(marks);
+    }
+    let mut appended = 0;
     planned.source.read_only(&plan, planned.concurrency, target, &to_read, &mut |label, run, counts| {
         records.add(&counts);
         let ReadRun { data, history } = match run {
@@ -351,15 +505,48 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
             }
         };
         let running = is_live(&data.identity);
-        let written = files.write_run(running, |out| match history {
-            EncodedHistory::Batch(batch) => write_batch(out, &dir, &batch),
-            EncodedHistory::Spilled(spilled) => spilled.replay(&schema, &mut |b| write_batch(out, &dir, b)),
-            EncodedHistory::None | EncodedHistory::Kinds(_) => Ok(()),
+        let mark = data.history_mark.unwrap_or_default();
+        // Only later steps were read: the run's earlier rows come from its file.
+        let earlier = match (mark.from_step, table_runs.get(label)) {
+            (Some(_), Some(t)) => {
+                t.history_file.as_ref().map(|f| (dir.join(f), t.data.identity.run_id.clone(), t.mark))
+            }
+            _ => None,
+        };
+        if mark.from_step.is_some() && earlier.is_none() {
+            let error = "internal error: later steps were read without the earlier ones in the table".to_string();
+            failures.push(RunFailure { run: label.to_string(), stage: "decode".into(), error });
+            return ControlFlow::Continue(());
+        }
+        let mut top: Option<i64> = None;
+        // A run that grows by appending gets a file of its own, as a live
+        // run does (its earlier rows are written as read, not run-length
+        // encoded: a row group holds one form or the other).
+        let written = files.write_run(running || earlier.is_some(), |out| {
+            let mut write = |b: &RecordBatch| {
+                top = top.max(max_step(b));
+                write_batch(out, &dir, b)
+            };
+            match (&earlier, history) {
+                (Some((file, run_id, _)), history) => merge_earlier(file, run_id, history, &schema, &mut write),
+                (None, EncodedHistory::Batch(batch)) => write(&batch),
+                (None, EncodedHistory::Spilled(spilled)) => spilled.replay(&schema, &mut write),
+                (None, EncodedHistory::None | EncodedHistory::Kinds(_)) => Ok(()),
+            }
         });
+        if earlier.is_some() {
+            appended += 1;
+        }
         match written {
             Ok(history_file) => {
                 let fingerprint = listed.get(label).cloned().unwrap_or_default();
-                new_runs.insert(label.to_string(), NewRun { data, fingerprint, history_file });
+                let old_top = earlier.and_then(|e| e.2).map(|m| m.step);
+                let step = top.max(old_top);
+                let mark = match (step, mark.lines) {
+                    (Some(step), Some(lines)) => Some(SyncMark { step, lines }),
+                    _ => None,
+                };
+                new_runs.insert(label.to_string(), NewRun { data, fingerprint, history_file, mark });
                 ControlFlow::Continue(())
             }
             Err(e) => {
@@ -372,6 +559,7 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
         return Err(e);
     }
     counts.failed = failures.len();
+    counts.appended = appended;
     for f in &failures {
         // A run that failed keeps what the table holds (a new one is not added).
         if !table_runs.contains_key(&f.run) {
@@ -453,17 +641,19 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
 
     // The runs commit: the whole table, rebuilt.
     let mut runs = RunsTable::new(&planned.plan.identity_columns, planned.columns.groups);
-    let mut sync_columns: HashMap<String, (String, String, Option<String>)> = HashMap::new();
+    let mut sync_columns: HashMap<String, SyncColumns> = HashMap::new();
     for (key, t) in table_runs.iter_mut() {
         if new_runs.contains_key(key) || dropped.contains(key) {
             continue;
         }
-        sync_columns
-            .insert(t.data.identity.run_id.clone(), (key.clone(), t.fingerprint.clone(), t.history_file.clone()));
+        sync_columns.insert(
+            t.data.identity.run_id.clone(),
+            (key.clone(), t.fingerprint.clone(), t.history_file.clone(), t.mark),
+        );
         runs.push(&mut t.data);
     }
     for (key, mut r) in new_runs {
-        sync_columns.insert(r.data.identity.run_id.clone(), (key, r.fingerprint, r.history_file));
+        sync_columns.insert(r.data.identity.run_id.clone(), (key, r.fingerprint, r.history_file, r.mark));
         runs.push(&mut r.data);
     }
     let batch = with_sync_columns(runs.build()?, &sync_columns)?;
@@ -573,6 +763,16 @@ fn commit_info(
 
 /// Copies the rows of runs `ids` from a history file of the table into `out`.
 fn copy_rows(path: &Path, ids: &HashSet<String>, out: &mut FileOut, dir: &Path) -> Result<()> {
+    for batch in rows_of(path, ids.clone())? {
+        write_batch(out, dir, &batch?)?;
+    }
+    Ok(())
+}
+
+/// The rows of runs `ids` in a history file of the table, in the file's
+/// order, as batches of the long schema (plain text columns); empty
+/// batches left out.
+fn rows_of(path: &Path, ids: HashSet<String>) -> Result<impl Iterator<Item = Result<RecordBatch>> + use<>> {
     let file = File::open(path).map_err(|e| Error::write(path.display(), e))?;
     let what = |e| Error::Parquet { path: path.display().to_string(), source: e };
     let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
@@ -580,19 +780,18 @@ fn copy_rows(path: &Path, ids: &HashSet<String>, out: &mut FileOut, dir: &Path) 
         .with_batch_size(65536)
         .build()
         .map_err(what)?;
-    for batch in reader {
-        let batch = batch.map_err(|e| Error::Arrow { what: path.display().to_string(), source: e })?;
+    let path = path.to_path_buf();
+    let filter = move |batch: std::result::Result<RecordBatch, arrow_schema::ArrowError>| -> Result<RecordBatch> {
+        let arrow = |e| Error::Arrow { what: path.display().to_string(), source: e };
+        let batch = batch.map_err(arrow)?;
         let run_id = batch.column_by_name("run_id").and_then(|c| c.as_string_opt::<i32>()).ok_or_else(|| {
             Error::Internal(format!("{}: a history file without a run_id text column", path.display()))
         })?;
         let keep: BooleanArray = run_id.iter().map(|id| Some(id.is_some_and(|id| ids.contains(id)))).collect();
-        let kept = arrow_select::filter::filter_record_batch(&batch, &keep)
-            .map_err(|e| Error::Arrow { what: path.display().to_string(), source: e })?;
-        let kept = RecordBatch::try_new(long_schema(), kept.columns().to_vec())
-            .map_err(|e| Error::Arrow { what: path.display().to_string(), source: e })?;
-        write_batch(out, dir, &kept)?;
-    }
-    Ok(())
+        let kept = arrow_select::filter::filter_record_batch(&batch, &keep).map_err(arrow)?;
+        RecordBatch::try_new(long_schema(), kept.columns().to_vec()).map_err(arrow)
+    };
+    Ok(reader.map(filter).filter(|b| b.as_ref().map_or(true, |b| b.num_rows() > 0)))
 }
 
 /// The table's runs, rebuilt from `runs`: each row as the run's data (its
@@ -630,6 +829,7 @@ fn table_run(batch: &RecordBatch, row: usize, planned: &Planned) -> std::result:
     let key = text_at(batch, SYNC_KEY, row).ok_or("no _sync_key")?;
     let fingerprint = text_at(batch, SYNC_FINGERPRINT, row).unwrap_or_default();
     let history_file = text_at(batch, SYNC_HISTORY_FILE, row);
+    let mark = text_at(batch, SYNC_HISTORY_MARK, row).and_then(|t| serde_json::from_str(&t).ok());
     let run_id = text_at(batch, "run_id", row).ok_or("no run_id")?;
     let mut identity = RunIdentity::new(run_id);
     for c in planned.plan.identity_columns.iter().filter(|c| c.name != "run_id") {
@@ -671,7 +871,12 @@ fn table_run(batch: &RecordBatch, row: usize, planned: &Planned) -> std::result:
     }
     Ok((
         key,
-        TableRun { data: RunData { identity, groups, history: None, warnings: Vec::new() }, fingerprint, history_file },
+        TableRun {
+            data: RunData { identity, groups, history: None, warnings: Vec::new(), history_mark: None },
+            fingerprint,
+            history_file,
+            mark,
+        },
     ))
 }
 
@@ -693,10 +898,7 @@ fn cell_value(field: &Field, col: &ArrayRef, row: usize) -> std::result::Result<
 }
 
 /// The runs table with the sync columns appended, by run id.
-fn with_sync_columns(
-    batch: RecordBatch,
-    sync: &HashMap<String, (String, String, Option<String>)>,
-) -> Result<RecordBatch> {
+fn with_sync_columns(batch: RecordBatch, sync: &HashMap<String, SyncColumns>) -> Result<RecordBatch> {
     let ids = batch
         .column_by_name("run_id")
         .and_then(|c| c.as_string_opt::<i32>())
@@ -704,21 +906,25 @@ fn with_sync_columns(
     let mut keys = Vec::with_capacity(ids.len());
     let mut fps = Vec::with_capacity(ids.len());
     let mut files = Vec::with_capacity(ids.len());
+    let mut marks = Vec::with_capacity(ids.len());
     for id in ids.iter() {
         let s = id.and_then(|id| sync.get(id));
         keys.push(s.map(|s| s.0.clone()));
         fps.push(s.map(|s| s.1.clone()));
         files.push(s.and_then(|s| s.2.clone()));
+        marks.push(s.and_then(|s| s.3).map(|m| json!(m).to_string()));
     }
     let schema = batch.schema();
     let mut fields: Vec<Arc<Field>> = schema.fields().iter().cloned().collect();
     fields.push(Arc::new(Field::new(SYNC_KEY, DataType::Utf8, true)));
     fields.push(Arc::new(Field::new(SYNC_FINGERPRINT, DataType::Utf8, true)));
     fields.push(Arc::new(Field::new(SYNC_HISTORY_FILE, DataType::Utf8, true)));
+    fields.push(Arc::new(Field::new(SYNC_HISTORY_MARK, DataType::Utf8, true)));
     let mut columns = batch.columns().to_vec();
     columns.push(Arc::new(StringArray::from(keys)));
     columns.push(Arc::new(StringArray::from(fps)));
     columns.push(Arc::new(StringArray::from(files)));
+    columns.push(Arc::new(StringArray::from(marks)));
     RecordBatch::try_new(Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone())), columns)
         .map_err(|e| Error::Arrow { what: "runs".into(), source: e })
 }

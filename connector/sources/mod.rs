@@ -16,6 +16,7 @@ pub mod spooled;
 pub mod wandb_api;
 pub mod wandb_files;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -156,6 +157,12 @@ pub trait Source: Send + Sync {
         Ok(None)
     }
 
+    /// `runport sync`, before [`Source::read_only`]: where the table's
+    /// history of some runs stands, by label. A source that can read only
+    /// later steps does so for these runs and says so in the run's
+    /// [`crate::run::HistoryMark`]; the others ignore it.
+    fn history_from(&self, _marks: HashMap<String, SyncMark>) {}
+
     /// [`Source::read_runs`] for the runs labelled in `only`; the others
     /// are not read at all.
     fn read_only(
@@ -172,6 +179,14 @@ pub trait Source: Send + Sync {
 
 /// A source's configuration, as registrations return it.
 pub type BoxedConfig = Box<dyn SourceConfig>;
+
+/// Where a table's history of a run stands: the last step it holds and the
+/// history lines the source listed when those rows were read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SyncMark {
+    pub step: i64,
+    pub lines: i64,
+}
 
 /// A source's registration: recognises its SOURCE strings.
 pub struct Registration {

@@ -129,11 +129,18 @@ pub struct Network<S: RemoteSource> {
     rt: std::sync::OnceLock<tokio::runtime::Runtime>,
     /// The listing a sync took its fingerprints from, read from again.
     listed: std::sync::Mutex<Option<remote::ListedRuns<S::Listed>>>,
+    /// Where the table's history of runs stands (a sync).
+    marks: std::sync::Mutex<std::collections::HashMap<String, super::SyncMark>>,
 }
 
 impl<S: NetworkSource> Network<S> {
     pub fn new(api: S) -> Network<S> {
-        Network { api: Arc::new(api), rt: std::sync::OnceLock::new(), listed: std::sync::Mutex::new(None) }
+        Network {
+            api: Arc::new(api),
+            rt: std::sync::OnceLock::new(),
+            listed: std::sync::Mutex::new(None),
+            marks: Default::default(),
+        }
     }
 
     fn runtime(&self) -> Result<&tokio::runtime::Runtime> {
@@ -245,6 +252,10 @@ impl<S: NetworkSource> Source for Network<S> {
         Ok(Some(out))
     }
 
+    fn history_from(&self, marks: std::collections::HashMap<String, super::SyncMark>) {
+        *self.marks.lock().unwrap_or_else(|e| e.into_inner()) = marks;
+    }
+
     fn read_only(
         &self,
         plan: &Arc<FetchPlan>,
@@ -256,11 +267,20 @@ impl<S: NetworkSource> Source for Network<S> {
         let listed = self.listed.lock().unwrap_or_else(|e| e.into_inner()).take().ok_or_else(|| {
             Error::Internal("read_only before fingerprints: the listing to read from is missing".into())
         })?;
+        let marks = std::mem::take(&mut *self.marks.lock().unwrap_or_else(|e| e.into_inner()));
         let kept = listed
             .into_iter()
             .filter(|r| match r {
                 Ok(l) => only.contains(S::run_id(l)),
                 Err((id, _)) => only.contains(id),
+            })
+            .map(|r| {
+                r.map(|mut l| {
+                    if let Some(mark) = marks.get(S::run_id(&l)) {
+                        S::continue_history(&mut l, *mark);
+                    }
+                    l
+                })
             })
             .collect();
         self.read(plan, Some((kept, None)), concurrency, target, consume)

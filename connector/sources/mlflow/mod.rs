@@ -269,6 +269,7 @@ impl MlflowRun {
             groups: vec![("metrics.", metrics), ("params.", params), ("tags.", tags)],
             history: None,
             warnings: Vec::new(),
+            history_mark: None,
         }
     }
 }

@@ -10,6 +10,7 @@
 use crate::columns::{encode_path, flatten, push_segment};
 use crate::plan::FetchPlan;
 use crate::run::{IdentityValue, RunData, RunIdentity};
+use crate::sources::SyncMark;
 use crate::value::Value;
 
 /// One listed run, with what the history stage needs.
@@ -20,6 +21,10 @@ pub struct ListedRun {
     pub history_keys: Option<Vec<String>>,
     pub last_step: Option<i64>,
     pub history_line_count: Option<i64>,
+    /// `runport sync`: the last step and the history lines the table holds
+    /// for this run; only later steps are fetched when the history grew by
+    /// appending (see `WandbApi::fetch`).
+    pub history_from: Option<SyncMark>,
 }
 
 impl ListedRun {
@@ -192,10 +197,12 @@ pub fn parse_run_node(
             groups: vec![("config.", config), ("summary.", summary_cols)],
             history: None,
             warnings: Vec::new(),
+            history_mark: None,
         },
         history_keys,
         last_step,
         history_line_count: node.get("historyLineCount").and_then(|v| v.as_i64()),
+        history_from: None,
     })
 }
 

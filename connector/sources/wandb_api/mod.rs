@@ -31,7 +31,8 @@ use crate::pipeline::{HistorySink, HistoryTarget};
 use crate::plan::FetchPlan;
 use crate::redact::redact;
 use crate::remote::{Listing, ListingError, RemoteSource};
-use crate::run::RunData;
+use crate::run::{HistoryMark, RunData};
+use crate::sources::SyncMark;
 use crate::sources::spooled::{Spool, Spooled};
 
 use credentials::{ApiKey, KeySource, find_api_key};
@@ -307,6 +308,26 @@ impl WandbApi {
         Ok(FetchedHistory { files, rows: finish(rows, &what)? })
     }
 
+    /// `runport sync`: the history rows after the table's last step
+    /// (`from.step`) alone, when the run grew by appending: the table's
+    /// lines and the rows fetched add up to the lines listed (or more: the
+    /// run went on logging since). Fewer (a resumed run that logged a step
+    /// again, a rewound run): `None`, and the whole history is fetched.
+    async fn appended_history(
+        &self,
+        run: &ListedRun,
+        from: SyncMark,
+        target: Option<&HistoryTarget>,
+    ) -> Result<Option<FetchedHistory>, String> {
+        let what = format!("history of run {} from step {}", run.data.identity.run_id, from.step + 1);
+        let mut rows = Spool::for_history(target, 0);
+        let fetched = self.pages(run, from.step + 1, &mut rows).await?;
+        if run.history_line_count.is_none_or(|listed| from.lines + fetched < listed) {
+            return Ok(None);
+        }
+        Ok(Some(FetchedHistory { files: Vec::new(), rows: finish(rows, &what)? }))
+    }
+
     /// Downloads a history file, to a temporary file as it arrives when it
     /// passes what is left of a chunk of `target` (the run holds `held`
     /// bytes in memory already). No credentials: the URL may be another host.
@@ -386,11 +407,14 @@ impl WandbApi {
     /// is read, else spans everything left, so a small run takes one request. A
     /// single step holding a full page (only possible with repeated steps)
     /// cannot be read without sampling: the run fails.
-    async fn pages(&self, run: &ListedRun, from: i64, rows: &mut Spool) -> Result<(), String> {
+    /// Fetches the history rows of steps `from` on, page by page, into
+    /// `rows`; returns how many.
+    async fn pages(&self, run: &ListedRun, from: i64, rows: &mut Spool) -> Result<i64, String> {
         let name = &run.data.identity.run_id;
         // Exclusive end: past the last step when the listing gave it.
         let end = run.last_step.map_or(i64::MAX / 2, |l| l.saturating_add(1));
         let mut min = from;
+        let mut fetched = 0i64;
         let left = end.saturating_sub(min).max(1);
         let mut span = match run.history_line_count {
             Some(lines) if from == 0 && lines > HISTORY_PAGE_ROWS => {
@@ -416,6 +440,7 @@ impl WandbApi {
                 span = (max - min) / 2;
                 continue;
             }
+            fetched += n;
             for row in page {
                 let written = match row {
                     serde_json::Value::String(text) => rows.write_record(text.as_bytes()),
@@ -432,9 +457,12 @@ impl WandbApi {
                 dense.clamp(1, i128::from(asked.saturating_mul(8))) as i64
             };
         }
-        Ok(())
+        Ok(fetched)
     }
 }
+
+/// A grown run's new lines are fetched alone when at most 1/APPEND_SHARE of its lines.
+const APPEND_SHARE: i64 = 10;
 
 impl RemoteSource for WandbApi {
     type Listed = ListedRun;
@@ -469,18 +497,46 @@ impl RemoteSource for WandbApi {
         Some(listed.fingerprint())
     }
 
+    /// A run whose listing shows more steps and more lines than the table
+    /// holds may have grown by appending: its later steps are fetched
+    /// alone, with history pages (checked when they arrive, see
+    /// [`WandbApi::appended_history`]), when they are at most a tenth of
+    /// its lines. More than that, the run's exported Parquet files cost
+    /// fewer bytes than pages of JSON rows (about a tenth a row): the whole
+    /// history is fetched.
+    fn continue_history(listed: &mut ListedRun, mark: SyncMark) {
+        let grew = listed.last_step.is_some_and(|s| s > mark.step)
+            && listed.history_line_count.is_some_and(|l| l > mark.lines && (l - mark.lines) * APPEND_SHARE <= l);
+        listed.history_from = grew.then_some(mark);
+    }
+
     async fn fetch(
         self: Arc<Self>,
         plan: Arc<FetchPlan>,
         listed: ListedRun,
         target: Option<Arc<HistoryTarget>>,
     ) -> Result<(RunData, FetchedHistory), String> {
+        let mut mark = HistoryMark { from_step: None, lines: listed.history_line_count };
         if !self.needs_history(&plan, &listed) {
             // No history request for this run; an empty history when history was asked.
-            return Ok((listed.data, FetchedHistory::default()));
+            let mut data = listed.data;
+            data.history_mark = Some(mark);
+            return Ok((data, FetchedHistory::default()));
         }
-        let fetched = self.fetch_history(&plan, &listed, target.as_deref()).await?;
-        Ok((listed.data, fetched))
+        let appended = match (listed.history_from, self.opts.samples) {
+            (Some(from), None) => self.appended_history(&listed, from, target.as_deref()).await?,
+            _ => None,
+        };
+        let fetched = match appended {
+            Some(rows) => {
+                mark.from_step = listed.history_from.map(|m| m.step + 1);
+                rows
+            }
+            None => self.fetch_history(&plan, &listed, target.as_deref()).await?,
+        };
+        let mut data = listed.data;
+        data.history_mark = Some(mark);
+        Ok((data, fetched))
     }
 
     fn decode(

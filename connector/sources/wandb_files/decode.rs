@@ -761,6 +761,7 @@ impl<'p> RunDecoder<'p> {
             groups: vec![("config.", config), ("summary.", summary)],
             history: plan.history.then_some(self.history),
             warnings: self.warnings.into_vec(),
+            history_mark: None,
         }
     }
 }
