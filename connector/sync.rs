@@ -54,6 +54,7 @@ pub const SYNC_KEY: &str = "_sync_key";
 pub const SYNC_FINGERPRINT: &str = "_sync_fingerprint";
 pub const SYNC_HISTORY_FILE: &str = "_sync_history_file";
 pub const SYNC_HISTORY_MARK: &str = "_sync_history_mark";
+pub const SYNC_NULL_KEYS: &str = "_sync_null_keys";
 
 /// What to sync, and how.
 #[derive(Debug, Clone)]
@@ -126,8 +127,22 @@ struct NewRun {
     mark: Option<SyncMark>,
 }
 
-/// A run's sync columns: key, fingerprint, history file, history mark.
-type SyncColumns = (String, String, Option<String>, Option<SyncMark>);
+/// A run's sync columns: key, fingerprint, history file, history mark,
+/// null keys.
+type SyncColumns = (String, String, Option<String>, Option<SyncMark>, Option<String>);
+
+/// The group columns a run holds as null, as JSON text (`None`: none):
+/// in the table, a null cell does not tell them from keys the run lacks.
+fn null_keys(data: &RunData) -> Option<String> {
+    let nulls: Vec<String> = data
+        .groups
+        .iter()
+        .flat_map(|(prefix, cols)| {
+            cols.iter().filter(|(_, v)| matches!(v, Value::Null)).map(move |(p, _)| format!("{prefix}{p}"))
+        })
+        .collect();
+    (!nulls.is_empty()).then(|| json!(nulls).to_string())
+}
 
 /// A history file being written.
 struct FileOut {
@@ -648,12 +663,13 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
         }
         sync_columns.insert(
             t.data.identity.run_id.clone(),
-            (key.clone(), t.fingerprint.clone(), t.history_file.clone(), t.mark),
+            (key.clone(), t.fingerprint.clone(), t.history_file.clone(), t.mark, null_keys(&t.data)),
         );
         runs.push(&mut t.data);
     }
     for (key, mut r) in new_runs {
-        sync_columns.insert(r.data.identity.run_id.clone(), (key, r.fingerprint, r.history_file, r.mark));
+        let nulls = null_keys(&r.data);
+        sync_columns.insert(r.data.identity.run_id.clone(), (key, r.fingerprint, r.history_file, r.mark, nulls));
         runs.push(&mut r.data);
     }
     let batch = with_sync_columns(runs.build()?, &sync_columns)?;
@@ -830,6 +846,8 @@ fn table_run(batch: &RecordBatch, row: usize, planned: &Planned) -> std::result:
     let fingerprint = text_at(batch, SYNC_FINGERPRINT, row).unwrap_or_default();
     let history_file = text_at(batch, SYNC_HISTORY_FILE, row);
     let mark = text_at(batch, SYNC_HISTORY_MARK, row).and_then(|t| serde_json::from_str(&t).ok());
+    let null_keys: HashSet<String> =
+        text_at(batch, SYNC_NULL_KEYS, row).and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
     let run_id = text_at(batch, "run_id", row).ok_or("no run_id")?;
     let mut identity = RunIdentity::new(run_id);
     for c in planned.plan.identity_columns.iter().filter(|c| c.name != "run_id") {
@@ -863,6 +881,10 @@ fn table_run(batch: &RecordBatch, row: usize, planned: &Planned) -> std::result:
     for (field, col) in schema.fields().iter().zip(batch.columns()) {
         let Some(g) = planned.columns.groups.iter().position(|p| field.name().starts_with(p)) else { continue };
         if col.is_null(row) {
+            // A key the run lacks, or holds as null (`_sync_null_keys`).
+            if null_keys.contains(field.name()) {
+                groups[g].1.push((field.name()[planned.columns.groups[g].len()..].to_string(), Value::Null));
+            }
             continue;
         }
         let path = field.name()[planned.columns.groups[g].len()..].to_string();
@@ -907,12 +929,14 @@ fn with_sync_columns(batch: RecordBatch, sync: &HashMap<String, SyncColumns>) ->
     let mut fps = Vec::with_capacity(ids.len());
     let mut files = Vec::with_capacity(ids.len());
     let mut marks = Vec::with_capacity(ids.len());
+    let mut nulls = Vec::with_capacity(ids.len());
     for id in ids.iter() {
         let s = id.and_then(|id| sync.get(id));
         keys.push(s.map(|s| s.0.clone()));
         fps.push(s.map(|s| s.1.clone()));
         files.push(s.and_then(|s| s.2.clone()));
         marks.push(s.and_then(|s| s.3).map(|m| json!(m).to_string()));
+        nulls.push(s.and_then(|s| s.4.clone()));
     }
     let schema = batch.schema();
     let mut fields: Vec<Arc<Field>> = schema.fields().iter().cloned().collect();
@@ -920,11 +944,13 @@ fn with_sync_columns(batch: RecordBatch, sync: &HashMap<String, SyncColumns>) ->
     fields.push(Arc::new(Field::new(SYNC_FINGERPRINT, DataType::Utf8, true)));
     fields.push(Arc::new(Field::new(SYNC_HISTORY_FILE, DataType::Utf8, true)));
     fields.push(Arc::new(Field::new(SYNC_HISTORY_MARK, DataType::Utf8, true)));
+    fields.push(Arc::new(Field::new(SYNC_NULL_KEYS, DataType::Utf8, true)));
     let mut columns = batch.columns().to_vec();
     columns.push(Arc::new(StringArray::from(keys)));
     columns.push(Arc::new(StringArray::from(fps)));
     columns.push(Arc::new(StringArray::from(files)));
     columns.push(Arc::new(StringArray::from(marks)));
+    columns.push(Arc::new(StringArray::from(nulls)));
     RecordBatch::try_new(Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone())), columns)
         .map_err(|e| Error::Arrow { what: "runs".into(), source: e })
 }

@@ -27,7 +27,7 @@ def same(got, want, what, by):
 
 runs = pl.read_delta(f"{table}/runs")
 sync_cols = [c for c in runs.columns if c.startswith("_sync_")]
-assert sync_cols == ["_sync_key", "_sync_fingerprint", "_sync_history_file", "_sync_history_mark"], sync_cols
+assert sync_cols == ["_sync_key", "_sync_fingerprint", "_sync_history_file", "_sync_history_mark", "_sync_null_keys"], sync_cols
 runs = runs.drop(sync_cols)
 same(runs, pl.read_parquet(f"{export}/runs.parquet"), "runs", ["run_id"])
 
@@ -194,8 +194,9 @@ fn sync_brings_delta_tables_to_the_source_and_reads_only_what_changed() {
 /// the next sync removes the history files no run of `runs` refers to and
 /// reads their runs again, and the tables equal an export. The kill falls
 /// in that window for sure: strace holds every `linkat` (how delta-rs
-/// commits a version on local disk) for 1.5 s after it is done, and the
-/// sync is killed as soon as the new `history` version is there.
+/// commits a version on local disk) for 5 s after it is done (time for a
+/// second, refused sync to run on a loaded machine), and the sync is
+/// killed as soon as the new `history` version is there.
 #[test]
 fn a_sync_killed_between_its_commits_is_completed_by_the_next() {
     use std::process::Stdio;
@@ -207,7 +208,7 @@ fn a_sync_killed_between_its_commits_is_completed_by_the_next() {
     sync(&source, &table, &[], 0);
     held.apply(&source);
     let mut child = std::process::Command::new("strace")
-        .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=linkat", "-e", "inject=linkat:delay_exit=1500000"])
+        .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=linkat", "-e", "inject=linkat:delay_exit=5000000"])
         .arg(env!("CARGO_BIN_EXE_runport"))
         .arg("sync")
         .arg(&source)
@@ -592,4 +593,112 @@ fn sync_over_the_wandb_api_follows_added_grown_and_deleted_runs() {
     // long run's new steps.
     assert_eq!(changed["served"]["RunParquetHistory"], 2, "{changed}");
     assert!(changed["served"]["RunHistoryPage"].as_u64().unwrap() > 0, "{changed}");
+}
+
+/// Logs with the W&B SDK in this child process: 200 steps, then waits for
+/// the file `go`, then 200 more steps and finishes. Creates `ready` once the
+/// first steps are logged.
+const SDK_WRITER: &str = r#"
+import os, sys, time
+os.environ["WANDB_MODE"] = "offline"
+os.environ["WANDB_SILENT"] = "true"
+import wandb
+out, ready, go = sys.argv[1], sys.argv[2], sys.argv[3]
+settings = wandb.Settings(host="testbed-host", program="train.py", disable_git=True, disable_code=True,
+                          save_code=False, x_save_requirements=False, x_disable_stats=True)
+run = wandb.init(project="sync-live", id="live-sdk", dir=out, settings=settings, config={"lr": 0.1})
+for s in range(200):
+    run.log({"loss": 1.0 / (s + 1), "acc": s / 400})
+run.summary["phase"] = 1
+open(ready, "w").close()
+deadline = time.time() + 300
+while not os.path.exists(go):
+    assert time.time() < deadline, "never told to go on"
+    time.sleep(0.05)
+for s in range(200, 400):
+    run.log({"loss": 1.0 / (s + 1), "acc": s / 400})
+run.summary["phase"] = 2
+run.finish()
+"#;
+
+/// A child process, killed when the test ends early.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The SDK-written live run's state and last step, as the tables hold them.
+const LIVE_RUN_IN_TABLES: &str = r#"
+import sys, polars as pl
+r = pl.read_delta(sys.argv[1] + "/runs").filter(pl.col("run_id") == "live-sdk")
+h = pl.read_delta(sys.argv[1] + "/history").filter(pl.col("run_id") == "live-sdk")
+print(r["state"][0], h["step"].max())
+"#;
+
+/// A run being written by the SDK in a child process: a sync while it logs
+/// reads what the SDK has written so far (the tables equal an export of the
+/// same files), and the sync after it finished brings in the rest.
+#[test]
+fn sync_follows_a_run_the_sdk_is_still_writing() {
+    let tmp = tempdir();
+    // The SDK writes its run folder into DIR/wandb, beside the copied ones.
+    let source = tmp.path().join("wandb");
+    let table = tmp.path().join("table");
+    Held::copy_standard(&source);
+    let (ready, go) = (tmp.path().join("ready"), tmp.path().join("go"));
+    let mut writer = KillOnDrop(
+        std::process::Command::new(python())
+            .arg("-c")
+            .arg(SDK_WRITER)
+            .arg(tmp.path())
+            .arg(&ready)
+            .arg(&go)
+            .spawn()
+            .expect("start the SDK writer"),
+    );
+    let child = &mut writer.0;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while !ready.exists() {
+        assert!(std::time::Instant::now() < deadline, "the SDK never logged its first steps");
+        assert!(child.try_wait().unwrap().is_none(), "the SDK writer ended early");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // The SDK's service writes the log behind the client: wait until it is still.
+    let log_size = || -> u64 {
+        walk_files(&source)
+            .iter()
+            .filter(|p| p.to_string_lossy().ends_with("live-sdk.wandb"))
+            .map(|p| p.metadata().unwrap().len())
+            .sum()
+    };
+    let mut last = (log_size(), std::time::Instant::now());
+    while last.1.elapsed() < std::time::Duration::from_secs(2) {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let now = log_size();
+        if now != last.0 {
+            last = (now, std::time::Instant::now());
+        }
+        assert!(std::time::Instant::now() < deadline, "the SDK's log never stopped growing");
+    }
+    assert!(last.0 > 0, "no .wandb file for the live run under {}", source.display());
+    let first = sync(&source, &table, &[], 0);
+    assert_same_as_export(&source, &table, tmp.path(), "sdk-live");
+    let out = python_snippet(LIVE_RUN_IN_TABLES, &[table.as_os_str()]);
+    // What the SDK had written: the run, running, and its steps up to one
+    // of the last (the SDK writes a step's row once the next one begins).
+    let (state, step) = out.trim().split_once(' ').expect("state and step");
+    assert_eq!(state, "running", "{first}");
+    assert!((100..200).contains(&step.parse::<i64>().unwrap()), "last step {step}: {first}");
+
+    std::fs::write(&go, b"").unwrap();
+    assert!(child.wait().unwrap().success(), "the SDK writer failed");
+    let done = sync(&source, &table, &[], 0);
+    assert_eq!((&done["runs"]["changed"], &done["runs"]["new"]), (&1.into(), &0.into()), "{done}");
+    assert_same_as_export(&source, &table, tmp.path(), "sdk-finished");
+    let out = python_snippet(LIVE_RUN_IN_TABLES, &[table.as_os_str()]);
+    assert_eq!(out.trim(), "finished 399", "{done}");
 }

@@ -83,13 +83,23 @@ impl LocalRuns for WandbFiles {
     }
 
     /// Each log file's name, size and modification time (nanoseconds): a
-    /// `.wandb` file is only appended to while its run lives.
+    /// `.wandb` file is only appended to while its run lives. And whether
+    /// the newest was written within the live window: a run without an
+    /// exit record is `running` inside it and `crashed` past it, so a run
+    /// that stopped writing is read again once, to be marked crashed.
     fn fingerprint(&self, i: usize) -> Option<String> {
-        let files: Vec<serde_json::Value> = self.runs[i]
-            .files
+        let files = &self.runs[i].files;
+        let mut marks: Vec<serde_json::Value> = files
             .iter()
             .map(|f| file_mark(&f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), f))
             .collect();
-        Some(serde_json::Value::Array(files).to_string())
+        let newest = files.iter().filter_map(|f| f.metadata().and_then(|m| m.modified()).ok()).max();
+        let recent = newest
+            .and_then(|m| std::time::SystemTime::now().duration_since(m).ok())
+            .is_some_and(|age| age < super::decode::LIVE_WINDOW);
+        if recent {
+            marks.push("written within the live window".into());
+        }
+        Some(serde_json::Value::Array(marks).to_string())
     }
 }
