@@ -8,7 +8,8 @@
 (tests/testbed/wandb_server.py --synthetic RUNS:STEPS:KEYS, history files
 cached under --data). Before the first sync the --new share of runs is hidden
 (`/_testbed/hide`) and the --changed share is cut to its first 80% of rows,
-live (`/_testbed/rows`: state running, an earlier heartbeat); before the last
+live (`/_testbed/rows`: state running, an earlier heartbeat; --cut sets the
+share, 0.8); before the last
 sync those runs grow back to all their rows and the hidden runs appear. The
 server's own request accounting is printed beside runport's. Ratios: full
 sync / export time, and changed sync / full sync time, requests and bytes.
@@ -82,6 +83,8 @@ def main() -> int:
     ap.add_argument("--new", type=float, default=0.01, help="share of runs added before the last sync")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--data", default=str(ROOT / "target" / "bench-data" / "sync"))
+    ap.add_argument("--cut", type=float, default=0.8,
+                    help="api: share of a changed run's rows served at the first sync (0.8)")
     ap.add_argument("--no-build", action="store_true")
     args = ap.parse_args()
     python = str(VENV_PYTHON if VENV_PYTHON.exists() else Path(sys.executable))
@@ -188,7 +191,7 @@ def api_main(args, python: str) -> int:
         n_changed = max(1, round(args.runs * args.changed))
         hidden, growing = ids[-n_new:], ids[:n_changed]
         admin(base, "/_testbed/hide", {"runs": hidden})
-        admin(base, "/_testbed/rows", {"runs": growing, "rows": args.steps * 8 // 10})
+        admin(base, "/_testbed/rows", {"runs": growing, "rows": int(args.steps * args.cut)})
 
         def api(name: str, argv: list[str]) -> Measured:
             admin(base, "/_testbed/reset", {"requests": True})
@@ -215,7 +218,8 @@ def api_main(args, python: str) -> int:
         server.wait(timeout=60)
 
     print(f"W&B API: {args.runs} synthetic runs of {args.steps} x {args.keys}; changed {n_changed} (live runs "
-          f"that grew from 80% of their rows to all of them), new {n_new}")
+          f"that grew from {args.cut:.0%} of their rows to all of them; appended "
+          f"{changed.summary['runs'].get('appended', 0)}), new {n_new}")
     table_of((baseline, full, unchanged, changed), [
         ("requests", 9, lambda m: f"{(m.summary.get('http') or {}).get('requests', 0):,}"),
         ("served", 7, lambda m: f"{m.served.get('total', 0):,}"),
