@@ -374,7 +374,7 @@ fn sync_over_the_mlflow_rest_api_follows_what_the_mlflow_client_logs() {
 }
 
 /// Reads killed and completed tables the way a user does (deltalake,
-/// polars) and says which state each table is at: the export before the
+/// polars; DuckDB's reads given as `duckdb:PATH`) and says which state each table is at: the export before the
 /// changes (`old`) or after (`new`). A completed table must be `new` with
 /// no file that no version refers to.
 const KILLED_TABLES: &str = r#"
@@ -415,10 +415,14 @@ def referred(table):
 seen = {}
 for t in tables:
     kind, path = t.split(":", 1)
-    runs = pl.read_delta(f"{path}/runs")
+    if kind == "duckdb":
+        # What DuckDB's delta_scan read of a killed table (DuckDB venv).
+        runs, hist = pl.read_parquet(f"{path}/duck-runs.parquet"), pl.read_parquet(f"{path}/duck-history.parquet")
+    else:
+        runs = pl.read_delta(f"{path}/runs")
+        hist = pl.read_delta(f"{path}/history")
+        DeltaTable(f"{path}/runs").to_pyarrow_table()
     runs = runs.drop([c for c in runs.columns if c.startswith("_sync_")])
-    hist = pl.read_delta(f"{path}/history")
-    DeltaTable(f"{path}/runs").to_pyarrow_table()
     got = (state(runs, 0, ["run_id"]), state(hist, 1, cols))
     assert None not in got, (path, got, runs.height, hist.height)
     if kind == "done":
@@ -526,6 +530,12 @@ fn syncs_killed_at_40_points_leave_whole_versions_and_the_next_sync_completes_th
         let killed = tmp.path().join(format!("killed-{i}"));
         copy_dir(&work, &killed);
         tables.push(format!("killed:{}", killed.display()));
+        if i % 5 == 0 {
+            // DuckDB too, on every fifth.
+            duckdb_delta_scan(&killed.join("runs"), &killed.join("duck-runs.parquet"));
+            duckdb_delta_scan(&killed.join("history"), &killed.join("duck-history.parquet"));
+            tables.push(format!("duckdb:{}", killed.display()));
+        }
         let next = sync(&source, &work, &[], 0);
         removed += next["unreferenced_removed"].as_u64().unwrap();
         tables.push(format!("done:{}", work.display()));
