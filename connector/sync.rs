@@ -954,3 +954,107 @@ fn with_sync_columns(batch: RecordBatch, sync: &HashMap<String, SyncColumns>) ->
     RecordBatch::try_new(Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone())), columns)
         .map_err(|e| Error::Arrow { what: "runs".into(), source: e })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{Float64Array, Int64Array, TimestampMicrosecondArray};
+
+    /// Long rows `(run, key, step)`, values = step.
+    fn rows(rows: &[(&str, &str, i64)]) -> RecordBatch {
+        let n = rows.len();
+        RecordBatch::try_new(
+            long_schema(),
+            vec![
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.2))),
+                Arc::new(TimestampMicrosecondArray::from(vec![None::<i64>; n]).with_timezone("UTC")),
+                Arc::new(Float64Array::from(vec![None::<f64>; n])),
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
+                Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.2 as f64))),
+                Arc::new(StringArray::from(vec![None::<&str>; n])),
+            ],
+        )
+        .unwrap()
+    }
+
+    fn triples(batches: &[RecordBatch]) -> Vec<(String, String, i64)> {
+        let mut out = Vec::new();
+        for b in batches {
+            let b = plain(b).unwrap();
+            let (ids, keys) = (b.column(0).as_string::<i32>(), b.column(4).as_string::<i32>());
+            let steps = b.column(1).as_primitive::<Int64Type>();
+            for i in 0..b.num_rows() {
+                out.push((ids.value(i).to_string(), keys.value(i).to_string(), steps.value(i)));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn key_runs_group_plain_and_run_length_keys() {
+        let b = rows(&[("r", "a", 0), ("r", "a", 1), ("r", "b", 0), ("r", "c", 5), ("r", "c", 6)]);
+        let want = vec![("a".to_string(), 0, 2), ("b".to_string(), 2, 3), ("c".to_string(), 3, 5)];
+        assert_eq!(key_runs(&b).unwrap(), want);
+        // Run-length keys, sliced too: the runs are counted from the slice.
+        let fields: Vec<Field> = b
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| match f.name().as_str() {
+                "key" => Field::new("key", crate::output::runlength::run_length_type(), false),
+                _ => f.as_ref().clone(),
+            })
+            .collect();
+        let keys: arrow_array::RunArray<arrow_array::types::Int32Type> =
+            ["a", "a", "b", "c", "c"].into_iter().collect();
+        let mut columns = b.columns().to_vec();
+        columns[4] = Arc::new(keys);
+        let ree = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
+        assert_eq!(key_runs(&ree).unwrap(), want);
+        assert_eq!(
+            key_runs(&ree.slice(1, 3)).unwrap(),
+            vec![("a".to_string(), 0, 1), ("b".to_string(), 1, 2), ("c".to_string(), 2, 3)]
+        );
+    }
+
+    #[test]
+    fn later_steps_merge_after_the_earlier_rows_key_by_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("part.parquet");
+        let old = rows(&[
+            ("a", "x", 0),
+            ("b", "x", 0),
+            ("b", "x", 1),
+            ("b", "y", 0),
+            ("b", "y", 1),
+            ("b", "z", 1),
+            ("c", "x", 0),
+        ]);
+        let mut w = parquet::arrow::ArrowWriter::try_new(File::create(&path).unwrap(), long_schema(), None).unwrap();
+        w.write(&old).unwrap();
+        w.close().unwrap();
+        let new = rows(&[("b", "w", 2), ("b", "y", 2), ("b", "y", 3)]);
+        let mut out = Vec::new();
+        merge_earlier(&path, "b", EncodedHistory::Batch(new), &long_schema(), &mut |b| {
+            out.push(b.clone());
+            Ok(())
+        })
+        .unwrap();
+        let got = triples(&out);
+        let want: Vec<(String, String, i64)> = [
+            ("b", "w", 2),
+            ("b", "x", 0),
+            ("b", "x", 1),
+            ("b", "y", 0),
+            ("b", "y", 1),
+            ("b", "y", 2),
+            ("b", "y", 3),
+            ("b", "z", 1),
+        ]
+        .iter()
+        .map(|(r, k, s)| (r.to_string(), k.to_string(), *s))
+        .collect();
+        assert_eq!(got, want);
+    }
+}
