@@ -111,6 +111,33 @@ pub struct SyncSummary {
     pub table: String,
 }
 
+impl SyncSummary {
+    /// A sync that committed nothing.
+    fn uncommitted(
+        runs: SyncRuns,
+        versions: BTreeMap<String, Option<u64>>,
+        unreferenced_removed: usize,
+        opts: &SyncOptions,
+        started: Instant,
+    ) -> SyncSummary {
+        SyncSummary {
+            runs,
+            history_rows: 0,
+            files_added: 0,
+            files_removed: 0,
+            unreferenced_removed,
+            versions,
+            committed: false,
+            bytes: 0,
+            failures: Vec::new(),
+            records: RecordCounts::default(),
+            http: None,
+            seconds: started.elapsed().as_secs_f64(),
+            table: opts.table.display().to_string(),
+        }
+    }
+}
+
 /// A run as the table holds it.
 struct TableRun {
     data: RunData,
@@ -455,21 +482,8 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
         BTreeMap::from([("runs".to_string(), runs_table.version()), ("history".to_string(), history_table.version())]);
     let nothing = to_read.is_empty() && (gone.is_empty() || opts.keep_deleted) && !full;
     if nothing {
-        return Ok(SyncSummary {
-            runs: counts,
-            history_rows: 0,
-            files_added: 0,
-            files_removed: 0,
-            unreferenced_removed,
-            versions,
-            committed: false,
-            bytes: 0,
-            failures: Vec::new(),
-            records: RecordCounts::default(),
-            http: planned.source.http_counts(),
-            seconds: started.elapsed().as_secs_f64(),
-            table: opts.table.display().to_string(),
-        });
+        let summary = SyncSummary::uncommitted(counts, versions, unreferenced_removed, opts, started);
+        return Ok(SyncSummary { http: planned.source.http_counts(), ..summary });
     }
 
     // Read the new and changed runs; their history goes to new files.
@@ -626,6 +640,11 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
     let written_files = files.finish()?;
     let history_rows: u64 = written_files.iter().map(|(_, r)| r).sum::<u64>();
     let mut bytes = 0u64;
+    // Only failures (their runs keep their rows): nothing to commit.
+    if !full && new_runs.is_empty() && dropped.is_empty() && replaced.is_empty() && written_files.is_empty() {
+        let summary = SyncSummary::uncommitted(counts, versions, unreferenced_removed, opts, started);
+        return Ok(SyncSummary { failures, records, http: planned.source.http_counts(), ..summary });
+    }
 
     // The history commit.
     let app_id = app_id(&settings);

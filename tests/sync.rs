@@ -54,7 +54,8 @@ fn sync(source: &Path, table: &Path, args: &[&str], want_code: i32) -> serde_jso
     all.extend(args.iter().map(|a| a.as_ref() as &std::ffi::OsStr));
     let (code, stdout, stderr) = runport_out(&all);
     assert_eq!(code, want_code, "runport {all:?}\n--- stdout\n{stdout}\n--- stderr\n{stderr}");
-    if want_code == 0 { last_json_line(&stdout) } else { serde_json::Value::Null }
+    // A sync with failed runs (exit 1) prints its summary too.
+    if want_code <= 1 { last_json_line(&stdout) } else { serde_json::Value::Null }
 }
 
 /// Returns the `runs` table's id (its metadata id).
@@ -711,4 +712,33 @@ fn sync_follows_a_run_the_sdk_is_still_writing() {
     assert_same_as_export(&source, &table, tmp.path(), "sdk-finished");
     let out = python_snippet(LIVE_RUN_IN_TABLES, &[table.as_os_str()]);
     assert_eq!(out.trim(), "finished 399", "{done}");
+}
+
+/// A run that cannot be read keeps its rows (the sync exits 1 and names
+/// it), and is read again at the next sync, which brings it in.
+#[test]
+fn a_run_that_fails_to_read_keeps_its_rows_and_is_read_again_next_time() {
+    let tmp = tempdir();
+    let source = tmp.path().join("wandb");
+    let table = tmp.path().join("table");
+    Held::copy_standard(&source);
+    sync(&source, &table, &[], 0);
+    let before = tmp.path().join("export-before");
+    export_json(&source, &before, &[], 0);
+    let log = wandb_logs(&folders(&source, "std-summary")[0]).remove(0);
+    let good = std::fs::read(&log).unwrap();
+    std::fs::write(&log, b"this is not a W&B log, but it is where the run's log was".repeat(100)).unwrap();
+    let failed = sync(&source, &table, &[], 1);
+    assert_eq!((&failed["runs"]["failed"], &failed["runs"]["changed"]), (&1.into(), &0.into()), "{failed}");
+    // Nothing else to write: no new version.
+    assert_eq!(failed["committed"], false, "{failed}");
+    assert_eq!((&failed["versions"]["runs"], &failed["versions"]["history"]), (&0.into(), &0.into()), "{failed}");
+    assert!(failed["failures"][0]["run"].as_str().unwrap().contains("std-summary"), "{failed}");
+    // The failed run's rows are those of before; nothing else changed.
+    assert_same_as(&table, &before, "failed-run-kept");
+
+    std::fs::write(&log, &good).unwrap();
+    let again = sync(&source, &table, &[], 0);
+    assert_eq!((&again["runs"]["changed"], &again["runs"]["failed"]), (&1.into(), &0.into()), "{again}");
+    assert_same_as_export(&source, &table, tmp.path(), "failed-run-read-again");
 }
