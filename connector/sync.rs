@@ -312,33 +312,18 @@ fn plain(b: &RecordBatch) -> Result<RecordBatch> {
 }
 
 /// The rows of a batch by key: `(key, start, end)` for each run of equal
-/// keys (the key column plain or run-length encoded).
+/// keys (a batch with plain text keys, see [`plain`]).
 fn key_runs(b: &RecordBatch) -> Result<Vec<(String, usize, usize)>> {
-    let col = b.column_by_name("key").ok_or_else(|| Error::Internal("history batch without a key".into()))?;
-    let mut out: Vec<(String, usize, usize)> = Vec::new();
-    let mut push = |key: &str, start: usize, end: usize| match out.last_mut() {
-        Some(last) if last.0 == key && last.2 == start => last.2 = end,
-        _ if end > start => out.push((key.to_string(), start, end)),
-        _ => {}
-    };
-    if let Some(runs) = col.as_run_opt::<arrow_array::types::Int32Type>() {
-        let values =
-            runs.values().as_string_opt::<i32>().ok_or_else(|| Error::Internal("history keys not text".into()))?;
-        let (offset, len) = (runs.offset(), runs.len());
-        let mut start = 0;
-        for p in runs.get_start_physical_index()..=runs.get_end_physical_index() {
-            let end = (runs.run_ends().values()[p] as usize).saturating_sub(offset).min(len);
-            push(values.value(p), start, end);
-            start = end;
-        }
-    } else {
-        let keys = col.as_string_opt::<i32>().ok_or_else(|| Error::Internal("history keys not text".into()))?;
-        let mut start = 0;
-        for i in 1..=keys.len() {
-            if i == keys.len() || keys.value(i) != keys.value(start) {
-                push(keys.value(start), start, i);
-                start = i;
-            }
+    let keys = b
+        .column_by_name("key")
+        .and_then(|c| c.as_string_opt::<i32>())
+        .ok_or_else(|| Error::Internal("history batch without a text key column".into()))?;
+    let mut out = Vec::new();
+    let mut start = 0;
+    for i in 1..=keys.len() {
+        if i == keys.len() || keys.value(i) != keys.value(start) {
+            out.push((keys.value(start).to_string(), start, i));
+            start = i;
         }
     }
     Ok(out)
@@ -1011,11 +996,12 @@ mod tests {
     }
 
     #[test]
-    fn key_runs_group_plain_and_run_length_keys() {
+    fn key_runs_group_keys_of_plain_and_run_length_batches() {
         let b = rows(&[("r", "a", 0), ("r", "a", 1), ("r", "b", 0), ("r", "c", 5), ("r", "c", 6)]);
         let want = vec![("a".to_string(), 0, 2), ("b".to_string(), 2, 3), ("c".to_string(), 3, 5)];
         assert_eq!(key_runs(&b).unwrap(), want);
-        // Run-length keys, sliced too: the runs are counted from the slice.
+        // Run-length keys (as the pipeline's batches have them), sliced
+        // too, made plain first as `merge_earlier` does.
         let fields: Vec<Field> = b
             .schema()
             .fields()
@@ -1030,9 +1016,9 @@ mod tests {
         let mut columns = b.columns().to_vec();
         columns[4] = Arc::new(keys);
         let ree = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap();
-        assert_eq!(key_runs(&ree).unwrap(), want);
+        assert_eq!(key_runs(&plain(&ree).unwrap()).unwrap(), want);
         assert_eq!(
-            key_runs(&ree.slice(1, 3)).unwrap(),
+            key_runs(&plain(&ree.slice(1, 3)).unwrap()).unwrap(),
             vec![("a".to_string(), 0, 1), ("b".to_string(), 1, 2), ("c".to_string(), 2, 3)]
         );
     }
