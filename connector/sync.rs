@@ -138,16 +138,9 @@ impl SyncSummary {
     }
 }
 
-/// A run as the table holds it.
-struct TableRun {
-    data: RunData,
-    fingerprint: String,
-    history_file: Option<String>,
-    mark: Option<SyncMark>,
-}
-
-/// A run to write into `runs`.
-struct NewRun {
+/// A run with its sync columns: as the table holds it, or as this sync
+/// read it, to write into `runs`.
+struct SyncedRun {
     data: RunData,
     fingerprint: String,
     history_file: Option<String>,
@@ -157,6 +150,13 @@ struct NewRun {
 /// A run's sync columns: key, fingerprint, history file, history mark,
 /// null keys.
 type SyncColumns = (String, String, Option<String>, Option<SyncMark>, Option<String>);
+
+impl SyncedRun {
+    /// Its sync columns, `key` its label in the listing.
+    fn sync_columns(&self, key: &str) -> SyncColumns {
+        (key.to_string(), self.fingerprint.clone(), self.history_file.clone(), self.mark, null_keys(&self.data))
+    }
+}
 
 /// The group columns a run holds as null, as JSON text (`None`: none):
 /// in the table, a null cell does not tell them from keys the run lacks.
@@ -492,7 +492,7 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
         shared: None,
         done: Vec::new(),
     };
-    let mut new_runs: BTreeMap<String, NewRun> = BTreeMap::new();
+    let mut new_runs: BTreeMap<String, SyncedRun> = BTreeMap::new();
     let mut failures = Vec::new();
     let mut fatal: Option<Error> = None;
     let mut records = RecordCounts::default();
@@ -560,7 +560,7 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
                     (Some(step), Some(lines)) => Some(SyncMark { step, lines }),
                     _ => None,
                 };
-                new_runs.insert(label.to_string(), NewRun { data, fingerprint, history_file, mark });
+                new_runs.insert(label.to_string(), SyncedRun { data, fingerprint, history_file, mark });
                 ControlFlow::Continue(())
             }
             Err(e) => {
@@ -661,19 +661,10 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
     // The runs commit: the whole table, rebuilt.
     let mut runs = RunsTable::new(&planned.plan.identity_columns, planned.columns.groups);
     let mut sync_columns: HashMap<String, SyncColumns> = HashMap::new();
-    for (key, t) in table_runs.iter_mut() {
-        if new_runs.contains_key(key) || dropped.contains(key) {
-            continue;
-        }
-        sync_columns.insert(
-            t.data.identity.run_id.clone(),
-            (key.clone(), t.fingerprint.clone(), t.history_file.clone(), t.mark, null_keys(&t.data)),
-        );
-        runs.push(&mut t.data);
-    }
-    for (key, mut r) in new_runs {
-        let nulls = null_keys(&r.data);
-        sync_columns.insert(r.data.identity.run_id.clone(), (key, r.fingerprint, r.history_file, r.mark, nulls));
+    let kept: Vec<(&String, &mut SyncedRun)> =
+        table_runs.iter_mut().filter(|(key, _)| !new_runs.contains_key(*key) && !dropped.contains(key)).collect();
+    for (key, r) in kept.into_iter().chain(new_runs.iter_mut()) {
+        sync_columns.insert(r.data.identity.run_id.clone(), r.sync_columns(key));
         runs.push(&mut r.data);
     }
     let batch = with_sync_columns(runs.build()?, &sync_columns)?;
@@ -816,7 +807,7 @@ fn rows_of(path: &Path, ids: HashSet<String>) -> Result<impl Iterator<Item = Res
 
 /// The table's runs, rebuilt from `runs`: each row as the run's data (its
 /// identity and column groups), fingerprint and history file, by key.
-fn read_table_runs(table: &DeltaDir, planned: &Planned) -> Result<BTreeMap<String, TableRun>> {
+fn read_table_runs(table: &DeltaDir, planned: &Planned) -> Result<BTreeMap<String, SyncedRun>> {
     let mut out = BTreeMap::new();
     for rel in table.files()? {
         let path = table.path.join(&rel);
@@ -845,7 +836,7 @@ fn text_at(batch: &RecordBatch, name: &str, row: usize) -> Option<String> {
 }
 
 /// One row of `runs` as the run it holds.
-fn table_run(batch: &RecordBatch, row: usize, planned: &Planned) -> std::result::Result<(String, TableRun), String> {
+fn table_run(batch: &RecordBatch, row: usize, planned: &Planned) -> std::result::Result<(String, SyncedRun), String> {
     let key = text_at(batch, SYNC_KEY, row).ok_or("no _sync_key")?;
     let fingerprint = text_at(batch, SYNC_FINGERPRINT, row).unwrap_or_default();
     let history_file = text_at(batch, SYNC_HISTORY_FILE, row);
@@ -897,7 +888,7 @@ fn table_run(batch: &RecordBatch, row: usize, planned: &Planned) -> std::result:
     }
     Ok((
         key,
-        TableRun {
+        SyncedRun {
             data: RunData { identity, groups, history: None, warnings: Vec::new(), history_mark: None },
             fingerprint,
             history_file,

@@ -200,7 +200,6 @@ fn sync_brings_delta_tables_to_the_source_and_reads_only_what_changed() {
 /// killed as soon as the new `history` version is there.
 #[test]
 fn a_sync_killed_between_its_commits_is_completed_by_the_next() {
-    use std::process::Stdio;
     use std::time::{Duration, Instant};
     let tmp = tempdir();
     let source = tmp.path().join("wandb");
@@ -208,17 +207,7 @@ fn a_sync_killed_between_its_commits_is_completed_by_the_next() {
     let held = Held::copy_standard(&source);
     sync(&source, &table, &[], 0);
     held.apply(&source);
-    let mut child = std::process::Command::new("strace")
-        .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=linkat", "-e", "inject=linkat:delay_exit=5000000"])
-        .arg(env!("CARGO_BIN_EXE_runport"))
-        .arg("sync")
-        .arg(&source)
-        .arg(&table)
-        .env("RUST_LOG", "runport=warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("this test needs strace (fault injection) on PATH: {e}"));
+    let mut child = traced_sync(&source, &table, &["-e", "trace=linkat", "-e", "inject=linkat:delay_exit=5000000"]);
     let history_v1 = table.join("history/_delta_log/00000000000000000001.json");
     let deadline = Instant::now() + Duration::from_secs(60);
     while !history_v1.exists() {
@@ -470,8 +459,6 @@ fn kill_group(child: &mut std::process::Child) {
 /// one wrote and never committed.
 #[test]
 fn syncs_killed_at_40_points_leave_whole_versions_and_the_next_sync_completes_them() {
-    use std::os::unix::process::CommandExt;
-    use std::process::Stdio;
     use std::time::Instant;
     let tmp = tempdir();
     let source = tmp.path().join("wandb");
@@ -483,22 +470,18 @@ fn syncs_killed_at_40_points_leave_whole_versions_and_the_next_sync_completes_th
     held.apply(&source);
     export_json(&source, &new, &[], 0);
 
-    let traced = |table: &Path| {
-        std::process::Command::new("strace")
-            .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=fsync,linkat,unlink,unlinkat"])
-            .args(["-e", "inject=fsync:delay_exit=150000", "-e", "inject=linkat:delay_exit=300000"])
-            .args(["-e", "inject=unlink,unlinkat:delay_exit=50000"])
-            .arg(env!("CARGO_BIN_EXE_runport"))
-            .arg("sync")
-            .arg(&source)
-            .arg(table)
-            .env("RUST_LOG", "runport=warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| panic!("this test needs strace (fault injection) on PATH: {e}"))
-    };
+    // Each fsync, linkat (a commit) and unlink slowed.
+    let slowed = [
+        "-e",
+        "trace=fsync,linkat,unlink,unlinkat",
+        "-e",
+        "inject=fsync:delay_exit=150000",
+        "-e",
+        "inject=linkat:delay_exit=300000",
+        "-e",
+        "inject=unlink,unlinkat:delay_exit=50000",
+    ];
+    let traced = |table: &Path| traced_sync(&source, table, &slowed);
     // How long a traced sync takes, uninterrupted.
     let whole = tmp.path().join("whole");
     copy_dir(&base, &whole);
@@ -631,6 +614,26 @@ for s in range(200, 400):
 run.summary["phase"] = 2
 run.finish()
 "#;
+
+/// `runport sync SOURCE TABLE` under strace with `strace_args` (the
+/// syscalls traced and the faults injected), in a process group of its
+/// own (see [`kill_group`]), its output discarded.
+fn traced_sync(source: &Path, table: &Path, strace_args: &[&str]) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    std::process::Command::new("strace")
+        .args(["-f", "-qq", "-o", "/dev/null"])
+        .args(strace_args)
+        .arg(env!("CARGO_BIN_EXE_runport"))
+        .arg("sync")
+        .arg(source)
+        .arg(table)
+        .env("RUST_LOG", "runport=warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap_or_else(|e| panic!("this test needs strace (fault injection) on PATH: {e}"))
+}
 
 /// A child process, killed when the test ends early.
 struct KillOnDrop(std::process::Child);
