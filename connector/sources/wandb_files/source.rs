@@ -93,9 +93,11 @@ impl LocalRuns for WandbFiles {
             .iter()
             .map(|f| file_mark(&f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), f))
             .collect();
-        let newest = files.iter().filter_map(|f| f.metadata().and_then(|m| m.modified()).ok()).max();
+        // The newest modification time, from the marks (`[name, size, ns]`; 0 unknown).
+        let newest = marks.iter().filter_map(|m| m[2].as_u64()).filter(|ns| *ns > 0).max();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         let recent = newest
-            .and_then(|m| std::time::SystemTime::now().duration_since(m).ok())
+            .and_then(|ns| now.checked_sub(std::time::Duration::from_nanos(ns)))
             .is_some_and(|age| age < super::decode::LIVE_WINDOW);
         if recent {
             marks.push("written within the live window".into());
