@@ -497,18 +497,17 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
     let mut fatal: Option<Error> = None;
     let mut records = RecordCounts::default();
     let dir = history_table.path.clone();
-    // Where the table's history of changed runs stands: a source that can
-    // read only later steps does (checked against its listing).
-    if plan.history && !full {
-        let marks = table_runs
-            .iter()
-            .filter(|(key, t)| to_read.contains(*key) && t.history_file.is_some())
-            .filter_map(|(key, t)| Some((key.clone(), t.mark?)))
-            .collect();
-        planned.source.history_from(marks);
-    }
+    // The runs to read, with where the table's history of each stands: a
+    // source that can read only later steps does (checked against its listing).
+    let only: HashMap<String, Option<SyncMark>> = to_read
+        .iter()
+        .map(|key| {
+            let mark = table_runs.get(key).filter(|t| plan.history && !full && t.history_file.is_some());
+            (key.clone(), mark.and_then(|t| t.mark))
+        })
+        .collect();
     let mut appended = 0;
-    planned.source.read_only(&plan, planned.concurrency, target, &to_read, &mut |label, run, counts| {
+    planned.source.read_only(&plan, planned.concurrency, target, &only, &mut |label, run, counts| {
         records.add(&counts);
         let ReadRun { data, history } = match run {
             Ok(r) => r,

@@ -157,20 +157,17 @@ pub trait Source: Send + Sync {
         Ok(None)
     }
 
-    /// `runport sync`, before [`Source::read_only`]: where the table's
-    /// history of some runs stands, by label. A source that can read only
-    /// later steps does so for these runs and says so in the run's
-    /// [`crate::run::HistoryMark`]; the others ignore it.
-    fn history_from(&self, _marks: HashMap<String, SyncMark>) {}
-
     /// [`Source::read_runs`] for the runs labelled in `only`; the others
-    /// are not read at all.
+    /// are not read at all. With each label, where the table's history of
+    /// the run stands, if it holds any: a source that can read only later
+    /// steps does so and says so in the run's [`crate::run::HistoryMark`];
+    /// the others read the run whole.
     fn read_only(
         &self,
         _plan: &Arc<FetchPlan>,
         _concurrency: usize,
         _target: Option<Arc<HistoryTarget>>,
-        _only: &std::collections::HashSet<String>,
+        _only: &HashMap<String, Option<SyncMark>>,
         _consume: &mut ConsumeRun<'_>,
     ) -> Result<Option<RunFailure>> {
         Err(Error::Internal("this source reads every run".into()))

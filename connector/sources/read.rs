@@ -95,10 +95,10 @@ impl<L: LocalRuns> Source for Local<L> {
         plan: &Arc<FetchPlan>,
         concurrency: usize,
         target: Option<Arc<HistoryTarget>>,
-        only: &std::collections::HashSet<String>,
+        only: &std::collections::HashMap<String, Option<super::SyncMark>>,
         consume: &mut ConsumeRun<'_>,
     ) -> Result<Option<RunFailure>> {
-        let indices = (0..self.0.len()).filter(|i| only.contains(self.0.run_id(*i))).collect();
+        let indices = (0..self.0.len()).filter(|i| only.contains_key(self.0.run_id(*i))).collect();
         read_local(&self.0, indices, plan, concurrency, target, consume);
         Ok(None)
     }
@@ -129,18 +129,11 @@ pub struct Network<S: RemoteSource> {
     rt: std::sync::OnceLock<tokio::runtime::Runtime>,
     /// The listing a sync took its fingerprints from, read from again.
     listed: std::sync::Mutex<Option<remote::ListedRuns<S::Listed>>>,
-    /// Where the table's history of runs stands (a sync).
-    marks: std::sync::Mutex<std::collections::HashMap<String, super::SyncMark>>,
 }
 
 impl<S: NetworkSource> Network<S> {
     pub fn new(api: S) -> Network<S> {
-        Network {
-            api: Arc::new(api),
-            rt: std::sync::OnceLock::new(),
-            listed: std::sync::Mutex::new(None),
-            marks: Default::default(),
-        }
+        Network { api: Arc::new(api), rt: std::sync::OnceLock::new(), listed: std::sync::Mutex::new(None) }
     }
 
     fn runtime(&self) -> Result<&tokio::runtime::Runtime> {
@@ -252,31 +245,26 @@ impl<S: NetworkSource> Source for Network<S> {
         Ok(Some(out))
     }
 
-    fn history_from(&self, marks: std::collections::HashMap<String, super::SyncMark>) {
-        *self.marks.lock().unwrap_or_else(|e| e.into_inner()) = marks;
-    }
-
     fn read_only(
         &self,
         plan: &Arc<FetchPlan>,
         concurrency: usize,
         target: Option<Arc<HistoryTarget>>,
-        only: &std::collections::HashSet<String>,
+        only: &std::collections::HashMap<String, Option<super::SyncMark>>,
         consume: &mut ConsumeRun<'_>,
     ) -> Result<Option<RunFailure>> {
         let listed = self.listed.lock().unwrap_or_else(|e| e.into_inner()).take().ok_or_else(|| {
             Error::Internal("read_only before fingerprints: the listing to read from is missing".into())
         })?;
-        let marks = std::mem::take(&mut *self.marks.lock().unwrap_or_else(|e| e.into_inner()));
         let kept = listed
             .into_iter()
             .filter(|r| match r {
-                Ok(l) => only.contains(S::run_id(l)),
-                Err((id, _)) => only.contains(id),
+                Ok(l) => only.contains_key(S::run_id(l)),
+                Err((id, _)) => only.contains_key(id),
             })
             .map(|r| {
                 r.map(|mut l| {
-                    if let Some(mark) = marks.get(S::run_id(&l)) {
+                    if let Some(Some(mark)) = only.get(S::run_id(&l)) {
                         S::continue_history(&mut l, *mark);
                     }
                     l
