@@ -220,14 +220,16 @@ pub struct RunData {
 
 /// Where a run's history stands in its source, for `runport sync` to read
 /// only new steps next time.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HistoryMark {
     /// `Some(s)`: `history` holds only the steps from `s` on (the source
     /// read only those); the run's earlier rows are the table's.
     pub from_step: Option<i64>,
     /// The history lines the source listed for the run when it was read
-    /// (W&B `historyLineCount`).
+    /// (W&B `historyLineCount`; the history records of W&B logs).
     pub lines: Option<i64>,
+    /// W&B logs: the file offset where each log's complete records ended.
+    pub offsets: Vec<u64>,
 }
 
 impl RunData {

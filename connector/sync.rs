@@ -154,7 +154,7 @@ type SyncColumns = (String, String, Option<String>, Option<SyncMark>, Option<Str
 impl SyncedRun {
     /// Its sync columns, `key` its label in the listing.
     fn sync_columns(&self, key: &str) -> SyncColumns {
-        (key.to_string(), self.fingerprint.clone(), self.history_file.clone(), self.mark, null_keys(&self.data))
+        (key.to_string(), self.fingerprint.clone(), self.history_file.clone(), self.mark.clone(), null_keys(&self.data))
     }
 }
 
@@ -503,13 +503,13 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
         .iter()
         .map(|key| {
             let mark = table_runs.get(key).filter(|t| plan.history && !full && t.history_file.is_some());
-            (key.clone(), mark.and_then(|t| t.mark))
+            (key.clone(), mark.and_then(|t| t.mark.clone()))
         })
         .collect();
     let mut appended = 0;
     planned.source.read_only(&plan, planned.concurrency, target, &only, &mut |label, run, counts| {
         records.add(&counts);
-        let ReadRun { data, history } = match run {
+        let ReadRun { mut data, history } = match run {
             Ok(r) => r,
             Err(error) => {
                 tracing::warn!(run = label, %error, "run failed; its previous rows are kept");
@@ -518,12 +518,13 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
             }
         };
         let running = is_live(&data.identity);
-        let mark = data.history_mark.unwrap_or_default();
+        let mark = data.history_mark.take().unwrap_or_default();
         // Only later steps were read: the run's earlier rows come from its file.
         let earlier = match (mark.from_step, table_runs.get(label)) {
-            (Some(_), Some(t)) => {
-                t.history_file.as_ref().map(|f| (dir.join(f), t.data.identity.run_id.clone(), t.mark))
-            }
+            (Some(_), Some(t)) => t
+                .history_file
+                .as_ref()
+                .map(|f| (dir.join(f), t.data.identity.run_id.clone(), t.mark.as_ref().map(|m| m.step))),
             _ => None,
         };
         if mark.from_step.is_some() && earlier.is_none() {
@@ -553,10 +554,10 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
         match written {
             Ok(history_file) => {
                 let fingerprint = listed.get(label).cloned().unwrap_or_default();
-                let old_top = earlier.and_then(|e| e.2).map(|m| m.step);
+                let old_top = earlier.and_then(|e| e.2);
                 let step = top.max(old_top);
                 let mark = match (step, mark.lines) {
-                    (Some(step), Some(lines)) => Some(SyncMark { step, lines }),
+                    (Some(step), Some(lines)) => Some(SyncMark { step, lines, offsets: mark.offsets }),
                     _ => None,
                 };
                 new_runs.insert(label.to_string(), SyncedRun { data, fingerprint, history_file, mark });
@@ -929,7 +930,7 @@ fn with_sync_columns(batch: RecordBatch, sync: &HashMap<String, SyncColumns>) ->
         keys.push(s.map(|s| s.0.clone()));
         fps.push(s.map(|s| s.1.clone()));
         files.push(s.and_then(|s| s.2.clone()));
-        marks.push(s.and_then(|s| s.3).map(|m| json!(m).to_string()));
+        marks.push(s.and_then(|s| s.3.as_ref()).map(|m| json!(m).to_string()));
         nulls.push(s.and_then(|s| s.4.clone()));
     }
     let schema = batch.schema();

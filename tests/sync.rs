@@ -712,6 +712,9 @@ fn sync_follows_a_run_the_sdk_is_still_writing() {
     assert!(child.wait().unwrap().success(), "the SDK writer failed");
     let done = sync(&source, &table, &[], 0);
     assert_eq!((&done["runs"]["changed"], &done["runs"]["new"]), (&1.into(), &0.into()), "{done}");
+    // The log grew by appending: only its later records became rows, after
+    // the table's (and the tables still equal an export, a whole read).
+    assert_eq!(done["runs"]["appended"], 1, "{done}");
     assert_same_as_export(&source, &table, tmp.path(), "sdk-finished");
     let out = python_snippet(LIVE_RUN_IN_TABLES, &[table.as_os_str()]);
     assert_eq!(out.trim(), "finished 399", "{done}");

@@ -178,11 +178,14 @@ pub trait Source: Send + Sync {
 pub type BoxedConfig = Box<dyn SourceConfig>;
 
 /// Where a table's history of a run stands: the last step it holds and the
-/// history lines the source listed when those rows were read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// history lines the source listed when those rows were read; for a source
+/// of append-only logs, also where each log's complete records ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SyncMark {
     pub step: i64,
     pub lines: i64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub offsets: Vec<u64>,
 }
 
 /// A source's registration: recognises its SOURCE strings.

@@ -26,11 +26,14 @@ pub trait LocalRuns: Send + Sync + 'static {
     fn run_id(&self, i: usize) -> &str;
 
     /// Reads run `i` with `plan`, counting the records it took, handing its
-    /// history to `sink` in chunks (see [`HistorySink`]).
+    /// history to `sink` in chunks (see [`HistorySink`]). `from`: where a
+    /// table's history of the run stands; a source that can read only the
+    /// later history does, and says so in the run's `history_mark`.
     fn read(
         &self,
         i: usize,
         plan: &FetchPlan,
+        from: Option<&super::SyncMark>,
         counts: &mut RecordCounts,
         sink: &mut HistorySink,
     ) -> Result<RunData, String>;
@@ -80,7 +83,7 @@ impl<L: LocalRuns> Source for Local<L> {
         target: Option<Arc<HistoryTarget>>,
         consume: &mut ConsumeRun<'_>,
     ) -> Result<Option<RunFailure>> {
-        read_local(&self.0, (0..self.0.len()).collect(), plan, concurrency, target, consume);
+        read_local(&self.0, (0..self.0.len()).map(|i| (i, None)).collect(), plan, concurrency, target, consume);
         Ok(None)
     }
 
@@ -98,7 +101,8 @@ impl<L: LocalRuns> Source for Local<L> {
         only: &std::collections::HashMap<String, Option<super::SyncMark>>,
         consume: &mut ConsumeRun<'_>,
     ) -> Result<Option<RunFailure>> {
-        let indices = (0..self.0.len()).filter(|i| only.contains_key(self.0.run_id(*i))).collect();
+        let indices =
+            (0..self.0.len()).filter_map(|i| only.get(self.0.run_id(i)).map(|mark| (i, mark.clone()))).collect();
         read_local(&self.0, indices, plan, concurrency, target, consume);
         Ok(None)
     }
@@ -265,7 +269,7 @@ impl<S: NetworkSource> Source for Network<S> {
             .map(|r| {
                 r.map(|mut l| {
                     if let Some(Some(mark)) = only.get(S::run_id(&l)) {
-                        S::continue_history(&mut l, *mark);
+                        S::continue_history(&mut l, mark.clone());
                     }
                     l
                 })
@@ -278,7 +282,7 @@ impl<S: NetworkSource> Source for Network<S> {
 /// Reads every run of a local source on `concurrency` CPU threads.
 fn read_local<L: LocalRuns>(
     runs: &Arc<L>,
-    indices: Vec<usize>,
+    indices: Vec<(usize, Option<super::SyncMark>)>,
     plan: &Arc<FetchPlan>,
     concurrency: usize,
     target: Option<Arc<HistoryTarget>>,
@@ -288,17 +292,17 @@ fn read_local<L: LocalRuns>(
     let indices = Arc::new(indices);
     let at = Arc::clone(&indices);
     let work = move |n: usize| {
-        let i = at[n];
+        let (i, from) = &at[n];
         let mut counts = RecordCounts::default();
-        let mut sink = HistorySink::new(target.clone(), reader.run_id(i));
-        let out = reader.read(i, &plan, &mut counts, &mut sink).and_then(|data| sink.finish(data));
+        let mut sink = HistorySink::new(target.clone(), reader.run_id(*i));
+        let out = reader.read(*i, &plan, from.as_ref(), &mut counts, &mut sink).and_then(|data| sink.finish(data));
         (out, counts)
     };
     let workers = concurrency.max(1);
     for_each_run(indices.len(), workers, workers * 2, work, |n, out| match out {
-        Ok((run, counts)) => consume(runs.run_id(indices[n]), run, counts),
+        Ok((run, counts)) => consume(runs.run_id(indices[n].0), run, counts),
         Err(panic) => {
-            consume(runs.run_id(indices[n]), Err(format!("internal error: {panic}")), RecordCounts::default())
+            consume(runs.run_id(indices[n].0), Err(format!("internal error: {panic}")), RecordCounts::default())
         }
     });
 }

@@ -173,6 +173,7 @@ impl LocalRuns for MlflowLocal {
         &self,
         i: usize,
         plan: &FetchPlan,
+        _from: Option<&crate::sources::SyncMark>,
         _counts: &mut RecordCounts,
         sink: &mut HistorySink,
     ) -> Result<RunData, String> {

@@ -516,14 +516,14 @@ impl RemoteSource for WandbApi {
         listed: ListedRun,
         target: Option<Arc<HistoryTarget>>,
     ) -> Result<(RunData, FetchedHistory), String> {
-        let mut mark = HistoryMark { from_step: None, lines: listed.history_line_count };
+        let mut mark = HistoryMark { from_step: None, lines: listed.history_line_count, offsets: Vec::new() };
         if !self.needs_history(&plan, &listed) {
             // No history request for this run; an empty history when history was asked.
             let mut data = listed.data;
             data.history_mark = Some(mark);
             return Ok((data, FetchedHistory::default()));
         }
-        let appended = match (listed.history_from, self.opts.samples) {
+        let appended = match (listed.history_from.clone(), self.opts.samples) {
             (Some(from), None) => self.appended_history(&listed, from, target.as_deref()).await?,
             _ => None,
         };

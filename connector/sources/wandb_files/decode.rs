@@ -18,7 +18,8 @@ use super::wire::{ItemRef, RawBytes, RawItem, RawValue, history_items_raw, updat
 use crate::columns::{encode_path, flatten};
 use crate::pipeline::HistorySink;
 use crate::plan::FetchPlan;
-use crate::run::{HistoryPoint, HistoryRow, RunData, RunHistory, RunIdentity, seconds_to_micros};
+use crate::run::{HistoryMark, HistoryPoint, HistoryRow, RunData, RunHistory, RunIdentity, seconds_to_micros};
+use crate::sources::SyncMark;
 use crate::value::Value;
 
 /// A file modified more recently than this, without an exit record, is a live run.
@@ -98,6 +99,10 @@ pub enum DecodeError {
     Record { path: String, record: u64, reason: String },
     #[error("{path}: history up to record {record} could not be handed over: {reason}")]
     History { path: String, record: u64, reason: String },
+    /// Reading only the history after an earlier read's end is not the
+    /// whole read: the run is read whole instead.
+    #[error("{path}: the log did not grow by appending: {reason}")]
+    NotAppended { path: String, reason: String },
 }
 
 /// Warnings kept per run: past these, only their number (a run damaged in
@@ -157,6 +162,17 @@ struct RunDecoder<'p> {
     exit: Option<RunExitRecord>,
     warnings: RunWarnings,
     counts: RecordCounts,
+    /// History records met (decoded or passed over).
+    history_records: i64,
+    /// Where each log's complete records ended.
+    log_ends: Vec<u64>,
+    /// Decoding a history record for the run's state only (its step, time
+    /// and runtime), not for rows: one an earlier read turned into rows.
+    state_only: bool,
+    /// The first row decoded must have a step at least this (the last step
+    /// of the rows an earlier read gave), or the later rows are not an append.
+    check_from: Option<i64>,
+    not_appended: Option<String>,
 }
 
 /// Reads a run from its log files (several when the run was resumed, in
@@ -169,9 +185,51 @@ pub fn decode_run(
     counts: &mut RecordCounts,
     sink: &mut HistorySink,
 ) -> Result<RunData, DecodeError> {
+    decode_run_from(run_id, files, plan, None, counts, sink)
+}
+
+/// [`decode_run`], for `runport sync`: with `from`, where a table's earlier
+/// read of the run stopped, the history records before it are passed over
+/// (logs are only appended to) and only the later ones become rows, the
+/// run's `history_mark` saying so. Anything but an append (a log replaced
+/// or shortened, a new log, history added to a log before the last, a step
+/// before the table's last) reads the run whole. Either way the mark holds
+/// where each log's complete records end, for the next sync.
+pub fn decode_run_from(
+    run_id: &str,
+    files: &[impl AsRef<Path>],
+    plan: &FetchPlan,
+    from: Option<&SyncMark>,
+    counts: &mut RecordCounts,
+    sink: &mut HistorySink,
+) -> Result<RunData, DecodeError> {
+    if let Some(mark) = from.filter(|m| plan.history && !m.offsets.is_empty() && m.offsets.len() == files.len()) {
+        // Nothing reaches `sink` before the first later row, which is checked
+        // before it is handed over: a read that turns out not to be an
+        // append leaves `sink` as it was.
+        match read_logs(run_id, files, plan, Some(mark), counts, sink) {
+            Err(DecodeError::NotAppended { path, reason }) => {
+                tracing::debug!(run = run_id, path, reason, "history read whole");
+            }
+            done => return done,
+        }
+    }
+    read_logs(run_id, files, plan, None, counts, sink)
+}
+
+fn read_logs(
+    run_id: &str,
+    files: &[impl AsRef<Path>],
+    plan: &FetchPlan,
+    from: Option<&SyncMark>,
+    counts: &mut RecordCounts,
+    sink: &mut HistorySink,
+) -> Result<RunData, DecodeError> {
     let mut d = RunDecoder::new(plan, RecordNeeds::from_plan(plan));
+    let mut gate = from.map(Continuing::new);
+    d.check_from = from.map(|m| m.step);
     let mut newest_mtime = None;
-    for path in files {
+    for (i, path) in files.iter().enumerate() {
         let path = path.as_ref();
         let shown = path.display().to_string();
         let file = File::open(path).map_err(|source| DecodeError::Open { path: shown.clone(), source })?;
@@ -179,14 +237,17 @@ pub fn decode_run(
         newest_mtime = newest_mtime.max(meta.as_ref().and_then(|m| m.modified().ok()));
         // Each log holds its own exit record; a resumed run's state is its last log's.
         d.exit = None;
+        if let Some(g) = gate.as_mut() {
+            g.enter(i, files.len());
+        }
         if d.needs.history && meta.is_some_and(|m| pipelined(m.len())) {
-            d.read_pipelined(file, &shown, sink)?;
+            d.read_pipelined(file, &shown, sink, gate.as_mut())?;
             continue;
         }
         let mut reader =
             TransactionLogReader::new(file).map_err(|source| DecodeError::Log { path: shown.clone(), source })?;
         loop {
-            let rec = match reader.next_record() {
+            let (rec, at) = match reader.next_record_at() {
                 Ok(Some(rec)) => rec,
                 Ok(None) => break,
                 Err(source) => {
@@ -194,18 +255,137 @@ pub fn decode_run(
                 }
             };
             d.counts.read += 1;
+            if is_history(rec) {
+                d.history_records += 1;
+                if let Some(g) = gate.as_mut() {
+                    match g.pass(&at).map_err(|reason| not_appended(&shown, reason))? {
+                        Pass::Skip => {
+                            g.stash(d.counts.read, rec);
+                            continue;
+                        }
+                        Pass::Decode => {
+                            if let Some((number, stash)) = g.stashed.take() {
+                                d.state_record(number, &stash, &shown)?;
+                            }
+                        }
+                    }
+                }
+            }
             let done = d.record(rec);
             d.after_record(done, &shown)?;
             // Between records, so between rows.
             d.flush(sink, &shown)?;
         }
+        if let Some((number, stash)) = gate.as_mut().and_then(|g| g.stashed.take()) {
+            d.state_record(number, &stash, &shown)?;
+        }
+        d.log_ends.push(reader.record_end());
         d.counts.bytes += reader.bytes_read();
         for w in reader.warnings() {
             d.warnings.push(format!("{shown}: {w}"));
         }
     }
+    if let Some(g) = &gate {
+        let last = files.last().map(|p| p.as_ref().display().to_string()).unwrap_or_default();
+        g.finish().map_err(|reason| not_appended(&last, reason))?;
+    }
     counts.add(&d.counts);
-    Ok(d.finish(run_id, newest_mtime))
+    let mark = HistoryMark {
+        from_step: from.map(|m| m.step),
+        lines: Some(d.history_records),
+        offsets: std::mem::take(&mut d.log_ends),
+    };
+    let mut data = d.finish(run_id, newest_mtime);
+    if plan.history {
+        data.history_mark = Some(mark);
+    }
+    Ok(data)
+}
+
+fn is_history(rec: &[u8]) -> bool {
+    matches!(peek_record_type(rec), Ok(Some((RecordType::History, _))))
+}
+
+fn not_appended(path: &str, reason: String) -> DecodeError {
+    DecodeError::NotAppended { path: path.to_string(), reason }
+}
+
+/// A sync's earlier read of a run (its [`SyncMark`]): the history records
+/// that start before where each log's complete records then ended are the
+/// table's rows already; only those after it, in the run's last log, are
+/// decoded into rows.
+struct Continuing<'m> {
+    mark: &'m SyncMark,
+    /// The current log's offset from the mark, and whether it is the run's last log.
+    offset: u64,
+    last: bool,
+    /// History records passed over so far.
+    skipped: i64,
+    /// Whether a later history record was met.
+    reached: bool,
+    /// The current log's last history record passed over, with its number,
+    /// to be decoded for the run's state (step, time, runtime).
+    stashed: Option<(u64, Vec<u8>)>,
+}
+
+enum Pass {
+    Skip,
+    Decode,
+}
+
+impl<'m> Continuing<'m> {
+    fn new(mark: &'m SyncMark) -> Self {
+        Continuing { mark, offset: 0, last: false, skipped: 0, reached: false, stashed: None }
+    }
+
+    fn enter(&mut self, log: usize, logs: usize) {
+        self.offset = self.mark.offsets.get(log).copied().unwrap_or(0);
+        self.last = log + 1 == logs;
+    }
+
+    /// What to do with the history record at `at`.
+    fn pass(&mut self, at: &std::ops::Range<u64>) -> Result<Pass, String> {
+        if at.start < self.offset {
+            if at.end > self.offset {
+                return Err(format!(
+                    "the record at byte {} runs past byte {}, where the earlier read ended",
+                    at.start, self.offset
+                ));
+            }
+            self.skipped += 1;
+            return Ok(Pass::Skip);
+        }
+        if !self.last {
+            return Err(format!("history was added after byte {} of a log before the run's last", self.offset));
+        }
+        if !self.reached {
+            self.reached = true;
+            self.check_count()?;
+        }
+        Ok(Pass::Decode)
+    }
+
+    fn stash(&mut self, number: u64, rec: &[u8]) {
+        let (n, buf) = self.stashed.get_or_insert_with(|| (0, Vec::new()));
+        *n = number;
+        buf.clear();
+        buf.extend_from_slice(rec);
+    }
+
+    fn check_count(&self) -> Result<(), String> {
+        if self.skipped == self.mark.lines {
+            return Ok(());
+        }
+        Err(format!(
+            "{} history records lie before where the earlier read ended, which had {}",
+            self.skipped, self.mark.lines
+        ))
+    }
+
+    /// After the last log: the history records passed over must be the earlier read's.
+    fn finish(&self) -> Result<(), String> {
+        if self.reached { Ok(()) } else { self.check_count() }
+    }
 }
 
 /// Logs at least this large are read on two threads ([`RunDecoder::read_pipelined`]).
@@ -229,11 +409,20 @@ fn pipelined(len: u64) -> bool {
 const HISTORY_BATCH_BYTES: usize = 256 << 10;
 
 /// History records read by the reading thread: their bytes, and each
-/// record's number in the log and place in `buf`.
+/// record's number in the log, place in `buf`, and whether it is decoded
+/// for the run's state only ([`RunDecoder::state_only`]).
 #[derive(Default)]
 struct HistoryBatch {
     buf: Vec<u8>,
-    records: Vec<(u64, std::ops::Range<usize>)>,
+    records: Vec<(u64, std::ops::Range<usize>, bool)>,
+}
+
+impl HistoryBatch {
+    fn push(&mut self, number: u64, rec: &[u8], state_only: bool) {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(rec);
+        self.records.push((number, start..self.buf.len(), state_only));
+    }
 }
 
 /// A record that could not be read: skipped with a warning, or the end of
@@ -277,7 +466,28 @@ impl<'p> RunDecoder<'p> {
             exit: None,
             warnings: RunWarnings::default(),
             counts: RecordCounts::default(),
+            history_records: 0,
+            log_ends: Vec::new(),
+            state_only: false,
+            check_from: None,
+            not_appended: None,
         }
+    }
+
+    /// Whether history rows are built (not in [`Self::state_only`] records).
+    fn keeps_rows(&self) -> bool {
+        self.plan.history && !self.state_only
+    }
+
+    /// Decodes a history record passed over for the run's state only.
+    fn state_record(&mut self, number: u64, rec: &[u8], shown: &str) -> Result<(), DecodeError> {
+        let read = std::mem::replace(&mut self.counts.read, number);
+        self.state_only = true;
+        let done = self.record(rec);
+        self.state_only = false;
+        let done = self.after_record(done, shown);
+        self.counts.read = read;
+        done
     }
 
     fn record(&mut self, rec: &[u8]) -> Result<(), RecordError> {
@@ -346,6 +556,9 @@ impl<'p> RunDecoder<'p> {
     /// A warning when a record was skipped; the end of the run when it
     /// cannot go on.
     fn after_record(&mut self, done: Result<(), RecordError>, shown: &str) -> Result<(), DecodeError> {
+        if let Some(reason) = self.not_appended.take() {
+            return Err(not_appended(shown, reason));
+        }
         match done {
             Ok(()) => Ok(()),
             Err(RecordError::Skipped(e)) => {
@@ -374,7 +587,13 @@ impl<'p> RunDecoder<'p> {
     /// this thread, which builds the history. A large run's file is then
     /// read on two cores. The result is the sequential read's, but for the
     /// order of warnings: those of history records come after the others'.
-    fn read_pipelined(&mut self, file: File, shown: &str, sink: &mut HistorySink) -> Result<(), DecodeError> {
+    fn read_pipelined(
+        &mut self,
+        file: File,
+        shown: &str,
+        sink: &mut HistorySink,
+        gate: Option<&mut Continuing<'_>>,
+    ) -> Result<(), DecodeError> {
         let plan = self.plan;
         let mut other = RunDecoder::new(plan, RecordNeeds { history: false, ..self.needs });
         other.run = self.run.take();
@@ -389,7 +608,7 @@ impl<'p> RunDecoder<'p> {
             let (tx, rx) = crossbeam_channel::bounded::<HistoryBatch>(2);
             let reader = std::thread::Builder::new()
                 .name("runport-wandb-read".into())
-                .spawn_scoped(scope, move || other.read_all_but_history(file, &read_shown, &tx).map(|()| other))
+                .spawn_scoped(scope, move || other.read_all_but_history(file, &read_shown, &tx, gate).map(|()| other))
                 .map_err(|e| DecodeError::History {
                     path: shown.to_string(),
                     record: 0,
@@ -397,9 +616,11 @@ impl<'p> RunDecoder<'p> {
                 })?;
             let mut built = Ok(());
             'batches: for batch in rx {
-                for (number, range) in &batch.records {
+                for (number, range, state_only) in &batch.records {
                     self.counts.read = *number;
+                    self.state_only = *state_only;
                     let done = self.record(&batch.buf[range.clone()]);
+                    self.state_only = false;
                     built = self.after_record(done, shown).and_then(|()| self.flush(sink, shown));
                     if built.is_err() {
                         // The reading thread stops at its next batch.
@@ -430,6 +651,8 @@ impl<'p> RunDecoder<'p> {
         self.counts.decoded_stats += c.decoded_stats;
         self.counts.decoded_exit += c.decoded_exit;
         self.counts.bytes += c.bytes;
+        self.history_records += other.history_records;
+        self.log_ends.extend(other.log_ends);
         self.warnings.kept.extend(other.warnings.kept);
         while self.warnings.kept.len() > MAX_RUN_WARNINGS {
             self.warnings.kept.pop();
@@ -446,12 +669,13 @@ impl<'p> RunDecoder<'p> {
         file: File,
         shown: &str,
         tx: &crossbeam_channel::Sender<HistoryBatch>,
+        mut gate: Option<&mut Continuing<'_>>,
     ) -> Result<(), DecodeError> {
         let mut reader =
             TransactionLogReader::new(file).map_err(|source| DecodeError::Log { path: shown.to_string(), source })?;
         let mut batch = HistoryBatch::default();
         loop {
-            let rec = match reader.next_record() {
+            let (rec, at) = match reader.next_record_at() {
                 Ok(Some(rec)) => rec,
                 Ok(None) => break,
                 Err(source) => {
@@ -460,10 +684,26 @@ impl<'p> RunDecoder<'p> {
                 }
             };
             self.counts.read += 1;
-            if let Ok(Some((RecordType::History, _))) = peek_record_type(rec) {
-                let start = batch.buf.len();
-                batch.buf.extend_from_slice(rec);
-                batch.records.push((self.counts.read, start..batch.buf.len()));
+            if is_history(rec) {
+                self.history_records += 1;
+                if let Some(g) = gate.as_deref_mut() {
+                    match g.pass(&at) {
+                        Ok(Pass::Skip) => {
+                            g.stash(self.counts.read, rec);
+                            continue;
+                        }
+                        Ok(Pass::Decode) => {
+                            if let Some((number, stash)) = g.stashed.take() {
+                                batch.push(number, &stash, true);
+                            }
+                        }
+                        Err(reason) => {
+                            let _ = tx.send(batch);
+                            return Err(not_appended(shown, reason));
+                        }
+                    }
+                }
+                batch.push(self.counts.read, rec, false);
                 if batch.buf.len() >= HISTORY_BATCH_BYTES && tx.send(std::mem::take(&mut batch)).is_err() {
                     // The history thread stopped on an error of its own.
                     return Ok(());
@@ -476,7 +716,11 @@ impl<'p> RunDecoder<'p> {
                 return Err(e);
             }
         }
+        if let Some((number, stash)) = gate.and_then(|g| g.stashed.take()) {
+            batch.push(number, &stash, true);
+        }
         let _ = tx.send(batch);
+        self.log_ends.push(reader.record_end());
         self.counts.bytes += reader.bytes_read();
         for w in reader.warnings() {
             self.warnings.push(format!("{shown}: {w}"));
@@ -555,7 +799,7 @@ impl<'p> RunDecoder<'p> {
                     row.timestamp = self.raw_value(item.value, segment)?.as_f64().and_then(seconds_to_micros)
                 }
                 b"_runtime" => row.runtime_s = self.raw_value(item.value, segment)?.as_f64(),
-                _ if self.plan.history => {
+                _ if self.keeps_rows() => {
                     let value = self.raw_value(item.value, segment)?;
                     if matches!(value, Value::Object(_)) {
                         let key = std::str::from_utf8(segment).map_err(|_| EnvelopeError::NotUtf8)?;
@@ -635,7 +879,7 @@ impl<'p> RunDecoder<'p> {
                         raw_to_value(item.value, path, &mut self.warnings).as_f64().and_then(seconds_to_micros)
                 }
                 ["_runtime"] => row.runtime_s = raw_to_value(item.value, path, &mut self.warnings).as_f64(),
-                _ if self.plan.history => {
+                _ if self.keeps_rows() => {
                     let value = raw_to_value(item.value, path, &mut self.warnings);
                     self.push_point(row_index, path, value);
                 }
@@ -643,7 +887,7 @@ impl<'p> RunDecoder<'p> {
             }
         }
         for (prefix, tree) in media.iter().zip(media_trees) {
-            if self.plan.history {
+            if self.keeps_rows() {
                 let mut shown = encode_path(prefix);
                 let value = tree.to_value(&mut |w| self.warnings.push(w), &mut shown);
                 self.push_point(row_index, prefix, value);
@@ -666,7 +910,13 @@ impl<'p> RunDecoder<'p> {
         if row.runtime_s.is_some() {
             self.last_runtime = row.runtime_s;
         }
-        if self.plan.history {
+        if !self.state_only
+            && let Some(from) = self.check_from.take()
+            && row.step < from
+        {
+            self.not_appended = Some(format!("step {} follows step {from}, the table's last", row.step));
+        }
+        if self.keeps_rows() {
             self.history.rows.push(row);
         }
     }
@@ -1173,6 +1423,103 @@ mod tests {
         assert_eq!(one.warnings.len(), 84, "{:?}", one.warnings);
         assert!(one.warnings.iter().any(|w| w.contains("skipped")), "{:?}", one.warnings);
         assert_eq!(sorted(two.warnings), sorted(one.warnings));
+    }
+
+    /// A run's records: history rows with steps, time and runtime (some
+    /// without a step), config and summary updates between them.
+    fn growing_run(rows: u32) -> Vec<Vec<u8>> {
+        let mut records = vec![envelope(17, &RunRecord { run_id: "r1".into(), ..Default::default() })];
+        for i in 0..rows {
+            let step = (i % 7 != 3).then(|| HistoryStep { num: i64::from(i) });
+            let mut items = vec![
+                item("loss", &[], None, &format!("{}", f64::from(i) / 3.0)),
+                item("_timestamp", &[], None, &format!("{}", 1.7e9 + f64::from(i))),
+                item("_runtime", &[], None, &format!("{}", f64::from(i) / 2.0)),
+            ];
+            if i % 5 == 0 {
+                items.push(item("", &["nest", "x"], None, &i.to_string()));
+            }
+            records.push(envelope(2, &HistoryRecord { item: items, step }));
+            let kv = KeyedValue { key: format!("k{}", i % 13), nested_key: vec![], value_json: i.to_string() };
+            records.push(envelope(3, &UpdateRecord { update: vec![kv.clone()], remove: vec![] }));
+            if i % 100 == 0 {
+                records.push(envelope(5, &UpdateRecord { update: vec![kv], remove: vec![] }));
+            }
+        }
+        records
+    }
+
+    #[test]
+    fn a_log_read_after_an_earlier_read_gives_its_later_rows_and_the_whole_state() {
+        let mut records = growing_run(3000);
+        records.push(envelope(18, &RunExitRecord { exit_code: 0, runtime: 9 }));
+        let refs: Vec<&[u8]> = records.iter().map(|r| r.as_slice()).collect();
+        let whole_log = encode_log(&refs);
+        let plan = FetchPlan::new(Selection::all(), HistoryLayout::Long, WANDB_IDENTITY_COLUMNS);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run-r1.wandb");
+        let read = |from: Option<&SyncMark>, files: &[&Path]| {
+            let mut counts = RecordCounts::default();
+            decode_run_from("r", files, &plan, from, &mut counts, &mut HistorySink::whole()).unwrap()
+        };
+        let mark_of = |run: &RunData| {
+            let m = run.history_mark.clone().unwrap();
+            let step = run.history.as_ref().unwrap().rows.iter().map(|r| r.step).max().unwrap();
+            SyncMark { step, lines: m.lines.unwrap(), offsets: m.offsets }
+        };
+        for pipeline_from in [u64::MAX, 0] {
+            PIPELINE_FROM.set(pipeline_from);
+            // The earlier read saw the log up to `cut` bytes (mid-record: a
+            // run being written), or all of it but the exit record.
+            let cuts = [20_000, 150_001, encode_log(&refs[..refs.len() - 1]).len()];
+            for cut in cuts {
+                std::fs::write(&path, &whole_log[..cut]).unwrap();
+                let earlier = read(None, &[&path]);
+                let mark = mark_of(&earlier);
+                assert!(mark.offsets[0] <= cut as u64 && mark.offsets[0] > (cut as u64).saturating_sub(32 * 1024));
+                std::fs::write(&path, &whole_log).unwrap();
+                let whole = read(None, &[&path]);
+                let later = read(Some(&mark), &[&path]);
+                let shown = format!("cut {cut}, two threads from {pipeline_from}");
+                assert_eq!(later.history_mark.as_ref().unwrap().from_step, Some(mark.step), "{shown}");
+                assert_eq!(later.history_mark.as_ref().unwrap().lines, Some(3000), "{shown}");
+                assert_eq!(later.history_mark.as_ref().unwrap().offsets, [whole_log.len() as u64], "{shown}");
+                assert_eq!(later.identity, whole.identity, "{shown}");
+                assert_eq!(later.groups, whole.groups, "{shown}");
+                let mut rows = points(&earlier);
+                rows.extend(points(&later));
+                assert_eq!(rows, points(&whole), "{shown}");
+                assert!(points(&later).len() < points(&whole).len(), "{shown}");
+
+                // Anything but an append reads the run whole.
+                let is_whole = |run: &RunData, why: &str| {
+                    assert_eq!(run.history_mark.as_ref().unwrap().from_step, None, "{shown}: {why}");
+                    assert_eq!(points(run), points(&whole), "{shown}: {why}");
+                    assert_eq!(run.identity, whole.identity, "{shown}: {why}");
+                };
+                let lines = SyncMark { lines: mark.lines + 1, ..mark.clone() };
+                is_whole(&read(Some(&lines), &[&path]), "other line count");
+                if !points(&later).is_empty() {
+                    let step = SyncMark { step: 10_000, ..mark.clone() };
+                    is_whole(&read(Some(&step), &[&path]), "a later step in the table");
+                }
+                let mut log = TransactionLogReader::new(&whole_log[..cut]).unwrap();
+                let mut last_row = 0..0;
+                while let Some((rec, at)) = log.next_record_at().unwrap() {
+                    if is_history(rec) {
+                        last_row = at;
+                    }
+                }
+                let inside = SyncMark { offsets: vec![last_row.start + 1], ..mark.clone() };
+                is_whole(&read(Some(&inside), &[&path]), "an offset inside a record");
+                let short = tempfile::NamedTempFile::new().unwrap();
+                std::fs::write(short.path(), &whole_log[..cut]).unwrap();
+                let first_grew = SyncMark { offsets: vec![mark.offsets[0], 7], ..mark.clone() };
+                let two = read(Some(&first_grew), &[&path, short.path()]);
+                assert_eq!(two.history_mark.as_ref().unwrap().from_step, None, "{shown}: an earlier log grew");
+            }
+        }
+        PIPELINE_FROM.set(PIPELINED_FILE_BYTES);
     }
 
     #[test]

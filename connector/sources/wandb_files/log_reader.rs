@@ -67,6 +67,9 @@ impl std::fmt::Display for LogWarning {
     }
 }
 
+/// A record's bytes and the file offsets it spans.
+pub type PlacedRecord<'a> = (&'a [u8], std::ops::Range<u64>);
+
 /// Streams the records of one transaction log. See the module docs.
 pub struct TransactionLogReader<R> {
     inner: R,
@@ -85,6 +88,9 @@ pub struct TransactionLogReader<R> {
     after_corruption: bool,
     warnings: Vec<LogWarning>,
     bytes_read: u64,
+    /// File offsets where the last record returned starts and ends.
+    record_start: u64,
+    record_end: u64,
 }
 
 enum Found {
@@ -116,6 +122,8 @@ impl<R: Read> TransactionLogReader<R> {
             after_corruption: false,
             warnings: Vec::new(),
             bytes_read: block_len as u64,
+            record_start: 0,
+            record_end: HEADER.len() as u64,
         })
     }
 
@@ -129,8 +137,25 @@ impl<R: Read> TransactionLogReader<R> {
         self.bytes_read
     }
 
+    /// The file offset where the last record returned starts (its first chunk's header).
+    pub fn record_start(&self) -> u64 {
+        self.record_start
+    }
+
+    /// The file offset just past the last record returned: where the log's
+    /// complete records end so far (the header's end before any).
+    pub fn record_end(&self) -> u64 {
+        self.record_end
+    }
+
     /// The next record's bytes, or `None` at the end of the log.
     pub fn next_record(&mut self) -> Result<Option<&[u8]>, LogError> {
+        Ok(self.next_record_at()?.map(|(rec, _)| rec))
+    }
+
+    /// The next record's bytes and where it lies in the file (the
+    /// [`Self::record_start`]..[`Self::record_end`] it leaves).
+    pub fn next_record_at(&mut self) -> Result<Option<PlacedRecord<'_>>, LogError> {
         let found = loop {
             if self.block_len - self.block_pos < CHUNK_HEADER {
                 if !self.next_block()? {
@@ -206,9 +231,16 @@ impl<R: Read> TransactionLogReader<R> {
                 _ => self.corrupt(at),
             }
         };
+        self.record_end = self.block_offset + self.block_pos as u64;
+        if let Found::InBlock(s, _) = found {
+            self.record_start = self.block_offset + (s - CHUNK_HEADER) as u64;
+        } else {
+            self.record_start = self.fragment_start;
+        }
+        let at = self.record_start..self.record_end;
         Ok(Some(match found {
-            Found::InBlock(s, e) => &self.block[s..e],
-            Found::Assembled => &self.record,
+            Found::InBlock(s, e) => (&self.block[s..e], at),
+            Found::Assembled => (&self.record, at),
         }))
     }
 
@@ -339,6 +371,28 @@ mod tests {
         let (got, warnings) = read_all(&bytes);
         assert_eq!(got, recs);
         assert!(warnings.is_empty(), "{warnings:?}");
+    }
+
+    #[test]
+    fn record_offsets_are_where_the_log_of_the_records_so_far_ends() {
+        let recs = sample_records();
+        let refs: Vec<&[u8]> = recs.iter().map(|r| r.as_slice()).collect();
+        let bytes = encode_log(&refs);
+        let mut r = TransactionLogReader::new(&bytes[..]).unwrap();
+        assert_eq!(r.record_end(), HEADER.len() as u64);
+        let mut n = 0;
+        let mut previous_end = r.record_end();
+        while r.next_record().unwrap().is_some() {
+            n += 1;
+            // The log of the first n records ends where the n-th record ends
+            // (up to the padding of a block that had no room for a header).
+            let prefix = encode_log(&refs[..n]);
+            assert_eq!(r.record_end(), prefix.len() as u64, "record {n}");
+            assert!(r.record_start() >= previous_end && r.record_start() < r.record_end(), "record {n}");
+            assert_eq!(&bytes[..prefix.len()], &prefix[..]);
+            previous_end = r.record_end();
+        }
+        assert_eq!(n, recs.len());
     }
 
     #[test]

@@ -5,14 +5,15 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use super::decode::decode_run_from;
 use super::log_reader::TransactionLogReader;
-use super::{RecordCounts, WANDB_COLUMNS, WandbFiles, decode_run};
+use super::{RecordCounts, WANDB_COLUMNS, WandbFiles};
 use crate::error::{Error, Result};
 use crate::pipeline::HistorySink;
 use crate::plan::FetchPlan;
 use crate::run::RunData;
 use crate::sources::read::{Local, LocalRuns, file_mark};
-use crate::sources::{BoxedConfig, Registration, RunColumns, Source, SourceConfig, SourceOption};
+use crate::sources::{BoxedConfig, Registration, RunColumns, Source, SourceConfig, SourceOption, SyncMark};
 
 pub const REGISTRATION: Registration = Registration { parse };
 
@@ -71,11 +72,12 @@ impl LocalRuns for WandbFiles {
         &self,
         i: usize,
         plan: &FetchPlan,
+        from: Option<&SyncMark>,
         counts: &mut RecordCounts,
         sink: &mut HistorySink,
     ) -> Result<RunData, String> {
         let run = &self.runs[i];
-        decode_run(&run.run_id, &run.files, plan, counts, sink).map_err(|e| e.to_string())
+        decode_run_from(&run.run_id, &run.files, plan, from, counts, sink).map_err(|e| e.to_string())
     }
 
     fn describe_plan(&self, plan: &FetchPlan) -> serde_json::Value {
