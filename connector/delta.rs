@@ -18,7 +18,7 @@ use deltalake::kernel::{
     Action, Add, ArrayType, DataType as DeltaType, Metadata, Protocol, Remove, StructField, StructType, Transaction,
 };
 use deltalake::protocol::{DeltaOperation, SaveMode};
-use deltalake::{DeltaTable, DeltaTableBuilder};
+use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use parquet::file::metadata::ParquetMetaData;
 use parquet::file::statistics::Statistics;
 use serde_json::{Map, Value, json};
@@ -101,13 +101,22 @@ impl DeltaDir {
     }
 
     /// Removes what a sync killed before its commit left in the table's
-    /// folder: runport's data files (`part-*.parquet`) that no commit of
-    /// the log adds or removes and the current version does not hold, and
-    /// the staging files of commits cut short (`_delta_log/N.json#K`: local
-    /// commits are written aside, then linked into place). A file some
-    /// version still refers to is never removed.
-    /// Call it holding the sync lock. Returns the files removed.
-    pub fn remove_unreferenced(&self) -> Result<Vec<String>> {
+    /// folder: the staging files of commits cut short (`_delta_log/N.json#K`:
+    /// local commits are written aside, then linked into place) whose
+    /// version `N` is there (they can no longer be linked); and with
+    /// `written_before`, those last modified before it and runport's data
+    /// files (`part-*.parquet`) that no commit of the log adds or removes
+    /// and the current version does not hold. A file some version still
+    /// refers to is never removed.
+    /// Give `written_before` only after a commit, as the time the
+    /// committing sync started: a sync that started before it and has yet
+    /// to commit (two syncs whose lock did not hold) cannot commit after it
+    /// (their `txn` actions conflict), and one that started after it wrote
+    /// its files after that time. Returns the files removed.
+    pub fn remove_unreferenced(&self, written_before: Option<std::time::SystemTime>) -> Result<Vec<String>> {
+        let older = |entry: &std::fs::DirEntry| {
+            written_before.is_some_and(|before| entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t < before))
+        };
         let log = self.path.join("_delta_log");
         let mut referred: std::collections::HashSet<String> = self.files()?.into_iter().collect();
         let mut removed = Vec::new();
@@ -120,8 +129,9 @@ impl DeltaDir {
             let entry = entry.map_err(|e| Error::write(log.display(), e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             let path = entry.path();
-            if name.contains(".json#") {
-                if std::fs::remove_file(&path).is_ok() {
+            if let Some((version, _)) = name.split_once(".json#") {
+                let linked = log.join(format!("{version}.json")).exists();
+                if (linked || older(&entry)) && std::fs::remove_file(&path).is_ok() {
                     removed.push(format!("_delta_log/{name}"));
                 }
                 continue;
@@ -140,11 +150,14 @@ impl DeltaDir {
                 }
             }
         }
+        if written_before.is_none() {
+            return Ok(removed);
+        }
         let dir = std::fs::read_dir(&self.path).map_err(|e| Error::write(self.path.display(), e))?;
         for entry in dir {
             let entry = entry.map_err(|e| Error::write(self.path.display(), e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with("part-") && name.ends_with(".parquet") && !referred.contains(&name) {
+            if name.starts_with("part-") && name.ends_with(".parquet") && !referred.contains(&name) && older(&entry) {
                 std::fs::remove_file(entry.path()).map_err(|e| Error::write(entry.path().display(), e))?;
                 removed.push(name);
             }
@@ -204,13 +217,35 @@ impl DeltaDir {
         };
         // A table created meanwhile by another sync is not written over.
         let retries = if self.table.is_none() { 0 } else { 15 };
-        let done = CommitBuilder::default()
+        let read_version = self.version();
+        let committed = CommitBuilder::default()
             .with_actions(actions)
             .with_app_metadata(app_metadata)
             .with_max_retries(retries)
             .build(snapshot.map(|s| s as &dyn deltalake::kernel::transaction::TableReference), log_store, operation)
-            .await
-            .map_err(|e| delta_error("commit failed", &self.path, e))?;
+            .await;
+        let done = match committed {
+            Ok(done) => done,
+            Err(e) => {
+                use deltalake::kernel::transaction::TransactionError as T;
+                let race = matches!(
+                    e,
+                    DeltaTableError::Transaction { source: T::CommitConflict(_) | T::MaxCommitAttempts(_) }
+                        | DeltaTableError::VersionAlreadyExists(_)
+                );
+                // Any failure while another writer committed meanwhile (its
+                // cleanup may have taken this commit's staging file) is the race.
+                let advanced = match DeltaDir::open(&self.path).await {
+                    Ok(now) => now.version() > read_version,
+                    Err(_) => false,
+                };
+                return Err(if race || advanced {
+                    Error::CommitConflict { table: self.path.display().to_string(), detail: e.to_string() }
+                } else {
+                    delta_error("commit failed", &self.path, e)
+                });
+            }
+        };
         let version = done.version();
         self.load().await?;
         Ok(version)

@@ -26,6 +26,12 @@ pub enum Error {
     /// changed during the export). The run fails rather than lose values.
     #[error("history of run {run} changed while it was exported: {detail}; export again")]
     HistoryChanged { run: String, detail: String },
+    /// A commit to a Delta table lost a race: another writer committed
+    /// what this one depends on since it read the table.
+    #[error(
+        "Delta table {table}: another sync committed since this one read the table ({detail}); this commit was not made: run the sync again"
+    )]
+    CommitConflict { table: String, detail: String },
     /// `--fail-fast`: the first run that failed.
     #[error("run {run} failed ({stage}): {error}")]
     RunFailed { run: String, stage: String, error: String },

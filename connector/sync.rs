@@ -33,6 +33,7 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use serde::Serialize;
 use serde_json::json;
 
+use crate::columns::ColumnKind;
 use crate::delta::{DeltaDir, add_action, remove_action, txn};
 use crate::error::{Error, Result};
 use crate::export::{Planned, RunFailure, chunk_bytes, open};
@@ -54,7 +55,9 @@ pub const SYNC_KEY: &str = "_sync_key";
 pub const SYNC_FINGERPRINT: &str = "_sync_fingerprint";
 pub const SYNC_HISTORY_FILE: &str = "_sync_history_file";
 pub const SYNC_HISTORY_MARK: &str = "_sync_history_mark";
-pub const SYNC_NULL_KEYS: &str = "_sync_null_keys";
+pub const SYNC_VALUES: &str = "_sync_values";
+/// What tables of earlier versions hold instead of [`SYNC_VALUES`]: the null keys alone.
+const SYNC_NULL_KEYS: &str = "_sync_null_keys";
 
 /// What to sync, and how.
 #[derive(Debug, Clone)]
@@ -148,27 +151,57 @@ struct SyncedRun {
 }
 
 /// A run's sync columns: key, fingerprint, history file, history mark,
-/// null keys.
+/// values kept aside.
 type SyncColumns = (String, String, Option<String>, Option<SyncMark>, Option<String>);
 
 impl SyncedRun {
-    /// Its sync columns, `key` its label in the listing.
-    fn sync_columns(&self, key: &str) -> SyncColumns {
-        (key.to_string(), self.fingerprint.clone(), self.history_file.clone(), self.mark.clone(), null_keys(&self.data))
+    /// Its sync columns, `key` its label in the listing, `kinds` those of
+    /// the runs table's group columns.
+    fn sync_columns(&self, key: &str, kinds: &HashMap<String, ColumnKind>) -> SyncColumns {
+        let aside = values_aside(&self.data, kinds);
+        (key.to_string(), self.fingerprint.clone(), self.history_file.clone(), self.mark.clone(), aside)
     }
 }
 
-/// The group columns a run holds as null, as JSON text (`None`: none):
-/// in the table, a null cell does not tell them from keys the run lacks.
-fn null_keys(data: &RunData) -> Option<String> {
-    let nulls: Vec<String> = data
-        .groups
-        .iter()
-        .flat_map(|(prefix, cols)| {
-            cols.iter().filter(|(_, v)| matches!(v, Value::Null)).map(move |(p, _)| format!("{prefix}{p}"))
-        })
-        .collect();
-    (!nulls.is_empty()).then(|| json!(nulls).to_string())
+/// The kind of each group column of a runs table of `runs`, unified as
+/// the table's builder does.
+fn column_kinds<'a>(runs: impl Iterator<Item = &'a RunData>) -> HashMap<String, ColumnKind> {
+    let mut kinds: HashMap<String, ColumnKind> = HashMap::new();
+    for data in runs {
+        for (prefix, cols) in &data.groups {
+            for (path, v) in cols {
+                let k = kinds.entry(format!("{prefix}{path}")).or_insert(ColumnKind::Null);
+                *k = k.unify(ColumnKind::of(v));
+            }
+        }
+    }
+    kinds
+}
+
+/// The group values of a run that its cells in a column of `kinds` do not
+/// give back as they were: nulls (a null cell is also a key the run
+/// lacks), ints in a float column, scalars other than text in a column of
+/// mixed kinds. As a JSON object of column → value; `None` when none.
+fn values_aside(data: &RunData, kinds: &HashMap<String, ColumnKind>) -> Option<String> {
+    let mut out = String::new();
+    for (prefix, cols) in &data.groups {
+        for (path, v) in cols {
+            let name = format!("{prefix}{path}");
+            let column = kinds.get(&name).copied().unwrap_or(ColumnKind::Null);
+            let kept = match (ColumnKind::of(v), column) {
+                (ColumnKind::Null, _) => false,
+                (_, ColumnKind::Json) | (ColumnKind::Str, ColumnKind::Mixed) => true,
+                (own, column) => own == column,
+            };
+            if !kept {
+                out.push(if out.is_empty() { '{' } else { ',' });
+                out.push_str(&json!(name).to_string());
+                out.push(':');
+                out.push_str(&v.to_json());
+            }
+        }
+    }
+    (!out.is_empty()).then(|| out + "}")
 }
 
 /// A history file being written.
@@ -418,15 +451,7 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
     let _lock = OutputLock::acquire_for(opts.table.join(".runport-sync-lock"), &opts.table, "sync")?;
     let mut runs_table = runtime.block_on(DeltaDir::open(&opts.table.join("runs")))?;
     let mut history_table = runtime.block_on(DeltaDir::open(&opts.table.join("history")))?;
-    // What a killed sync wrote and never committed.
-    let mut unreferenced_removed = 0;
-    for t in [&runs_table, &history_table] {
-        let gone = t.remove_unreferenced()?;
-        if !gone.is_empty() {
-            tracing::info!(table = %t.path.display(), files = ?gone, "removed files no version refers to");
-        }
-        unreferenced_removed += gone.len();
-    }
+    let started_at = std::time::SystemTime::now();
     let settings = settings(&planned);
     let mut full = opts.full_refresh || runs_table.table.is_none();
     if let Some(conf) = runs_table.configuration()
@@ -467,7 +492,8 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
         BTreeMap::from([("runs".to_string(), runs_table.version()), ("history".to_string(), history_table.version())]);
     let nothing = to_read.is_empty() && (gone.is_empty() || opts.keep_deleted) && !full;
     if nothing {
-        let summary = SyncSummary::uncommitted(counts, versions, unreferenced_removed, opts, started);
+        let removed = remove_unreferenced(&[&runs_table, &history_table], None)?;
+        let summary = SyncSummary::uncommitted(counts, versions, removed, opts, started);
         return Ok(SyncSummary { http: planned.source.http_counts(), ..summary });
     }
 
@@ -627,7 +653,8 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
     let mut bytes = 0u64;
     // Only failures (their runs keep their rows): nothing to commit.
     if !full && new_runs.is_empty() && dropped.is_empty() && replaced.is_empty() && written_files.is_empty() {
-        let summary = SyncSummary::uncommitted(counts, versions, unreferenced_removed, opts, started);
+        let removed = remove_unreferenced(&[&runs_table, &history_table], None)?;
+        let summary = SyncSummary::uncommitted(counts, versions, removed, opts, started);
         return Ok(SyncSummary { failures, records, http: planned.source.http_counts(), ..summary });
     }
 
@@ -663,8 +690,9 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
     let mut sync_columns: HashMap<String, SyncColumns> = HashMap::new();
     let kept: Vec<(&String, &mut SyncedRun)> =
         table_runs.iter_mut().filter(|(key, _)| !new_runs.contains_key(*key) && !dropped.contains(key)).collect();
+    let kinds = column_kinds(kept.iter().map(|(_, r)| &r.data).chain(new_runs.values().map(|r| &r.data)));
     for (key, r) in kept.into_iter().chain(new_runs.iter_mut()) {
-        sync_columns.insert(r.data.identity.run_id.clone(), r.sync_columns(key));
+        sync_columns.insert(r.data.identity.run_id.clone(), r.sync_columns(key, &kinds));
         runs.push(&mut r.data);
     }
     let batch = with_sync_columns(runs.build()?, &sync_columns)?;
@@ -701,6 +729,7 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
     let v = runtime.block_on(runs_table.commit(&batch.schema(), &settings, actions, info))?;
     versions.insert("runs".into(), Some(v));
     drop(spill);
+    let unreferenced_removed = remove_unreferenced(&[&runs_table, &history_table], Some(started_at))?;
 
     Ok(SyncSummary {
         runs: counts,
@@ -717,6 +746,20 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
         seconds: started.elapsed().as_secs_f64(),
         table: opts.table.display().to_string(),
     })
+}
+
+/// Removes what a killed sync wrote and never committed (see
+/// [`DeltaDir::remove_unreferenced`]); returns how many files.
+fn remove_unreferenced(tables: &[&DeltaDir], written_before: Option<std::time::SystemTime>) -> Result<usize> {
+    let mut removed = 0;
+    for t in tables {
+        let gone = t.remove_unreferenced(written_before)?;
+        if !gone.is_empty() {
+            tracing::info!(table = %t.path.display(), files = ?gone, "removed files no version refers to");
+        }
+        removed += gone.len();
+    }
+    Ok(removed)
 }
 
 /// Whether a run is still running (W&B `state` `running`, MLflow `status`
@@ -841,8 +884,18 @@ fn table_run(batch: &RecordBatch, row: usize, planned: &Planned) -> std::result:
     let fingerprint = text_at(batch, SYNC_FINGERPRINT, row).unwrap_or_default();
     let history_file = text_at(batch, SYNC_HISTORY_FILE, row);
     let mark = text_at(batch, SYNC_HISTORY_MARK, row).and_then(|t| serde_json::from_str(&t).ok());
-    let null_keys: HashSet<String> =
-        text_at(batch, SYNC_NULL_KEYS, row).and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+    let mut aside: HashMap<String, Value> = match text_at(batch, SYNC_VALUES, row) {
+        Some(text) => match Value::parse(&text).map_err(|e| format!("{SYNC_VALUES}: {e}"))? {
+            Value::Object(fields) => fields.into_iter().collect(),
+            _ => return Err(format!("{SYNC_VALUES}: not a JSON object")),
+        },
+        None => text_at(batch, SYNC_NULL_KEYS, row)
+            .and_then(|t| serde_json::from_str::<Vec<String>>(&t).ok())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|k| (k, Value::Null))
+            .collect(),
+    };
     let run_id = text_at(batch, "run_id", row).ok_or("no run_id")?;
     let mut identity = RunIdentity::new(run_id);
     for c in planned.plan.identity_columns.iter().filter(|c| c.name != "run_id") {
@@ -875,16 +928,15 @@ fn table_run(batch: &RecordBatch, row: usize, planned: &Planned) -> std::result:
     let schema = batch.schema();
     for (field, col) in schema.fields().iter().zip(batch.columns()) {
         let Some(g) = planned.columns.groups.iter().position(|p| field.name().starts_with(p)) else { continue };
-        if col.is_null(row) {
-            // A key the run lacks, or holds as null (`_sync_null_keys`).
-            if null_keys.contains(field.name()) {
-                groups[g].1.push((field.name()[planned.columns.groups[g].len()..].to_string(), Value::Null));
-            }
-            continue;
-        }
         let path = field.name()[planned.columns.groups[g].len()..].to_string();
-        let value = cell_value(field, col, row)?;
-        groups[g].1.push((path, value));
+        // A value the cell does not give back as it was (a null, an int in
+        // a float column, ...) is kept aside; a null cell otherwise is a
+        // key the run lacks.
+        if let Some(value) = aside.remove(field.name()) {
+            groups[g].1.push((path, value));
+        } else if !col.is_null(row) {
+            groups[g].1.push((path, cell_value(field, col, row)?));
+        }
     }
     Ok((
         key,
@@ -939,7 +991,7 @@ fn with_sync_columns(batch: RecordBatch, sync: &HashMap<String, SyncColumns>) ->
     fields.push(Arc::new(Field::new(SYNC_FINGERPRINT, DataType::Utf8, true)));
     fields.push(Arc::new(Field::new(SYNC_HISTORY_FILE, DataType::Utf8, true)));
     fields.push(Arc::new(Field::new(SYNC_HISTORY_MARK, DataType::Utf8, true)));
-    fields.push(Arc::new(Field::new(SYNC_NULL_KEYS, DataType::Utf8, true)));
+    fields.push(Arc::new(Field::new(SYNC_VALUES, DataType::Utf8, true)));
     let mut columns = batch.columns().to_vec();
     columns.push(Arc::new(StringArray::from(keys)));
     columns.push(Arc::new(StringArray::from(fps)));
@@ -984,6 +1036,45 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn values_the_cells_do_not_give_back_are_kept_aside() {
+        let run = |config: Vec<(&str, Value)>| RunData {
+            identity: RunIdentity::new("r"),
+            groups: vec![("config.", config.into_iter().map(|(k, v)| (k.to_string(), v)).collect())],
+            history: None,
+            warnings: Vec::new(),
+            history_mark: None,
+        };
+        let a = run(vec![
+            ("lr", Value::Int(1)),
+            ("amp", Value::Bool(true)),
+            ("name", Value::Str("x".into())),
+            ("gone", Value::Null),
+            ("list", Value::List(vec![Value::Int(1)])),
+        ]);
+        let b = run(vec![
+            ("lr", Value::Float(0.5)),
+            ("amp", Value::Str("yes".into())),
+            ("name", Value::Str("y".into())),
+            ("list", Value::Str("s".into())),
+        ]);
+        let kinds = column_kinds([&a, &b].into_iter());
+        assert_eq!(kinds["config.lr"], ColumnKind::Float);
+        assert_eq!(kinds["config.amp"], ColumnKind::Mixed);
+        assert_eq!(kinds["config.gone"], ColumnKind::Null);
+        assert_eq!(kinds["config.list"], ColumnKind::Json);
+        // The int in a float column, the bool in a mixed one, the null.
+        let aside = values_aside(&a, &kinds).unwrap();
+        assert_eq!(aside, r#"{"config.lr":1,"config.amp":true,"config.gone":null}"#);
+        let Value::Object(fields) = Value::parse(&aside).unwrap() else { panic!("{aside}") };
+        assert_eq!(fields[0], ("config.lr".to_string(), Value::Int(1)));
+        // Text in a mixed column and anything in a JSON column come back from their cells.
+        assert_eq!(values_aside(&b, &kinds), None);
+        // Alone, a run's values are all of their columns' kinds.
+        let alone = run(vec![("lr", Value::Int(1)), ("amp", Value::Bool(true))]);
+        assert_eq!(values_aside(&alone, &column_kinds([&alone].into_iter())), None);
     }
 
     #[test]

@@ -27,7 +27,7 @@ def same(got, want, what, by):
 
 runs = pl.read_delta(f"{table}/runs")
 sync_cols = [c for c in runs.columns if c.startswith("_sync_")]
-assert sync_cols == ["_sync_key", "_sync_fingerprint", "_sync_history_file", "_sync_history_mark", "_sync_null_keys"], sync_cols
+assert sync_cols == ["_sync_key", "_sync_fingerprint", "_sync_history_file", "_sync_history_mark", "_sync_values"], sync_cols
 runs = runs.drop(sync_cols)
 same(runs, pl.read_parquet(f"{export}/runs.parquet"), "runs", ["run_id"])
 
@@ -112,6 +112,17 @@ fn folders(wandb: &Path, id: &str) -> Vec<PathBuf> {
 /// [`Held::apply`]: a new run (`std-config`) and a resumed run's second
 /// folder (`std-resumed` grows).
 struct Held(Vec<PathBuf>);
+
+/// `DIR/wandb` (the standard set but for the held runs) synced into
+/// `DIR/table`, then changed ([`Held::apply`]).
+fn synced_then_changed(dir: &Path) -> (PathBuf, PathBuf) {
+    let source = dir.join("wandb");
+    let table = dir.join("table");
+    let held = Held::copy_standard(&source);
+    sync(&source, &table, &[], 0);
+    held.apply(&source);
+    (source, table)
+}
 
 impl Held {
     /// Copies the standard set into `source` but for the held folders.
@@ -202,11 +213,7 @@ fn sync_brings_delta_tables_to_the_source_and_reads_only_what_changed() {
 fn a_sync_killed_between_its_commits_is_completed_by_the_next() {
     use std::time::{Duration, Instant};
     let tmp = tempdir();
-    let source = tmp.path().join("wandb");
-    let table = tmp.path().join("table");
-    let held = Held::copy_standard(&source);
-    sync(&source, &table, &[], 0);
-    held.apply(&source);
+    let (source, table) = synced_then_changed(tmp.path());
     let mut child = traced_sync(&source, &table, &["-e", "trace=linkat", "-e", "inject=linkat:delay_exit=5000000"]);
     let history_v1 = table.join("history/_delta_log/00000000000000000001.json");
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -619,7 +626,16 @@ run.finish()
 /// syscalls traced and the faults injected), in a process group of its
 /// own (see [`kill_group`]), its output discarded.
 fn traced_sync(source: &Path, table: &Path, strace_args: &[&str]) -> std::process::Child {
+    traced_sync_logged(source, table, strace_args, None)
+}
+
+/// [`traced_sync`], its stderr written to `log` when given.
+fn traced_sync_logged(source: &Path, table: &Path, strace_args: &[&str], log: Option<&Path>) -> std::process::Child {
     use std::os::unix::process::CommandExt;
+    let stderr = match log {
+        Some(path) => std::process::Stdio::from(std::fs::File::create(path).unwrap()),
+        None => std::process::Stdio::null(),
+    };
     std::process::Command::new("strace")
         .args(["-f", "-qq", "-o", "/dev/null"])
         .args(strace_args)
@@ -629,10 +645,128 @@ fn traced_sync(source: &Path, table: &Path, strace_args: &[&str]) -> std::proces
         .arg(table)
         .env("RUST_LOG", "runport=warn")
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(stderr)
         .process_group(0)
         .spawn()
         .unwrap_or_else(|e| panic!("this test needs strace (fault injection) on PATH: {e}"))
+}
+
+/// Two syncs whose lock did not hold (its file removed by hand; a shared
+/// file system whose locks do not reach other machines): their commits
+/// race through Delta's optimistic concurrency. The first sync is held by
+/// strace for 4 s before each commit; the second, started meanwhile,
+/// commits first. The one that commits second fails cleanly (exit 1,
+/// naming the race) with nothing committed, the winner's versions stay,
+/// the tables equal an export, and the loser's files are removed by the
+/// next sync that commits.
+#[test]
+fn a_sync_that_loses_a_commit_race_fails_cleanly_and_the_winners_commits_stay() {
+    use std::time::{Duration, Instant};
+    let tmp = tempdir();
+    let (source, table) = synced_then_changed(tmp.path());
+    let log = tmp.path().join("held.log");
+    let mut first = KillOnDrop(traced_sync_logged(
+        &source,
+        &table,
+        &["-e", "trace=linkat", "-e", "inject=linkat:delay_enter=4000000"],
+        Some(&log),
+    ));
+    // The held sync is at its history commit: its staging file is there.
+    let staging = || {
+        std::fs::read_dir(table.join("history/_delta_log"))
+            .unwrap()
+            .any(|e| e.unwrap().file_name().to_string_lossy().contains(".json#"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !staging() {
+        assert!(Instant::now() < deadline, "the held sync never reached its commit");
+        assert!(first.0.try_wait().unwrap().is_none(), "the held sync ended early");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let versions_before = delta_versions(&table);
+    // The lock does not hold: the second sync runs beside the first.
+    std::fs::remove_file(table.join(".runport-sync-lock")).unwrap();
+    let (code, stdout, stderr) =
+        runport_out(&["sync".as_ref(), source.as_os_str(), table.as_os_str(), "--json".as_ref()]);
+    let held_status = first.0.wait().unwrap();
+    let held_log = std::fs::read_to_string(&log).unwrap();
+    let (won, lost_log) = match (code, held_status.code()) {
+        (0, Some(1)) => ("second", held_log),
+        (1, Some(0)) => ("held", stderr.clone()),
+        other => panic!("one sync must win and one fail (exit 1): {other:?}\n{stdout}\n{stderr}\n{held_log}"),
+    };
+    assert!(lost_log.contains("another sync committed") && lost_log.contains("run the sync again"), "{lost_log}");
+    // One commit per table landed: the winner's.
+    let after = delta_versions(&table);
+    assert_eq!(after, versions_before.iter().map(|v| v + 1).collect::<Vec<_>>(), "{won} won");
+    assert_same_as_export(&source, &table, tmp.path(), "after-race");
+    let again = sync(&source, &table, &[], 0);
+    assert_eq!(again["committed"], false, "{again}");
+
+    // The next sync that commits removes the loser's files.
+    for f in folders(&source, "std-config") {
+        std::fs::remove_dir_all(f).unwrap();
+    }
+    let next = sync(&source, &table, &[], 0);
+    assert_eq!(next["committed"], true, "{next}");
+    // The winner, when second, removed them after its commits (they were
+    // older than its start: the loser could no longer commit after it).
+    let removed = next["unreferenced_removed"].as_u64().unwrap()
+        + if won == "second" { last_json_line(&stdout)["unreferenced_removed"].as_u64().unwrap() } else { 0 };
+    assert!(removed > 0, "{won} won; {stdout}\n{next}");
+    assert_same_as_export(&source, &table, tmp.path(), "after-race-next");
+    for t in ["history", "runs"] {
+        let unreferenced = unreferenced_files(&table.join(t));
+        assert!(unreferenced.is_empty(), "{t}: {unreferenced:?}");
+    }
+}
+
+/// Files in a Delta table's folder that no commit of its log adds or
+/// removes (a data file, or a commit's staging file).
+fn unreferenced_files(table: &Path) -> Vec<String> {
+    let log = table.join("_delta_log");
+    let mut referred = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(&log).unwrap() {
+        let path = e.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.contains(".json#") {
+            out.push(format!("_delta_log/{name}"));
+        } else if name.ends_with(".json") {
+            for line in std::fs::read_to_string(&path).unwrap().lines().filter(|l| !l.trim().is_empty()) {
+                let action: serde_json::Value = serde_json::from_str(line).unwrap();
+                for kind in ["add", "remove"] {
+                    if let Some(p) = action[kind]["path"].as_str() {
+                        referred.insert(p.to_string());
+                    }
+                }
+            }
+        }
+    }
+    for e in std::fs::read_dir(table).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        if name.ends_with(".parquet") && !referred.contains(&name) {
+            out.push(name);
+        }
+    }
+    out
+}
+
+/// The latest version of `TABLE/history` and `TABLE/runs`, from their logs.
+fn delta_versions(table: &Path) -> Vec<u64> {
+    ["history", "runs"]
+        .iter()
+        .map(|t| {
+            std::fs::read_dir(table.join(t).join("_delta_log"))
+                .unwrap()
+                .filter_map(|e| {
+                    let name = e.unwrap().file_name().to_string_lossy().into_owned();
+                    name.strip_suffix(".json").and_then(|n| n.parse::<u64>().ok())
+                })
+                .max()
+                .unwrap()
+        })
+        .collect()
 }
 
 /// A child process, killed when the test ends early.
