@@ -230,6 +230,8 @@ pub struct HistoryMark {
     pub lines: Option<i64>,
     /// W&B logs: the file offset where each log's complete records ended.
     pub offsets: Vec<u64>,
+    /// MLflow file stores: where each metric file was read to.
+    pub metric_files: std::collections::BTreeMap<String, crate::sources::MetricFileMark>,
 }
 
 impl RunData {

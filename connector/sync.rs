@@ -583,7 +583,9 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
                 let old_top = earlier.and_then(|e| e.2);
                 let step = top.max(old_top);
                 let mark = match (step, mark.lines) {
-                    (Some(step), Some(lines)) => Some(SyncMark { step, lines, offsets: mark.offsets }),
+                    (Some(step), Some(lines)) => {
+                        Some(SyncMark { step, lines, offsets: mark.offsets, metric_files: mark.metric_files })
+                    }
                     _ => None,
                 };
                 new_runs.insert(label.to_string(), SyncedRun { data, fingerprint, history_file, mark });

@@ -242,7 +242,9 @@ fn a_sync_killed_between_its_commits_is_completed_by_the_next() {
 
 /// A run left RUNNING, its points logged by the MLflow client.
 const MLFLOW_LIVE_RUN: &str = r#"
-import sys
+import os, sys
+# A file store (`file://.../mlruns`) is in maintenance mode: allowed explicitly.
+os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
 from mlflow.tracking import MlflowClient
 c = MlflowClient(tracking_uri=sys.argv[1])
 exp = c.search_experiments()[0].experiment_id
@@ -255,7 +257,9 @@ for s in range(20):
 /// finished run (a new key among them) and on the live run, a tag on
 /// another run, a run deleted, a new run.
 const MLFLOW_CHANGES: &str = r#"
-import sys
+import os, sys
+# A file store (`file://.../mlruns`) is in maintenance mode: allowed explicitly.
+os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
 from mlflow.tracking import MlflowClient
 c = MlflowClient(tracking_uri=sys.argv[1])
 exps = [e.experiment_id for e in c.search_experiments()]
@@ -299,6 +303,38 @@ fn sync_of_an_mlflow_sqlite_store_follows_what_the_mlflow_client_logs() {
         .map(std::ffi::OsStr::new),
     );
     follow_mlflow_changes(&uri, Path::new(&uri), tmp.path(), "mlflow-sqlite", &|| 0);
+}
+
+/// A `mlruns/` folder written by the MLflow client's file store: the same
+/// changes; the runs whose metric files only grew (the live run logging
+/// more points, a run with a new metric, a run with a new tag) have only
+/// their appended lines read.
+#[test]
+fn sync_of_an_mlruns_folder_reads_only_appended_metric_lines() {
+    let tmp = tempdir();
+    let mlruns = tmp.path().join("mlruns");
+    let uri = format!("file://{}", mlruns.display());
+    testbed_script(
+        "mlflow_testbed.py",
+        &[
+            "populate",
+            "--tracking-uri",
+            &uri,
+            "--set",
+            "bench",
+            "--runs",
+            "6",
+            "--metrics",
+            "3",
+            "--steps",
+            "200",
+            "--jobs",
+            "1",
+        ]
+        .map(std::ffi::OsStr::new),
+    );
+    let [_, _, changed] = follow_mlflow_changes(&uri, &mlruns, tmp.path(), "mlflow-mlruns", &|| 0);
+    assert_eq!(changed.0["runs"]["appended"], 3, "{}", changed.0);
 }
 
 /// Syncs an MLflow store (`source`, tracking URI `uri`) while the MLflow

@@ -186,6 +186,19 @@ pub struct SyncMark {
     pub lines: i64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub offsets: Vec<u64>,
+    /// For a source of one append-only file per metric: where each was read to.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub metric_files: std::collections::BTreeMap<String, MetricFileMark>,
+}
+
+/// Where a sync's earlier read of an append-only metric file stopped: the
+/// offset past its last line, the greatest step and the latest point (as
+/// the line `timestamp value step`) up to there.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MetricFileMark {
+    pub offset: u64,
+    pub step: i64,
+    pub latest: String,
 }
 
 /// A source's registration: recognises its SOURCE strings.

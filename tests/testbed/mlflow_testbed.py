@@ -215,6 +215,9 @@ def client_for(uri):
     import mlflow
     from mlflow import MlflowClient
 
+    if uri.startswith("file:"):
+        # The file store is in maintenance mode: allowed explicitly.
+        os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"
     mlflow.set_tracking_uri(uri)
     return MlflowClient(tracking_uri=uri)
 

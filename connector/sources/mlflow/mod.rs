@@ -181,30 +181,41 @@ impl MlflowLocal {
 
     /// Run `i` with the histories of its selected metric keys, read in the
     /// store's order and handed to `sink` in chunks.
-    pub fn read_run(&self, i: usize, plan: &crate::plan::FetchPlan, sink: &mut HistorySink) -> Result<RunData, String> {
+    /// A file store's run: its metric files read for the latest values
+    /// and histories the plan selects; with `from` (a sync's earlier read),
+    /// only what was appended since, when that is all that changed (see
+    /// [`filestore::read_metrics`]).
+    pub fn read_run(
+        &self,
+        i: usize,
+        plan: &crate::plan::FetchPlan,
+        from: Option<&crate::sources::SyncMark>,
+        sink: &mut HistorySink,
+    ) -> Result<RunData, String> {
         let stored = &self.runs[i];
-        let mut keys = history_keys(plan, &stored.run.metrics);
-        keys.sort();
-        let mut data = stored.run.clone().into_run_data(plan);
-        if plan.history {
-            let mut history = MetricHistoryBuilder::new(sink);
-            match &self.store {
-                LocalStore::Sqlite(p) => {
+        match &self.store {
+            LocalStore::Sqlite(p) => {
+                let mut keys = history_keys(plan, names(&stored.run.metrics));
+                keys.sort();
+                let mut data = stored.run.clone().into_run_data(plan);
+                if plan.history {
+                    let mut history = MetricHistoryBuilder::new(sink);
                     let conn = sqlite::open(p)?;
                     sqlite::read_histories(&conn, p, &stored.run.run_id, &keys, &mut history)?;
+                    data.history = Some(history.finish());
                 }
-                LocalStore::FileStore(_) => {
-                    for k in &keys {
-                        history.start_key(k)?;
-                        if let Some((_, path)) = stored.metric_files.iter().find(|(mk, _)| mk == k) {
-                            filestore::read_metric_file(path, |p| history.push(p))?;
-                        }
-                    }
-                }
+                Ok(data)
             }
-            data.history = Some(history.finish());
+            LocalStore::FileStore(_) => {
+                let read = filestore::read_metrics(stored, plan, from, sink)?;
+                let mut run = stored.run.clone();
+                run.metrics = read.latest;
+                let mut data = run.into_run_data(plan);
+                data.history = read.history;
+                data.history_mark = read.mark;
+                Ok(data)
+            }
         }
-        Ok(data)
     }
 }
 
@@ -275,11 +286,16 @@ impl MlflowRun {
 }
 
 /// The metric keys of a run whose history the plan selects.
-pub fn history_keys(plan: &crate::plan::FetchPlan, latest: &[(String, f64)]) -> Vec<String> {
+pub fn history_keys<'a>(plan: &crate::plan::FetchPlan, names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
     if !plan.history {
         return Vec::new();
     }
-    latest.iter().filter(|(k, _)| plan.wants_history_key(k)).map(|(k, _)| k.clone()).collect()
+    names.into_iter().filter(|k| plan.wants_history_key(k)).map(str::to_string).collect()
+}
+
+/// The metric names of `metrics` (latest values by key).
+pub fn names(metrics: &[(String, f64)]) -> impl Iterator<Item = &str> {
+    metrics.iter().map(|(k, _)| k.as_str())
 }
 
 #[cfg(test)]

@@ -358,7 +358,7 @@ impl MlflowRest {
     /// documentation), in run-id order.
     fn plan_groups(&self, plan: &FetchPlan, runs: &[&MlflowRun], expected: &HashMap<String, i64>) {
         let mut order: Vec<&MlflowRun> =
-            runs.iter().copied().filter(|r| !history_keys(plan, &r.metrics).is_empty()).collect();
+            runs.iter().copied().filter(|r| !history_keys(plan, super::names(&r.metrics)).is_empty()).collect();
         order.sort_by(|a, b| a.run_id.cmp(&b.run_id));
         let mut groups = Groups::default();
         let mut members: Vec<&MlflowRun> = Vec::new();
@@ -367,7 +367,7 @@ impl MlflowRest {
             if members.len() > 1 {
                 let mut keys: HashMap<String, KeyBatch> = HashMap::new();
                 for r in members.iter() {
-                    for k in history_keys(plan, &r.metrics) {
+                    for k in history_keys(plan, super::names(&r.metrics)) {
                         keys.entry(k)
                             .or_insert_with(|| KeyBatch { run_ids: Vec::new(), answer: Default::default() })
                             .run_ids
@@ -670,7 +670,7 @@ impl RemoteSource for MlflowRest {
         let mut named = Vec::new();
         if plan.history {
             self.prefetch_next_groups(&run.run_id);
-            let keys = history_keys(&plan, &run.metrics);
+            let keys = history_keys(&plan, super::names(&run.metrics));
             let budget = FetchBudget::new(target.as_deref());
             let fetches = keys.iter().map(|k| async {
                 match self.bulk_history(&run.run_id, k).await? {

@@ -173,11 +173,11 @@ impl LocalRuns for MlflowLocal {
         &self,
         i: usize,
         plan: &FetchPlan,
-        _from: Option<&crate::sources::SyncMark>,
+        from: Option<&crate::sources::SyncMark>,
         _counts: &mut RecordCounts,
         sink: &mut HistorySink,
     ) -> Result<RunData, String> {
-        self.read_run(i, plan, sink)
+        self.read_run(i, plan, from, sink)
     }
 
     /// The listing's status, end time, stage, name, latest metrics (values,
@@ -191,7 +191,7 @@ impl LocalRuns for MlflowLocal {
     }
 
     fn describe_plan(&self, plan: &FetchPlan) -> serde_json::Value {
-        let keys: usize = self.runs.iter().map(|r| super::history_keys(plan, &r.run.metrics).len()).sum();
+        let keys: usize = self.runs.iter().map(|r| super::history_keys(plan, r.metric_names()).len()).sum();
         serde_json::json!({
             "source_kind": match self.store { LocalStore::Sqlite(_) => "mlflow-sqlite", LocalStore::FileStore(_) => "mlflow-files" },
             "store": self.name(),

@@ -516,7 +516,7 @@ impl RemoteSource for WandbApi {
         listed: ListedRun,
         target: Option<Arc<HistoryTarget>>,
     ) -> Result<(RunData, FetchedHistory), String> {
-        let mut mark = HistoryMark { from_step: None, lines: listed.history_line_count, offsets: Vec::new() };
+        let mut mark = HistoryMark { from_step: None, lines: listed.history_line_count, ..Default::default() };
         if !self.needs_history(&plan, &listed) {
             // No history request for this run; an empty history when history was asked.
             let mut data = listed.data;

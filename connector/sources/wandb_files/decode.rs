@@ -294,12 +294,40 @@ fn read_logs(
         from_step: from.map(|m| m.step),
         lines: Some(d.history_records),
         offsets: std::mem::take(&mut d.log_ends),
+        metric_files: Default::default(),
     };
     let mut data = d.finish(run_id, newest_mtime);
     if plan.history {
         data.history_mark = Some(mark);
     }
     Ok(data)
+}
+
+/// Whether the log at `path` ends with an exit record (the SDK writes it
+/// last, when the run ends), from its last two blocks.
+pub fn ends_with_exit(path: &Path) -> bool {
+    use std::io::{Seek, SeekFrom};
+    let Ok(mut file) = File::open(path) else { return false };
+    let Ok(len) = file.metadata().map(|m| m.len()) else { return false };
+    let block = super::log_reader::BLOCK_SIZE as u64;
+    let from = (len.saturating_sub(1) / block).saturating_sub(1) * block;
+    let mut last: Option<Vec<u8>> = None;
+    let mut keep = |reader: &mut dyn FnMut() -> Result<Option<Vec<u8>>, LogError>| {
+        while let Ok(Some(rec)) = reader() {
+            last = Some(rec);
+        }
+    };
+    if from == 0 {
+        let Ok(mut r) = TransactionLogReader::new(file) else { return false };
+        keep(&mut || r.next_record().map(|o| o.map(<[u8]>::to_vec)));
+    } else {
+        if file.seek(SeekFrom::Start(from)).is_err() {
+            return false;
+        }
+        let Ok(mut r) = TransactionLogReader::at_block(file, from) else { return false };
+        keep(&mut || r.next_record().map(|o| o.map(<[u8]>::to_vec)));
+    }
+    last.is_some_and(|rec| matches!(peek_record_type(&rec), Ok(Some((RecordType::Exit, _)))))
 }
 
 fn is_history(rec: &[u8]) -> bool {
@@ -1465,7 +1493,7 @@ mod tests {
         let mark_of = |run: &RunData| {
             let m = run.history_mark.clone().unwrap();
             let step = run.history.as_ref().unwrap().rows.iter().map(|r| r.step).max().unwrap();
-            SyncMark { step, lines: m.lines.unwrap(), offsets: m.offsets }
+            SyncMark { step, lines: m.lines.unwrap(), offsets: m.offsets, ..Default::default() }
         };
         for pipeline_from in [u64::MAX, 0] {
             PIPELINE_FROM.set(pipeline_from);
@@ -1520,6 +1548,37 @@ mod tests {
             }
         }
         PIPELINE_FROM.set(PIPELINED_FILE_BYTES);
+    }
+
+    #[test]
+    fn a_log_ends_with_an_exit_record_when_its_run_ended() {
+        let exit = envelope(18, &RunExitRecord { exit_code: 0, runtime: 9 });
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run-r1.wandb");
+        let check = |records: &[Vec<u8>]| {
+            let refs: Vec<&[u8]> = records.iter().map(|r| r.as_slice()).collect();
+            std::fs::write(&path, encode_log(&refs)).unwrap();
+            ends_with_exit(&path)
+        };
+        let mut small = growing_run(3);
+        assert!(!check(&small), "running");
+        small.push(exit.clone());
+        assert!(check(&small), "ended, one block");
+        let mut large = growing_run(3000);
+        assert!(!check(&large));
+        large.push(exit.clone());
+        assert!(check(&large), "ended, many blocks");
+        // An exit record cut by a block boundary (a record spanning blocks before it).
+        let mut spanning = growing_run(30);
+        spanning.push(vec![0x12, 0x00]);
+        let refs: Vec<&[u8]> = spanning.iter().map(|r| r.as_slice()).collect();
+        let used = encode_log(&refs).len();
+        let room = 3 * super::super::log_reader::BLOCK_SIZE - used - 7 - 5;
+        spanning.last_mut().unwrap().extend(std::iter::repeat_n(0u8, room));
+        spanning.push(exit.clone());
+        assert!(check(&spanning), "exit across a block boundary");
+        large.push(envelope(2, &HistoryRecord { item: vec![item("x", &[], None, "1")], step: None }));
+        assert!(!check(&large), "a record after the exit");
     }
 
     #[test]

@@ -127,6 +127,31 @@ impl<R: Read> TransactionLogReader<R> {
         })
     }
 
+    /// A reader of the log from `offset`, a block boundary other than the
+    /// first (reached by the caller, e.g. by seeking): records that began
+    /// before it are skipped as damage.
+    pub fn at_block(mut inner: R, offset: u64) -> Result<Self, LogError> {
+        debug_assert!(offset > 0 && offset.is_multiple_of(BLOCK_SIZE as u64));
+        let mut block = vec![0u8; BLOCK_SIZE];
+        let block_len = read_full(&mut inner, &mut block)?;
+        Ok(Self {
+            inner,
+            eof: block_len < BLOCK_SIZE,
+            block,
+            block_len,
+            block_pos: 0,
+            block_offset: offset,
+            record: Vec::new(),
+            in_fragment: false,
+            fragment_start: 0,
+            after_corruption: true,
+            warnings: Vec::new(),
+            bytes_read: block_len as u64,
+            record_start: offset,
+            record_end: offset,
+        })
+    }
+
     /// Damage found so far.
     pub fn warnings(&self) -> &[LogWarning] {
         &self.warnings

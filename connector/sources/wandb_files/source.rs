@@ -101,7 +101,9 @@ impl LocalRuns for WandbFiles {
         let recent = newest
             .and_then(|ns| now.checked_sub(std::time::Duration::from_nanos(ns)))
             .is_some_and(|age| age < super::decode::LIVE_WINDOW);
-        if recent {
+        // A log that ends with its exit record is done: its run's state
+        // does not change with time.
+        if recent && !files.last().is_some_and(|f| super::decode::ends_with_exit(f)) {
             marks.push("written within the live window".into());
         }
         Some(serde_json::Value::Array(marks).to_string())
