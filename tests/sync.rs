@@ -279,29 +279,31 @@ c.log_metric(new.info.run_id, "loss", 0.25, step=0)
 c.set_terminated(new.info.run_id)
 "#;
 
+/// Six runs of three metrics × 200 steps logged by the MLflow client at `uri`.
+fn populate_mlflow(uri: &str) {
+    let args = [
+        "populate",
+        "--tracking-uri",
+        uri,
+        "--set",
+        "bench",
+        "--runs",
+        "6",
+        "--metrics",
+        "3",
+        "--steps",
+        "200",
+        "--jobs",
+        "1",
+    ];
+    testbed_script("mlflow_testbed.py", &args.map(std::ffi::OsStr::new));
+}
+
 #[test]
 fn sync_of_an_mlflow_sqlite_store_follows_what_the_mlflow_client_logs() {
     let tmp = tempdir();
     let uri = format!("sqlite:///{}", tmp.path().join("mlflow.db").display());
-    testbed_script(
-        "mlflow_testbed.py",
-        &[
-            "populate",
-            "--tracking-uri",
-            &uri,
-            "--set",
-            "bench",
-            "--runs",
-            "6",
-            "--metrics",
-            "3",
-            "--steps",
-            "200",
-            "--jobs",
-            "1",
-        ]
-        .map(std::ffi::OsStr::new),
-    );
+    populate_mlflow(&uri);
     follow_mlflow_changes(&uri, Path::new(&uri), tmp.path(), "mlflow-sqlite", &|| 0);
 }
 
@@ -314,25 +316,7 @@ fn sync_of_an_mlruns_folder_reads_only_appended_metric_lines() {
     let tmp = tempdir();
     let mlruns = tmp.path().join("mlruns");
     let uri = format!("file://{}", mlruns.display());
-    testbed_script(
-        "mlflow_testbed.py",
-        &[
-            "populate",
-            "--tracking-uri",
-            &uri,
-            "--set",
-            "bench",
-            "--runs",
-            "6",
-            "--metrics",
-            "3",
-            "--steps",
-            "200",
-            "--jobs",
-            "1",
-        ]
-        .map(std::ffi::OsStr::new),
-    );
+    populate_mlflow(&uri);
     let [_, _, changed] = follow_mlflow_changes(&uri, &mlruns, tmp.path(), "mlflow-mlruns", &|| 0);
     assert_eq!(changed.0["runs"]["appended"], 3, "{}", changed.0);
 }
