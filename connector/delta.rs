@@ -197,8 +197,15 @@ impl DeltaDir {
             }
             Some(t) => {
                 let snapshot = t.snapshot().map_err(|e| delta_error("cannot read its state", &self.path, e))?;
-                if snapshot.schema().as_ref() != &delta_schema {
-                    actions.insert(0, Action::Metadata(changed_metadata(snapshot.metadata(), &delta_schema)?));
+                // A new schema, or other settings (a --full-refresh with
+                // another selection): the same table, its metadata changed.
+                let conf = snapshot.metadata().configuration();
+                let same_settings = configuration.iter().all(|(k, v)| conf.get(k) == Some(v));
+                if snapshot.schema().as_ref() != &delta_schema || !same_settings {
+                    actions.insert(
+                        0,
+                        Action::Metadata(changed_metadata(snapshot.metadata(), &delta_schema, configuration)?),
+                    );
                 }
                 DeltaOperation::Write { mode: SaveMode::Append, partition_by: None, predicate: None }
             }
@@ -257,12 +264,19 @@ fn new_metadata(schema: &StructType, configuration: &[(String, String)]) -> Resu
         .map_err(|e| Error::Internal(format!("Delta metadata: {e}")))
 }
 
-/// The table's metadata with another schema: its id, creation time and
-/// configuration kept (readers that cache a table by its id see one table).
-fn changed_metadata(old: &Metadata, schema: &StructType) -> Result<Metadata> {
+/// The table's metadata with another schema and `configuration` set: its
+/// id, creation time and other configuration kept (readers that cache a
+/// table by its id see one table).
+fn changed_metadata(old: &Metadata, schema: &StructType, configuration: &[(String, String)]) -> Result<Metadata> {
     let error = |e: serde_json::Error| Error::Internal(format!("Delta metadata: {e}"));
     let mut v = serde_json::to_value(old).map_err(error)?;
     v["schemaString"] = serde_json::to_string(schema).map_err(error)?.into();
+    if !v["configuration"].is_object() {
+        v["configuration"] = json!({});
+    }
+    for (k, value) in configuration {
+        v["configuration"][k] = value.clone().into();
+    }
     serde_json::from_value(v).map_err(error)
 }
 

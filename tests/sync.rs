@@ -200,6 +200,10 @@ fn sync_brings_delta_tables_to_the_source_and_reads_only_what_changed() {
     let refreshed = sync(&source, &table, &[&narrower[..], &["--full-refresh"]].concat(), 0);
     assert_eq!(refreshed["committed"], true, "{refreshed}");
     assert_eq!(refreshed["versions"]["runs"], 2, "{refreshed}");
+    // The tables now hold the new selection: it syncs without --full-refresh.
+    let next = sync(&source, &table, &narrower, 0);
+    assert_eq!(next["committed"], false, "{next}");
+    sync(&source, &table, &[], 2);
 }
 
 /// A sync killed between its two commits (`history` committed, `runs` not):
