@@ -113,7 +113,12 @@ impl DeltaDir {
     /// to commit (two syncs whose lock did not hold) cannot commit after it
     /// (their `txn` actions conflict), and one that started after it wrote
     /// its files after that time. Returns the files removed.
-    pub fn remove_unreferenced(&self, written_before: Option<std::time::SystemTime>) -> Result<Vec<String>> {
+    /// Only data files `owned` says are this sync's are removed (a shard's).
+    pub fn remove_unreferenced(
+        &self,
+        written_before: Option<std::time::SystemTime>,
+        owned: &dyn Fn(&str) -> bool,
+    ) -> Result<Vec<String>> {
         let older = |entry: &std::fs::DirEntry| {
             written_before.is_some_and(|before| entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t < before))
         };
@@ -157,7 +162,12 @@ impl DeltaDir {
         for entry in dir {
             let entry = entry.map_err(|e| Error::write(self.path.display(), e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with("part-") && name.ends_with(".parquet") && !referred.contains(&name) && older(&entry) {
+            if name.starts_with("part-")
+                && name.ends_with(".parquet")
+                && owned(&name)
+                && !referred.contains(&name)
+                && older(&entry)
+            {
                 std::fs::remove_file(entry.path()).map_err(|e| Error::write(entry.path().display(), e))?;
                 removed.push(name);
             }

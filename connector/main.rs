@@ -128,6 +128,10 @@ enum Command {
         /// Memory for the history of the runs being read (as for export).
         #[arg(long, value_parser = parse_size, default_value = "256MiB")]
         memory_limit: usize,
+        /// Sync only the runs of shard K of N (K from 0, as JOB_COMPLETION_INDEX): N processes,
+        /// one per shard, sync into the same tables at the same time.
+        #[arg(long, value_name = "K/N", value_parser = runport::sync::Shard::parse)]
+        shard: Option<runport::sync::Shard>,
     },
     /// Show what an export would read and write, without reading any run.
     Plan {
@@ -288,7 +292,7 @@ fn run(command: Command, json_logs: bool) -> Result<u8, Error> {
             }
             Ok(if summary.failures.is_empty() { 0 } else { EXIT_PARTIAL })
         }
-        Command::Sync { common, table, full_refresh, keep_deleted, memory_limit } => {
+        Command::Sync { common, table, full_refresh, keep_deleted, memory_limit, shard } => {
             let opts = runport::sync::SyncOptions {
                 source: common.source.clone(),
                 table,
@@ -299,6 +303,7 @@ fn run(command: Command, json_logs: bool) -> Result<u8, Error> {
                 concurrency: common.concurrency(),
                 options: common.options(),
                 memory_limit,
+                shard,
             };
             let summary = runport::sync::sync(&opts)?;
             for f in summary.failures.iter().filter(|_| !json_logs) {

@@ -72,6 +72,82 @@ pub struct SyncOptions {
     pub concurrency: Option<usize>,
     pub options: Vec<SourceOption>,
     pub memory_limit: usize,
+    /// `--shard K/N`: only the runs of shard K are synced.
+    pub shard: Option<Shard>,
+}
+
+/// `--shard K/N`: the runs whose key (the run id the source lists) falls
+/// in shard `index` of `count` (see [`Shard::of`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl Shard {
+    /// `K/N`, `K` counting from 0 (as Kubernetes' `JOB_COMPLETION_INDEX` does).
+    pub fn parse(text: &str) -> std::result::Result<Shard, String> {
+        let bad = || format!("--shard {text:?}: expected K/N with 0 <= K < N (K counts from 0), e.g. 0/4");
+        let (k, n) = text.split_once('/').ok_or_else(bad)?;
+        let (index, count) = (k.trim().parse::<u32>().map_err(|_| bad())?, n.trim().parse::<u32>().map_err(|_| bad())?);
+        if count == 0 || index >= count {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+
+    /// The shard of a run key among `count`: the 64-bit FNV-1a hash of its
+    /// UTF-8 bytes, modulo `count`. The same in every version of runport.
+    pub fn of(key: &str, count: u32) -> u32 {
+        let mut h: u64 = 0xcbf29ce484222325;
+        for b in key.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x100000001b3);
+        }
+        (h % u64::from(count)) as u32
+    }
+
+    pub fn owns(&self, key: &str) -> bool {
+        Shard::of(key, self.count) == self.index
+    }
+
+    /// What the shard's file names carry: `s<K>of<N>`.
+    pub fn tag(&self) -> String {
+        format!("s{}of{}", self.index, self.count)
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+/// Which runs and files of the tables a sync owns: all, or a shard's.
+#[derive(Debug, Clone, Copy)]
+struct Owner(Option<Shard>);
+
+impl Owner {
+    fn owns_run(&self, key: &str) -> bool {
+        self.0.is_none_or(|s| s.owns(key))
+    }
+
+    /// A data file this sync may replace: a shard's own (`part-s<K>of<N>-`).
+    fn owns_file(&self, name: &str) -> bool {
+        self.0.is_none_or(|s| name.starts_with(&format!("part-{}-", s.tag())))
+    }
+
+    /// A data file of no shard of this layout (another shard count, or none):
+    /// replaced by a full refresh.
+    fn foreign_file(&self, name: &str) -> bool {
+        let Some(s) = self.0 else { return false };
+        let count = name
+            .strip_prefix("part-s")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|tag| tag.split_once("of"))
+            .and_then(|(k, n)| k.parse::<u32>().ok().and(n.parse::<u32>().ok()));
+        count != Some(s.count)
+    }
 }
 
 /// Runs by what the sync did with them.
@@ -104,6 +180,12 @@ pub struct SyncSummary {
     pub versions: BTreeMap<String, Option<u64>>,
     /// Whether the sync committed anything.
     pub committed: bool,
+    /// `--shard`: the shard synced (`K/N`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
+    /// Commits made again on a fresh snapshot after another shard's
+    /// commit conflicted with them.
+    pub commit_retries: usize,
     /// Bytes of the files written.
     pub bytes: u64,
     pub failures: Vec<RunFailure>,
@@ -131,6 +213,8 @@ impl SyncSummary {
             unreferenced_removed,
             versions,
             committed: false,
+            shard: opts.shard.map(|s| s.to_string()),
+            commit_retries: 0,
             bytes: 0,
             failures: Vec::new(),
             records: RecordCounts::default(),
@@ -143,6 +227,7 @@ impl SyncSummary {
 
 /// A run with its sync columns: as the table holds it, or as this sync
 /// read it, to write into `runs`.
+#[derive(Clone)]
 struct SyncedRun {
     data: RunData,
     fingerprint: String,
@@ -447,33 +532,34 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
         .build()
         .map_err(|e| Error::Internal(format!("cannot start the Delta runtime: {e}")))?;
     std::fs::create_dir_all(&opts.table).map_err(|e| Error::write(opts.table.display(), e))?;
-    // Syncs into one TABLE exclude each other (a second one exits 2).
-    let _lock = OutputLock::acquire_for(opts.table.join(".runport-sync-lock"), &opts.table, "sync")?;
+    // Syncs into one TABLE exclude each other (a second one exits 2); the
+    // shards of a sharded one exclude only themselves.
+    let lock_name = match opts.shard {
+        Some(s) => format!(".runport-sync-lock-{}", s.tag()),
+        None => ".runport-sync-lock".to_string(),
+    };
+    let _lock = OutputLock::acquire_for(opts.table.join(lock_name), &opts.table, "sync")?;
+    let owner = Owner(opts.shard);
     let mut runs_table = runtime.block_on(DeltaDir::open(&opts.table.join("runs")))?;
     let mut history_table = runtime.block_on(DeltaDir::open(&opts.table.join("history")))?;
     let started_at = std::time::SystemTime::now();
-    let settings = settings(&planned);
+    let settings = settings(&planned, opts.shard);
     let mut full = opts.full_refresh || runs_table.table.is_none();
-    if let Some(conf) = runs_table.configuration()
-        && !opts.full_refresh
-    {
-        for (key, want) in &settings {
-            let have = conf.get(key).map(String::as_str).unwrap_or("");
-            if have != want {
-                return Err(Error::Usage(format!(
-                    "{}: the tables were synced with {key} {have:?}, not {want:?}; give --full-refresh to rewrite them",
-                    opts.table.display()
-                )));
-            }
-        }
+    if !opts.full_refresh {
+        check_settings(&runs_table, &settings, &opts.table)?;
     }
     let mut table_runs = if full { BTreeMap::new() } else { read_table_runs(&runs_table, &planned)? };
     if !full && runs_table.table.is_some() && table_runs.is_empty() && !runs_table.files()?.is_empty() {
         full = true;
     }
+    // A shard's runs only (the others are other shards' to sync).
+    table_runs.retain(|key, _| owner.owns_run(key));
+    let app_id = app_id(&settings, opts.shard);
+    let history_seq = runtime.block_on(history_table.txn_version(&app_id))?;
+    let runs_seq = runtime.block_on(runs_table.txn_version(&app_id))?;
 
     // What changed: from the listing alone.
-    let listed: BTreeMap<String, String> = listing.into_iter().collect();
+    let listed: BTreeMap<String, String> = listing.into_iter().filter(|(key, _)| owner.owns_run(key)).collect();
     let to_read: HashSet<String> = listed
         .iter()
         .filter(|(key, fp)| full || table_runs.get(*key).is_none_or(|t| &t.fingerprint != *fp))
@@ -492,13 +578,16 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
         BTreeMap::from([("runs".to_string(), runs_table.version()), ("history".to_string(), history_table.version())]);
     let nothing = to_read.is_empty() && (gone.is_empty() || opts.keep_deleted) && !full;
     if nothing {
-        let removed = remove_unreferenced(&[&runs_table, &history_table], None)?;
+        let removed = remove_unreferenced(&[&runs_table, &history_table], None, owner)?;
         let summary = SyncSummary::uncommitted(counts, versions, removed, opts, started);
         return Ok(SyncSummary { http: planned.source.http_counts(), ..summary });
     }
 
     // Read the new and changed runs; their history goes to new files.
-    let sync_id = sync_id();
+    let sync_id = match opts.shard {
+        Some(s) => format!("{}-{}", s.tag(), sync_id()),
+        None => sync_id(),
+    };
     let plan = Arc::clone(&planned.plan);
     let spill = SpillDir::create(&opts.table.join(".history.runport-spill"))?;
     let schema = long_schema();
@@ -615,7 +704,7 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
     let live_history = history_table.files()?;
     let dropped: HashSet<&String> = if opts.keep_deleted { HashSet::new() } else { gone.iter().collect() };
     let replaced: BTreeSet<String> = if full {
-        live_history.iter().cloned().collect()
+        live_history.iter().filter(|f| owner.owns_file(f) || owner.foreign_file(f)).cloned().collect()
     } else {
         // Live files no run of `runs` refers to (a sync killed between its
         // two commits) go too: their runs are read again.
@@ -624,7 +713,7 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
             .iter()
             .filter(|(key, _)| new_runs.contains_key(*key) || dropped.contains(key))
             .filter_map(|(_, t)| t.history_file.clone())
-            .chain(live_history.iter().filter(|f| !referred.contains(f)).cloned())
+            .chain(live_history.iter().filter(|f| !referred.contains(f) && owner.owns_file(f)).cloned())
             .collect()
     };
     // Their other runs' rows, copied into a new file each.
@@ -655,83 +744,91 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
     let mut bytes = 0u64;
     // Only failures (their runs keep their rows): nothing to commit.
     if !full && new_runs.is_empty() && dropped.is_empty() && replaced.is_empty() && written_files.is_empty() {
-        let removed = remove_unreferenced(&[&runs_table, &history_table], None)?;
+        let removed = remove_unreferenced(&[&runs_table, &history_table], None, owner)?;
         let summary = SyncSummary::uncommitted(counts, versions, removed, opts, started);
         return Ok(SyncSummary { failures, records, http: planned.source.http_counts(), ..summary });
     }
 
     // The history commit.
-    let app_id = app_id(&settings);
     let mut files_added = 0;
     let mut files_removed = 0;
+    let mut retries = 0;
+    let committing = Committing { runtime: &runtime, app_id: &app_id, settings: &settings, opts };
     if plan.history {
-        let mut actions = Vec::new();
+        let mut adds = Vec::new();
         for (rel, _) in &written_files {
             let add = add_action(&history_table.path, rel)?;
             if let deltalake::kernel::Action::Add(a) = &add {
                 bytes += a.size as u64;
             }
-            actions.push(add);
+            adds.push(add);
         }
         files_added += written_files.len();
-        // Only live files are removed (a killed sync may have removed some).
-        let live: HashSet<&String> = live_history.iter().collect();
-        for rel in replaced.iter().filter(|f| live.contains(f)) {
-            actions.push(remove_action(rel));
-            files_removed += 1;
-        }
-        let sequence = runtime.block_on(history_table.txn_version(&app_id))?.map_or(0, |v| v + 1);
-        actions.push(txn(&app_id, sequence));
         let info = commit_info(&planned.provenance, &counts, None);
-        let v = runtime.block_on(history_table.commit(&schema, &settings, actions, info))?;
+        let v = committing.commit(&mut history_table, history_seq, &mut retries, |table| {
+            // Only live files are removed (a killed sync, or another shard
+            // replacing files of another layout, may have removed some).
+            let live: HashSet<String> = table.files()?.into_iter().collect();
+            let mut actions = adds.clone();
+            actions.extend(replaced.iter().filter(|f| live.contains(*f)).map(|f| remove_action(f)));
+            Ok((Arc::clone(&schema), actions, info.clone()))
+        })?;
+        files_removed += replaced.len();
         versions.insert("history".into(), Some(v));
     }
 
-    // The runs commit: the whole table, rebuilt.
-    let mut runs = RunsTable::new(&planned.plan.identity_columns, planned.columns.groups);
-    let mut sync_columns: HashMap<String, SyncColumns> = HashMap::new();
-    let kept: Vec<(&String, &mut SyncedRun)> =
-        table_runs.iter_mut().filter(|(key, _)| !new_runs.contains_key(*key) && !dropped.contains(key)).collect();
-    let kinds = column_kinds(kept.iter().map(|(_, r)| &r.data).chain(new_runs.values().map(|r| &r.data)));
-    for (key, r) in kept.into_iter().chain(new_runs.iter_mut()) {
-        sync_columns.insert(r.data.identity.run_id.clone(), r.sync_columns(key, &kinds));
-        runs.push(&mut r.data);
-    }
-    let batch = with_sync_columns(runs.build()?, &sync_columns)?;
-    let rel = format!("part-{sync_id}-runs.parquet");
-    let path = runs_table.path.join(&rel);
+    // The runs commit: the whole table, rebuilt: this sync's runs, and the
+    // other shards' rows as the table holds them when it commits.
+    let mut own: Vec<(String, SyncedRun)> = table_runs
+        .iter()
+        .filter(|(key, _)| !new_runs.contains_key(*key) && !dropped.contains(key))
+        .chain(new_runs.iter())
+        .map(|(k, r)| (k.clone(), r.clone()))
+        .collect();
+    let own_keys: HashSet<String> = own.iter().map(|(k, _)| k.clone()).collect();
     let props = writer_properties(&planned.provenance, "runs", &["run_id", "source", "state"], &[]);
-    let props = if batch.num_columns() > crate::output::WIDE_TABLE_COLUMNS {
-        props.into_builder().set_compression(parquet::basic::Compression::SNAPPY).build()
-    } else {
-        props
-    };
-    {
-        let file = File::create(&path).map_err(|e| Error::write(path.display(), e))?;
-        let mut w = ParallelWriter::try_new(BufWriter::new(file), batch.schema(), props)
-            .map_err(|e| Error::Parquet { path: path.display().to_string(), source: e })?;
-        w.write(&batch).map_err(|e| Error::Parquet { path: path.display().to_string(), source: e })?;
-        let out = w.close().map_err(|e| Error::Parquet { path: path.display().to_string(), source: e })?;
-        let file = out.into_inner().map_err(|e| Error::write(path.display(), e.into_error()))?;
-        file.sync_all().map_err(|e| Error::write(path.display(), e))?;
-    }
-    let mut actions = vec![add_action(&runs_table.path, &rel)?];
-    if let deltalake::kernel::Action::Add(a) = &actions[0] {
-        bytes += a.size as u64;
-    }
-    let old_runs_files = runs_table.files()?;
-    files_added += 1;
-    files_removed += old_runs_files.len();
-    for f in &old_runs_files {
-        actions.push(remove_action(f));
-    }
-    let sequence = runtime.block_on(runs_table.txn_version(&app_id))?.map_or(0, |v| v + 1);
-    actions.push(txn(&app_id, sequence));
     let info = commit_info(&planned.provenance, &counts, versions["history"]);
-    let v = runtime.block_on(runs_table.commit(&batch.schema(), &settings, actions, info))?;
+    let mut attempt = 0;
+    let mut runs_bytes = 0;
+    let mut runs_removed = 0;
+    let mut written: Option<PathBuf> = None;
+    let v = committing.commit(&mut runs_table, runs_seq, &mut retries, |table| {
+        // The file of an attempt that lost to another shard's commit was never committed.
+        if let Some(old) = written.take() {
+            let _ = std::fs::remove_file(old);
+        }
+        let others: Vec<(String, SyncedRun)> = if opts.shard.is_some() {
+            read_table_runs(table, &planned)?
+                .into_iter()
+                .filter(|(key, _)| !owner.owns_run(key) && !own_keys.contains(key))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut all: Vec<(String, SyncedRun)> = own.clone();
+        all.extend(others);
+        let batch = runs_batch(&planned, &mut all)?;
+        let rel = format!("part-{sync_id}-runs-{attempt}.parquet");
+        attempt += 1;
+        write_runs_file(&table.path.join(&rel), &batch, props.clone())?;
+        written = Some(table.path.join(&rel));
+        let add = add_action(&table.path, &rel)?;
+        if let deltalake::kernel::Action::Add(a) = &add {
+            runs_bytes = a.size as u64;
+        }
+        let mut actions = vec![add];
+        let old = table.files()?;
+        runs_removed = old.len();
+        actions.extend(old.iter().map(|f| remove_action(f)));
+        Ok((batch.schema(), actions, info.clone()))
+    })?;
+    own.clear();
+    bytes += runs_bytes;
+    files_added += 1;
+    files_removed += runs_removed;
     versions.insert("runs".into(), Some(v));
     drop(spill);
-    let unreferenced_removed = remove_unreferenced(&[&runs_table, &history_table], Some(started_at))?;
+    let unreferenced_removed = remove_unreferenced(&[&runs_table, &history_table], Some(started_at), owner)?;
 
     Ok(SyncSummary {
         runs: counts,
@@ -741,6 +838,8 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
         unreferenced_removed,
         versions,
         committed: true,
+        shard: opts.shard.map(|s| s.to_string()),
+        commit_retries: retries,
         bytes,
         failures,
         records,
@@ -750,12 +849,45 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
     })
 }
 
+/// The runs table of `runs` (keyed by their labels), with the sync columns.
+fn runs_batch(planned: &Planned, runs: &mut [(String, SyncedRun)]) -> Result<RecordBatch> {
+    let mut table = RunsTable::new(&planned.plan.identity_columns, planned.columns.groups);
+    let kinds = column_kinds(runs.iter().map(|(_, r)| &r.data));
+    let mut sync_columns: HashMap<String, SyncColumns> = HashMap::new();
+    for (key, r) in runs.iter_mut() {
+        sync_columns.insert(r.data.identity.run_id.clone(), r.sync_columns(key, &kinds));
+        table.push(&mut r.data);
+    }
+    with_sync_columns(table.build()?, &sync_columns)
+}
+
+/// Writes the runs table's file, synced to disk.
+fn write_runs_file(path: &Path, batch: &RecordBatch, props: parquet::file::properties::WriterProperties) -> Result<()> {
+    let props = if batch.num_columns() > crate::output::WIDE_TABLE_COLUMNS {
+        props.into_builder().set_compression(parquet::basic::Compression::SNAPPY).build()
+    } else {
+        props
+    };
+    let shown = || path.display().to_string();
+    let file = File::create(path).map_err(|e| Error::write(shown(), e))?;
+    let mut w = ParallelWriter::try_new(BufWriter::new(file), batch.schema(), props)
+        .map_err(|e| Error::Parquet { path: shown(), source: e })?;
+    w.write(batch).map_err(|e| Error::Parquet { path: shown(), source: e })?;
+    let out = w.close().map_err(|e| Error::Parquet { path: shown(), source: e })?;
+    let file = out.into_inner().map_err(|e| Error::write(shown(), e.into_error()))?;
+    file.sync_all().map_err(|e| Error::write(shown(), e))
+}
+
 /// Removes what a killed sync wrote and never committed (see
 /// [`DeltaDir::remove_unreferenced`]); returns how many files.
-fn remove_unreferenced(tables: &[&DeltaDir], written_before: Option<std::time::SystemTime>) -> Result<usize> {
+fn remove_unreferenced(
+    tables: &[&DeltaDir],
+    written_before: Option<std::time::SystemTime>,
+    owner: Owner,
+) -> Result<usize> {
     let mut removed = 0;
     for t in tables {
-        let gone = t.remove_unreferenced(written_before)?;
+        let gone = t.remove_unreferenced(written_before, &|name| owner.owns_file(name))?;
         if !gone.is_empty() {
             tracing::info!(table = %t.path.display(), files = ?gone, "removed files no version refers to");
         }
@@ -772,19 +904,100 @@ fn is_live(identity: &RunIdentity) -> bool {
 
 /// What the tables were synced with; a later sync with other settings is
 /// refused unless `--full-refresh`.
-fn settings(planned: &Planned) -> Vec<(String, String)> {
+fn settings(planned: &Planned, shard: Option<Shard>) -> Vec<(String, String)> {
     vec![
         ("runport.source".into(), planned.provenance.source.clone()),
         ("runport.source_kind".into(), planned.provenance.source_kind.clone()),
         ("runport.selection".into(), planned.provenance.selection.clone()),
         ("runport.history".into(), if planned.plan.history { "long" } else { "none" }.into()),
+        (SHARDS_SETTING.into(), shard.map_or(1, |s| s.count).to_string()),
     ]
 }
 
-/// The `txn` application id of a source and selection.
-fn app_id(settings: &[(String, String)]) -> String {
+/// The shard count a table was synced with (tables without it: 1).
+const SHARDS_SETTING: &str = "runport.shards";
+
+/// Refuses tables synced with other settings.
+fn check_settings(table: &DeltaDir, settings: &[(String, String)], shown: &Path) -> Result<()> {
+    let Some(conf) = table.configuration() else { return Ok(()) };
+    for (key, want) in settings {
+        let have = conf.get(key).map(String::as_str).unwrap_or(if key == SHARDS_SETTING { "1" } else { "" });
+        if have != want {
+            let hint = if key == SHARDS_SETTING {
+                " (runs would move between shards: give --full-refresh to every shard to rewrite them)"
+            } else {
+                "; give --full-refresh to rewrite them"
+            };
+            return Err(Error::Usage(format!(
+                "{}: the tables were synced with {key} {have:?}, not {want:?}{hint}",
+                shown.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Commits of one sync: on a conflict with another shard's commit, made
+/// again on a fresh snapshot.
+struct Committing<'a> {
+    runtime: &'a tokio::runtime::Runtime,
+    app_id: &'a str,
+    settings: &'a [(String, String)],
+    opts: &'a SyncOptions,
+}
+
+/// Commits made again at most this many times.
+const COMMIT_ATTEMPTS: usize = 30;
+
+impl Committing<'_> {
+    /// Commits what `build` makes of the table (its schema, actions and
+    /// commit info) with this sync's `txn` (`seq`: the one the table held
+    /// when the sync began). When the commit conflicts with another's, the
+    /// table is loaded again and, unless a commit of this sync's own
+    /// application id came in between (the same sync, running twice: that
+    /// one wins), `build` makes the commit again.
+    fn commit(
+        &self,
+        table: &mut DeltaDir,
+        seq: Option<i64>,
+        retries: &mut usize,
+        mut build: impl FnMut(
+            &DeltaDir,
+        )
+            -> Result<(SchemaRef, Vec<deltalake::kernel::Action>, HashMap<String, serde_json::Value>)>,
+    ) -> Result<u64> {
+        let mut attempt = 0;
+        loop {
+            let (schema, mut actions, info) = build(table)?;
+            actions.push(txn(self.app_id, seq.map_or(0, |v| v + 1)));
+            match self.runtime.block_on(table.commit(&schema, self.settings, actions, info)) {
+                Ok(v) => return Ok(v),
+                Err(Error::CommitConflict { table: shown, detail }) if self.opts.shard.is_some() => {
+                    attempt += 1;
+                    self.runtime.block_on(table.load())?;
+                    let now = self.runtime.block_on(table.txn_version(self.app_id))?;
+                    if now != seq || attempt >= COMMIT_ATTEMPTS {
+                        return Err(Error::CommitConflict { table: shown, detail });
+                    }
+                    if !self.opts.full_refresh {
+                        check_settings(table, self.settings, &self.opts.table)?;
+                    }
+                    *retries += 1;
+                    tracing::debug!(table = %shown, attempt, %detail, "commit conflict with another shard: again");
+                    // Shards that conflict start again apart.
+                    std::thread::sleep(std::time::Duration::from_millis(5 + 17 * (attempt as u64 % 7)));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// The `txn` application id of a source and selection (and shard).
+fn app_id(settings: &[(String, String)], shard: Option<Shard>) -> String {
+    let shard = shard.map(|s| ("runport.shard".to_string(), s.to_string()));
     let mut h: u64 = 0xcbf29ce484222325;
-    for (k, v) in settings {
+    for (k, v) in settings.iter().chain(shard.as_ref()) {
         for b in k.bytes().chain([0]).chain(v.bytes()).chain([0]) {
             h ^= u64::from(b);
             h = h.wrapping_mul(0x100000001b3);
@@ -1038,6 +1251,29 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn shards_are_pinned_and_parsed() {
+        // FNV-1a 64 of the key's bytes, modulo N: these never change.
+        for (key, of4, of7) in [("std-long", 3, 5), ("std-config", 3, 3), ("abc123", 1, 2), ("run-0001", 2, 4)] {
+            assert_eq!((Shard::of(key, 4), Shard::of(key, 7)), (of4, of7), "{key}");
+        }
+        assert_eq!(Shard::of("anything", 1), 0);
+        assert_eq!(Shard::parse("3/4").unwrap(), Shard { index: 3, count: 4 });
+        for bad in ["4/4", "1/0", "x/2", "2", "-1/3", ""] {
+            assert!(Shard::parse(bad).unwrap_err().contains("expected K/N"), "{bad}");
+        }
+        let owner = Owner(Some(Shard { index: 1, count: 4 }));
+        assert!(owner.owns_run("abc123") && !owner.owns_run("std-long"));
+        assert!(owner.owns_file("part-s1of4-1700000000-1a-42-00000.parquet"));
+        assert!(!owner.owns_file("part-s2of4-1700000000-1a-42-00000.parquet"));
+        assert!(!owner.owns_file("part-s1of40-1700000000-1a-42-00000.parquet"));
+        assert!(!owner.foreign_file("part-s2of4-1700000000-1a-42-00000.parquet"));
+        assert!(owner.foreign_file("part-s1of2-1700000000-1a-42-00000.parquet"));
+        assert!(owner.foreign_file("part-1700000000-1a-42-00000.parquet"));
+        let all = Owner(None);
+        assert!(all.owns_run("std-long") && all.owns_file("part-s1of4-x.parquet") && !all.foreign_file("part-x"));
     }
 
     #[test]

@@ -776,6 +776,96 @@ fn unreferenced_files(table: &Path) -> Vec<String> {
     out
 }
 
+/// `runport sync --shard K/N` as a child process into `table`, its
+/// summary on stdout.
+fn shard_sync(source: &Path, table: &Path, shard: &str) -> std::process::Child {
+    runport()
+        .args(["sync".as_ref(), source.as_os_str(), table.as_os_str(), "--json".as_ref(), "--shard".as_ref()])
+        .arg(shard)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start runport")
+}
+
+/// `--shard K/N`: 4 shard processes started together (each after a random
+/// delay) sync into one table, 10 rounds: a fresh table, then the source
+/// changed (a new run, a grown one, a deleted one) and the shards again.
+/// In each round one shard is killed at a random point and run again. The
+/// tables always equal an export of the source (one unsharded sync's
+/// tables); every shard commits only its runs, racing the others through
+/// Delta's optimistic concurrency.
+#[test]
+fn four_shards_started_together_sync_into_tables_equal_to_an_export() {
+    use std::time::Duration;
+    let tmp = tempdir();
+    let (old, new) = (tmp.path().join("old"), tmp.path().join("new"));
+    let held = Held::copy_standard(&old.join("wandb"));
+    copy_dir(&old, &new);
+    held.apply(&new.join("wandb"));
+    let seed = std::env::var("RUNPORT_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    });
+    eprintln!("delays and kills from seed {seed} (RUNPORT_TEST_SEED)");
+    let mut rng = seed | 1;
+    let mut next = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let mut retries = 0;
+    for round in 0..10 {
+        let dir = tmp.path().join(format!("round-{round}"));
+        let source = dir.join("wandb");
+        let table = dir.join("table");
+        for (state, from) in [("old", &old), ("new", &new)] {
+            if source.exists() {
+                std::fs::remove_dir_all(&source).unwrap();
+            }
+            copy_dir(&from.join("wandb"), &source);
+            let killed = next(4);
+            let mut children = Vec::new();
+            for k in 0..4 {
+                std::thread::sleep(Duration::from_millis(next(150)));
+                children.push((k, shard_sync(&source, &table, &format!("{k}/4"))));
+            }
+            std::thread::sleep(Duration::from_millis(next(1500)));
+            let _ = children[killed as usize].1.kill();
+            for (k, child) in children {
+                let out = child.wait_with_output().unwrap();
+                if k == killed {
+                    continue;
+                }
+                let stdout = String::from_utf8_lossy(&out.stdout);
+                assert_eq!(
+                    out.status.code(),
+                    Some(0),
+                    "round {round} ({state}), shard {k}/4:\n{stdout}\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                retries += last_json_line(&stdout)["commit_retries"].as_u64().unwrap();
+            }
+            // The killed shard, run again.
+            let again = sync(&source, &table, &["--shard", &format!("{killed}/4")], 0);
+            assert_eq!(again["shard"], format!("{killed}/4"), "{again}");
+            assert_same_as_export(&source, &table, &dir, &format!("round-{round}-{state}"));
+            for t in ["history", "runs"] {
+                let unreferenced = unreferenced_files(&table.join(t));
+                // Only the killed shard's own files may be left (for its next commit to remove).
+                assert!(
+                    unreferenced.iter().all(|f| f.contains(&format!("s{killed}of4")) || f.contains(".json#")),
+                    "round {round}: {t}: {unreferenced:?}"
+                );
+            }
+        }
+        // Another shard count is refused without --full-refresh.
+        sync(&source, &table, &["--shard", "0/2"], 2);
+        sync(&source, &table, &[], 2);
+    }
+    eprintln!("commit retries over the rounds: {retries}");
+}
+
 /// The latest version of `TABLE/history` and `TABLE/runs`, from their logs.
 fn delta_versions(table: &Path) -> Vec<u64> {
     ["history", "runs"]
