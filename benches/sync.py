@@ -2,7 +2,7 @@
 """`runport sync` on W&B local files or the W&B API: what a sync costs against what changed.
 
     target/testbed-venv/bin/python benches/sync.py [--source files|api] [--runs N] [--steps 10000]
-        [--keys 10] [--changed 0.02] [--new 0.01] [--no-build]
+        [--keys 10] [--changed 0.02] [--new 0.01] [--cut 0.8] [--shards 4] [--no-build]
 
 --source api (default --runs 1000): the W&B API test server's synthetic runs
 (tests/testbed/wandb_server.py --synthetic RUNS:STEPS:KEYS, history files
@@ -13,6 +13,11 @@ share, 0.8); before the last
 sync those runs grow back to all their rows and the hidden runs appear. The
 server's own request accounting is printed beside runport's. Ratios: full
 sync / export time, and changed sync / full sync time, requests and bytes.
+Then (--shards N, default 4; 1 for none) the full sync's state synced again
+by N shard processes (`--shard K/N`) started together into a fresh table:
+each shard's wall, CPU, peak RSS, requests, bytes and commit retries, and
+their sums against the one-process full sync (target: requests and bytes
+within 2%: sharding adds only the per-shard listing).
 
 --source files (default --runs 100):
 
@@ -83,6 +88,9 @@ def main() -> int:
     ap.add_argument("--new", type=float, default=0.01, help="share of runs added before the last sync")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--data", default=str(ROOT / "target" / "bench-data" / "sync"))
+    ap.add_argument("--shards", type=int, default=4,
+                    help="api: then N shard processes (--shard K/N) started together into a fresh table "
+                         "(1: none)")
     ap.add_argument("--cut", type=float, default=0.8,
                     help="api: share of a changed run's rows served at the first sync (0.8)")
     ap.add_argument("--no-build", action="store_true")
@@ -209,6 +217,8 @@ def api_main(args, python: str) -> int:
         shutil.rmtree(work / "warm", ignore_errors=True)
         baseline = api("export", [str(RUNPORT), "export", uri, "-o", str(export), "--json"])
         full = api("full sync", [str(RUNPORT), "sync", uri, str(table), "--json"])
+        # The same state, synced by N shard processes at once into a table of their own.
+        shards = sharded_full_sync(args.shards, uri, work, base, logs, env) if args.shards > 1 else None
         unchanged = api("unchanged sync", [str(RUNPORT), "sync", uri, str(table), "--json"])
         admin(base, "/_testbed/rows", {"runs": growing, "rows": None})
         admin(base, "/_testbed/hide", {"runs": []})
@@ -234,7 +244,62 @@ def api_main(args, python: str) -> int:
     print(f"changed sync / full sync: wall {changed.seconds / full.seconds:.3f}, requests "
           f"{ch['requests'] / max(1, fh['requests']):.3f}, bytes {ch['bytes'] / max(1, fh['bytes']):.3f} "
           f"(targets <= 0.05)")
+    if shards:
+        print_shards(args.shards, shards, full)
     return 0
+
+
+def sharded_full_sync(n: int, uri: str, work: Path, base: str, logs: Path, env: dict) -> tuple[list, float, dict]:
+    """N shard processes (`--shard K/N`) started together into a fresh
+    table: each measured as a child process; the wall time is the last
+    one's end."""
+    import threading
+    from compare_wandb_api import admin
+
+    table = work / "table-shards"
+    admin(base, "/_testbed/reset", {"requests": True})
+    measured: list = [None] * n
+
+    def one(k: int) -> None:
+        argv = [str(RUNPORT), "sync", uri, str(table), "--json", "--shard", f"{k}/{n}", "--base-url", base]
+        measured[k] = run_child(Measured(f"shard {k} of {n}"), argv, logs, ROOT, env)
+
+    log(f"{n} shards into {table}")
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    for m in measured:
+        if m.status != 0 or m.last_json() is None:
+            log(f"{m.name} failed (exit {m.status}); see {logs}\n{m.stderr[-3000:]}")
+            raise SystemExit(1)
+        m.summary = m.last_json()
+    return measured, wall, admin(base, "/_testbed/requests")
+
+
+def print_shards(n: int, shards: tuple[list, float, dict], full: Measured) -> None:
+    measured, wall, served = shards
+    print()
+    print(f"{n} shards started together into a fresh table (the full sync above: one process)")
+    print(f"{'shard':<10} {'wall s':>7} {'cpu s':>6} {'RSS MiB':>8} {'runs':>5} {'requests':>9} {'MB':>8} "
+          f"{'retries':>7}")
+    for m in measured:
+        http = m.summary.get("http") or {}
+        print(f"{m.summary.get('shard', '?'):<10} {m.seconds:>7.2f} {m.user_s + m.sys_s:>6.2f} {m.rss_mib:>8.0f} "
+              f"{m.summary['runs']['new']:>5} {http.get('requests', 0):>9,} {http.get('bytes', 0) / 1e6:>8.1f} "
+              f"{m.summary.get('commit_retries', 0):>7}")
+    requests = sum((m.summary.get("http") or {}).get("requests", 0) for m in measured)
+    nbytes = sum((m.summary.get("http") or {}).get("bytes", 0) for m in measured)
+    fh = full.summary["http"]
+    retries = sum(m.summary.get("commit_retries", 0) for m in measured)
+    print(f"all shards: wall {wall:.2f} s (one process: {full.seconds:.2f} s), requests {requests:,} "
+          f"(served {served.get('total', 0):,}; one process: {fh['requests']:,}, ratio "
+          f"{requests / max(1, fh['requests']):.4f}), bytes {nbytes / 1e6:.1f} MB (ratio "
+          f"{nbytes / max(1, fh['bytes']):.4f}; target: within 2%), commit retries {retries}, "
+          f"peak RSS per shard {max(m.rss_mib for m in measured):.0f} MiB at most")
 
 
 def list_run_ids(base: str, key: str, info: dict) -> list[str]:

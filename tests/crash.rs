@@ -132,7 +132,7 @@ fn slowed_export(source: &Path, out: &Path, extra: &[&str], renames: Renames, lo
     for i in &injections {
         cmd.args(["-e", i]);
     }
-    cmd.arg(env!("CARGO_BIN_EXE_runport"))
+    cmd.arg(runport_bin())
         .arg("export")
         .arg(source)
         .arg("-o")

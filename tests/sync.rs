@@ -59,7 +59,7 @@ fn sync(source: &Path, table: &Path, args: &[&str], want_code: i32) -> serde_jso
 }
 
 /// Returns the `runs` table's id (its metadata id).
-fn assert_same_as_export(source: &Path, table: &Path, scratch: &Path, what: &str) -> String {
+pub(crate) fn assert_same_as_export(source: &Path, table: &Path, scratch: &Path, what: &str) -> String {
     let export = scratch.join(format!("export-{what}"));
     export_json(source, &export, &[], 0);
     assert_same_as(table, &export, what)
@@ -663,7 +663,7 @@ fn traced_sync_logged(source: &Path, table: &Path, strace_args: &[&str], log: Op
     std::process::Command::new("strace")
         .args(["-f", "-qq", "-o", "/dev/null"])
         .args(strace_args)
-        .arg(env!("CARGO_BIN_EXE_runport"))
+        .arg(runport_bin())
         .arg("sync")
         .arg(source)
         .arg(table)

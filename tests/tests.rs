@@ -6,6 +6,7 @@ mod crash;
 mod harness;
 mod large_runs;
 mod mlflow;
+mod orchestrators;
 mod sync;
 mod wandb_api;
 mod wandb_api_large;

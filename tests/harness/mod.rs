@@ -48,7 +48,7 @@ pub fn fnv(parts: &[&[u8]]) -> u64 {
     h
 }
 
-fn run_checked(cmd: &mut Command, what: &str) -> Output {
+pub fn run_checked(cmd: &mut Command, what: &str) -> Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("{what}: cannot start {cmd:?}: {e}"));
     if !out.status.success() {
         panic!(
@@ -72,6 +72,12 @@ pub fn python() -> PathBuf {
 /// extension's package pins a DuckDB of its own).
 pub fn duckdb_python() -> PathBuf {
     venv_python("duckdb-venv", "requirements-duckdb.txt")
+}
+
+/// The Python of the orchestrator recipes' tests (Dagster, maturin, PyYAML):
+/// `target/orchestrator-venv` from `tests/testbed/requirements-orchestrators.txt`.
+pub fn orchestrator_python() -> PathBuf {
+    venv_python("orchestrator-venv", "requirements-orchestrators.txt")
 }
 
 /// `target/NAME/bin/python`, the venv created from `tests/testbed/REQUIREMENTS`
@@ -194,8 +200,41 @@ pub fn scenario_run_id(dir: &Path, name: &str) -> String {
         .to_string()
 }
 
+/// The runport binary this test process runs: a hard link to the one cargo
+/// built, made once per process. The wheel test builds runport again with
+/// maturin in the same target folder, which links a new binary at cargo's
+/// path; a test started meanwhile keeps the file it linked.
+pub fn runport_bin() -> &'static Path {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let built = Path::new(env!("CARGO_BIN_EXE_runport"));
+        let dir = target_dir().join("test-bin");
+        fs::create_dir_all(&dir).expect("create target/test-bin");
+        // Links of test processes that ended hold old binaries: removed.
+        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let pid = name.strip_prefix("runport-").and_then(|p| p.parse::<u32>().ok());
+            if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        let own = dir.join(format!("runport-{}", std::process::id()));
+        let mut last = None;
+        // The built binary is missing for an instant while it is linked again.
+        for _ in 0..100 {
+            let _ = fs::remove_file(&own);
+            match fs::hard_link(built, &own).or_else(|_| fs::copy(built, &own).map(|_| ())) {
+                Ok(()) => return own,
+                Err(e) => last = Some(e),
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("cannot link {} into {}: {last:?}", built.display(), dir.display())
+    })
+}
+
 pub fn runport() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_runport"));
+    let mut c = Command::new(runport_bin());
     c.env("RUST_LOG", "runport=warn");
     c
 }
