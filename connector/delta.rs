@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use arrow_schema::{DataType, Schema, TimeUnit};
 use deltalake::kernel::transaction::CommitBuilder;
@@ -24,6 +25,7 @@ use parquet::file::statistics::Statistics;
 use serde_json::{Map, Value, json};
 
 use crate::error::{Error, Result};
+use crate::objstore::Remote;
 
 /// Columns whose minimum and maximum go into an `add` action's statistics:
 /// the first 32, as Delta's `dataSkippingNumIndexedCols` default.
@@ -35,8 +37,13 @@ const STATS_STRING_CHARS: usize = 32;
 
 /// One Delta table of a sync's TABLE folder (`TABLE/runs`, `TABLE/history`).
 pub struct DeltaDir {
+    /// The table's folder; for a table in an object store, the local
+    /// folder where its new files are written and the files read are
+    /// downloaded.
     pub path: PathBuf,
     url: url::Url,
+    /// A table in an object store, and the runtime its requests run on.
+    remote: Option<(Remote, Arc<tokio::runtime::Runtime>)>,
     /// The table as last loaded (`None`: no table there yet).
     pub table: Option<DeltaTable>,
 }
@@ -52,24 +59,91 @@ impl DeltaDir {
         let abs = std::fs::canonicalize(path).map_err(|e| Error::write(path.display(), e))?;
         let url = url::Url::from_directory_path(&abs)
             .map_err(|()| Error::Usage(format!("{}: not a path a Delta table can live at", path.display())))?;
-        let mut dir = DeltaDir { path: abs, url, table: None };
+        let mut dir = DeltaDir { path: abs, url, remote: None, table: None };
         dir.load().await?;
         Ok(dir)
     }
 
+    /// The table in the object-store folder `remote`, its files written and
+    /// read through the local folder `staging`; requests run on `rt`.
+    pub fn open_remote(remote: Remote, staging: &Path, rt: Arc<tokio::runtime::Runtime>) -> Result<DeltaDir> {
+        std::fs::create_dir_all(staging).map_err(|e| Error::write(staging.display(), e))?;
+        let url = remote.url.clone();
+        let mut dir =
+            DeltaDir { path: staging.to_path_buf(), url, remote: Some((remote, Arc::clone(&rt))), table: None };
+        rt.block_on(dir.load())?;
+        Ok(dir)
+    }
+
+    /// Where the table is, as messages name it.
+    pub fn shown(&self) -> String {
+        match &self.remote {
+            Some((r, _)) => r.url.to_string(),
+            None => self.path.display().to_string(),
+        }
+    }
+
+    fn builder(&self) -> Result<DeltaTableBuilder> {
+        let b = DeltaTableBuilder::from_url(self.url.clone()).map_err(|e| delta_error("cannot open", &self.path, e))?;
+        Ok(match &self.remote {
+            Some((r, _)) => b.with_storage_backend(Arc::clone(&r.store), self.url.clone()),
+            None => b,
+        })
+    }
+
     /// Loads the table's newest version (none when it has no log yet).
     pub async fn load(&mut self) -> Result<()> {
-        if !self.path.join("_delta_log").exists() {
+        let exists = match &self.remote {
+            Some((r, _)) => r.has_folder("_delta_log").await?,
+            None => self.path.join("_delta_log").exists(),
+        };
+        if !exists {
             self.table = None;
             return Ok(());
         }
-        let table = DeltaTableBuilder::from_url(self.url.clone())
-            .map_err(|e| delta_error("cannot open", &self.path, e))?
+        let table = self
+            .builder()?
             .load()
             .await
-            .map_err(|e| delta_error("cannot read its log", &self.path, e))?;
+            .map_err(|e| delta_error("cannot read its log", Path::new(&self.shown()), e))?;
         self.table = Some(table);
         Ok(())
+    }
+
+    /// The local file of `rel`, a file of the table: in an object store,
+    /// downloaded into the local folder first (once).
+    pub fn fetch(&self, rel: &str) -> Result<PathBuf> {
+        let local = self.path.join(rel);
+        let Some((remote, rt)) = &self.remote else { return Ok(local) };
+        if !local.exists() {
+            let part = self.path.join(format!("{rel}.runport-download"));
+            // On a thread of its own: the caller may be inside another runtime.
+            std::thread::scope(|s| {
+                s.spawn(|| rt.block_on(remote.download(rel, &part)))
+                    .join()
+                    .unwrap_or_else(|p| std::panic::resume_unwind(p))
+            })?;
+            std::fs::rename(&part, &local).map_err(|e| Error::write(local.display(), e))?;
+        }
+        Ok(local)
+    }
+
+    /// Makes the local files `rels` files of the table: in an object store,
+    /// uploads them (the local folder's are the table's already).
+    pub fn publish(&self, rels: &[String]) -> Result<()> {
+        let Some((remote, rt)) = &self.remote else { return Ok(()) };
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                rt.block_on(async {
+                    for rel in rels {
+                        remote.upload(&self.path.join(rel), rel).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        })
     }
 
     /// The loaded table's version.
@@ -117,8 +191,16 @@ impl DeltaDir {
     pub fn remove_unreferenced(
         &self,
         written_before: Option<std::time::SystemTime>,
-        owned: &dyn Fn(&str) -> bool,
+        owned: &(dyn Fn(&str) -> bool + Sync),
     ) -> Result<Vec<String>> {
+        if let Some((remote, rt)) = &self.remote {
+            let referred: std::collections::HashSet<String> = self.files()?.into_iter().collect();
+            return std::thread::scope(|s| {
+                s.spawn(|| rt.block_on(remove_unreferenced_remote(remote, referred, written_before, owned)))
+                    .join()
+                    .unwrap_or_else(|p| std::panic::resume_unwind(p))
+            });
+        }
         let older = |entry: &std::fs::DirEntry| {
             written_before.is_some_and(|before| entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t < before))
         };
@@ -145,15 +227,8 @@ impl DeltaDir {
                 continue;
             }
             let text = std::fs::read_to_string(&path).map_err(|e| Error::write(path.display(), e))?;
-            for line in text.lines().filter(|l| !l.trim().is_empty()) {
-                let action: Value = serde_json::from_str(line)
-                    .map_err(|e| delta_error(&format!("{name} is not a Delta log"), &self.path, e))?;
-                for kind in ["add", "remove"] {
-                    if let Some(p) = action.get(kind).and_then(|a| a.get("path")).and_then(|p| p.as_str()) {
-                        referred.insert(percent_encoding::percent_decode_str(p).decode_utf8_lossy().into_owned());
-                    }
-                }
-            }
+            log_paths(&text, &mut referred)
+                .map_err(|e| delta_error(&format!("{name} is not a Delta log"), &self.path, e))?;
         }
         if written_before.is_none() {
             return Ok(removed);
@@ -226,11 +301,7 @@ impl DeltaDir {
         };
         let log_store = match &self.table {
             Some(t) => t.log_store(),
-            None => DeltaTableBuilder::from_url(self.url.clone())
-                .map_err(|e| delta_error("cannot open", &self.path, e))?
-                .build()
-                .map_err(|e| delta_error("cannot open", &self.path, e))?
-                .log_store(),
+            None => self.builder()?.build().map_err(|e| delta_error("cannot open", &self.path, e))?.log_store(),
         };
         // A table created meanwhile by another sync is not written over.
         let retries = if self.table.is_none() { 0 } else { 15 };
@@ -252,9 +323,9 @@ impl DeltaDir {
                 );
                 // Any failure while another writer committed meanwhile (its
                 // cleanup may have taken this commit's staging file) is the race.
-                let advanced = match DeltaDir::open(&self.path).await {
-                    Ok(now) => now.version() > read_version,
-                    Err(_) => false,
+                let advanced = match self.builder().ok().map(|b| b.load()) {
+                    Some(loading) => loading.await.ok().and_then(|t| t.version()) > read_version,
+                    None => false,
                 };
                 return Err(if race || advanced {
                     Error::CommitConflict { table: self.path.display().to_string(), detail: e.to_string() }
@@ -267,6 +338,58 @@ impl DeltaDir {
         self.load().await?;
         Ok(version)
     }
+}
+
+/// Adds the paths of a commit's `add` and `remove` actions to `out`.
+fn log_paths(text: &str, out: &mut std::collections::HashSet<String>) -> std::result::Result<(), serde_json::Error> {
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let action: Value = serde_json::from_str(line)?;
+        for kind in ["add", "remove"] {
+            if let Some(p) = action.get(kind).and_then(|a| a.get("path")).and_then(|p| p.as_str()) {
+                out.insert(percent_encoding::percent_decode_str(p).decode_utf8_lossy().into_owned());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Files an object store's clock may be ahead of this machine's by: an
+/// unreferenced file is removed only when older than the sync by this much.
+const CLOCK_MARGIN: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// [`DeltaDir::remove_unreferenced`] in an object store: the log's commits
+/// read to know every file some version refers to (commits there need no
+/// staging files).
+async fn remove_unreferenced_remote(
+    remote: &Remote,
+    mut referred: std::collections::HashSet<String>,
+    written_before: Option<std::time::SystemTime>,
+    owned: &(dyn Fn(&str) -> bool + Sync),
+) -> Result<Vec<String>> {
+    let Some(before) = written_before.and_then(|t| t.checked_sub(CLOCK_MARGIN)) else { return Ok(Vec::new()) };
+    let log = remote.join("_delta_log");
+    for (name, _) in log.list_files().await? {
+        if name.ends_with(".json") {
+            let local = tempfile::NamedTempFile::new().map_err(|e| Error::write("a temporary file", e))?;
+            log.download(&name, local.path()).await?;
+            let text = std::fs::read_to_string(local.path()).map_err(|e| Error::write(local.path().display(), e))?;
+            log_paths(&text, &mut referred)
+                .map_err(|e| Error::Storage { location: log.url.to_string(), reason: format!("{name}: {e}") })?;
+        }
+    }
+    let mut removed = Vec::new();
+    for (name, modified) in remote.list_files().await? {
+        if name.starts_with("part-")
+            && name.ends_with(".parquet")
+            && owned(&name)
+            && !referred.contains(&name)
+            && modified < before
+        {
+            remote.delete(&name).await?;
+            removed.push(name);
+        }
+    }
+    Ok(removed)
 }
 
 fn new_metadata(schema: &StructType, configuration: &[(String, String)]) -> Result<Metadata> {

@@ -26,6 +26,10 @@ pub enum Error {
     /// changed during the export). The run fails rather than lose values.
     #[error("history of run {run} changed while it was exported: {detail}; export again")]
     HistoryChanged { run: String, detail: String },
+    /// An object store cannot be used: a bucket missing, credentials
+    /// refused, an endpoint unreachable.
+    #[error("object store {location}: {reason}")]
+    Storage { location: String, reason: String },
     /// A commit to a Delta table lost a race: another writer committed
     /// what this one depends on since it read the table.
     #[error(

@@ -11,6 +11,7 @@ pub mod delta;
 pub mod error;
 pub mod export;
 pub mod http;
+pub mod objstore;
 pub mod output;
 pub mod pipeline;
 pub mod plan;

@@ -179,7 +179,7 @@ fn main() -> ExitCode {
         Err(e) => {
             let code = match &e {
                 Error::Usage(_) => EXIT_USAGE,
-                Error::Source { .. } => EXIT_SOURCE,
+                Error::Source { .. } | Error::Storage { .. } => EXIT_SOURCE,
                 _ => EXIT_PARTIAL,
             };
             if json_logs {

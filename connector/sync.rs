@@ -38,6 +38,7 @@ use crate::delta::{DeltaDir, add_action, remove_action, txn};
 use crate::error::{Error, Result};
 use crate::export::{Planned, RunFailure, chunk_bytes, open};
 use crate::http::HttpCounts;
+use crate::objstore::Location;
 use crate::output::dataset::OutputLock;
 use crate::output::history::long_schema;
 use crate::output::parallel::ParallelWriter;
@@ -527,21 +528,49 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
             planned.provenance.source_kind
         ))
     })?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Internal(format!("cannot start the Delta runtime: {e}")))?;
-    std::fs::create_dir_all(&opts.table).map_err(|e| Error::write(opts.table.display(), e))?;
-    // Syncs into one TABLE exclude each other (a second one exits 2); the
-    // shards of a sharded one exclude only themselves.
-    let lock_name = match opts.shard {
-        Some(s) => format!(".runport-sync-lock-{}", s.tag()),
-        None => ".runport-sync-lock".to_string(),
-    };
-    let _lock = OutputLock::acquire_for(opts.table.join(lock_name), &opts.table, "sync")?;
+    let runtime = Arc::new(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Internal(format!("cannot start the Delta runtime: {e}")))?,
+    );
     let owner = Owner(opts.shard);
-    let mut runs_table = runtime.block_on(DeltaDir::open(&opts.table.join("runs")))?;
-    let mut history_table = runtime.block_on(DeltaDir::open(&opts.table.join("history")))?;
+    let location = crate::objstore::location(&opts.table.to_string_lossy())?;
+    // A table in an object store: its new files are written, and the files
+    // read downloaded, in a local folder of the sync's own.
+    let staging = match &location {
+        Location::Remote(_) => Some(
+            tempfile::Builder::new()
+                .prefix("runport-sync-")
+                .tempdir()
+                .map_err(|e| Error::write("a temporary folder (TMPDIR)", e))?,
+        ),
+        Location::Local(_) => None,
+    };
+    let (_lock, mut runs_table, mut history_table, local_root) = match &location {
+        Location::Local(root) => {
+            std::fs::create_dir_all(root).map_err(|e| Error::write(root.display(), e))?;
+            // Syncs into one TABLE exclude each other (a second one exits
+            // 2); the shards of a sharded one exclude only themselves.
+            let lock_name = match opts.shard {
+                Some(s) => format!(".runport-sync-lock-{}", s.tag()),
+                None => ".runport-sync-lock".to_string(),
+            };
+            let lock = OutputLock::acquire_for(root.join(lock_name), root, "sync")?;
+            let runs = runtime.block_on(DeltaDir::open(&root.join("runs")))?;
+            let history = runtime.block_on(DeltaDir::open(&root.join("history")))?;
+            (Some(lock), runs, history, root.clone())
+        }
+        Location::Remote(remote) => {
+            // No lock in an object store: syncs race at their commits (see the README).
+            runtime.block_on(remote.check())?;
+            let dir = staging.as_ref().expect("invariant: a remote table has a staging folder").path();
+            let runs = DeltaDir::open_remote(remote.join("runs"), &dir.join("runs"), Arc::clone(&runtime))?;
+            let history = DeltaDir::open_remote(remote.join("history"), &dir.join("history"), Arc::clone(&runtime))?;
+            (None, runs, history, dir.to_path_buf())
+        }
+    };
     let started_at = std::time::SystemTime::now();
     let settings = settings(&planned, opts.shard);
     let mut full = opts.full_refresh || runs_table.table.is_none();
@@ -589,7 +618,7 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
         None => sync_id(),
     };
     let plan = Arc::clone(&planned.plan);
-    let spill = SpillDir::create(&opts.table.join(".history.runport-spill"))?;
+    let spill = SpillDir::create(&local_root.join(".history.runport-spill"))?;
     let schema = long_schema();
     let target = plan.history.then(|| {
         Arc::new(HistoryTarget {
@@ -636,10 +665,13 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
         let mark = data.history_mark.take().unwrap_or_default();
         // Only later steps were read: the run's earlier rows come from its file.
         let earlier = match (mark.from_step, table_runs.get(label)) {
-            (Some(_), Some(t)) => t
-                .history_file
-                .as_ref()
-                .map(|f| (dir.join(f), t.data.identity.run_id.clone(), t.mark.as_ref().map(|m| m.step))),
+            (Some(_), Some(t)) => match t.history_file.as_ref().map(|f| history_table.fetch(f)).transpose() {
+                Ok(file) => file.map(|f| (f, t.data.identity.run_id.clone(), t.mark.as_ref().map(|m| m.step))),
+                Err(e) => {
+                    fatal = Some(e);
+                    return ControlFlow::Break(());
+                }
+            },
             _ => None,
         };
         if mark.from_step.is_some() && earlier.is_none() {
@@ -730,7 +762,7 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
         }
         for (file, keys) in carry {
             let ids: HashSet<String> = keys.iter().map(|k| table_runs[k].data.identity.run_id.clone()).collect();
-            let path = history_table.path.join(&file);
+            let path = history_table.fetch(&file)?;
             let written = files.write_run(true, |out| copy_rows(&path, &ids, out, &dir))?;
             for key in keys {
                 if let Some(t) = table_runs.get_mut(&key) {
@@ -740,6 +772,7 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
         }
     }
     let written_files = files.finish()?;
+    history_table.publish(&written_files.iter().map(|(rel, _)| rel.clone()).collect::<Vec<_>>())?;
     let history_rows: u64 = written_files.iter().map(|(_, r)| r).sum::<u64>();
     let mut bytes = 0u64;
     // Only failures (their runs keep their rows): nothing to commit.
@@ -812,6 +845,7 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
         attempt += 1;
         write_runs_file(&table.path.join(&rel), &batch, props.clone())?;
         written = Some(table.path.join(&rel));
+        table.publish(std::slice::from_ref(&rel))?;
         let add = add_action(&table.path, &rel)?;
         if let deltalake::kernel::Action::Add(a) = &add {
             runs_bytes = a.size as u64;
@@ -1068,7 +1102,7 @@ fn rows_of(path: &Path, ids: HashSet<String>) -> Result<impl Iterator<Item = Res
 fn read_table_runs(table: &DeltaDir, planned: &Planned) -> Result<BTreeMap<String, SyncedRun>> {
     let mut out = BTreeMap::new();
     for rel in table.files()? {
-        let path = table.path.join(&rel);
+        let path = table.fetch(&rel)?;
         let file = File::open(&path).map_err(|e| Error::write(path.display(), e))?;
         let what = |e| Error::Parquet { path: path.display().to_string(), source: e };
         let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)

@@ -111,7 +111,7 @@ fn folders(wandb: &Path, id: &str) -> Vec<PathBuf> {
 /// The standard set's run folders, held back from a source until
 /// [`Held::apply`]: a new run (`std-config`) and a resumed run's second
 /// folder (`std-resumed` grows).
-struct Held(Vec<PathBuf>);
+pub(crate) struct Held(Vec<PathBuf>);
 
 /// `DIR/wandb` (the standard set but for the held runs) synced into
 /// `DIR/table`, then changed ([`Held::apply`]).
@@ -126,7 +126,7 @@ fn synced_then_changed(dir: &Path) -> (PathBuf, PathBuf) {
 
 impl Held {
     /// Copies the standard set into `source` but for the held folders.
-    fn copy_standard(source: &Path) -> Held {
+    pub(crate) fn copy_standard(source: &Path) -> Held {
         let set = wandb_runs("standard").join("wandb");
         let resumed = folders(&set, "std-resumed");
         assert_eq!(resumed.len(), 2, "{resumed:?}");
@@ -142,7 +142,7 @@ impl Held {
     }
 
     /// A new run, a changed run and a deleted run (`std-values`).
-    fn apply(&self, source: &Path) {
+    pub(crate) fn apply(&self, source: &Path) {
         for f in &self.0 {
             copy_dir(f, &source.join(f.file_name().unwrap()));
         }
@@ -776,6 +776,37 @@ fn unreferenced_files(table: &Path) -> Vec<String> {
     out
 }
 
+/// Starts shards `0/4` .. `3/4` (`start(shard)`) a random delay apart,
+/// kills one of them at a random point, and checks that the others exit 0;
+/// returns the killed shard's number and the others' commit retries.
+pub(crate) fn race_shards(
+    next: &mut impl FnMut(u64) -> u64,
+    what: &str,
+    start: impl Fn(&str) -> std::process::Child,
+) -> (u64, u64) {
+    use std::time::Duration;
+    let killed = next(4);
+    let mut children = Vec::new();
+    for k in 0..4 {
+        std::thread::sleep(Duration::from_millis(next(150)));
+        children.push((k, start(&format!("{k}/4"))));
+    }
+    std::thread::sleep(Duration::from_millis(next(1500)));
+    let _ = children[killed as usize].1.kill();
+    let mut retries = 0;
+    for (k, child) in children {
+        let out = child.wait_with_output().unwrap();
+        if k == killed {
+            continue;
+        }
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{what}, shard {k}/4:\n{stdout}\n{stderr}");
+        retries += last_json_line(&stdout)["commit_retries"].as_u64().unwrap();
+    }
+    (killed, retries)
+}
+
 /// `runport sync --shard K/N` as a child process into `table`, its
 /// summary on stdout.
 fn shard_sync(source: &Path, table: &Path, shard: &str) -> std::process::Child {
@@ -797,23 +828,12 @@ fn shard_sync(source: &Path, table: &Path, shard: &str) -> std::process::Child {
 /// Delta's optimistic concurrency.
 #[test]
 fn four_shards_started_together_sync_into_tables_equal_to_an_export() {
-    use std::time::Duration;
     let tmp = tempdir();
     let (old, new) = (tmp.path().join("old"), tmp.path().join("new"));
     let held = Held::copy_standard(&old.join("wandb"));
     copy_dir(&old, &new);
     held.apply(&new.join("wandb"));
-    let seed = std::env::var("RUNPORT_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
-    });
-    eprintln!("delays and kills from seed {seed} (RUNPORT_TEST_SEED)");
-    let mut rng = seed | 1;
-    let mut next = move |n: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % n
-    };
+    let mut next = seeded_rng("delays and kills");
     let mut retries = 0;
     for round in 0..10 {
         let dir = tmp.path().join(format!("round-{round}"));
@@ -824,28 +844,9 @@ fn four_shards_started_together_sync_into_tables_equal_to_an_export() {
                 std::fs::remove_dir_all(&source).unwrap();
             }
             copy_dir(&from.join("wandb"), &source);
-            let killed = next(4);
-            let mut children = Vec::new();
-            for k in 0..4 {
-                std::thread::sleep(Duration::from_millis(next(150)));
-                children.push((k, shard_sync(&source, &table, &format!("{k}/4"))));
-            }
-            std::thread::sleep(Duration::from_millis(next(1500)));
-            let _ = children[killed as usize].1.kill();
-            for (k, child) in children {
-                let out = child.wait_with_output().unwrap();
-                if k == killed {
-                    continue;
-                }
-                let stdout = String::from_utf8_lossy(&out.stdout);
-                assert_eq!(
-                    out.status.code(),
-                    Some(0),
-                    "round {round} ({state}), shard {k}/4:\n{stdout}\n{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-                retries += last_json_line(&stdout)["commit_retries"].as_u64().unwrap();
-            }
+            let (killed, more) =
+                race_shards(&mut next, &format!("round {round} ({state})"), |k| shard_sync(&source, &table, k));
+            retries += more;
             // The killed shard, run again.
             let again = sync(&source, &table, &["--shard", &format!("{killed}/4")], 0);
             assert_eq!(again["shard"], format!("{killed}/4"), "{again}");

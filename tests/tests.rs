@@ -6,6 +6,7 @@ mod crash;
 mod harness;
 mod large_runs;
 mod mlflow;
+mod object_store;
 mod orchestrators;
 mod sync;
 mod wandb_api;

@@ -80,6 +80,27 @@ pub fn orchestrator_python() -> PathBuf {
     venv_python("orchestrator-venv", "requirements-orchestrators.txt")
 }
 
+/// Random numbers below `n` (`next(n)`) for `what`, from the seed in
+/// `RUNPORT_TEST_SEED` or the clock (printed, so that a run can be repeated).
+pub fn seeded_rng(what: &str) -> impl FnMut(u64) -> u64 {
+    let seed = std::env::var("RUNPORT_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    });
+    eprintln!("{what} from seed {seed} (RUNPORT_TEST_SEED)");
+    let mut rng = seed | 1;
+    move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    }
+}
+
+/// [`venv_python`] for test modules with venvs of their own.
+pub fn venv_python_pub(name: &str, requirements: &str) -> PathBuf {
+    venv_python(name, requirements)
+}
+
 /// `target/NAME/bin/python`, the venv created from `tests/testbed/REQUIREMENTS`
 /// when missing or out of date.
 fn venv_python(name: &str, requirements: &str) -> PathBuf {
