@@ -208,6 +208,71 @@ fn unify_kinds(kinds: &mut BTreeMap<String, ColumnKind>, more: &BTreeMap<String,
 /// Exports the source into `opts.out`. Per-run failures are in the summary;
 /// `Err` means nothing was committed.
 pub fn export(opts: &ExportOptions) -> Result<ExportSummary> {
+    match crate::objstore::location(&opts.out.to_string_lossy())? {
+        crate::objstore::Location::Local(out) => export_local(&ExportOptions { out, ..opts.clone() }),
+        crate::objstore::Location::Remote(remote) => export_remote(opts, &remote),
+    }
+}
+
+/// An export into an object store's folder, which must hold nothing yet:
+/// written on local disk (in `TMPDIR`) as any export, then uploaded, the
+/// data files first and `_manifest.json` last. A reader listing the folder
+/// meanwhile sees some data files and no manifest; a failed upload deletes
+/// what it uploaded.
+fn export_remote(opts: &ExportOptions, remote: &crate::objstore::Remote) -> Result<ExportSummary> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Internal(format!("cannot start the upload runtime: {e}")))?;
+    rt.block_on(remote.check())?;
+    if rt.block_on(remote.has_folder(""))? {
+        return Err(Error::Usage(format!(
+            "{} holds objects already: export into a fresh prefix (for a prefix kept up to date, use runport sync: a Delta table)",
+            remote.url
+        )));
+    }
+    let staging = tempfile::Builder::new()
+        .prefix("runport-export-")
+        .tempdir()
+        .map_err(|e| Error::write("a temporary folder (TMPDIR)", e))?;
+    let local = staging.path().join("out");
+    let mut summary = export_local(&ExportOptions { out: local.clone(), ..opts.clone() })?;
+    let mut files = Vec::new();
+    let mut stack = vec![local.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).map_err(|e| Error::write(dir.display(), e))? {
+            let path = entry.map_err(|e| Error::write(dir.display(), e))?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(rel) = path.strip_prefix(&local) {
+                files.push(rel.to_string_lossy().into_owned());
+            }
+        }
+    }
+    // The manifest last: a reader that waits for it sees a whole export.
+    files.sort_by_key(|f| (f == crate::output::dataset::MANIFEST, f.clone()));
+    let mut sent = Vec::new();
+    let uploaded = rt.block_on(async {
+        for rel in &files {
+            remote.upload(&local.join(rel), rel).await?;
+            sent.push(rel.clone());
+        }
+        Ok::<(), Error>(())
+    });
+    if let Err(e) = uploaded {
+        rt.block_on(async {
+            for rel in &sent {
+                let _ = remote.delete(rel).await;
+            }
+        });
+        return Err(e);
+    }
+    summary.out = remote.url.to_string();
+    Ok(summary)
+}
+
+fn export_local(opts: &ExportOptions) -> Result<ExportSummary> {
     let started = Instant::now();
     let planned = open(&opts.source, opts.selection.as_deref(), opts.history, opts.concurrency, &opts.options)?;
     let plan = Arc::clone(&planned.plan);

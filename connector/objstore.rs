@@ -145,7 +145,7 @@ impl Remote {
 
     /// The object of `rel` (a path relative to the folder).
     pub fn object(&self, rel: &str) -> StorePath {
-        rel.split('/').fold(self.prefix.clone(), |p, part| p.join(part))
+        rel.split('/').filter(|part| !part.is_empty()).fold(self.prefix.clone(), |p, part| p.join(part))
     }
 
     fn error(&self, e: object_store::Error) -> Error {

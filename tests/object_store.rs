@@ -15,39 +15,69 @@ use crate::harness::*;
 struct Moto {
     child: Child,
     endpoint: String,
+    /// The access key id and secret runport is given.
+    key: (String, String),
 }
+
+/// Creates the bucket; with keys checked, also a user allowed everything,
+/// and prints its access key id and secret.
+const MOTO_SETUP: &str = r#"
+import sys, json, boto3
+endpoint, auth = sys.argv[1], sys.argv[2] == "auth"
+kw = dict(endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1")
+boto3.client("s3", **kw).create_bucket(Bucket="lake")
+if auth:
+    iam = boto3.client("iam", **kw)
+    iam.create_user(UserName="runport")
+    allow = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+    iam.put_user_policy(UserName="runport", PolicyName="all", PolicyDocument=json.dumps(allow))
+    key = iam.create_access_key(UserName="runport")["AccessKey"]
+    print(key["AccessKeyId"], key["SecretAccessKey"])
+else:
+    print("testing testing")
+"#;
 
 impl Moto {
     fn start() -> Moto {
+        Moto::start_checking(false)
+    }
+
+    /// With `auth`, moto checks keys after the setup's first 4 requests.
+    fn start_checking(auth: bool) -> Moto {
         let python = venv_python_pub("s3-venv", "requirements-s3.txt");
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new(python.with_file_name("moto_server"))
+        let mut server = Command::new(python.with_file_name("moto_server"));
+        if auth {
+            server.env("INITIAL_NO_AUTH_ACTION_COUNT", "4");
+        }
+        let child = server
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start moto_server");
         let endpoint = format!("http://127.0.0.1:{port}");
-        let moto = Moto { child, endpoint };
+        let mut moto = Moto { child, endpoint, key: Default::default() };
         let deadline = Instant::now() + Duration::from_secs(60);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "moto_server did not start on {}", moto.endpoint);
             std::thread::sleep(Duration::from_millis(100));
         }
-        let create = format!(
-            "import boto3; boto3.client('s3', endpoint_url='{}', aws_access_key_id='testing', \
-             aws_secret_access_key='testing', region_name='us-east-1').create_bucket(Bucket='lake')",
-            moto.endpoint
+        let out = run_checked(
+            Command::new(&python).arg("-c").arg(MOTO_SETUP).arg(&moto.endpoint).arg(if auth { "auth" } else { "open" }),
+            "creating the bucket",
         );
-        run_checked(Command::new(&python).arg("-c").arg(create), "creating the bucket");
+        let out = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (id, secret) = out.trim().split_once(' ').expect("a key id and secret");
+        moto.key = (id.to_string(), secret.to_string());
         moto
     }
 
     /// The environment runport reads its S3 settings from.
     fn env(&self) -> Vec<(&'static str, String)> {
         vec![
-            ("AWS_ACCESS_KEY_ID", "testing".into()),
-            ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+            ("AWS_ACCESS_KEY_ID", self.key.0.clone()),
+            ("AWS_SECRET_ACCESS_KEY", self.key.1.clone()),
             ("AWS_REGION", "us-east-1".into()),
             ("AWS_ENDPOINT_URL", self.endpoint.clone()),
             ("AWS_ALLOW_HTTP", "true".into()),
@@ -145,6 +175,73 @@ fn sync_into_s3_follows_the_source_as_on_local_disk() {
     // A new run, a resumed run's second folder, a deleted run.
     assert_eq!((&runs["new"], &runs["changed"], &runs["deleted"]), (&1.into(), &1.into(), &1.into()), "{changed}");
     moto.assert_same_as_export(&source, table, tmp.path(), "s3-changed");
+}
+
+/// With keys checked, the right key syncs and a wrong secret fails with
+/// exit 3, naming the location and not the secret, with nothing written.
+#[test]
+fn a_wrong_s3_key_fails_clearly_and_writes_nothing() {
+    let moto = Moto::start_checking(true);
+    let source = wandb_runs("standard").join("wandb");
+    moto.sync(&source, "s3://lake/right", &[], 0);
+    let mut wrong = moto.runport();
+    wrong.env("AWS_SECRET_ACCESS_KEY", "not-the-secret-0123456789");
+    let out = wrong.args(["sync".as_ref(), source.as_os_str(), "s3://lake/wrong".as_ref()]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("s3://lake/wrong") && stderr.contains("SignatureDoesNotMatch"), "{stderr}");
+    assert!(!stderr.contains("not-the-secret") && !stderr.contains(&moto.key.1), "secret printed: {stderr}");
+    let out = moto
+        .runport()
+        .args(["sync".as_ref(), source.as_os_str(), "s3://lake/wrong".as_ref(), "--json".as_ref()])
+        .output()
+        .unwrap();
+    // The right key finds no table there: nothing was written by the refused sync.
+    let first = last_json_line(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!((&first["versions"]["runs"], &first["runs"]["unchanged"]), (&0.into(), &0.into()), "{first}");
+}
+
+/// An export into an S3 prefix equals one on local disk (read back over
+/// S3), `_manifest.json` uploaded last; a prefix that holds objects is
+/// refused (exit 2).
+#[test]
+fn export_into_s3_equals_a_local_export() {
+    let moto = Moto::start();
+    let tmp = tempdir();
+    let source = wandb_runs("standard").join("wandb");
+    let out = moto
+        .runport()
+        .args(["export".as_ref(), source.as_os_str(), "-o".as_ref(), "s3://lake/export".as_ref(), "--json".as_ref()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(last_json_line(&stdout)["out"], "s3://lake/export/");
+    let local = tmp.path().join("local");
+    export_json(&source, &local, &[], 0);
+    let options = serde_json::json!(moto.env().into_iter().collect::<std::collections::BTreeMap<_, _>>());
+    const SAME: &str = r#"
+import sys, json
+import polars as pl
+from polars.testing import assert_frame_equal
+remote, local, options = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+opts = {k.lower(): v for k, v in options.items()}
+for name, by in [("runs.parquet", ["run_id"]), ("history/*.parquet", ["run_id", "key", "step"])]:
+    got = pl.read_parquet(f"{remote}/{name}", storage_options=opts)
+    want = pl.read_parquet(f"{local}/{name}")
+    assert_frame_equal(got.sort(by), want.sort(by), check_exact=True)
+print("same")
+"#;
+    run_checked(
+        Command::new(python()).arg("-c").arg(SAME).arg("s3://lake/export").arg(&local).arg(options.to_string()),
+        "comparing the S3 export with the local one",
+    );
+    let again = moto
+        .runport()
+        .args(["export".as_ref(), source.as_os_str(), "-o".as_ref(), "s3://lake/export".as_ref()])
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(2), "{}", String::from_utf8_lossy(&again.stderr));
 }
 
 /// A missing bucket and an unreachable endpoint each fail with exit 3 and a
