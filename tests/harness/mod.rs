@@ -96,6 +96,35 @@ pub fn seeded_rng(what: &str) -> impl FnMut(u64) -> u64 {
     }
 }
 
+/// Azurite's blob server (`azurite-blob`), the npm package `azurite` at
+/// [`AZURITE`], installed under `target/azurite` with the machine's npm when
+/// missing.
+pub fn azurite_blob() -> PathBuf {
+    const AZURITE: &str = "3.37.0";
+    let dir = target_dir().join("azurite");
+    let bin = dir.join("node_modules").join(".bin").join("azurite-blob");
+    let marker = dir.join(".runport-version");
+    if fs::read_to_string(&marker).ok().as_deref() == Some(AZURITE) && bin.exists() {
+        return bin;
+    }
+    let _guard = lock("azurite");
+    if fs::read_to_string(&marker).ok().as_deref() == Some(AZURITE) && bin.exists() {
+        return bin;
+    }
+    eprintln!("test bed: installing azurite {AZURITE} into {} (first run only)", dir.display());
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("create target/azurite");
+    run_checked(
+        Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--no-save", "--prefix"])
+            .arg(&dir)
+            .arg(format!("azurite@{AZURITE}")),
+        "installing azurite with npm (needs Node.js and npm)",
+    );
+    fs::write(&marker, AZURITE).expect("write azurite marker");
+    bin
+}
+
 /// [`venv_python`] for test modules with venvs of their own.
 pub fn venv_python_pub(name: &str, requirements: &str) -> PathBuf {
     venv_python(name, requirements)
