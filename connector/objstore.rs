@@ -46,15 +46,21 @@ const SCHEMES: &[&str] = &["s3", "s3a", "gs", "az", "abfs", "abfss", "azure"];
 /// Uploads at least this large go in parts of this size.
 const PART_BYTES: usize = 8 << 20;
 
-/// How requests to object stores are retried: a few attempts with backoff,
-/// given up within a minute (an unreachable endpoint fails in that time).
+/// Every attempt of one object-store request ends within this (an
+/// unreachable endpoint fails in that time).
+const STORE_DEADLINE: Duration = Duration::from_secs(60);
+
+/// How requests to object stores are retried: runport's retry policy (its
+/// retries and backoff, as for the sources' requests), applied by the
+/// object_store client, within [`STORE_DEADLINE`].
 fn retry() -> RetryConfig {
+    let policy = crate::http::RetryPolicy::default();
     RetryConfig {
-        max_retries: 4,
-        retry_timeout: Duration::from_secs(60),
+        max_retries: policy.max_retries,
+        retry_timeout: policy.deadline.min(STORE_DEADLINE),
         backoff: object_store::BackoffConfig {
-            init_backoff: Duration::from_millis(200),
-            max_backoff: Duration::from_secs(8),
+            init_backoff: policy.min_delay,
+            max_backoff: policy.max_delay,
             base: 2.0,
         },
     }
