@@ -262,13 +262,16 @@ pub fn runport_bin() -> &'static Path {
         fs::create_dir_all(&dir).expect("create target/test-bin");
         // Links of test processes that ended hold old binaries: removed.
         for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let pid = name.strip_prefix("runport-").and_then(|p| p.parse::<u32>().ok());
+            let pid = entry.file_name().to_string_lossy().parse::<u32>().ok();
             if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
-                let _ = fs::remove_file(entry.path());
+                let _ = fs::remove_dir_all(entry.path());
             }
         }
-        let own = dir.join(format!("runport-{}", std::process::id()));
+        // Named `runport`, in a folder of this process: tests find the
+        // processes it runs by their name.
+        let own_dir = dir.join(std::process::id().to_string());
+        fs::create_dir_all(&own_dir).expect("create target/test-bin/PID");
+        let own = own_dir.join("runport");
         let mut last = None;
         // The built binary is missing for an instant while it is linked again.
         for _ in 0..100 {
