@@ -255,28 +255,23 @@ fn read_logs(
                 }
             };
             d.counts.read += 1;
-            if is_history(rec) {
+            let peeked = peek_record_type(rec);
+            if let Ok(Some((RecordType::History, _))) = peeked {
                 d.history_records += 1;
                 if let Some(g) = gate.as_mut() {
-                    match g.pass(&at).map_err(|reason| not_appended(&shown, reason))? {
-                        Pass::Skip => {
-                            g.stash(d.counts.read, rec);
-                            continue;
-                        }
-                        Pass::Decode => {
-                            if let Some((number, stash)) = g.stashed.take() {
-                                d.state_record(number, &stash, &shown)?;
-                            }
-                        }
+                    match g.admit(d.counts.read, rec, &at).map_err(|reason| not_appended(&shown, reason))? {
+                        Pass::Skip => continue,
+                        Pass::Decode(Some((number, stash))) => d.state_record(number, &stash, &shown)?,
+                        Pass::Decode(None) => {}
                     }
                 }
             }
-            let done = d.record(rec);
+            let done = d.record_peeked(peeked);
             d.after_record(done, &shown)?;
             // Between records, so between rows.
             d.flush(sink, &shown)?;
         }
-        if let Some((number, stash)) = gate.as_mut().and_then(|g| g.stashed.take()) {
+        if let Some((number, stash)) = gate.as_mut().and_then(Continuing::end_log) {
             d.state_record(number, &stash, &shown)?;
         }
         d.log_ends.push(reader.record_end());
@@ -330,10 +325,6 @@ pub fn ends_with_exit(path: &Path) -> bool {
     last.is_some_and(|rec| matches!(peek_record_type(&rec), Ok(Some((RecordType::Exit, _)))))
 }
 
-fn is_history(rec: &[u8]) -> bool {
-    matches!(peek_record_type(rec), Ok(Some((RecordType::History, _))))
-}
-
 fn not_appended(path: &str, reason: String) -> DecodeError {
     DecodeError::NotAppended { path: path.to_string(), reason }
 }
@@ -356,9 +347,13 @@ struct Continuing<'m> {
     stashed: Option<(u64, Vec<u8>)>,
 }
 
+/// What to do with a history record ([`Continuing::admit`]).
 enum Pass {
+    /// Passed over: its rows are the table's (kept, for the run's state).
     Skip,
-    Decode,
+    /// Decoded into rows, after the log's last record passed over, when
+    /// there is one (its number and bytes), is decoded for the run's state.
+    Decode(Option<(u64, Vec<u8>)>),
 }
 
 impl<'m> Continuing<'m> {
@@ -371,8 +366,9 @@ impl<'m> Continuing<'m> {
         self.last = log + 1 == logs;
     }
 
-    /// What to do with the history record at `at`.
-    fn pass(&mut self, at: &std::ops::Range<u64>) -> Result<Pass, String> {
+    /// What to do with the history record `rec`, number `number` of the
+    /// run, at `at` in its log.
+    fn admit(&mut self, number: u64, rec: &[u8], at: &std::ops::Range<u64>) -> Result<Pass, String> {
         if at.start < self.offset {
             if at.end > self.offset {
                 return Err(format!(
@@ -381,6 +377,10 @@ impl<'m> Continuing<'m> {
                 ));
             }
             self.skipped += 1;
+            let (n, buf) = self.stashed.get_or_insert_with(|| (0, Vec::new()));
+            *n = number;
+            buf.clear();
+            buf.extend_from_slice(rec);
             return Ok(Pass::Skip);
         }
         if !self.last {
@@ -390,14 +390,13 @@ impl<'m> Continuing<'m> {
             self.reached = true;
             self.check_count()?;
         }
-        Ok(Pass::Decode)
+        Ok(Pass::Decode(self.stashed.take()))
     }
 
-    fn stash(&mut self, number: u64, rec: &[u8]) {
-        let (n, buf) = self.stashed.get_or_insert_with(|| (0, Vec::new()));
-        *n = number;
-        buf.clear();
-        buf.extend_from_slice(rec);
+    /// At the end of a log: its last record passed over, still to be
+    /// decoded for the run's state.
+    fn end_log(&mut self) -> Option<(u64, Vec<u8>)> {
+        self.stashed.take()
     }
 
     fn check_count(&self) -> Result<(), String> {
@@ -519,7 +518,12 @@ impl<'p> RunDecoder<'p> {
     }
 
     fn record(&mut self, rec: &[u8]) -> Result<(), RecordError> {
-        let Some((kind, payload)) = peek_record_type(rec)? else {
+        self.record_peeked(peek_record_type(rec))
+    }
+
+    /// [`Self::record`] of a record whose type was peeked already.
+    fn record_peeked(&mut self, peeked: Result<Option<(RecordType, &[u8])>, EnvelopeError>) -> Result<(), RecordError> {
+        let Some((kind, payload)) = peeked? else {
             return Ok(());
         };
         if !self.needs.wants(kind) {
@@ -712,19 +716,14 @@ impl<'p> RunDecoder<'p> {
                 }
             };
             self.counts.read += 1;
-            if is_history(rec) {
+            let peeked = peek_record_type(rec);
+            if let Ok(Some((RecordType::History, _))) = peeked {
                 self.history_records += 1;
                 if let Some(g) = gate.as_deref_mut() {
-                    match g.pass(&at) {
-                        Ok(Pass::Skip) => {
-                            g.stash(self.counts.read, rec);
-                            continue;
-                        }
-                        Ok(Pass::Decode) => {
-                            if let Some((number, stash)) = g.stashed.take() {
-                                batch.push(number, &stash, true);
-                            }
-                        }
+                    match g.admit(self.counts.read, rec, &at) {
+                        Ok(Pass::Skip) => continue,
+                        Ok(Pass::Decode(Some((number, stash)))) => batch.push(number, &stash, true),
+                        Ok(Pass::Decode(None)) => {}
                         Err(reason) => {
                             let _ = tx.send(batch);
                             return Err(not_appended(shown, reason));
@@ -738,13 +737,13 @@ impl<'p> RunDecoder<'p> {
                 }
                 continue;
             }
-            let done = self.record(rec);
+            let done = self.record_peeked(peeked);
             if let Err(e) = self.after_record(done, shown) {
                 let _ = tx.send(batch);
                 return Err(e);
             }
         }
-        if let Some((number, stash)) = gate.and_then(|g| g.stashed.take()) {
+        if let Some((number, stash)) = gate.and_then(Continuing::end_log) {
             batch.push(number, &stash, true);
         }
         let _ = tx.send(batch);
@@ -1534,7 +1533,7 @@ mod tests {
                 let mut log = TransactionLogReader::new(&whole_log[..cut]).unwrap();
                 let mut last_row = 0..0;
                 while let Some((rec, at)) = log.next_record_at().unwrap() {
-                    if is_history(rec) {
+                    if matches!(peek_record_type(rec), Ok(Some((RecordType::History, _)))) {
                         last_row = at;
                     }
                 }
