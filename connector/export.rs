@@ -220,11 +220,7 @@ pub fn export(opts: &ExportOptions) -> Result<ExportSummary> {
 /// meanwhile sees some data files and no manifest; a failed upload deletes
 /// what it uploaded.
 fn export_remote(opts: &ExportOptions, remote: &crate::objstore::Remote) -> Result<ExportSummary> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .map_err(|e| Error::Internal(format!("cannot start the upload runtime: {e}")))?;
+    let rt = crate::remote::io_runtime()?;
     rt.block_on(remote.check())?;
     if rt.block_on(remote.has_folder(""))? {
         return Err(Error::Usage(format!(

@@ -100,12 +100,7 @@ impl Shard {
     /// The shard of a run key among `count`: the 64-bit FNV-1a hash of its
     /// UTF-8 bytes, modulo `count`. The same in every version of runport.
     pub fn of(key: &str, count: u32) -> u32 {
-        let mut h: u64 = 0xcbf29ce484222325;
-        for b in key.bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x100000001b3);
-        }
-        (h % u64::from(count)) as u32
+        (fnv1a(key.bytes()) % u64::from(count)) as u32
     }
 
     pub fn owns(&self, key: &str) -> bool {
@@ -528,13 +523,7 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
             planned.provenance.source_kind
         ))
     })?;
-    let runtime = Arc::new(
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .map_err(|e| Error::Internal(format!("cannot start the Delta runtime: {e}")))?,
-    );
+    let runtime = Arc::new(crate::remote::io_runtime()?);
     let owner = Owner(opts.shard);
     let location = crate::objstore::location(&opts.table.to_string_lossy())?;
     // A table in an object store: its new files are written, and the files
@@ -798,21 +787,23 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
         }
         files_added += written_files.len();
         let info = commit_info(&planned.provenance, &counts, None);
+        let mut removed = 0;
         let v = committing.commit(&mut history_table, history_seq, &mut retries, |table| {
             // Only live files are removed (a killed sync, or another shard
             // replacing files of another layout, may have removed some).
             let live: HashSet<String> = table.files()?.into_iter().collect();
             let mut actions = adds.clone();
             actions.extend(replaced.iter().filter(|f| live.contains(*f)).map(|f| remove_action(f)));
+            removed = actions.len() - adds.len();
             Ok((Arc::clone(&schema), actions, info.clone()))
         })?;
-        files_removed += replaced.len();
+        files_removed += removed;
         versions.insert("history".into(), Some(v));
     }
 
     // The runs commit: the whole table, rebuilt: this sync's runs, and the
     // other shards' rows as the table holds them when it commits.
-    let mut own: Vec<(String, SyncedRun)> = table_runs
+    let own: Vec<(String, SyncedRun)> = table_runs
         .iter()
         .filter(|(key, _)| !new_runs.contains_key(*key) && !dropped.contains(key))
         .chain(new_runs.iter())
@@ -856,7 +847,6 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
         actions.extend(old.iter().map(|f| remove_action(f)));
         Ok((batch.schema(), actions, info.clone()))
     })?;
-    own.clear();
     bytes += runs_bytes;
     files_added += 1;
     files_removed += runs_removed;
@@ -1027,16 +1017,17 @@ impl Committing<'_> {
     }
 }
 
+/// The 64-bit FNV-1a hash of `bytes` (shards and `txn` ids: stable across versions).
+fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf29ce484222325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3))
+}
+
 /// The `txn` application id of a source and selection (and shard).
 fn app_id(settings: &[(String, String)], shard: Option<Shard>) -> String {
     let shard = shard.map(|s| ("runport.shard".to_string(), s.to_string()));
-    let mut h: u64 = 0xcbf29ce484222325;
-    for (k, v) in settings.iter().chain(shard.as_ref()) {
-        for b in k.bytes().chain([0]).chain(v.bytes()).chain([0]) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x100000001b3);
-        }
-    }
+    let h = fnv1a(
+        settings.iter().chain(shard.as_ref()).flat_map(|(k, v)| k.bytes().chain([0]).chain(v.bytes()).chain([0])),
+    );
     format!("runport-sync-{h:016x}")
 }
 
@@ -1294,6 +1285,9 @@ mod tests {
             assert_eq!((Shard::of(key, 4), Shard::of(key, 7)), (of4, of7), "{key}");
         }
         assert_eq!(Shard::of("anything", 1), 0);
+        // The `txn` id hashes the settings and shard the same way (tables keep it).
+        let settings = [("a".to_string(), "b".to_string())];
+        assert_eq!(app_id(&settings, Some(Shard { index: 1, count: 4 })), "runport-sync-4baf06b81c490806");
         assert_eq!(Shard::parse("3/4").unwrap(), Shard { index: 3, count: 4 });
         for bad in ["4/4", "1/0", "x/2", "2", "-1/3", ""] {
             assert!(Shard::parse(bad).unwrap_err().contains("expected K/N"), "{bad}");
