@@ -117,12 +117,7 @@ impl DeltaDir {
         let Some((remote, rt)) = &self.remote else { return Ok(local) };
         if !local.exists() {
             let part = self.path.join(format!("{rel}.runport-download"));
-            // On a thread of its own: the caller may be inside another runtime.
-            std::thread::scope(|s| {
-                s.spawn(|| rt.block_on(remote.download(rel, &part)))
-                    .join()
-                    .unwrap_or_else(|p| std::panic::resume_unwind(p))
-            })?;
+            block_on_aside(rt, remote.download(rel, &part))?;
             std::fs::rename(&part, &local).map_err(|e| Error::write(local.display(), e))?;
         }
         Ok(local)
@@ -132,17 +127,11 @@ impl DeltaDir {
     /// uploads them (the local folder's are the table's already).
     pub fn publish(&self, rels: &[String]) -> Result<()> {
         let Some((remote, rt)) = &self.remote else { return Ok(()) };
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                rt.block_on(async {
-                    for rel in rels {
-                        remote.upload(&self.path.join(rel), rel).await?;
-                    }
-                    Ok(())
-                })
-            })
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        block_on_aside(rt, async {
+            for rel in rels {
+                remote.upload(&self.path.join(rel), rel).await?;
+            }
+            Ok(())
         })
     }
 
@@ -195,11 +184,7 @@ impl DeltaDir {
     ) -> Result<Vec<String>> {
         if let Some((remote, rt)) = &self.remote {
             let referred: std::collections::HashSet<String> = self.files()?.into_iter().collect();
-            return std::thread::scope(|s| {
-                s.spawn(|| rt.block_on(remove_unreferenced_remote(remote, referred, written_before, owned)))
-                    .join()
-                    .unwrap_or_else(|p| std::panic::resume_unwind(p))
-            });
+            return block_on_aside(rt, remove_unreferenced_remote(remote, referred, written_before, owned));
         }
         let older = |entry: &std::fs::DirEntry| {
             written_before.is_some_and(|before| entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t < before))
@@ -338,6 +323,12 @@ impl DeltaDir {
         self.load().await?;
         Ok(version)
     }
+}
+
+/// Runs `work` (object-store requests) on `rt`, from a thread of its own:
+/// the caller may be inside another runtime (a source's, reading runs).
+fn block_on_aside<T: Send>(rt: &tokio::runtime::Runtime, work: impl std::future::Future<Output = T> + Send) -> T {
+    std::thread::scope(|s| s.spawn(|| rt.block_on(work)).join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
 }
 
 /// Adds the paths of a commit's `add` and `remove` actions to `out`.
