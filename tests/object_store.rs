@@ -44,7 +44,7 @@ impl Moto {
 
     /// With `auth`, moto checks keys after the setup's first 4 requests.
     fn start_checking(auth: bool) -> Moto {
-        let python = venv_python_pub("s3-venv", "requirements-s3.txt");
+        let python = venv_python("s3-venv", "requirements-s3.txt");
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let mut server = Command::new(python.with_file_name("moto_server"));
         if auth {
@@ -267,8 +267,7 @@ fn s3_errors_name_the_location_and_write_nothing() {
          aws_secret_access_key='testing', region_name='us-east-1'); print(c.list_objects_v2(Bucket='lake').get('KeyCount'))",
         moto.endpoint
     );
-    let out =
-        run_checked(Command::new(venv_python_pub("s3-venv", "requirements-s3.txt")).arg("-c").arg(list), "listing");
+    let out = run_checked(Command::new(venv_python("s3-venv", "requirements-s3.txt")).arg("-c").arg(list), "listing");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0");
 }
 
@@ -336,7 +335,7 @@ impl Azurite {
             azurite.url
         );
         run_checked(
-            Command::new(venv_python_pub("s3-venv", "requirements-s3.txt")).arg("-c").arg(create).arg(conn),
+            Command::new(venv_python("s3-venv", "requirements-s3.txt")).arg("-c").arg(create).arg(conn),
             "creating the container",
         );
         azurite

@@ -125,14 +125,9 @@ pub fn azurite_blob() -> PathBuf {
     bin
 }
 
-/// [`venv_python`] for test modules with venvs of their own.
-pub fn venv_python_pub(name: &str, requirements: &str) -> PathBuf {
-    venv_python(name, requirements)
-}
-
 /// `target/NAME/bin/python`, the venv created from `tests/testbed/REQUIREMENTS`
 /// when missing or out of date.
-fn venv_python(name: &str, requirements: &str) -> PathBuf {
+pub fn venv_python(name: &str, requirements: &str) -> PathBuf {
     let venv = target_dir().join(name);
     let py = venv.join("bin").join("python");
     let requirements = testbed_dir().join(requirements);
