@@ -223,6 +223,7 @@ fn main() {
         fs::write(dir.join(format!("seed-{i:02}")), v).unwrap();
     }
     history_files(&root.join("history_file"));
+    event_files(&root.join("event_file"));
     println!("seeds written under {}", root.display());
 }
 
@@ -269,4 +270,75 @@ fn history_files(dir: &Path) {
         w.close().unwrap();
         fs::write(dir.join(format!("seed-{name}.parquet")), out).unwrap();
     }
+}
+
+/// TensorBoard event files as tensorboardX writes them (file version,
+/// scalars, an image, a scalar tensor with plugin metadata, a text tensor,
+/// hparams, a restart), whole (first byte 0x00) and as the target's record
+/// list (first byte 0x01).
+fn event_files(dir: &Path) {
+    use runport::sources::tensorboard::event::{
+        Event, HParamsPluginData, PluginData, ProtoValue, SessionLog, SessionStartInfo, Summary, SummaryMetadata,
+        SummaryValue, TensorProto,
+    };
+    use runport::sources::tensorboard::record_reader::frame;
+    fs::create_dir_all(dir).unwrap();
+    let ev = |step: i64, f: &dyn Fn(&mut Event)| {
+        let mut e = Event { wall_time: 1.7e9 + step as f64, step, ..Default::default() };
+        f(&mut e);
+        e.encode_to_vec()
+    };
+    let value = |tag: &str, f: &dyn Fn(&mut SummaryValue)| {
+        let mut v = SummaryValue { tag: tag.into(), ..Default::default() };
+        f(&mut v);
+        v
+    };
+    let meta = |plugin: &str, content: Vec<u8>| {
+        Some(SummaryMetadata { plugin_data: Some(PluginData { plugin_name: plugin.into(), content }) })
+    };
+    let hparams = HParamsPluginData {
+        experiment: None,
+        session_start_info: Some(SessionStartInfo {
+            hparams: [("lr".to_string(), ProtoValue { number_value: Some(0.1), ..Default::default() })].into(),
+        }),
+    };
+    let scalar_tensor = TensorProto { dtype: 1, float_val: vec![0.5], ..Default::default() };
+    let text = TensorProto { dtype: 7, ..Default::default() };
+    let records = vec![
+        ev(0, &|e| e.file_version = Some("brain.Event:2".into())),
+        ev(1, &|e| e.summary = Some(Summary { value: vec![value("loss", &|v| v.simple_value = Some(0.25))] })),
+        ev(2, &|e| {
+            e.summary = Some(Summary {
+                value: vec![
+                    value("acc", &|v| {
+                        v.tensor = Some(scalar_tensor.encode_to_vec());
+                        v.metadata = meta("scalars", vec![]);
+                    }),
+                    value("note", &|v| {
+                        v.tensor = Some(text.encode_to_vec());
+                        v.metadata = meta("text", vec![]);
+                    }),
+                    value("img", &|v| v.image = Some(vec![8, 2, 16, 3, 34, 4, 1, 2, 3, 4])),
+                ],
+            })
+        }),
+        ev(0, &|e| {
+            e.summary = Some(Summary {
+                value: vec![value("_hparams_/session_start_info", &|v| {
+                    v.metadata = meta("hparams", hparams.encode_to_vec())
+                })],
+            })
+        }),
+        ev(1, &|e| e.session_log = Some(SessionLog { status: 1 })),
+        ev(1, &|e| e.summary = Some(Summary { value: vec![value("loss", &|v| v.simple_value = Some(f32::NAN))] })),
+    ];
+    let mut file = vec![0x00];
+    let mut list = vec![0x01];
+    for r in &records {
+        file.extend(frame(r));
+        list.extend_from_slice(&(r.len() as u16).to_le_bytes());
+        list.extend_from_slice(r);
+    }
+    fs::write(dir.join("seed-file"), &file).unwrap();
+    fs::write(dir.join("seed-records"), &list).unwrap();
 }

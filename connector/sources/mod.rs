@@ -13,6 +13,7 @@
 pub mod mlflow;
 pub mod read;
 pub mod spooled;
+pub mod tensorboard;
 pub mod wandb_api;
 pub mod wandb_files;
 
@@ -210,7 +211,8 @@ pub struct Registration {
 
 /// Every source, in the order SOURCE strings are tried (the W&B files source,
 /// which takes any path, last).
-pub static REGISTRY: &[Registration] = &[wandb_api::REGISTRATION, mlflow::REGISTRATION, wandb_files::REGISTRATION];
+pub static REGISTRY: &[Registration] =
+    &[wandb_api::REGISTRATION, mlflow::REGISTRATION, tensorboard::REGISTRATION, wandb_files::REGISTRATION];
 
 /// The configuration of the first registered source that takes `text`.
 pub fn parse_config(text: &str) -> Result<BoxedConfig> {

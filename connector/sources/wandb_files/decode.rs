@@ -111,13 +111,13 @@ pub const MAX_RUN_WARNINGS: usize = 100;
 
 /// A run's warnings: the first [`MAX_RUN_WARNINGS`], and how many more there were.
 #[derive(Debug, Default)]
-struct RunWarnings {
+pub struct RunWarnings {
     kept: Vec<String>,
     more: u64,
 }
 
 impl RunWarnings {
-    fn push(&mut self, w: String) {
+    pub fn push(&mut self, w: String) {
         if self.kept.len() < MAX_RUN_WARNINGS {
             self.kept.push(w);
         } else {
@@ -125,7 +125,7 @@ impl RunWarnings {
         }
     }
 
-    fn into_vec(mut self) -> Vec<String> {
+    pub fn into_vec(mut self) -> Vec<String> {
         if self.more > 0 {
             self.kept.push(format!("{} more warnings of this run were not kept", self.more));
         }
