@@ -136,6 +136,25 @@ def runport_rows_by_run(out: Path) -> dict[str, int]:
     return counts
 
 
+def log(msg: str) -> None:
+    """Progress on stderr (stdout holds the results)."""
+    import sys
+
+    print(msg, file=sys.stderr, flush=True)
+
+
+def measure(name: str, argv: list[str], logs: Path, cwd: Path, need_json: bool = False) -> Measured:
+    """`run_child` that stops the benchmark when the command fails (or,
+    with `need_json`, prints no JSON summary line); `m.summary` is that line."""
+    log(f"{name}: {' '.join(argv)}")
+    m = run_child(Measured(name), argv, logs, cwd)
+    if m.status != 0 or (need_json and m.last_json() is None):
+        log(f"{name} failed (exit {m.status}); see {logs}\n{m.stderr[-3000:]}")
+        raise SystemExit(1)
+    m.summary = m.last_json() or {}
+    return m
+
+
 def build_runport(root: Path, runport: Path, no_build: bool, log: Callable[[str], None]) -> bool:
     """`cargo build --release` of the binary unless `no_build`; whether it is there."""
     if not no_build:

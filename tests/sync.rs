@@ -48,7 +48,7 @@ print(f"runs {runs.height}, history {hist.height}, files {adds.height}, version 
 print(f"runs table id {DeltaTable(f'{table}/runs').metadata().id}")
 "#;
 
-fn sync(source: &Path, table: &Path, args: &[&str], want_code: i32) -> serde_json::Value {
+pub(crate) fn sync(source: &Path, table: &Path, args: &[&str], want_code: i32) -> serde_json::Value {
     let mut all: Vec<&std::ffi::OsStr> =
         vec!["sync".as_ref(), source.as_os_str(), table.as_os_str(), "--json".as_ref()];
     all.extend(args.iter().map(|a| a.as_ref() as &std::ffi::OsStr));
@@ -78,7 +78,7 @@ fn assert_same_as(table: &Path, export: &Path, what: &str) -> String {
     out.lines().last().and_then(|l| l.strip_prefix("runs table id ")).expect("the table id").to_string()
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+pub(crate) fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();

@@ -193,7 +193,7 @@ pub fn wandb_runs(set: &str) -> PathBuf {
 
 /// Test data in `dir`, made by `make` (into the empty folder) unless a
 /// complete copy is there; one process makes it while the others wait.
-fn cached_data(dir: &Path, lock_name: &str, make: impl FnOnce()) {
+pub fn cached_data(dir: &Path, lock_name: &str, make: impl FnOnce()) {
     let done = dir.join(".complete");
     if done.exists() {
         return;

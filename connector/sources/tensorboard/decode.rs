@@ -46,6 +46,7 @@ pub fn decode_run(
     let mut warnings = scan.warnings;
     let mut identity = RunIdentity::new(run.run_id.clone())
         .with_text("source", Some("tensorboard".into()))
+        .with_text("name", Some(run.run_id.rsplit('/').next().unwrap_or(&run.run_id).to_string()))
         .with_timestamp("created_at", scan.first_wall.and_then(seconds_to_micros))
         .with_timestamp("updated_at", scan.last_wall.and_then(seconds_to_micros));
     let mut data = RunData { groups: vec![("config.", Vec::new()), ("summary.", Vec::new())], ..RunData::default() };
@@ -248,6 +249,9 @@ fn scan(run: &TbRun) -> Result<Scan, String> {
     Ok(s)
 }
 
+/// A tag's restarts: (record index, step) in index order, with suffix minimums.
+type TagPurges = (Vec<(u64, i64)>, Vec<i64>);
+
 /// The restarts of a run: each drops the values read before it (record
 /// index) whose step is at or past its step, of every tag or of some.
 #[derive(Default)]
@@ -256,8 +260,8 @@ struct Purges {
     /// at or after each (suffix minimum).
     all: Vec<(u64, i64)>,
     all_min: Vec<i64>,
-    /// Restarts of some tags, by tag, in index order, with suffix minimums.
-    by_tag: HashMap<String, (Vec<(u64, i64)>, Vec<i64>)>,
+    /// Restarts of some tags, by tag.
+    by_tag: HashMap<String, TagPurges>,
 }
 
 impl Purges {

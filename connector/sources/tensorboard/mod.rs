@@ -37,6 +37,7 @@ pub const REGISTRATION: Registration = Registration { parse };
 pub const TENSORBOARD_IDENTITY_COLUMNS: &[IdentityColumn] = &[
     IdentityColumn::new("source", Text),
     IdentityColumn::new("run_id", Text),
+    IdentityColumn::new("name", Text),
     IdentityColumn::new("created_at", Timestamp),
     IdentityColumn::new("updated_at", Timestamp),
     IdentityColumn::new("hparams_metrics", TextList),
@@ -47,7 +48,7 @@ pub const TENSORBOARD_IDENTITY_COLUMNS: &[IdentityColumn] = &[
 pub const TENSORBOARD_COLUMNS: RunColumns = RunColumns {
     identity: TENSORBOARD_IDENTITY_COLUMNS,
     groups: &["config.", "summary."],
-    listing: ["run_id", "source", "created_at"],
+    listing: ["name", "source", "created_at"],
 };
 
 fn parse(text: &str) -> Option<Result<BoxedConfig>> {

@@ -1,0 +1,214 @@
+//! The TensorBoard source against event files written by the real writers
+//! (tensorboardX, and the tensorboard package's own event file writer),
+//! checked value by value against TensorBoard's own reader
+//! (`EventAccumulator`, every size guidance 0).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::harness::*;
+use crate::sync::{copy_dir, sync};
+
+/// The standard set of `make_tensorboard_runs.py`, cached under `target/`.
+fn standard() -> PathBuf {
+    let script = fs::read(testbed_dir().join("make_tensorboard_runs.py")).expect("read make_tensorboard_runs.py");
+    let reqs = fs::read(testbed_dir().join("requirements.txt")).expect("read requirements");
+    let dir = target_dir().join("testbed-data").join(format!("tensorboard-standard-{:016x}", fnv(&[&script, &reqs])));
+    cached_data(&dir, "testbed-data-tensorboard", || {
+        testbed_script(
+            "make_tensorboard_runs.py",
+            &["--out".as_ref(), dir.join("logs").as_os_str(), "--set".as_ref(), "standard".as_ref()],
+        );
+    });
+    dir.join("logs")
+}
+
+fn source(logs: &Path) -> PathBuf {
+    PathBuf::from(format!("tensorboard:{}", logs.display()))
+}
+
+/// `tensorboard_reference.py compare`: its exit code and output.
+fn compare(logs: &Path, export: &Path) -> (bool, String) {
+    let out = Command::new(python())
+        .arg(testbed_dir().join("tensorboard_reference.py"))
+        .args(["compare".as_ref(), logs.as_os_str(), export.as_os_str()])
+        .output()
+        .expect("run tensorboard_reference.py");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+fn assert_equal_to_tensorboard(logs: &Path, export: &Path) -> serde_json::Value {
+    let (ok, text) = compare(logs, export);
+    assert!(ok, "export differs from EventAccumulator:\n{text}");
+    let line = text.lines().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("no summary line:\n{text}"));
+    serde_json::from_str(line).unwrap()
+}
+
+#[test]
+fn export_equals_tensorboards_own_reader() {
+    let logs = standard();
+    let out = tempdir();
+    let summary = export_json(&source(&logs), out.path(), &[], 0);
+    assert!(summary["failures"].as_array().unwrap().is_empty(), "{summary}");
+    assert!(summary["warnings"].as_array().unwrap().is_empty(), "{summary}");
+    let checked = assert_equal_to_tensorboard(&logs, out.path());
+    eprintln!("{checked}");
+    let scenarios: serde_json::Value = serde_json::from_slice(&fs::read(logs.join("scenarios.json")).unwrap()).unwrap();
+    let runs = scenarios["runs"].as_object().unwrap();
+    assert_eq!(summary["runs"].as_u64().unwrap() as usize, checked["runs"].as_u64().unwrap() as usize);
+    assert!(runs.len() >= 6 && checked["config_values"].as_u64().unwrap() >= 4, "{checked}");
+
+    // The restarted run: the second writer's START at step 50 dropped the
+    // first file's steps 50..99, as TensorBoard drops them.
+    let steps = python_snippet(
+        "import sys, polars as pl\n\
+         h = pl.read_parquet(sys.argv[1] + '/history/*.parquet').filter(pl.col('run_id') == 'restart')\n\
+         s = h['step'].to_list()\n\
+         print(len(s), min(s), max(s), len(set(s)))",
+        &[out.path().as_os_str()],
+    );
+    assert_eq!(steps.trim(), "150 0 149 150", "restart run steps: {steps}");
+
+    // The check can fail: an export missing one tag is not equal.
+    let partial = tempdir();
+    export_json(&source(&logs), partial.path(), &["--select", "run_id,config.*,history.train/*"], 0);
+    let (ok, text) = compare(&logs, partial.path());
+    assert!(!ok, "a partial export passed the comparison:\n{text}");
+}
+
+#[test]
+fn selections_decode_only_what_they_need() {
+    let logs = standard();
+    let out = tempdir();
+    let s = export_json(&source(&logs), out.path(), &["--select", "run_id,name,created_at,updated_at"], 0);
+    assert_eq!(s["records"]["decoded_history"], 0, "{s}");
+    assert!(s["records"]["read"].as_u64().unwrap() > 1000, "{s}");
+    assert!(!out.path().join("history").exists() || walk_files(&out.path().join("history")).is_empty());
+    let one = tempdir();
+    let s = export_json(&source(&logs), one.path(), &["--select", "run_id,history.train/loss"], 0);
+    assert_eq!(s["rows"]["history"], 500, "{s}");
+    let (code, stdout, stderr) = runport_out(&["ls".as_ref(), source(&logs).as_os_str()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.lines().any(|l| l.starts_with("nested/b/deeper/run2\trun2\ttensorboard\t")), "{stdout}");
+    let (code, stdout, stderr) = runport_out(&["plan".as_ref(), source(&logs).as_os_str()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("\"source_kind\": \"tensorboard\""), "{stdout}");
+    let (code, stdout, stderr) = runport_out(&["schema".as_ref(), source(&logs).as_os_str()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("config.lr") && stdout.contains("hparams_metrics"), "{stdout}");
+}
+
+/// Each record's (offset, total length) in an event file.
+fn records(path: &Path) -> Vec<(usize, usize)> {
+    let bytes = fs::read(path).unwrap();
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 12 <= bytes.len() {
+        let len = u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap()) as usize;
+        out.push((at, 12 + len + 4));
+        at += 12 + len + 4;
+    }
+    out
+}
+
+fn event_file(dir: &Path) -> PathBuf {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.retain(|p| p.file_name().unwrap().to_string_lossy().contains("tfevents"));
+    files.sort();
+    files.remove(0)
+}
+
+#[test]
+fn damage_loses_only_the_damaged_records_and_a_foreign_file_fails_its_run() {
+    let logs = standard();
+    let scratch = tempdir();
+    let damaged = scratch.path().join("logs");
+    for run in ["scalars", "media"] {
+        copy_dir(&logs.join(run), &damaged.join(run));
+    }
+    let clean = scratch.path().join("clean");
+    let summary = export_json(&source(&damaged), &clean, &[], 0);
+    let clean_rows = summary["rows"]["history"].as_u64().unwrap();
+
+    // In `scalars` (one value per record): a flipped data byte, a flipped
+    // length byte, and the last record cut short.
+    let file = event_file(&damaged.join("scalars"));
+    let recs = records(&file);
+    let mut bytes = fs::read(&file).unwrap();
+    let (data_at, len_at) = (recs[100].0, recs[200].0);
+    bytes[data_at + 12 + 2] ^= 0x10;
+    bytes[len_at + 1] ^= 0x01;
+    let last = *recs.last().unwrap();
+    bytes.truncate(last.0 + last.1 - 3);
+    fs::write(&file, &bytes).unwrap();
+    // A file named as an event file that is not one, in a run of its own.
+    fs::create_dir_all(damaged.join("foreign")).unwrap();
+    fs::write(damaged.join("foreign/events.out.tfevents.1.host"), b"plain text, not records").unwrap();
+
+    let out = scratch.path().join("out");
+    let summary = export_json(&source(&damaged), &out, &[], 1);
+    assert_eq!(summary["rows"]["history"].as_u64().unwrap(), clean_rows - 3, "{summary}");
+    let failures = summary["failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 1, "{summary}");
+    assert_eq!(failures[0]["run"], "foreign");
+    assert!(failures[0]["error"].as_str().unwrap().contains("is not a TensorBoard event file"), "{summary}");
+    let warnings: Vec<String> = summary["warnings"].as_array().unwrap().iter().map(|w| w.to_string()).collect();
+    let shown = file.display().to_string();
+    for want in [
+        format!("record at offset {data_at} skipped: its data fails its checksum"),
+        format!("bad record length at offset {len_at}"),
+        format!("the file ends inside the record at offset {}", last.0),
+    ] {
+        assert!(warnings.iter().any(|w| w.contains(&want) && w.contains(&shown)), "{want} not in {warnings:?}");
+    }
+    // A folder without event files is a source error.
+    let empty = tempdir();
+    let (code, _, stderr) = runport_out(&[
+        "export".as_ref(),
+        source(empty.path()).as_os_str(),
+        "-o".as_ref(),
+        scratch.path().join("none").as_os_str(),
+    ]);
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("no TensorBoard event files found"), "{stderr}");
+}
+
+/// Appends a restart to run `restart` and writes a new run, with tensorboardX.
+const MORE_EVENTS: &str = r#"
+import sys, time
+from tensorboardX import SummaryWriter
+from tensorboardX.proto.event_pb2 import Event, SessionLog
+logs = sys.argv[1]
+w = SummaryWriter(logs + "/restart", filename_suffix=".3")
+w.file_writer.add_event(Event(step=120, wall_time=time.time(), session_log=SessionLog(status=SessionLog.START)))
+for step in range(120, 200):
+    w.add_scalar("loss", 1.0 / (step + 1), step)
+w.close()
+w = SummaryWriter(logs + "/added/run")
+for step in range(30):
+    w.add_scalar("x", step * 0.5, step)
+w.close()
+"#;
+
+#[test]
+fn sync_follows_new_files_and_runs_and_equals_an_export() {
+    let logs = standard();
+    let scratch = tempdir();
+    let copy = scratch.path().join("logs");
+    copy_dir(&logs, &copy);
+    let table = scratch.path().join("table");
+    let first = sync(&source(&copy), &table, &[], 0);
+    assert_eq!(first["runs"]["new"].as_u64(), Some(8), "{first}");
+    crate::sync::assert_same_as_export(&source(&copy), &table, scratch.path(), "tensorboard first sync");
+    let again = sync(&source(&copy), &table, &[], 0);
+    assert_eq!(again["records"]["read"], 0, "{again}");
+    python_snippet(MORE_EVENTS, &[copy.as_os_str()]);
+    let second = sync(&source(&copy), &table, &[], 0);
+    assert_eq!(second["runs"]["new"].as_u64(), Some(1), "{second}");
+    assert_eq!(second["runs"]["changed"].as_u64(), Some(1), "{second}");
+    crate::sync::assert_same_as_export(&source(&copy), &table, scratch.path(), "tensorboard second sync");
+    let export = scratch.path().join("export-tensorboard second sync");
+    assert_equal_to_tensorboard(&copy, &export);
+}
