@@ -21,6 +21,7 @@ use crate::http::HttpCounts;
 use crate::output::history::{long_schema, wide_schema};
 use crate::output::runs::RunsTable;
 use crate::output::spill::SpillDir;
+use crate::output::system::{system_batch, system_schema, system_writer_properties};
 use crate::output::{DatasetDir, Provenance, TableWriter, history_writer_properties, writer_properties};
 use crate::pipeline::{EncodedHistory, HistoryEncoding, HistoryTarget, ReadRun};
 use crate::plan::{FetchPlan, HistoryLayout};
@@ -140,7 +141,22 @@ pub fn open(
     let columns = config.columns();
     let selection = match selection {
         None => Selection::all(),
-        Some(text) => Selection::parse(text, columns.identity, columns.groups)?,
+        Some(text) => {
+            let mut prefixes = columns.groups.to_vec();
+            prefixes.push(crate::plan::SYSTEM_PREFIX);
+            let selection = Selection::parse(text, columns.identity, &prefixes)?;
+            if let Some(why) = columns.no_system
+                && let Some(p) =
+                    selection.patterns().iter().find(|p| p.as_str().starts_with(crate::plan::SYSTEM_PREFIX))
+            {
+                return Err(Error::Usage(format!(
+                    "--select {}: {} sources have no system table: {why}",
+                    p.as_str(),
+                    config.kind()
+                )));
+            }
+            selection
+        }
     };
     let plan = FetchPlan::new(selection, history, columns.identity);
     let concurrency = concurrency.unwrap_or_else(|| spec.default_concurrency()).max(1);
@@ -302,6 +318,10 @@ fn export_local(opts: &ExportOptions) -> Result<ExportSummary> {
     });
     let target =
         encoding.map(|encoding| Arc::new(HistoryTarget { encoding, chunk_bytes, spill: Some(Arc::clone(&spill)) }));
+    let system_schema = system_schema();
+    let mut system_writer = plan
+        .system
+        .then(|| TableWriter::new(Arc::clone(&system_schema), system_writer_properties(prov), "system/part-", true));
 
     let progress = progress_bar(opts.progress, planned.source.run_count());
     let mut runs = RunsTable::new(&plan.identity_columns, planned.columns.groups);
@@ -334,6 +354,14 @@ fn export_local(opts: &ExportOptions) -> Result<ExportSummary> {
                 EncodedHistory::Spilled(spilled) => spilled.replay(schema, &mut |b| writer.write(&dataset, b)),
                 EncodedHistory::None | EncodedHistory::Kinds(_) => Ok(()),
             };
+            if let Err(e) = written {
+                fatal = Some(e);
+                return ControlFlow::Break(());
+            }
+        }
+        if let (Some(writer), Some(samples)) = (system_writer.as_mut(), run.system.take()) {
+            let written =
+                system_batch(&system_schema, &run.identity.run_id, &samples).and_then(|b| writer.write(&dataset, &b));
             if let Err(e) = written {
                 fatal = Some(e);
                 return ControlFlow::Break(());
@@ -372,6 +400,12 @@ fn export_local(opts: &ExportOptions) -> Result<ExportSummary> {
         history_rows = w.rows;
         history_files = w.finish(&dataset)?;
     }
+    let mut system_rows = None;
+    let mut system_files = Vec::new();
+    if let Some(w) = system_writer {
+        system_rows = Some(w.rows);
+        system_files = w.finish(&dataset)?;
+    }
     let file_json = |fs: &[crate::output::TempFile]| -> serde_json::Value {
         fs.iter().map(|f| serde_json::json!({"path": f.rel, "rows": f.rows, "bytes": f.bytes})).collect()
     };
@@ -382,6 +416,11 @@ fn export_local(opts: &ExportOptions) -> Result<ExportSummary> {
         tables["history"] = serde_json::json!({
             "files": file_json(&history_files), "rows": history_rows, "columns": column_names(s),
             "layout": plan.history_layout,
+        });
+    }
+    if let Some(rows) = system_rows {
+        tables["system"] = serde_json::json!({
+            "files": file_json(&system_files), "rows": rows, "columns": column_names(&system_schema),
         });
     }
     let manifest = serde_json::json!({
@@ -399,10 +438,14 @@ fn export_local(opts: &ExportOptions) -> Result<ExportSummary> {
         "records": records,
     });
     files.append(&mut history_files);
+    files.append(&mut system_files);
     let entries = dataset.commit(files, &manifest)?;
     let mut rows = BTreeMap::new();
     rows.insert("runs".to_string(), runs_rows);
     rows.insert("history".to_string(), history_rows);
+    if let Some(n) = system_rows {
+        rows.insert("system".to_string(), n);
+    }
     Ok(ExportSummary {
         runs: run_count,
         rows,

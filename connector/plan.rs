@@ -8,6 +8,9 @@ use serde::Serialize;
 use crate::run::IdentityColumn;
 use crate::selection::Selection;
 
+/// The prefix of system-metric columns in `--select` (`system.gpu.*`).
+pub const SYSTEM_PREFIX: &str = "system.";
+
 /// How history is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -45,6 +48,9 @@ pub struct FetchPlan {
     pub summary: bool,
     /// Whether history is read at all.
     pub history: bool,
+    /// Whether system metrics are read: only when a `--select` item starts
+    /// with `system.` (they are not part of the default selection).
+    pub system: bool,
 }
 
 fn column_names<S: serde::Serializer>(columns: &[IdentityColumn], ser: S) -> Result<S::Ok, S::Error> {
@@ -63,6 +69,7 @@ impl FetchPlan {
             config: selection.wants_prefix("config."),
             summary: selection.wants_prefix("summary."),
             history: history_layout != HistoryLayout::None && selection.wants_prefix("history."),
+            system: selection.patterns().iter().any(|p| p.as_str().starts_with(SYSTEM_PREFIX)),
             identity_columns,
             selection,
             history_layout,
@@ -85,6 +92,11 @@ impl FetchPlan {
         column.push_str("history.");
         column.push_str(key);
         self.selection.matches(&column)
+    }
+
+    /// Whether the system-metric key (as the source names it: `gpu.0.gpu`) is selected.
+    pub fn wants_system_key(&self, key: &str) -> bool {
+        self.system && self.selection.matches(&format!("{SYSTEM_PREFIX}{key}"))
     }
 
     /// Whether `config.<path>` / `summary.<path>` is selected (`prefix` with its dot).

@@ -204,6 +204,46 @@ pub struct RunHistory {
     pub series: Vec<HistorySeries>,
 }
 
+/// A run's system metrics (W&B: GPU, CPU, memory, network, disk), one
+/// sample per (time, key), in the order the source gave them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SystemSamples {
+    pub keys: Vec<String>,
+    pub samples: Vec<SystemSample>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SystemSample {
+    /// Microseconds since the epoch, UTC.
+    pub timestamp: Option<i64>,
+    /// Index into [`SystemSamples::keys`].
+    pub key: u32,
+    /// `None` when the sampled value is not a number.
+    pub value: Option<f64>,
+}
+
+impl SystemSamples {
+    /// Adds one sample; `key_ids` maps key names to their index.
+    pub fn push(
+        &mut self,
+        key_ids: &mut std::collections::HashMap<String, u32>,
+        key: &str,
+        timestamp: Option<i64>,
+        value: Option<f64>,
+    ) {
+        let id = match key_ids.get(key) {
+            Some(id) => *id,
+            None => {
+                let id = self.keys.len() as u32;
+                self.keys.push(key.to_string());
+                key_ids.insert(key.to_string(), id);
+                id
+            }
+        };
+        self.samples.push(SystemSample { timestamp, key: id, value });
+    }
+}
+
 /// One run as read from a source, ready for the writers.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RunData {
@@ -212,6 +252,8 @@ pub struct RunData {
     /// e.g. `("config.", [("opt.lr", 0.1)])`; paths without the prefix.
     pub groups: Vec<(&'static str, Vec<(String, Value)>)>,
     pub history: Option<RunHistory>,
+    /// System metrics, when the plan selects them.
+    pub system: Option<SystemSamples>,
     /// Damage that was skipped over while reading this run.
     pub warnings: Vec<String>,
     /// `runport sync`: where the history stands in the source (see [`HistoryMark`]).

@@ -44,6 +44,7 @@ use crate::output::history::long_schema;
 use crate::output::parallel::ParallelWriter;
 use crate::output::runs::RunsTable;
 use crate::output::spill::SpillDir;
+use crate::output::system::{system_batch, system_schema, system_writer_properties};
 use crate::output::{PART_BYTES, Provenance, history_writer_properties, writer_properties};
 use crate::pipeline::{EncodedHistory, HistoryEncoding, HistoryTarget, ReadRun};
 use crate::plan::HistoryLayout;
@@ -57,6 +58,8 @@ pub const SYNC_FINGERPRINT: &str = "_sync_fingerprint";
 pub const SYNC_HISTORY_FILE: &str = "_sync_history_file";
 pub const SYNC_HISTORY_MARK: &str = "_sync_history_mark";
 pub const SYNC_VALUES: &str = "_sync_values";
+/// With `--select system.*`: the `system` file holding the run's rows.
+pub const SYNC_SYSTEM_FILE: &str = "_sync_system_file";
 /// What tables of earlier versions hold instead of [`SYNC_VALUES`]: the null keys alone.
 const SYNC_NULL_KEYS: &str = "_sync_null_keys";
 
@@ -167,6 +170,9 @@ pub struct SyncSummary {
     pub runs: SyncRuns,
     /// History rows written (new and changed runs, and rows copied out of replaced files).
     pub history_rows: u64,
+    /// System-metric rows written, likewise (with `--select system.*`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub system_rows: Option<u64>,
     pub files_added: usize,
     pub files_removed: usize,
     /// Files left by a sync killed before its commit, which no version
@@ -204,6 +210,7 @@ impl SyncSummary {
         SyncSummary {
             runs,
             history_rows: 0,
+            system_rows: None,
             files_added: 0,
             files_removed: 0,
             unreferenced_removed,
@@ -229,18 +236,21 @@ struct SyncedRun {
     fingerprint: String,
     history_file: Option<String>,
     mark: Option<SyncMark>,
+    /// The `system` file holding its rows (`--select system.*`).
+    system_file: Option<String>,
 }
 
 /// A run's sync columns: key, fingerprint, history file, history mark,
-/// values kept aside.
-type SyncColumns = (String, String, Option<String>, Option<SyncMark>, Option<String>);
+/// values kept aside, system file.
+type SyncColumns = (String, String, Option<String>, Option<SyncMark>, Option<String>, Option<String>);
 
 impl SyncedRun {
     /// Its sync columns, `key` its label in the listing, `kinds` those of
     /// the runs table's group columns.
     fn sync_columns(&self, key: &str, kinds: &HashMap<String, ColumnKind>) -> SyncColumns {
         let aside = values_aside(&self.data, kinds);
-        (key.to_string(), self.fingerprint.clone(), self.history_file.clone(), self.mark.clone(), aside)
+        let system = self.system_file.clone();
+        (key.to_string(), self.fingerprint.clone(), self.history_file.clone(), self.mark.clone(), aside, system)
     }
 }
 
@@ -453,7 +463,7 @@ struct EarlierRows {
 
 impl EarlierRows {
     fn open(path: &Path, run_id: &str) -> Result<EarlierRows> {
-        let rows = Box::new(rows_of(path, HashSet::from([run_id.to_string()]))?);
+        let rows = Box::new(rows_of(path, HashSet::from([run_id.to_string()]), long_schema())?);
         Ok(EarlierRows { rows, path: path.to_path_buf(), batch: None, pos: 0 })
     }
 
@@ -537,7 +547,8 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
         ),
         Location::Local(_) => None,
     };
-    let (_lock, mut runs_table, mut history_table, local_root) = match &location {
+    let system = planned.plan.system;
+    let (_lock, mut runs_table, mut history_table, mut system_table, local_root) = match &location {
         Location::Local(root) => {
             std::fs::create_dir_all(root).map_err(|e| Error::write(root.display(), e))?;
             // Syncs into one TABLE exclude each other (a second one exits
@@ -549,7 +560,9 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
             let lock = OutputLock::acquire_for(root.join(lock_name), root, "sync")?;
             let runs = runtime.block_on(DeltaDir::open(&root.join("runs")))?;
             let history = runtime.block_on(DeltaDir::open(&root.join("history")))?;
-            (Some(lock), runs, history, root.clone())
+            let system_table =
+                if system { Some(runtime.block_on(DeltaDir::open(&root.join("system")))?) } else { None };
+            (Some(lock), runs, history, system_table, root.clone())
         }
         Location::Remote(remote) => {
             // No lock in an object store: syncs race at their commits (see the README).
@@ -557,7 +570,12 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
             let dir = staging.as_ref().expect("invariant: a remote table has a staging folder").path();
             let runs = DeltaDir::open_remote(remote.join("runs"), &dir.join("runs"), Arc::clone(&runtime))?;
             let history = DeltaDir::open_remote(remote.join("history"), &dir.join("history"), Arc::clone(&runtime))?;
-            (None, runs, history, dir.to_path_buf())
+            let system_table = if system {
+                Some(DeltaDir::open_remote(remote.join("system"), &dir.join("system"), Arc::clone(&runtime))?)
+            } else {
+                None
+            };
+            (None, runs, history, system_table, dir.to_path_buf())
         }
     };
     let started_at = std::time::SystemTime::now();
@@ -575,6 +593,10 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
     let app_id = app_id(&settings, opts.shard);
     let history_seq = runtime.block_on(history_table.txn_version(&app_id))?;
     let runs_seq = runtime.block_on(runs_table.txn_version(&app_id))?;
+    let system_seq = match &system_table {
+        Some(t) => runtime.block_on(t.txn_version(&app_id))?,
+        None => None,
+    };
 
     // What changed: from the listing alone.
     let listed: BTreeMap<String, String> = listing.into_iter().filter(|(key, _)| owner.owns_run(key)).collect();
@@ -594,9 +616,12 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
     };
     let mut versions =
         BTreeMap::from([("runs".to_string(), runs_table.version()), ("history".to_string(), history_table.version())]);
+    if let Some(t) = &system_table {
+        versions.insert("system".into(), t.version());
+    }
     let nothing = to_read.is_empty() && (gone.is_empty() || opts.keep_deleted) && !full;
     if nothing {
-        let removed = remove_unreferenced(&[&runs_table, &history_table], None, owner)?;
+        let removed = remove_unreferenced(&tables(&runs_table, &history_table, system_table.as_ref()), None, owner)?;
         let summary = SyncSummary::uncommitted(counts, versions, removed, opts, started);
         return Ok(SyncSummary { http: planned.source.http_counts(), ..summary });
     }
@@ -625,6 +650,16 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
         shared: None,
         done: Vec::new(),
     };
+    let system_schema = system_schema();
+    let mut sys_files = system_table.as_ref().map(|t| HistoryFiles {
+        dir: t.path.clone(),
+        schema: Arc::clone(&system_schema),
+        props: system_writer_properties(&planned.provenance),
+        sync_id: sync_id.clone(),
+        next: 0,
+        shared: None,
+        done: Vec::new(),
+    });
     let mut new_runs: BTreeMap<String, SyncedRun> = BTreeMap::new();
     let mut failures = Vec::new();
     let mut fatal: Option<Error> = None;
@@ -687,6 +722,22 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
         if earlier.is_some() {
             appended += 1;
         }
+        // The run's system metrics: a file as its history gets one.
+        let samples = data.system.take();
+        let system_file = match (sys_files.as_mut(), samples) {
+            (Some(files), Some(samples)) => {
+                let dir = files.dir.clone();
+                let batch = system_batch(&system_schema, &data.identity.run_id, &samples);
+                match batch.and_then(|b| files.write_run(running, |out| write_batch(out, &dir, &b))) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        fatal = Some(e);
+                        return ControlFlow::Break(());
+                    }
+                }
+            }
+            _ => None,
+        };
         match written {
             Ok(history_file) => {
                 let fingerprint = listed.get(label).cloned().unwrap_or_default();
@@ -698,7 +749,7 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
                     }
                     _ => None,
                 };
-                new_runs.insert(label.to_string(), SyncedRun { data, fingerprint, history_file, mark });
+                new_runs.insert(label.to_string(), SyncedRun { data, fingerprint, history_file, mark, system_file });
                 ControlFlow::Continue(())
             }
             Err(e) => {
@@ -721,84 +772,70 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
         }
     }
 
-    // Files to replace: those of runs read again, of runs gone, or all (full refresh).
-    let live_history = history_table.files()?;
+    // Files to replace: those of runs read again, of runs gone, or all (full
+    // refresh); their other runs' rows are copied into a new file each.
     let dropped: HashSet<&String> = if opts.keep_deleted { HashSet::new() } else { gone.iter().collect() };
-    let replaced: BTreeSet<String> = if full {
-        live_history.iter().filter(|f| owner.owns_file(f) || owner.foreign_file(f)).cloned().collect()
-    } else {
-        // Live files no run of `runs` refers to (a sync killed between its
-        // two commits) go too: their runs are read again.
-        let referred: HashSet<&String> = table_runs.values().filter_map(|t| t.history_file.as_ref()).collect();
-        table_runs
-            .iter()
-            .filter(|(key, _)| new_runs.contains_key(*key) || dropped.contains(key))
-            .filter_map(|(_, t)| t.history_file.clone())
-            .chain(live_history.iter().filter(|f| !referred.contains(f) && owner.owns_file(f)).cloned())
-            .collect()
+    let mut replacing = Replacing { table_runs: &mut table_runs, new_runs: &new_runs, dropped: &dropped, full, owner };
+    let replaced = replacing.files(RunFile::History, &history_table, &mut files, &schema)?;
+    let system_replaced = match (&system_table, sys_files.as_mut()) {
+        (Some(t), Some(f)) => replacing.files(RunFile::System, t, f, &system_schema)?,
+        _ => BTreeSet::new(),
     };
-    // Their other runs' rows, copied into a new file each.
-    if !full {
-        let mut carry: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (key, t) in &table_runs {
-            if let Some(f) = &t.history_file
-                && replaced.contains(f)
-                && !new_runs.contains_key(key)
-                && !dropped.contains(key)
-            {
-                carry.entry(f.clone()).or_default().push(key.clone());
-            }
-        }
-        for (file, keys) in carry {
-            let ids: HashSet<String> = keys.iter().map(|k| table_runs[k].data.identity.run_id.clone()).collect();
-            let path = history_table.fetch(&file)?;
-            let written = files.write_run(true, |out| copy_rows(&path, &ids, out, &dir))?;
-            for key in keys {
-                if let Some(t) = table_runs.get_mut(&key) {
-                    t.history_file.clone_from(&written);
-                }
-            }
-        }
-    }
     let written_files = files.finish()?;
     history_table.publish(&written_files.iter().map(|(rel, _)| rel.clone()).collect::<Vec<_>>())?;
     let history_rows: u64 = written_files.iter().map(|(_, r)| r).sum::<u64>();
     let mut bytes = 0u64;
     // Only failures (their runs keep their rows): nothing to commit.
-    if !full && new_runs.is_empty() && dropped.is_empty() && replaced.is_empty() && written_files.is_empty() {
-        let removed = remove_unreferenced(&[&runs_table, &history_table], None, owner)?;
+    let system_written = sys_files.as_ref().is_some_and(|f| f.shared.is_some() || !f.done.is_empty());
+    if !full
+        && new_runs.is_empty()
+        && dropped.is_empty()
+        && replaced.is_empty()
+        && written_files.is_empty()
+        && system_replaced.is_empty()
+        && !system_written
+    {
+        let removed = remove_unreferenced(&tables(&runs_table, &history_table, system_table.as_ref()), None, owner)?;
         let summary = SyncSummary::uncommitted(counts, versions, removed, opts, started);
         return Ok(SyncSummary { failures, records, http: planned.source.http_counts(), ..summary });
     }
 
-    // The history commit.
+    // The system commit, then the history commit (the runs commit, last,
+    // refers to their files).
     let mut files_added = 0;
     let mut files_removed = 0;
     let mut retries = 0;
     let committing = Committing { runtime: &runtime, app_id: &app_id, settings: &settings, opts };
+    let info = commit_info(&planned.provenance, &counts, None);
+    let mut system_rows = None;
+    if let (Some(table), Some(f)) = (system_table.as_mut(), sys_files.take()) {
+        let written = f.finish()?;
+        table.publish(&written.iter().map(|(rel, _)| rel.clone()).collect::<Vec<_>>())?;
+        system_rows = Some(written.iter().map(|(_, r)| r).sum::<u64>());
+        let c = committing.commit_files(
+            table,
+            system_seq,
+            &mut retries,
+            &system_schema,
+            &written,
+            &system_replaced,
+            &info,
+        )?;
+        (files_added, files_removed, bytes) = (files_added + c.added, files_removed + c.removed, bytes + c.bytes);
+        versions.insert("system".into(), Some(c.version));
+    }
     if plan.history {
-        let mut adds = Vec::new();
-        for (rel, _) in &written_files {
-            let add = add_action(&history_table.path, rel)?;
-            if let deltalake::kernel::Action::Add(a) = &add {
-                bytes += a.size as u64;
-            }
-            adds.push(add);
-        }
-        files_added += written_files.len();
-        let info = commit_info(&planned.provenance, &counts, None);
-        let mut removed = 0;
-        let v = committing.commit(&mut history_table, history_seq, &mut retries, |table| {
-            // Only live files are removed (a killed sync, or another shard
-            // replacing files of another layout, may have removed some).
-            let live: HashSet<String> = table.files()?.into_iter().collect();
-            let mut actions = adds.clone();
-            actions.extend(replaced.iter().filter(|f| live.contains(*f)).map(|f| remove_action(f)));
-            removed = actions.len() - adds.len();
-            Ok((Arc::clone(&schema), actions, info.clone()))
-        })?;
-        files_removed += removed;
-        versions.insert("history".into(), Some(v));
+        let c = committing.commit_files(
+            &mut history_table,
+            history_seq,
+            &mut retries,
+            &schema,
+            &written_files,
+            &replaced,
+            &info,
+        )?;
+        (files_added, files_removed, bytes) = (files_added + c.added, files_removed + c.removed, bytes + c.bytes);
+        versions.insert("history".into(), Some(c.version));
     }
 
     // The runs commit: the whole table, rebuilt: this sync's runs, and the
@@ -852,11 +889,13 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
     files_removed += runs_removed;
     versions.insert("runs".into(), Some(v));
     drop(spill);
-    let unreferenced_removed = remove_unreferenced(&[&runs_table, &history_table], Some(started_at), owner)?;
+    let unreferenced_removed =
+        remove_unreferenced(&tables(&runs_table, &history_table, system_table.as_ref()), Some(started_at), owner)?;
 
     Ok(SyncSummary {
         runs: counts,
         history_rows,
+        system_rows,
         files_added,
         files_removed,
         unreferenced_removed,
@@ -882,7 +921,7 @@ fn runs_batch(planned: &Planned, runs: &mut [(String, SyncedRun)]) -> Result<Rec
         sync_columns.insert(r.data.identity.run_id.clone(), r.sync_columns(key, &kinds));
         table.push(&mut r.data);
     }
-    with_sync_columns(table.build()?, &sync_columns)
+    with_sync_columns(table.build()?, &sync_columns, planned.plan.system)
 }
 
 /// Writes the runs table's file, synced to disk.
@@ -900,6 +939,105 @@ fn write_runs_file(path: &Path, batch: &RecordBatch, props: parquet::file::prope
     let out = w.close().map_err(|e| Error::Parquet { path: shown(), source: e })?;
     let file = out.into_inner().map_err(|e| Error::write(shown(), e.into_error()))?;
     file.sync_all().map_err(|e| Error::write(shown(), e))
+}
+
+/// Which of a run's files: the `history` one or the `system` one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RunFile {
+    History,
+    System,
+}
+
+impl SyncedRun {
+    fn file(&self, which: RunFile) -> Option<&String> {
+        match which {
+            RunFile::History => self.history_file.as_ref(),
+            RunFile::System => self.system_file.as_ref(),
+        }
+    }
+
+    fn set_file(&mut self, which: RunFile, file: Option<String>) {
+        match which {
+            RunFile::History => self.history_file = file,
+            RunFile::System => self.system_file = file,
+        }
+    }
+}
+
+/// What a sync replaces in a table of per-run files (`history`, `system`).
+struct Replacing<'a> {
+    table_runs: &'a mut BTreeMap<String, SyncedRun>,
+    new_runs: &'a BTreeMap<String, SyncedRun>,
+    dropped: &'a HashSet<&'a String>,
+    full: bool,
+    owner: Owner,
+}
+
+impl Replacing<'_> {
+    /// The files of `table` to remove: those of runs read again and of runs
+    /// gone (all of this shard's, on a full refresh), and live files no run
+    /// of `runs` refers to (a sync killed between its commits: their runs
+    /// are read again). The rows of the other runs of a replaced file are
+    /// copied into a new file each (through `files`), and those runs refer
+    /// to it.
+    fn files(
+        &mut self,
+        which: RunFile,
+        table: &DeltaDir,
+        files: &mut HistoryFiles,
+        schema: &SchemaRef,
+    ) -> Result<BTreeSet<String>> {
+        let owner = self.owner;
+        let live = table.files()?;
+        if self.full {
+            return Ok(live.into_iter().filter(|f| owner.owns_file(f) || owner.foreign_file(f)).collect());
+        }
+        let referred: HashSet<&String> = self.table_runs.values().filter_map(|t| t.file(which)).collect();
+        let replaced: BTreeSet<String> = self
+            .table_runs
+            .iter()
+            .filter(|(key, _)| self.new_runs.contains_key(*key) || self.dropped.contains(key))
+            .filter_map(|(_, t)| t.file(which).cloned())
+            .chain(live.iter().filter(|f| !referred.contains(f) && owner.owns_file(f)).cloned())
+            .collect();
+        let mut carry: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (key, t) in self.table_runs.iter() {
+            if let Some(f) = t.file(which)
+                && replaced.contains(f)
+                && !self.new_runs.contains_key(key)
+                && !self.dropped.contains(key)
+            {
+                carry.entry(f.clone()).or_default().push(key.clone());
+            }
+        }
+        let dir = files.dir.clone();
+        for (file, keys) in carry {
+            let ids: HashSet<String> = keys.iter().map(|k| self.table_runs[k].data.identity.run_id.clone()).collect();
+            let path = table.fetch(&file)?;
+            let written = files.write_run(true, |out| copy_rows(&path, &ids, schema, out, &dir))?;
+            for key in keys {
+                if let Some(t) = self.table_runs.get_mut(&key) {
+                    t.set_file(which, written.clone());
+                }
+            }
+        }
+        Ok(replaced)
+    }
+}
+
+/// What [`Committing::commit_files`] committed.
+struct Committed {
+    version: u64,
+    added: usize,
+    removed: usize,
+    bytes: u64,
+}
+
+/// The tables of a sync: `runs`, `history`, and `system` when it is synced.
+fn tables<'a>(runs: &'a DeltaDir, history: &'a DeltaDir, system: Option<&'a DeltaDir>) -> Vec<&'a DeltaDir> {
+    let mut all = vec![runs, history];
+    all.extend(system);
+    all
 }
 
 /// Removes what a killed sync wrote and never committed (see
@@ -974,6 +1112,41 @@ struct Committing<'a> {
 const COMMIT_ATTEMPTS: usize = 30;
 
 impl Committing<'_> {
+    /// Commits the files written into a table of per-run files (`written`,
+    /// published already) and the removal of `replaced`: only of those still
+    /// live (a killed sync, or another shard replacing files of another
+    /// layout, may have removed some).
+    #[allow(clippy::too_many_arguments)]
+    fn commit_files(
+        &self,
+        table: &mut DeltaDir,
+        seq: Option<i64>,
+        retries: &mut usize,
+        schema: &SchemaRef,
+        written: &[(String, u64)],
+        replaced: &BTreeSet<String>,
+        info: &HashMap<String, serde_json::Value>,
+    ) -> Result<Committed> {
+        let mut adds = Vec::new();
+        let mut bytes = 0;
+        for (rel, _) in written {
+            let add = add_action(&table.path, rel)?;
+            if let deltalake::kernel::Action::Add(a) = &add {
+                bytes += a.size as u64;
+            }
+            adds.push(add);
+        }
+        let mut removed = 0;
+        let version = self.commit(table, seq, retries, |table| {
+            let live: HashSet<String> = table.files()?.into_iter().collect();
+            let mut actions = adds.clone();
+            actions.extend(replaced.iter().filter(|f| live.contains(*f)).map(|f| remove_action(f)));
+            removed = actions.len() - adds.len();
+            Ok((Arc::clone(schema), actions, info.clone()))
+        })?;
+        Ok(Committed { version, added: written.len(), removed, bytes })
+    }
+
     /// Commits what `build` makes of the table (its schema, actions and
     /// commit info) with this sync's `txn` (`seq`: the one the table held
     /// when the sync began). When the commit conflicts with another's, the
@@ -1056,17 +1229,21 @@ fn commit_info(
 }
 
 /// Copies the rows of runs `ids` from a history file of the table into `out`.
-fn copy_rows(path: &Path, ids: &HashSet<String>, out: &mut FileOut, dir: &Path) -> Result<()> {
-    for batch in rows_of(path, ids.clone())? {
+fn copy_rows(path: &Path, ids: &HashSet<String>, schema: &SchemaRef, out: &mut FileOut, dir: &Path) -> Result<()> {
+    for batch in rows_of(path, ids.clone(), Arc::clone(schema))? {
         write_batch(out, dir, &batch?)?;
     }
     Ok(())
 }
 
-/// The rows of runs `ids` in a history file of the table, in the file's
-/// order, as batches of the long schema (plain text columns); empty
+/// The rows of runs `ids` in a history (or system) file of the table, in
+/// the file's order, as batches of `schema` (plain text columns); empty
 /// batches left out.
-fn rows_of(path: &Path, ids: HashSet<String>) -> Result<impl Iterator<Item = Result<RecordBatch>> + use<>> {
+fn rows_of(
+    path: &Path,
+    ids: HashSet<String>,
+    schema: SchemaRef,
+) -> Result<impl Iterator<Item = Result<RecordBatch>> + use<>> {
     let file = File::open(path).map_err(|e| Error::write(path.display(), e))?;
     let what = |e| Error::Parquet { path: path.display().to_string(), source: e };
     let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
@@ -1083,7 +1260,7 @@ fn rows_of(path: &Path, ids: HashSet<String>) -> Result<impl Iterator<Item = Res
         })?;
         let keep: BooleanArray = run_id.iter().map(|id| Some(id.is_some_and(|id| ids.contains(id)))).collect();
         let kept = arrow_select::filter::filter_record_batch(&batch, &keep).map_err(arrow)?;
-        RecordBatch::try_new(long_schema(), kept.columns().to_vec()).map_err(arrow)
+        RecordBatch::try_new(Arc::clone(&schema), kept.columns().to_vec()).map_err(arrow)
     };
     Ok(reader.map(filter).filter(|b| b.as_ref().map_or(true, |b| b.num_rows() > 0)))
 }
@@ -1123,6 +1300,7 @@ fn table_run(batch: &RecordBatch, row: usize, planned: &Planned) -> std::result:
     let key = text_at(batch, SYNC_KEY, row).ok_or("no _sync_key")?;
     let fingerprint = text_at(batch, SYNC_FINGERPRINT, row).unwrap_or_default();
     let history_file = text_at(batch, SYNC_HISTORY_FILE, row);
+    let system_file = text_at(batch, SYNC_SYSTEM_FILE, row);
     let mark = text_at(batch, SYNC_HISTORY_MARK, row).and_then(|t| serde_json::from_str(&t).ok());
     let mut aside: HashMap<String, Value> = match text_at(batch, SYNC_VALUES, row) {
         Some(text) => match Value::parse(&text).map_err(|e| format!("{SYNC_VALUES}: {e}"))? {
@@ -1181,9 +1359,10 @@ fn table_run(batch: &RecordBatch, row: usize, planned: &Planned) -> std::result:
     Ok((
         key,
         SyncedRun {
-            data: RunData { identity, groups, history: None, warnings: Vec::new(), history_mark: None },
+            data: RunData { identity, groups, history: None, system: None, warnings: Vec::new(), history_mark: None },
             fingerprint,
             history_file,
+            system_file,
             mark,
         },
     ))
@@ -1207,7 +1386,7 @@ fn cell_value(field: &Field, col: &ArrayRef, row: usize) -> std::result::Result<
 }
 
 /// The runs table with the sync columns appended, by run id.
-fn with_sync_columns(batch: RecordBatch, sync: &HashMap<String, SyncColumns>) -> Result<RecordBatch> {
+fn with_sync_columns(batch: RecordBatch, sync: &HashMap<String, SyncColumns>, system: bool) -> Result<RecordBatch> {
     let ids = batch
         .column_by_name("run_id")
         .and_then(|c| c.as_string_opt::<i32>())
@@ -1217,6 +1396,7 @@ fn with_sync_columns(batch: RecordBatch, sync: &HashMap<String, SyncColumns>) ->
     let mut files = Vec::with_capacity(ids.len());
     let mut marks = Vec::with_capacity(ids.len());
     let mut nulls = Vec::with_capacity(ids.len());
+    let mut system_files = Vec::with_capacity(ids.len());
     for id in ids.iter() {
         let s = id.and_then(|id| sync.get(id));
         keys.push(s.map(|s| s.0.clone()));
@@ -1224,6 +1404,7 @@ fn with_sync_columns(batch: RecordBatch, sync: &HashMap<String, SyncColumns>) ->
         files.push(s.and_then(|s| s.2.clone()));
         marks.push(s.and_then(|s| s.3.as_ref()).map(|m| json!(m).to_string()));
         nulls.push(s.and_then(|s| s.4.clone()));
+        system_files.push(s.and_then(|s| s.5.clone()));
     }
     let schema = batch.schema();
     let mut fields: Vec<Arc<Field>> = schema.fields().iter().cloned().collect();
@@ -1238,6 +1419,10 @@ fn with_sync_columns(batch: RecordBatch, sync: &HashMap<String, SyncColumns>) ->
     columns.push(Arc::new(StringArray::from(files)));
     columns.push(Arc::new(StringArray::from(marks)));
     columns.push(Arc::new(StringArray::from(nulls)));
+    if system {
+        fields.push(Arc::new(Field::new(SYNC_SYSTEM_FILE, DataType::Utf8, true)));
+        columns.push(Arc::new(StringArray::from(system_files)));
+    }
     RecordBatch::try_new(Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone())), columns)
         .map_err(|e| Error::Arrow { what: "runs".into(), source: e })
 }
@@ -1311,6 +1496,7 @@ mod tests {
             groups: vec![("config.", config.into_iter().map(|(k, v)| (k.to_string(), v)).collect())],
             history: None,
             warnings: Vec::new(),
+            system: None,
             history_mark: None,
         };
         let a = run(vec![

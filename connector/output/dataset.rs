@@ -290,12 +290,12 @@ fn check_replaceable(dir: &Path) -> Result<()> {
     let ours = |rel: &str, is_dir: bool| {
         let name = rel.rsplit('/').next().unwrap_or(rel);
         if is_dir {
-            return rel == "history" || listed.iter().any(|l| l.starts_with(&format!("{rel}/")));
+            return rel == "history" || rel == "system" || listed.iter().any(|l| l.starts_with(&format!("{rel}/")));
         }
         listed.iter().any(|l| l == rel)
             || rel == MANIFEST
             || rel == "runs.parquet"
-            || (rel.starts_with("history/part-") && rel.ends_with(".parquet"))
+            || ((rel.starts_with("history/part-") || rel.starts_with("system/part-")) && rel.ends_with(".parquet"))
             || (name.starts_with('.') && name.contains(OLD_TMP_MARK))
     };
     let manifest = fs::read(dir.join(MANIFEST)).ok().and_then(|t| serde_json::from_slice::<serde_json::Value>(&t).ok());

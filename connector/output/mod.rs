@@ -13,6 +13,7 @@ pub mod runlength;
 pub mod runs;
 pub mod spill;
 pub mod spool;
+pub mod system;
 
 use std::sync::Arc;
 

@@ -91,6 +91,9 @@ pub struct RunColumns {
     /// The identity columns `runport ls` shows: name, state, creation time
     /// (a text, a text and a timestamp column).
     pub listing: [&'static str; 3],
+    /// Why the source has no `system` table (`--select system.*` is then a
+    /// usage error saying so); `None` when it has one.
+    pub no_system: Option<&'static str>,
 }
 
 /// A parsed SOURCE (vector's `SourceConfig`): validated, nothing opened yet.

@@ -48,6 +48,9 @@ pub const MLFLOW_COLUMNS: RunColumns = RunColumns {
     identity: MLFLOW_IDENTITY_COLUMNS,
     groups: MLFLOW_PREFIXES,
     listing: ["run_name", "status", "start_time"],
+    no_system: Some(
+        "MLflow keeps system metrics as metrics named system/...: they are in the history (--select 'history.system/*')",
+    ),
 };
 
 /// Which runs: `--view`.
@@ -280,6 +283,7 @@ impl MlflowRun {
             groups: vec![("metrics.", metrics), ("params.", params), ("tags.", tags)],
             history: None,
             warnings: Vec::new(),
+            system: None,
             history_mark: None,
         }
     }

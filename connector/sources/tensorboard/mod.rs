@@ -49,6 +49,7 @@ pub const TENSORBOARD_COLUMNS: RunColumns = RunColumns {
     identity: TENSORBOARD_IDENTITY_COLUMNS,
     groups: &["config.", "summary."],
     listing: ["name", "source", "created_at"],
+    no_system: Some("TensorBoard event files hold no system metrics"),
 };
 
 fn parse(text: &str) -> Option<Result<BoxedConfig>> {

@@ -21,6 +21,8 @@ pub struct ListedRun {
     pub history_keys: Option<Vec<String>>,
     pub last_step: Option<i64>,
     pub history_line_count: Option<i64>,
+    /// System-metric samples (`eventsLineCount`), when system metrics are selected.
+    pub events_line_count: Option<i64>,
     /// `runport sync`: the last step and the history lines the table holds
     /// for this run; only later steps are fetched when the history grew by
     /// appending (see `WandbApi::fetch`).
@@ -55,6 +57,9 @@ impl ListedRun {
         part(format!("{:?} {:?}", self.history_line_count, self.last_step).as_bytes());
         for k in self.history_keys.iter().flatten() {
             part(k.as_bytes());
+        }
+        if let Some(n) = self.events_line_count {
+            part(format!("events {n}").as_bytes());
         }
         h.finalize().iter().map(|b| format!("{b:02x}")).collect()
     }
@@ -197,11 +202,13 @@ pub fn parse_run_node(
             groups: vec![("config.", config), ("summary.", summary_cols)],
             history: None,
             warnings: Vec::new(),
+            system: None,
             history_mark: None,
         },
         history_keys,
         last_step,
         history_line_count: node.get("historyLineCount").and_then(|v| v.as_i64()),
+        events_line_count: node.get("eventsLineCount").and_then(|v| v.as_i64()),
         history_from: None,
     })
 }

@@ -29,18 +29,20 @@ use crate::error::{Error, Result};
 use crate::http::{Http, HttpError, RetryPolicy, build_client};
 use crate::pipeline::{HistorySink, HistoryTarget};
 use crate::plan::FetchPlan;
+use crate::plan::SYSTEM_PREFIX;
 use crate::redact::redact;
 use crate::remote::{Listing, ListingError, RemoteSource};
-use crate::run::{HistoryMark, RunData};
+use crate::run::{HistoryMark, RunData, SystemSamples, seconds_to_micros};
 use crate::sources::SyncMark;
 use crate::sources::spooled::{Spool, Spooled};
+use crate::value::Value;
 
 use credentials::{ApiKey, KeySource, find_api_key};
 use history::HistoryBuilder;
-use listing::{ListedRun, has_selected_history_key, parse_run_node};
+use listing::{ListedRun, has_selected_history_key, parse_run_node, restore_non_finite};
 pub use source::REGISTRATION;
 
-use queries::{HISTORY_PAGE, ListingFields, PARQUET_HISTORY, SAMPLED_HISTORY};
+use queries::{HISTORY_PAGE, ListingFields, PARQUET_HISTORY, SAMPLED_HISTORY, SYSTEM_EVENTS};
 
 pub const DEFAULT_BASE_URL: &str = "https://api.wandb.ai";
 pub const DEFAULT_PER_PAGE: usize = 500;
@@ -308,6 +310,46 @@ impl WandbApi {
         Ok(FetchedHistory { files, rows: finish(rows, &what)? })
     }
 
+    /// A run's system metrics: its `events` stream, every sample of it
+    /// (`samples` is the run's `eventsLineCount`; without one, a number no
+    /// run reaches). A run the listing shows without samples costs no request.
+    pub async fn fetch_system(&self, plan: &FetchPlan, run: &ListedRun) -> Result<SystemSamples, String> {
+        let mut out = SystemSamples::default();
+        let listed = run.events_line_count;
+        if listed == Some(0) {
+            return Ok(out);
+        }
+        let name = &run.data.identity.run_id;
+        let mut vars = self.base_vars();
+        vars["name"] = name.clone().into();
+        vars["samples"] = listed.unwrap_or(MAX_SYSTEM_SAMPLES).into();
+        let what = format!("system metrics of run {name}");
+        let data = self.graphql(&what, SYSTEM_EVENTS, vars).await?;
+        let rows = data.pointer("/project/run/events").and_then(|e| e.as_array()).cloned().unwrap_or_default();
+        let mut ids = std::collections::HashMap::new();
+        for row in &rows {
+            let parsed = match row {
+                serde_json::Value::String(s) => {
+                    Value::parse(s).map_err(|e| format!("{what}: a row is not JSON: {e}"))?
+                }
+                other => Value::parse(&other.to_string()).map_err(|e| format!("{what}: {e}"))?,
+            };
+            let Value::Object(fields) = parsed else { return Err(format!("{what}: a row is not an object")) };
+            let timestamp = fields
+                .iter()
+                .find(|(k, _)| k == "_timestamp")
+                .and_then(|(_, v)| restore_non_finite(v.clone()).as_f64())
+                .and_then(seconds_to_micros);
+            for (k, v) in fields {
+                let Some(key) = k.strip_prefix(SYSTEM_PREFIX) else { continue };
+                if plan.wants_system_key(key) {
+                    out.push(&mut ids, key, timestamp, restore_non_finite(v).as_f64());
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// `runport sync`: the history rows after the table's last step
     /// (`from.step`) alone, when the run grew by appending: the table's
     /// lines and the rows fetched add up to the lines listed (or more: the
@@ -464,6 +506,9 @@ impl WandbApi {
 /// A grown run's new lines are fetched alone when at most 1/APPEND_SHARE of its lines.
 const APPEND_SHARE: i64 = 10;
 
+/// `events(samples:)` for a run the listing gave no `eventsLineCount`.
+const MAX_SYSTEM_SAMPLES: i64 = 1_000_000;
+
 impl RemoteSource for WandbApi {
     type Listed = ListedRun;
     type Fetched = (RunData, FetchedHistory);
@@ -517,10 +562,12 @@ impl RemoteSource for WandbApi {
         target: Option<Arc<HistoryTarget>>,
     ) -> Result<(RunData, FetchedHistory), String> {
         let mut mark = HistoryMark { from_step: None, lines: listed.history_line_count, ..Default::default() };
+        let system = if plan.system { Some(self.fetch_system(&plan, &listed).await?) } else { None };
         if !self.needs_history(&plan, &listed) {
             // No history request for this run; an empty history when history was asked.
             let mut data = listed.data;
             data.history_mark = Some(mark);
+            data.system = system;
             return Ok((data, FetchedHistory::default()));
         }
         let appended = match (listed.history_from.clone(), self.opts.samples) {
@@ -536,6 +583,7 @@ impl RemoteSource for WandbApi {
         };
         let mut data = listed.data;
         data.history_mark = Some(mark);
+        data.system = system;
         Ok((data, fetched))
     }
 

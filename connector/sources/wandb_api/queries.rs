@@ -11,6 +11,7 @@ const RUNS_TEMPLATE: &str = include_str!("../../../schemas/wandb/runs.graphql");
 pub const PARQUET_HISTORY: &str = include_str!("../../../schemas/wandb/parquet_history.graphql");
 pub const HISTORY_PAGE: &str = include_str!("../../../schemas/wandb/history_page.graphql");
 pub const SAMPLED_HISTORY: &str = include_str!("../../../schemas/wandb/sampled_history.graphql");
+pub const SYSTEM_EVENTS: &str = include_str!("../../../schemas/wandb/system_events.graphql");
 
 /// What the listing query asks for, derived from the plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -87,6 +88,9 @@ impl ListingFields {
         if plan.history {
             fields.push("historyKeys".into());
             fields.push("historyLineCount".into());
+        }
+        if plan.system {
+            fields.push("eventsLineCount".into());
         }
         ListingFields { fields, config_keys, summary_keys, config, summary, history_keys: plan.history }
     }

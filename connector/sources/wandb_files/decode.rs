@@ -12,13 +12,17 @@ use smallvec::SmallVec;
 
 use super::log_reader::{LogError, TransactionLogReader};
 use super::records::{EnvelopeError, MAX_KEY_DEPTH};
-use super::records::{RecordType, RunExitRecord, RunRecord, StatsRecord, Timestamp, UpdateRecord, peek_record_type};
+use super::records::{
+    RecordType, RunExitRecord, RunRecord, StatsRecord, StatsSamples, Timestamp, UpdateRecord, peek_record_type,
+};
 use super::tree::{Tree, parse_or_keep};
 use super::wire::{ItemRef, RawBytes, RawItem, RawValue, history_items_raw, update_items_raw};
 use crate::columns::{encode_path, flatten};
 use crate::pipeline::HistorySink;
 use crate::plan::FetchPlan;
-use crate::run::{HistoryMark, HistoryPoint, HistoryRow, RunData, RunHistory, RunIdentity, seconds_to_micros};
+use crate::run::{
+    HistoryMark, HistoryPoint, HistoryRow, RunData, RunHistory, RunIdentity, SystemSamples, seconds_to_micros,
+};
 use crate::sources::SyncMark;
 use crate::value::Value;
 
@@ -45,7 +49,7 @@ impl RecordNeeds {
             config: plan.config,
             summary: plan.summary,
             history: plan.history || id("updated_at") || id("runtime_s"),
-            stats: id("updated_at"),
+            stats: id("updated_at") || plan.system,
             exit: id("state") || id("exit_code") || id("runtime_s"),
         }
     }
@@ -160,6 +164,9 @@ struct RunDecoder<'p> {
     /// `history.rows` holds only the current chunk's).
     last_step: Option<i64>,
     exit: Option<RunExitRecord>,
+    /// System metrics (stats records), when the plan selects them.
+    system: SystemSamples,
+    system_keys: HashMap<String, u32>,
     warnings: RunWarnings,
     counts: RecordCounts,
     /// History records met (decoded or passed over).
@@ -491,6 +498,8 @@ impl<'p> RunDecoder<'p> {
             last_runtime: None,
             last_step: None,
             exit: None,
+            system: SystemSamples::default(),
+            system_keys: HashMap::new(),
             warnings: RunWarnings::default(),
             counts: RecordCounts::default(),
             history_records: 0,
@@ -572,9 +581,17 @@ impl<'p> RunDecoder<'p> {
             }
             RecordType::Stats => {
                 self.counts.decoded_stats += 1;
-                let s = StatsRecord::decode(payload)?;
-                if let Some(t) = &s.timestamp {
-                    self.note_time(timestamp_micros(t));
+                if self.plan.system {
+                    let s = StatsSamples::decode(payload)?;
+                    if let Some(t) = &s.timestamp {
+                        self.note_time(timestamp_micros(t));
+                    }
+                    self.system_samples(&s);
+                } else {
+                    let s = StatsRecord::decode(payload)?;
+                    if let Some(t) = &s.timestamp {
+                        self.note_time(timestamp_micros(t));
+                    }
                 }
             }
             RecordType::Exit => {
@@ -583,6 +600,21 @@ impl<'p> RunDecoder<'p> {
             }
         }
         Ok(())
+    }
+
+    /// The selected items of a stats record, one sample each. The time is
+    /// the record's seconds and nanoseconds as one float of seconds, as the
+    /// W&B API gives it back (`_timestamp`), so both sources give the same
+    /// microseconds.
+    fn system_samples(&mut self, s: &StatsSamples) {
+        let timestamp = s.timestamp.as_ref().and_then(|t| seconds_to_micros(t.seconds as f64 + t.nanos as f64 / 1e9));
+        for item in &s.item {
+            if !self.plan.wants_system_key(&item.key) {
+                continue;
+            }
+            let value = Value::parse(&item.value_json).ok().and_then(|v| v.as_f64());
+            self.system.push(&mut self.system_keys, &item.key, timestamp, value);
+        }
     }
 
     /// A warning when a record was skipped; the end of the run when it
@@ -634,6 +666,8 @@ impl<'p> RunDecoder<'p> {
         other.config_slots = std::mem::take(&mut self.config_slots);
         other.summary_slots = std::mem::take(&mut self.summary_slots);
         other.last_time_us = self.last_time_us;
+        other.system = std::mem::take(&mut self.system);
+        other.system_keys = std::mem::take(&mut self.system_keys);
         other.counts.read = self.counts.read;
         let read_shown = shown.to_string();
         let other = std::thread::scope(|scope| {
@@ -674,6 +708,8 @@ impl<'p> RunDecoder<'p> {
         self.config_slots = other.config_slots;
         self.summary_slots = other.summary_slots;
         self.exit = other.exit;
+        self.system = other.system;
+        self.system_keys = other.system_keys;
         self.last_time_us = self.last_time_us.max(other.last_time_us);
         let c = other.counts;
         self.counts.read = c.read;
@@ -1038,6 +1074,7 @@ impl<'p> RunDecoder<'p> {
             groups: vec![("config.", config), ("summary.", summary)],
             history: plan.history.then_some(self.history),
             warnings: self.warnings.into_vec(),
+            system: plan.system.then_some(self.system),
             history_mark: None,
         }
     }

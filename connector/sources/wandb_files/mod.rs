@@ -54,8 +54,12 @@ pub const WANDB_IDENTITY_COLUMNS: &[IdentityColumn] = &[
 pub const WANDB_PREFIXES: &[&str] = &["config.", "summary."];
 
 /// The runs table of the W&B sources (these files and the API).
-pub const WANDB_COLUMNS: RunColumns =
-    RunColumns { identity: WANDB_IDENTITY_COLUMNS, groups: WANDB_PREFIXES, listing: ["name", "state", "created_at"] };
+pub const WANDB_COLUMNS: RunColumns = RunColumns {
+    identity: WANDB_IDENTITY_COLUMNS,
+    groups: WANDB_PREFIXES,
+    listing: ["name", "state", "created_at"],
+    no_system: None,
+};
 
 /// One run's log files, in the order to read them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -204,6 +204,23 @@ pub struct StatsRecord {
     pub timestamp: Option<Timestamp>,
 }
 
+/// A `StatsRecord` with its items (system metrics), when they are selected.
+#[derive(Clone, PartialEq, Message)]
+pub struct StatsSamples {
+    #[prost(message, optional, tag = "2")]
+    pub timestamp: Option<Timestamp>,
+    #[prost(message, repeated, tag = "3")]
+    pub item: Vec<StatsItem>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct StatsItem {
+    #[prost(string, tag = "1")]
+    pub key: String,
+    #[prost(string, tag = "16")]
+    pub value_json: String,
+}
+
 #[derive(Clone, PartialEq, Message)]
 pub struct RunExitRecord {
     #[prost(int32, tag = "1")]
