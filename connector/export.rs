@@ -535,16 +535,21 @@ fn listing(i: &RunIdentity, name: &str, state: &str, created: &str) -> RunListin
     }
 }
 
-/// The Arrow schemas an export would write (reads every run to type the columns).
+/// The Arrow schemas an export would write: runs, history, system (reads
+/// every run to type the columns; the system table's schema is fixed, so
+/// no system metric is read).
 pub fn schemas(
     source: &str,
     selection: Option<&str>,
     history: HistoryLayout,
     concurrency: Option<usize>,
     options: &[SourceOption],
-) -> Result<(SchemaRef, Option<SchemaRef>)> {
+) -> Result<(SchemaRef, Option<SchemaRef>, Option<SchemaRef>)> {
     let planned = open(source, selection, history, concurrency, options)?;
-    let plan = &planned.plan;
+    let system = planned.plan.system.then(system_schema);
+    let mut reading = (*planned.plan).clone();
+    reading.system = false;
+    let plan = &Arc::new(reading);
     let mut runs = RunsTable::new(&plan.identity_columns, planned.columns.groups);
     let mut kinds = BTreeMap::new();
     let target = plan.history.then(|| kinds_target(chunk_bytes(DEFAULT_MEMORY_LIMIT), None));
@@ -562,5 +567,5 @@ pub fn schemas(
         (true, HistoryLayout::Wide) => Some(wide_schema(&kinds)),
         (true, HistoryLayout::Long) => Some(long_schema()),
     };
-    Ok((runs.schema(), history))
+    Ok((runs.schema(), history, system))
 }

@@ -370,7 +370,7 @@ fn run(command: Command, json_logs: bool) -> Result<u8, Error> {
             Ok(if failures.is_empty() { 0 } else { EXIT_PARTIAL })
         }
         Command::Schema { common } => {
-            let (runs, history) = schemas(
+            let (runs, history, system) = schemas(
                 &common.source,
                 common.select.as_deref(),
                 common.history.into(),
@@ -381,16 +381,19 @@ fn run(command: Command, json_logs: bool) -> Result<u8, Error> {
                 print_json(&serde_json::json!({
                     "runs": schema_json(&runs),
                     "history": history.as_ref().map(schema_json),
+                    "system": system.as_ref().map(schema_json),
                 }));
             } else {
                 println!("runs.parquet");
                 for f in runs.fields() {
                     println!("  {}: {}", f.name(), f.data_type());
                 }
-                if let Some(h) = history {
-                    println!("history/part-NNNNN.parquet");
-                    for f in h.fields() {
-                        println!("  {}: {}", f.name(), f.data_type());
+                for (name, schema) in [("history", history), ("system", system)] {
+                    if let Some(s) = schema {
+                        println!("{name}/part-NNNNN.parquet");
+                        for f in s.fields() {
+                            println!("  {}: {}", f.name(), f.data_type());
+                        }
                     }
                 }
             }

@@ -234,6 +234,12 @@ impl WandbApi {
                    "requests_at_most": count, "plus": "one download per history file (no credentials)",
                    "only": "runs whose historyKeys hold a selected key"})
         };
+        let system = if plan.system {
+            json!({"stage": "system", "query": SYSTEM_EVENTS, "requests_at_most": count,
+                   "only": "runs whose eventsLineCount is above 0"})
+        } else {
+            json!({"stage": "system", "requests": 0})
+        };
         Ok(json!({
             "source_kind": "wandb-api",
             "base_url": redact(&self.opts.base_url),
@@ -243,6 +249,7 @@ impl WandbApi {
             "stages": [
                 {"stage": "listing", "requests": pages, "query": fields.document(), "fields": fields},
                 history,
+                system,
             ],
         }))
     }
