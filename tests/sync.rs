@@ -406,9 +406,11 @@ from deltalake import DeltaTable
 
 old, new, tables = sys.argv[1], sys.argv[2], sys.argv[3:]
 cols = ["run_id", "key", "step", "timestamp", "runtime_s", "value", "value_json"]
+sys_cols = ["run_id", "key", "timestamp", "value"]
 def export(d):
-    return pl.read_parquet(f"{d}/runs.parquet"), pl.read_parquet(f"{d}/history/*.parquet")
+    return pl.read_parquet(f"{d}/runs.parquet"), pl.read_parquet(f"{d}/history/*.parquet"), pl.read_parquet(f"{d}/system/*.parquet")
 states = {"old": export(old), "new": export(new)}
+
 
 def same(got, want, by):
     if sorted(got.columns) != sorted(want.columns):
@@ -418,6 +420,8 @@ def same(got, want, by):
         return True
     except AssertionError:
         return False
+
+assert not same(states["old"][2], states["new"][2], sys_cols), "the change leaves the system metrics as they were"
 
 def state(got, i, by):
     found = [name for name, s in states.items() if same(got, s[i], by)]
@@ -439,22 +443,25 @@ for t in tables:
     if kind == "duckdb":
         # What DuckDB's delta_scan read of a killed table (DuckDB venv).
         runs, hist = pl.read_parquet(f"{path}/duck-runs.parquet"), pl.read_parquet(f"{path}/duck-history.parquet")
+        system = pl.read_parquet(f"{path}/duck-system.parquet")
     else:
         runs = pl.read_delta(f"{path}/runs")
         hist = pl.read_delta(f"{path}/history")
+        system = pl.read_delta(f"{path}/system")
         DeltaTable(f"{path}/runs").to_pyarrow_table()
     runs = runs.drop([c for c in runs.columns if c.startswith("_sync_")])
-    got = (state(runs, 0, ["run_id"]), state(hist, 1, cols))
-    assert None not in got, (path, got, runs.height, hist.height)
+    got = (state(runs, 0, ["run_id"]), state(hist, 1, cols), state(system, 2, sys_cols))
+    assert None not in got, (path, got, runs.height, hist.height, system.height)
     if kind == "done":
-        assert got == ("new", "new"), (path, got)
-        for sub in ("runs", "history"):
+        assert got == ("new", "new", "new"), (path, got)
+        for sub in ("runs", "history", "system"):
             files = {os.path.basename(f) for f in glob.glob(f"{path}/{sub}/part-*.parquet")}
             stray = files - referred(f"{path}/{sub}")
             assert not stray, (path, sub, stray)
             staged = glob.glob(f"{path}/{sub}/_delta_log/*#*")
             assert not staged, (path, staged)
-    seen[f"{kind} runs={got[0]} history={got[1]}"] = seen.get(f"{kind} runs={got[0]} history={got[1]}", 0) + 1
+    name = f"{kind} runs={got[0]} history={got[1]} system={got[2]}"
+    seen[name] = seen.get(name, 0) + 1
 print(json.dumps(seen, sort_keys=True))
 "#;
 
@@ -483,23 +490,25 @@ fn kill_group(child: &mut std::process::Child) {
     }
 }
 
-/// SIGKILL at 40 points spread over a sync (with each `fsync`, `linkat`
-/// and `unlink` slowed by strace, so that every window is wide): each
-/// table is always at a whole version, old or new; the next sync completes
-/// to the tables of an uninterrupted sync and removes the files the killed
-/// one wrote and never committed.
+/// SIGKILL at 40 points spread over a sync of every column and the system
+/// metrics (three tables; with each `fsync`, `linkat` and `unlink` slowed
+/// by strace, so that every window is wide): each table is always at a
+/// whole version, old or new; the next sync completes to the tables of an
+/// uninterrupted sync and removes the files the killed one wrote and never
+/// committed.
 #[test]
 fn syncs_killed_at_40_points_leave_whole_versions_and_the_next_sync_completes_them() {
     use std::time::Instant;
+    const ALL: &[&str] = &["--select", "*,system.*"];
     let tmp = tempdir();
     let source = tmp.path().join("wandb");
     let base = tmp.path().join("base");
     let held = Held::copy_standard(&source);
-    sync(&source, &base, &[], 0);
+    sync(&source, &base, ALL, 0);
     let (old, new) = (tmp.path().join("export-old"), tmp.path().join("export-new"));
-    export_json(&source, &old, &[], 0);
+    export_json(&source, &old, ALL, 0);
     held.apply(&source);
-    export_json(&source, &new, &[], 0);
+    export_json(&source, &new, ALL, 0);
 
     // Each fsync, linkat (a commit) and unlink slowed.
     let slowed = [
@@ -512,7 +521,7 @@ fn syncs_killed_at_40_points_leave_whole_versions_and_the_next_sync_completes_th
         "-e",
         "inject=unlink,unlinkat:delay_exit=50000",
     ];
-    let traced = |table: &Path| traced_sync(&source, table, &slowed);
+    let traced = |table: &Path| traced_sync_logged(&source, table, &slowed, None, ALL);
     // How long a traced sync takes, uninterrupted.
     let whole = tmp.path().join("whole");
     copy_dir(&base, &whole);
@@ -549,9 +558,10 @@ fn syncs_killed_at_40_points_leave_whole_versions_and_the_next_sync_completes_th
             // DuckDB too, on every fifth.
             duckdb_delta_scan(&killed.join("runs"), &killed.join("duck-runs.parquet"));
             duckdb_delta_scan(&killed.join("history"), &killed.join("duck-history.parquet"));
+            duckdb_delta_scan(&killed.join("system"), &killed.join("duck-system.parquet"));
             tables.push(format!("duckdb:{}", killed.display()));
         }
-        let next = sync(&source, &work, &[], 0);
+        let next = sync(&source, &work, ALL, 0);
         removed += next["unreferenced_removed"].as_u64().unwrap();
         tables.push(format!("done:{}", work.display()));
     }
@@ -562,7 +572,7 @@ fn syncs_killed_at_40_points_leave_whole_versions_and_the_next_sync_completes_th
     let seen: serde_json::Value = serde_json::from_str(out.trim().lines().last().unwrap()).unwrap();
     assert_eq!(seen.as_object().unwrap().iter().filter(|(k, _)| k.starts_with("done")).count(), 1, "{seen}");
     // The kills fell both before any commit and after one: both states were read.
-    let killed_old = seen.get("killed runs=old history=old").and_then(|v| v.as_u64()).unwrap_or(0);
+    let killed_old = seen.get("killed runs=old history=old system=old").and_then(|v| v.as_u64()).unwrap_or(0);
     assert!(killed_old > 0 && killed_old < u64::from(kills), "{seen}");
     assert!(removed > 0, "no kill left a file to clean up: {seen}");
 }
@@ -650,11 +660,17 @@ run.finish()
 /// syscalls traced and the faults injected), in a process group of its
 /// own (see [`kill_group`]), its output discarded.
 fn traced_sync(source: &Path, table: &Path, strace_args: &[&str]) -> std::process::Child {
-    traced_sync_logged(source, table, strace_args, None)
+    traced_sync_logged(source, table, strace_args, None, &[])
 }
 
 /// [`traced_sync`], its stderr written to `log` when given.
-fn traced_sync_logged(source: &Path, table: &Path, strace_args: &[&str], log: Option<&Path>) -> std::process::Child {
+fn traced_sync_logged(
+    source: &Path,
+    table: &Path,
+    strace_args: &[&str],
+    log: Option<&Path>,
+    runport_args: &[&str],
+) -> std::process::Child {
     use std::os::unix::process::CommandExt;
     let stderr = match log {
         Some(path) => std::process::Stdio::from(std::fs::File::create(path).unwrap()),
@@ -667,6 +683,7 @@ fn traced_sync_logged(source: &Path, table: &Path, strace_args: &[&str], log: Op
         .arg("sync")
         .arg(source)
         .arg(table)
+        .args(runport_args)
         .env("RUST_LOG", "runport=warn")
         .stdout(std::process::Stdio::null())
         .stderr(stderr)
@@ -694,6 +711,7 @@ fn a_sync_that_loses_a_commit_race_fails_cleanly_and_the_winners_commits_stay() 
         &table,
         &["-e", "trace=linkat", "-e", "inject=linkat:delay_enter=4000000"],
         Some(&log),
+        &[],
     ));
     // The held sync is at its history commit: its staging file is there.
     let staging = || {

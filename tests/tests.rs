@@ -9,6 +9,7 @@ mod mlflow;
 mod object_store;
 mod orchestrators;
 mod sync;
+mod system;
 mod tensorboard;
 mod wandb_api;
 mod wandb_api_large;

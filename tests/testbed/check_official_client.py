@@ -3,7 +3,9 @@
 
     python tests/testbed/check_official_client.py --runs DIR
         [--base-url URL --api-key KEY --entity E --project P]
-        [--debug-flip history|summary|config]
+        [--debug-flip history|summary|config|system]
+    python tests/testbed/check_official_client.py --runs DIR --system EXPORT [--select PATTERNS]
+        [--base-url URL --api-key KEY --entity E --project P]
 
 Without --base-url it starts `wandb_server.py` on free loopback ports (and
 stops it at the end). It then drives `wandb.Api` (GraphQL through the
@@ -12,13 +14,21 @@ it reads with `wandb_reference.py`'s reading of the same `.wandb` files:
 listing with filters, orders and paging; every run's metadata, config and
 summary; `run.history()` with and without keys (sampled), `scan_history()`
 with and without keys for every run (all 100,000 rows of `std-long`
-included), `Runs.histories()`, and a second pass with a live (not yet
-exported) tail. It also checks that no credentials reached the file origin
+included), `Runs.histories()`, the system metrics
+(`run.history(stream="system")`, whole and sampled), and a second pass with
+a live (not yet exported) tail. It also checks that no credentials reached the file origin
 and that nothing tried to reach another host (all proxies point at a local
 black hole that counts connections).
 
 Exit 1 with the differences on any mismatch; one summary line on success.
 --debug-flip starts the server with one wrong value, and the check must fail.
+
+With --system EXPORT it only reads every run's system metrics with
+`run.history(stream="system", pandas=False, samples=<all>)` and compares
+them with runport's EXPORT/system/part-*.parquet (keys without the
+`system.` prefix, `_timestamp` to microseconds rounded half away from zero,
+numbers as float64 and anything else null; --select: runport's patterns
+over `system.<key>`).
 """
 
 from __future__ import annotations
@@ -476,6 +486,9 @@ def run_check(args, info, runs, diffs: Diffs, stats: dict):
     stats["history_s"] = round(time.time() - t0, 1)
     stats["history_rows"] = n_rows
 
+    # ---- system metrics (events) ---------------------------------------------
+    check_system_pass(api, path, runs, diffs, stats)
+
     # ---- Runs.histories --------------------------------------------------------
     if hasattr(wandb.apis.public.Runs, "histories"):
         sel = api.runs(path, filters={"displayName": {"$regex": "^std-(summary|failed)$"}})
@@ -615,15 +628,168 @@ def check_sampled(label, exp_rows, got_rows, samples, diffs):
             return
 
 
+# --------------------------------------------------------------------------
+# System metrics (the events stream)
+# --------------------------------------------------------------------------
+
+ALL_SAMPLES = 1_000_000  # more than any run's events lines: nothing sampled
+
+EVENTS_COUNT_QUERY = """
+query RunEventsLineCount($project: String!, $entity: String!, $name: String!) {
+    project(name: $project, entityName: $entity) { run(name: $name) { eventsLineCount } }
+}
+"""
+
+
+def api_system_rows(run_id: str, lines: list[dict], pats=None) -> list[tuple]:
+    """The system table's rows from the API's events lines, as runport reads
+    them: `system.<key>` without the prefix (`_wandb`, `_timestamp` and
+    `_runtime` are not keys), timestamp = round-half-away(`_timestamp` *
+    1e6), value = float64 for a number and None for anything else, sorted by
+    (key, timestamp) with ties in line order."""
+    rows = []
+    for line in lines:
+        us = ref.seconds_to_us(line.get("_timestamp"))
+        for k, v in line.items():
+            if k.startswith("system.") and ref.selected(pats, k):
+                rows.append((run_id, us, k[len("system."):], ref.stats_number(v)))
+    rows.sort(key=lambda x: (x[2], -1 if x[1] is None else x[1]))
+    return rows
+
+
+def compare_system_rows(label, exp: list[tuple], got: list[tuple], diffs: Diffs) -> int:
+    """Rows (run_id, µs, key, value) in order: the same count, each field
+    equal; values by bits (NaN equals NaN; -0.0 is not 0.0)."""
+    if len(exp) != len(got):
+        diffs.add(f"{label}: {len(got)} rows, expected {len(exp)}")
+        count = {}
+        for sign, rows in ((1, exp), (-1, got)):
+            for r in rows:
+                count[(r[0], r[2])] = count.get((r[0], r[2]), 0) + sign
+        for (rid, key), n in sorted(count.items()):
+            if n:
+                diffs.add(f"{label}: run {rid} key {key!r}: {'missing' if n > 0 else 'extra'} {abs(n)} rows")
+    for i, (e, g) in enumerate(zip(exp, got)):
+        if e[:3] != g[:3] or not ref.float_eq(e[3], g[3]) or (e[3] is None) != (g[3] is None):
+            diffs.add(f"{label}: row {i}: got {show(list(g))}, expected {show(list(e))}")
+    return len(got)
+
+
+def check_system_pass(api, path, runs, diffs: Diffs, stats: dict):
+    """The official client's system metrics against the reference's reading
+    of the stats records: every run whole (rows, `_runtime` = `_timestamp` -
+    the run's start, `_wandb`, eventsLineCount) and, for runs with more than
+    5 lines, `samples=5` (5 evenly spaced lines, the first and the last)."""
+    t0 = time.time()
+    lines_total = rows_total = 0
+    sampled = 0
+    for e in sorted(runs, key=lambda r: r.run_id):
+        run = api.run(f"{path}/{e.run_id}")
+        lines = run.history(stream="system", pandas=False, samples=ALL_SAMPLES)
+        lines_total += len(lines)
+        label = f"{e.run_id} history(stream='system')"
+        if len(lines) != len(e.system):
+            diffs.add(f"{label}: {len(lines)} lines, expected {len(e.system)} (stats records)")
+        for i, (line, rec) in enumerate(zip(lines, e.system)):
+            _seg, ts_s, _us, _items = rec
+            if line.get("_wandb") is not True:
+                diffs.add(f"{label}: line {i} has _wandb = {show(line.get('_wandb'))}")
+            if line.get("_timestamp") != ts_s:
+                diffs.add(f"{label}: line {i} _timestamp {show(line.get('_timestamp'))}, expected {ts_s!r}")
+            if e.start_s is not None and line.get("_runtime") != ts_s - e.start_s:
+                diffs.add(f"{label}: line {i} _runtime {show(line.get('_runtime'))}, "
+                          f"expected {ts_s - e.start_s!r}")
+            extra = [k for k in line if not k.startswith("system.") and k not in ("_wandb", "_timestamp", "_runtime")]
+            if extra:
+                diffs.add(f"{label}: line {i} has other keys {extra}")
+        exp = [r[:4] for r in ref.system_rows([e])]
+        rows_total += compare_system_rows(label, exp, api_system_rows(e.run_id, lines), diffs)
+        count = run._exec(EVENTS_COUNT_QUERY)["project"]["run"]["eventsLineCount"]
+        if count != len(e.system):
+            diffs.add(f"{e.run_id}: eventsLineCount {count!r}, expected {len(e.system)}")
+        if len(e.system) > 5:
+            got = run.history(stream="system", pandas=False, samples=5)
+            n = len(e.system)
+            idx = [round(j * (n - 1) / 4) for j in range(5)]
+            if [g.get("_timestamp") for g in got] != [e.system[i][1] for i in idx]:
+                diffs.add(f"{e.run_id} history(stream='system', samples=5): _timestamp "
+                          f"{show([g.get('_timestamp') for g in got])}, expected lines {idx} "
+                          f"{show([e.system[i][1] for i in idx])}")
+            sampled += 1
+    stats["system"] = {"runs": len(runs), "lines": lines_total, "rows": rows_total, "sampled_runs": sampled,
+                       "s": round(time.time() - t0, 1)}
+
+
+def read_system_export(export: Path) -> list[tuple]:
+    """runport's system table: every OUT/system/part-*.parquet in name order,
+    as rows (run_id, µs, key, value)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    parts = sorted((export / "system").glob("part-*.parquet"))
+    if not parts:
+        return None
+    t = pa.concat_tables([pq.read_table(p) for p in parts])
+    # a dictionary-encoded string column is a string column here (the types
+    # are wandb_reference.py check-system's business; this compares values)
+    t = t.cast(pa.schema([pa.field(f.name, f.type.value_type if pa.types.is_dictionary(f.type) else f.type)
+                          for f in t.schema]))
+    want = [("run_id", pa.string()), ("timestamp", pa.timestamp("us", tz="UTC")),
+            ("key", pa.string()), ("value", pa.float64())]
+    if [(f.name, f.type) for f in t.schema] != want:
+        raise ValueError(f"system table schema {[(f.name, str(f.type)) for f in t.schema]}, "
+                         f"expected {[(n, str(ty)) for n, ty in want]}")
+    ts = pc.cast(t.column("timestamp"), pa.int64()).to_pylist()
+    return list(zip(t.column("run_id").to_pylist(), ts, t.column("key").to_pylist(),
+                    t.column("value").to_pylist()))
+
+
+def run_system_export_check(args, info, diffs: Diffs, stats: dict):
+    """--system EXPORT: every run of the project read with the official
+    client, compared with runport's system table."""
+    import wandb
+
+    base, entity, project = info["base_url"], info["entity"], info["project"]
+    path = f"{entity}/{project}"
+    api = wandb.Api(overrides={"base_url": base, "entity": entity, "project": project},
+                    api_key=args.api_key, timeout=60)
+    pats = ref.select_patterns(args.select)
+    exp = []
+    lines_total = 0
+    listed = sorted(r.id for r in api.runs(path, per_page=50))
+    for rid in listed:
+        lines = api.run(f"{path}/{rid}").history(stream="system", pandas=False, samples=ALL_SAMPLES)
+        lines_total += len(lines)
+        exp.extend(api_system_rows(rid, lines, pats))
+    stats.update(runs=len(listed), lines=lines_total, rows=len(exp))
+    try:
+        got = read_system_export(Path(args.system))
+    except ValueError as e:
+        diffs.add(f"{args.system}/system: {e}")
+        return
+    if got is None:
+        if exp:
+            diffs.add(f"{args.system}/system/part-*.parquet: no system files, the API has {len(exp)} rows "
+                      f"of {len({r[0] for r in exp})} runs")
+        return
+    compare_system_rows(f"{args.system}/system", exp, got, diffs)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--runs", required=True, help="folder with the .wandb files the server serves")
+    ap.add_argument("--runs", help="folder with the .wandb files the server serves "
+                                   "(not needed with --base-url and --system)")
     ap.add_argument("--base-url", help="a running test server (default: start one)")
     ap.add_argument("--api-key", default=DEFAULT_KEY)
     ap.add_argument("--entity", default="testbed")
     ap.add_argument("--project", default="runport-testbed")
-    ap.add_argument("--debug-flip", choices=["history", "summary", "config"],
+    ap.add_argument("--debug-flip", choices=["history", "summary", "config", "system"],
                     help="start the server with one wrong value (the check must fail)")
+    ap.add_argument("--system", metavar="EXPORT",
+                    help="only compare every run's system metrics with runport's EXPORT/system/part-*.parquet")
+    ap.add_argument("--select", default=None,
+                    help="with --system: the export's --select (comma-separated globs over system.<key>)")
     ap.add_argument("--part-rows", type=int, default=None, help="rows per Parquet part (server)")
     ap.add_argument("--no-live", dest="live_pass", action="store_false",
                     help="skip the pass with live (not exported) history tails")
@@ -632,6 +798,12 @@ def main(argv=None) -> int:
     ap.add_argument("--live-runs", nargs="*", default=["std-values", "std-steps", "std-killed", "std-long"])
     ap.add_argument("-v", "--verbose", action="store_true", help="print timings and request counts")
     args = ap.parse_args(argv)
+    if not args.runs and not (args.base_url and args.system):
+        ap.error("--runs is required (unless --system with --base-url)")
+    try:
+        ref.select_patterns(args.select)
+    except ValueError as e:
+        ap.error(str(e))
 
     t_start = time.time()
     tmp = Path(tempfile.mkdtemp(prefix="wandb-official-check-"))
@@ -643,20 +815,28 @@ def main(argv=None) -> int:
         t0 = time.time()
         if not args.base_url:
             proc = start_server(args, tmp / "server-cache")
-        # the reference reads the files while the server loads them
-        runs, failures = ref.read_runs(Path(args.runs))
-        for f in failures:
-            diffs.add(f"reference could not read {f}")
-        stats["reference_s"] = round(time.time() - t0, 1)
+        runs = []
+        if not args.system:
+            # the reference reads the files while the server loads them
+            runs, failures = ref.read_runs(Path(args.runs))
+            for f in failures:
+                diffs.add(f"reference could not read {f}")
+            stats["reference_s"] = round(time.time() - t0, 1)
         if args.base_url:
             info = {"base_url": args.base_url.rstrip("/"), "entity": args.entity, "project": args.project}
         else:
             info = server_ready(proc)
             stats["server_ready_s"] = round(time.time() - t0, 1)
-        admin(info["base_url"], "/_testbed/reset", {"requests": True})
+        if not args.system:
+            # (with --system the server may be the one a test just exported
+            # from: its request log is left as it is)
+            admin(info["base_url"], "/_testbed/reset", {"requests": True})
         isolate_env(tmp / "client", info["base_url"], args.api_key, hole.port)
         try:
-            run_check(args, info, runs, diffs, stats)
+            if args.system:
+                run_system_export_check(args, info, diffs, stats)
+            else:
+                run_check(args, info, runs, diffs, stats)
         except Exception as e:  # a client error is a failure with its message
             import traceback
             traceback.print_exc()
@@ -678,8 +858,14 @@ def main(argv=None) -> int:
             print("  " + d, file=sys.stderr)
         print("stats: " + json.dumps(stats), file=sys.stderr)
         return 1
+    if args.system:
+        print(f"official client (wandb 0.31.0) system metrics equal {args.system}/system: "
+              f"{stats.get('runs')} runs, {stats.get('lines')} events lines, {stats.get('rows')} rows"
+              + (f" (--select {args.select})" if args.select is not None else "") + f", {total} s")
+        return 0
     print(f"official client (wandb 0.31.0) read back everything: {stats.get('listings')} listings, "
-          f"{stats.get('history_rows')} history rows, {stats.get('file_downloads')} Parquet downloads, "
+          f"{stats.get('history_rows')} history rows, {stats.get('system', {}).get('lines')} system lines, "
+          f"{stats.get('file_downloads')} Parquet downloads, "
           f"requests {json.dumps(stats.get('requests'))}, {total} s")
     if args.verbose:
         print(json.dumps(stats, indent=1))

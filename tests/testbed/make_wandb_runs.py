@@ -6,9 +6,10 @@
     python make_wandb_runs.py --out DIR --set bench [--runs 200 --steps 10000 --keys 10 --jobs 2]
     python make_wandb_runs.py --out DIR --set large [--steps 40000 --keys 20]
     python make_wandb_runs.py --out DIR --set wide [--keys 20000]
+    python make_wandb_runs.py --out DIR --set system [--jobs 2]
 
 Runs land in DIR/wandb/offline-run-<time>-<id>/run-<id>.wandb. Every run has a
-fixed id. For `standard`, `sample` and `large`, DIR/scenarios.json maps each scenario
+fixed id. For `standard`, `sample`, `large` and `system`, DIR/scenarios.json maps each scenario
 name to its run id and to what a reader must find (state, exit code, values
 known by construction). Each run is written by its own Python process (the
 `--worker` mode of this script); the parameters travel in an environment
@@ -305,7 +306,130 @@ def w_wide(p):
     run.finish()
 
 
+# --------------------------------------------------------------------------
+# The `system` set: system metrics (stats records)
+# --------------------------------------------------------------------------
+
+# wandb-core samples every x_stats_sampling_interval seconds (default 15;
+# wandb.Settings refuses less than 0.1) and writes each sample as one stats
+# record: 0.31.0 has no setting that averages samples (older SDKs had
+# _stats_samples_to_average). It also takes one sample right at the start, so
+# every run of the other sets (15 s default) holds one stats record unless
+# x_disable_stats.
+SYSTEM_INTERVAL_S = 0.1
+
+# Gauges served to wandb-core's OpenMetrics scraper (x_stats_open_metrics_endpoints)
+# with values known by construction. wandb-core names them
+# `openmetrics.<endpoint>.<metric>.<label index>` and writes every non-finite
+# value as JSON null (so a NaN, unlike in history, never reaches a file).
+OPENMETRICS_ENDPOINT = "tb"
+OPENMETRICS_LABEL = "node-0"
+OPENMETRICS_GAUGES = [
+    # (metric line, value_json wandb-core writes for it: the same in every sample)
+    ('testbed_gauge{dev="a"} 0.5', 0.5),      # two label sets -> indices .0 and .1
+    ('testbed_gauge{dev="b"} 2', 2.0),        # an integer is written 2.0
+    ("testbed_nan NaN", None),
+    ("testbed_inf +Inf", None),
+    ("testbed_ninf -Inf", None),
+    ("testbed_negzero -0.0", -0.0),
+    ("testbed_big 1e300", 1e300),
+    ("testbed_tiny 5e-324", 5e-324),
+]
+
+
+def openmetrics_key(line: str, index: int = 0) -> str:
+    name = line.split("{")[0].split(" ")[0]
+    return f"openmetrics.{OPENMETRICS_ENDPOINT}.{name}.{index}/l:{OPENMETRICS_LABEL}"
+
+
+def openmetrics_expect() -> dict:
+    out = {}
+    seen: dict = {}
+    for line, value in OPENMETRICS_GAUGES:
+        name = line.split("{")[0].split(" ")[0]
+        i = seen.get(name, 0)
+        seen[name] = i + 1
+        out[openmetrics_key(line, i)] = value
+    return out
+
+
+def _log_for(run, seconds: float, steps: int, first_step: int = 0, keys=("loss",)):
+    """`steps` history rows spread over `seconds`, so that the system monitor
+    samples while the run logs."""
+    for i in range(steps):
+        run.log({k: 1.0 / (first_step + i + 1) + j for j, k in enumerate(keys)}, step=first_step + i)
+        time.sleep(seconds / steps)
+
+
+def w_sys_basic(p):
+    """The default system metrics, sampled every 0.1 s for about 2.5 s."""
+    run = _init(p, "sys-basic", config={"set": "system"},
+                settings=_settings(x_stats_sampling_interval=SYSTEM_INTERVAL_S))
+    _log_for(run, 2.5, 10, keys=("loss", "acc"))
+    run.finish()
+
+
+def w_sys_openmetrics(p):
+    """System metrics plus an OpenMetrics endpoint served from this process
+    (gauges with known values: null for NaN/Infinity, -0.0, 1e300, 5e-324,
+    and a counter of scrapes), and x_label, which wandb-core appends to
+    every key as `/l:<label>`."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    scrapes = [0]
+
+    class Metrics(BaseHTTPRequestHandler):
+        def do_GET(self):
+            scrapes[0] += 1
+            lines = ["# TYPE testbed_scrapes counter", f"testbed_scrapes {scrapes[0]}"]
+            for line, _ in OPENMETRICS_GAUGES:
+                lines += [f"# TYPE {line.split('{')[0].split(' ')[0]} gauge", line]
+            body = ("\n".join(dict.fromkeys(lines)) + "\n").encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_):
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Metrics)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    url = "http://127.0.0.1:%d/metrics" % srv.server_address[1]
+    run = _init(p, "sys-openmetrics", config={"set": "system"},
+                settings=_settings(x_stats_sampling_interval=SYSTEM_INTERVAL_S,
+                                   x_stats_open_metrics_endpoints={OPENMETRICS_ENDPOINT: url},
+                                   x_label=OPENMETRICS_LABEL))
+    _log_for(run, 2.0, 8)
+    run.finish()
+    srv.shutdown()
+
+
+def w_sys_resumed(p):
+    """Two processes, same id, resume="allow", each sampling for about 1.5 s:
+    one run whose stats come from two logs."""
+    part = p["part"]
+    run = _init(p, "sys-resumed", resume="allow", config={"part": part} if part == 1 else None,
+                settings=_settings(x_stats_sampling_interval=SYSTEM_INTERVAL_S))
+    if part == 2:
+        run.config.update({"part": 2}, allow_val_change=True)
+    _log_for(run, 1.5, 4 if part == 1 else 3, first_step=0 if part == 1 else 4)
+    run.finish()
+
+
+def w_sys_nostats(p):
+    """x_disable_stats: no stats record at all (no system rows; eventsLineCount 0)."""
+    run = _init(p, "sys-nostats", config={"set": "system"},
+                settings=_settings(x_disable_stats=True))
+    _log_for(run, 0.5, 5)
+    run.finish()
+
+
 WORKERS = {
+    "sys-basic": w_sys_basic, "sys-openmetrics": w_sys_openmetrics,
+    "sys-resumed": w_sys_resumed, "sys-nostats": w_sys_nostats,
     "wide": w_wide,
     "config": w_config, "types": w_types, "values": w_values, "summary": w_summary,
     "steps": w_steps, "long": w_long, "failed": w_failed, "resumed": w_resumed,
@@ -429,17 +553,17 @@ def job_killed(out: Path, cwd: str) -> dict:
     }
 
 
-def job_resumed(out: Path, cwd: str) -> dict:
-    run_worker("resumed", {"out": str(out), "part": 1}, cwd)
+def job_resumed(out: Path, cwd: str, worker: str = "resumed", run_id: str = "std-resumed") -> dict:
+    run_worker(worker, {"out": str(out), "part": 1}, cwd)
     # run folders are named by the second the run started: make sure part 2
     # starts in a later second so that it gets its own folder
-    first = run_files(out, "std-resumed")[0].parent.name
+    first = run_files(out, run_id)[0].parent.name
     while time.strftime("%Y%m%d_%H%M%S", time.gmtime()) in first or \
             time.strftime("%Y%m%d_%H%M%S", time.localtime()) in first:
         time.sleep(0.05)
     time.sleep(0.1)
-    run_worker("resumed", {"out": str(out), "part": 2}, cwd)
-    return {"folders": len(run_files(out, "std-resumed"))}
+    run_worker(worker, {"out": str(out), "part": 2}, cwd)
+    return {"folders": len(run_files(out, run_id))}
 
 
 def scenarios_standard(long_steps: int) -> dict:
@@ -589,6 +713,99 @@ def gen_standard(out: Path, jobs: int, long_steps: int):
     return sc, timings
 
 
+# Keys wandb-core 0.31.0 writes on any Linux machine (the first sample lacks
+# `cpu`: a percentage needs two readings). Others depend on the machine:
+# `disk.<device>.in/out` per block device, `gpu.<i>.*` per GPU (none here).
+SYSTEM_KEYS_LINUX = ["cpu", "memory_percent", "proc.memory.rssMB", "proc.memory.availableMB",
+                     "proc.memory.percent", "proc.cpu.threads", "network.sent", "network.recv",
+                     "disk./.usagePercent", "disk./.usageGB"]
+
+
+def scenarios_system() -> dict:
+    """Expectations of the `system` set. How many samples a run gets depends
+    on the machine's load, so only lower bounds; what was written is under
+    each scenario's `observed`."""
+    om = openmetrics_expect()
+    scrapes = f"openmetrics.{OPENMETRICS_ENDPOINT}.testbed_scrapes.0/l:{OPENMETRICS_LABEL}"
+    return {
+        "basic": {
+            "run_id": "sys-basic",
+            "purpose": "default system metrics sampled every 0.1 s for about 2.5 s while logging 10 steps",
+            "state": "finished", "exit_code": 0, "folders": 1, "history_rows": 10,
+            "system": {"min_samples": 5, "keys_include": SYSTEM_KEYS_LINUX},
+        },
+        "openmetrics": {
+            "run_id": "sys-openmetrics",
+            "purpose": "system metrics plus an OpenMetrics endpoint with known values (non-finite -> null, "
+                       "-0.0, 1e300, 5e-324, a scrape counter) and x_label: every key ends in /l:node-0",
+            "state": "finished", "exit_code": 0, "folders": 1, "history_rows": 8,
+            "system": {"min_samples": 5,
+                       "keys_include": [f"{k}/l:{OPENMETRICS_LABEL}" for k in SYSTEM_KEYS_LINUX] + list(om) + [scrapes],
+                       "key_suffix": f"/l:{OPENMETRICS_LABEL}",
+                       "values": om, "increasing": [scrapes]},
+        },
+        "resumed": {
+            "run_id": "sys-resumed",
+            "purpose": "the same id written by two processes (resume='allow'), each sampling: "
+                       "the run's stats come from two logs, in folder order",
+            "state": "finished", "exit_code": 0, "folders": 2, "history_rows": 7,
+            "steps": [0, 1, 2, 3, 4, 5, 6],
+            "system": {"min_samples": 4, "min_samples_per_folder": 2, "keys_include": SYSTEM_KEYS_LINUX},
+        },
+        "nostats": {
+            "run_id": "sys-nostats",
+            "purpose": "x_disable_stats: no stats record, no system rows",
+            "state": "finished", "exit_code": 0, "folders": 1, "history_rows": 5,
+            "system": {"samples": 0},
+        },
+    }
+
+
+def observe_system(out: Path, sc: dict):
+    """What the SDK wrote, per scenario (read with the reference reader)."""
+    sys.path.insert(0, str(HERE))
+    from wandb_reference import read_runs
+
+    runs, _ = read_runs(out)
+    by_id = {r.run_id: r for r in runs}
+    for s in sc.values():
+        r = by_id.get(s["run_id"])
+        if r is None:
+            continue
+        per_folder = [sum(1 for x in r.system if x[0] == i) for i in range(len(r.files))]
+        ts = [x[1] for x in r.system if x[1] is not None]
+        gaps = sorted(b - a for a, b in zip(ts, ts[1:]))
+        s["observed"] = {
+            "samples": len(r.system), "samples_per_folder": per_folder,
+            "rows": sum(len(x[3]) for x in r.system),
+            "keys": sorted({k for x in r.system for k, *_ in x[3]}),
+            "median_interval_s": round(gaps[len(gaps) // 2], 3) if gaps else None,
+        }
+
+
+def gen_system(out: Path, jobs: int):
+    cwd = str(out)
+    timings = {}
+
+    def timed(name, fn):
+        t = time.perf_counter()
+        fn()
+        timings[name] = round(time.perf_counter() - t, 2)
+
+    tasks = [
+        ("resumed", lambda: job_resumed(out, cwd, "sys-resumed", "sys-resumed")),
+        ("basic", lambda: run_worker("sys-basic", {"out": cwd}, cwd)),
+        ("openmetrics", lambda: run_worker("sys-openmetrics", {"out": cwd}, cwd)),
+        ("nostats", lambda: run_worker("sys-nostats", {"out": cwd}, cwd)),
+    ]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as ex:
+        for f in [ex.submit(timed, name, fn) for name, fn in tasks]:
+            f.result()
+    sc = scenarios_system()
+    observe_system(out, sc)
+    return sc, timings
+
+
 def gen_bench(out: Path, runs: int, steps: int, keys: int, jobs: int):
     done = out / ".bench-done"
     ids = [f"bench-{i:05d}" for i in range(runs)]
@@ -613,7 +830,8 @@ def gen_bench(out: Path, runs: int, steps: int, keys: int, jobs: int):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Write real W&B offline runs for runport's tests.")
     ap.add_argument("--out", help="output folder (runs go to OUT/wandb/...)")
-    ap.add_argument("--set", choices=["standard", "sample", "bench", "large", "wide"], default="standard")
+    ap.add_argument("--set", choices=["standard", "sample", "bench", "large", "wide", "system"],
+                    default="standard")
     ap.add_argument("--runs", type=int, default=200, help="bench: number of runs")
     ap.add_argument("--steps", type=int, default=None,
                     help="bench: steps per run (10000); standard: steps of the long run (100000); "
@@ -639,6 +857,8 @@ def main(argv=None) -> int:
         ap.error(f"{out / 'wandb'} already exists: use an empty folder")
     if args.set == "standard":
         sc, timings = gen_standard(out, max(1, args.jobs), args.steps or 100_000)
+    elif args.set == "system":
+        sc, timings = gen_system(out, max(1, args.jobs))
     elif args.set == "large":
         steps, keys = args.steps or 40_000, args.keys or 20
         t = time.perf_counter()

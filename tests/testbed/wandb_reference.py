@@ -6,17 +6,23 @@ every column, every history row) with its own LevelDB-log reader (CRC checked)
 and the SDK's protobuf classes (`wandb.proto.wandb_internal_pb2`), and shares
 no code with runport.
 
-    python wandb_reference.py check  --runs DIR --export OUT [--history long|wide|none]
-    python wandb_reference.py export --runs DIR -o OUT [--history long|wide|none]
+    python wandb_reference.py check  --runs DIR --export OUT [--history long|wide|none] [--system [--select P]]
+    python wandb_reference.py check-system --runs DIR --export OUT [--select P]
+    python wandb_reference.py dump-system --runs DIR [--select P] [--summary]
+    python wandb_reference.py export --runs DIR -o OUT [--history long|wide|none] [--system [--select P]]
     python wandb_reference.py scenarios --runs DIR
     python wandb_reference.py selftest --runs DIR
 
 `check` compares runport's export in OUT with the reference, value by value,
 reading it with both pyarrow and polars; it exits 1 on any difference.
-`export` writes the reference itself as Parquet (runs.parquet,
-history/part-00000.parquet, _manifest.json). `scenarios` checks the
-reference's own reading against the expectations that make_wandb_runs.py
-wrote to DIR/scenarios.json.
+`check-system` (or `check --system`) does the same for the system table
+(OUT/system/part-*.parquet: one row per item of every stats record), with
+`--select` as runport takes it (globs over `system.<key>`). `dump-system`
+prints the reference's system rows as JSON lines. `export` writes the
+reference itself as Parquet (runs.parquet, history/part-00000.parquet,
+with --system system/part-00000.parquet, _manifest.json). `scenarios`
+checks the reference's own reading against the expectations that
+make_wandb_runs.py wrote to DIR/scenarios.json.
 """
 
 from __future__ import annotations
@@ -264,6 +270,31 @@ def pb_timestamp_us(ts) -> int:
     return ts.seconds * 1_000_000 + round_half_away(ts.nanos / 1000.0)
 
 
+def pb_timestamp_s(ts) -> float:
+    """A protobuf Timestamp as float seconds, computed as wandb-core's
+    filestream computes an events line's `_timestamp`:
+    float64(seconds) + float64(nanos)/1e9."""
+    return float(ts.seconds) + float(ts.nanos) / 1e9
+
+
+def stats_timestamp_us(ts) -> int:
+    """The system table's timestamp: the float seconds (what the W&B API's
+    `_timestamp` gives back) times 1e6, rounded half away from zero. Near
+    1.8e9 s a float64 resolves 2^-22 s (0.24 µs), so this differs from the
+    exact `pb_timestamp_us` by 1 µs for some timestamps: a reader of files
+    and a reader of the API agree only through the float."""
+    return round_half_away(pb_timestamp_s(ts) * 1e6)
+
+
+def stats_number(v):
+    """The system table's `value`: float64 for a JSON number (NaN and the
+    infinities included), None for anything else (string, bool, null,
+    object, list)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    return float(v)
+
+
 # --------------------------------------------------------------------------
 # Config / summary trees
 # --------------------------------------------------------------------------
@@ -366,6 +397,14 @@ class Run:
         self.state = None
         self.state_alt = None
         self.end_notes: list[str] = []
+        # the first run record's start_time as float seconds (the base of the
+        # API's system `_runtime`)
+        self.start_s = None
+        # system metrics: one entry per stats record, in log order (files in
+        # folder order): (file index, float seconds or None, µs or None,
+        # [(key, parsed JSON value, parsed ok)])
+        self.system: list = []
+        self._segment = -1
 
     def _bump(self, us):
         if us is not None and (self.updated_at is None or us > self.updated_at):
@@ -388,6 +427,7 @@ class Run:
         if note:
             self.end_notes.append(f"{path.name}: {note}")
         self.exit = None  # a later segment (resume) restarts the run
+        self._segment += 1
         for data in payloads:
             rec = pb.Record()
             rec.ParseFromString(data)
@@ -403,6 +443,7 @@ class Run:
             elif t == "stats":
                 if rec.stats.HasField("timestamp"):
                     self._bump(pb_timestamp_us(rec.stats.timestamp))
+                self._stats(rec.stats)
             elif t == "exit":
                 self.exit = rec.exit
 
@@ -427,11 +468,27 @@ class Run:
             us = pb_timestamp_us(r.start_time)
             if self.created_at is None:
                 self.created_at = us
+                self.start_s = pb_timestamp_s(r.start_time)
             self._bump(us)
         if r.HasField("config"):
             self.apply_updates(self.config, r.config)
         if r.HasField("summary"):
             self.apply_updates(self.summary, r.summary)
+
+    def _stats(self, s):
+        """One stats record: its items verbatim (key as written, value_json
+        parsed; a value that is not JSON is kept as not parsed, a null cell)."""
+        items = []
+        for item in s.item:
+            try:
+                items.append((item.key, parse_json(item.value_json), True))
+            except (ValueError, KeyError):
+                items.append((item.key, None, False))
+        if s.HasField("timestamp"):
+            ts_s, ts_us = pb_timestamp_s(s.timestamp), stats_timestamp_us(s.timestamp)
+        else:
+            ts_s = ts_us = None
+        self.system.append((self._segment, ts_s, ts_us, items))
 
     def _history(self, h):
         pairs: list = []
@@ -664,6 +721,53 @@ def history_wide(runs: list[Run]) -> Table:
     return t
 
 
+def select_patterns(select: str | None):
+    """`--select` as runport takes it: comma-separated globs where only `*`
+    is special (any run of characters, dots and slashes included). None:
+    everything."""
+    if select is None:
+        return None
+    pats = []
+    for text in select.split(","):
+        text = text.strip()
+        if not text:
+            raise ValueError("--select has an empty item")
+        pats.append(re.compile(".*".join(re.escape(part) for part in text.split("*")), re.DOTALL))
+    return pats
+
+
+def selected(pats, name: str) -> bool:
+    return pats is None or any(p.fullmatch(name) for p in pats)
+
+
+def system_rows(runs: list[Run], select: str | None = None) -> list:
+    """The system table's rows as (run_id, µs, key, value, folder index),
+    sorted by (run_id, key, timestamp), ties in log order. One row per item
+    of every stats record, the key verbatim; `--select` patterns match
+    `system.<key>`. A record without a timestamp sorts first (null)."""
+    pats = select_patterns(select)
+    out = []
+    for r in runs:
+        rows = []
+        for seg, _ts_s, ts_us, items in r.system:
+            for key, v, _ok in items:
+                if selected(pats, "system." + key):
+                    rows.append((r.run_id, ts_us, key, stats_number(v), seg))
+        rows.sort(key=lambda x: (x[2], -1 if x[1] is None else x[1]))  # stable
+        out.extend(rows)
+    return out
+
+
+def system_table(runs: list[Run], select: str | None = None) -> Table:
+    rows = system_rows(runs, select)
+    t = Table()
+    t.add("run_id", "string", [x[0] for x in rows])
+    t.add("timestamp", "timestamp", [x[1] for x in rows])
+    t.add("key", "string", [x[2] for x in rows])
+    t.add("value", "float", [x[3] for x in rows])
+    return t
+
+
 # --------------------------------------------------------------------------
 # Arrow types
 # --------------------------------------------------------------------------
@@ -745,6 +849,15 @@ def cmd_export(args) -> int:
         tables["history"] = {"files": [{"path": "history/part-00000.parquet", "rows": ht.num_rows,
                                         "bytes": (out / "history" / "part-00000.parquet").stat().st_size}],
                              "columns": ht.column_names}
+    sys_rows = 0
+    if getattr(args, "system", False):
+        (out / "system").mkdir(exist_ok=True)
+        st = to_arrow(system_table(runs, getattr(args, "select", None)))
+        write_parquet(st, out / "system" / "part-00000.parquet", source, "system")
+        sys_rows = st.num_rows
+        tables["system"] = {"files": [{"path": "system/part-00000.parquet", "rows": st.num_rows,
+                                       "bytes": (out / "system" / "part-00000.parquet").stat().st_size}],
+                            "columns": st.column_names}
     manifest = {
         "format_version": 1, "runport_version": VERSION, "source": source,
         "source_kind": "wandb-files", "selection": "*", "history_layout": args.history,
@@ -754,8 +867,9 @@ def cmd_export(args) -> int:
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     os.replace(tmp, out / "_manifest.json")
     t2 = time.perf_counter()
-    print(f"runs: {len(runs)}, history rows: {hist_rows}, failures: {len(failures)}; "
-          f"read {t1 - t0:.2f} s, write {t2 - t1:.2f} s")
+    print(f"runs: {len(runs)}, history rows: {hist_rows}, "
+          + (f"system rows: {sys_rows}, " if getattr(args, "system", False) else "")
+          + f"failures: {len(failures)}; read {t1 - t0:.2f} s, write {t2 - t1:.2f} s")
     return 0
 
 
@@ -775,6 +889,17 @@ class Diffs:
         self.count += 1
         if len(self.items) < self.LIMIT:
             self.items.append(msg)
+
+    def failed(self, between: str) -> bool:
+        """Prints the differences found between `between`; whether there were any."""
+        if not self.count:
+            return False
+        print(f"FAIL: {self.count} difference(s) between {between}:")
+        for d in self.items:
+            print("  " + d)
+        if self.count > len(self.items):
+            print(f"  ... and {self.count - len(self.items)} more")
+        return True
 
 
 def float_eq(a, b) -> bool:
@@ -1004,15 +1129,147 @@ def cmd_check(args) -> int:
     leftovers = [p.name for p in out.rglob(".*tmp-*")]
     if leftovers:
         diffs.add(f"temporary files left behind: {leftovers[:5]}")
+    sys_note = ""
+    if getattr(args, "system", False):
+        sys_rows, sys_runs = compare_system(runs, out, getattr(args, "select", None), diffs)
+        sys_note = f", system rows: {sys_rows} ({sys_runs} runs)"
 
-    if diffs.count:
-        print(f"FAIL: {diffs.count} difference(s) between the export in {out} and the reference:")
-        for d in diffs.items:
-            print("  " + d)
-        if diffs.count > len(diffs.items):
-            print(f"  ... and {diffs.count - len(diffs.items)} more")
+    if diffs.failed(f"the export in {out} and the reference"):
         return 1
-    print(f"runs: {len(runs)}, history rows: {hist_rows}, columns: {ncols} — all equal")
+    print(f"runs: {len(runs)}, history rows: {hist_rows}{sys_note}, columns: {ncols} — all equal")
+    return 0
+
+
+def compare_system(runs: list[Run], out: Path, select: str | None, diffs: Diffs):
+    """Compares OUT/system/part-*.parquet with the reference's system table:
+    the columns (run_id utf8, timestamp timestamp[us, UTC], key utf8, value
+    float64) in that order, the same rows in the same order, values by bits
+    (NaN equals NaN; -0.0 is not 0.0), timestamps to the microsecond; the
+    Parquet properties of the other tables (zstd, statistics, dictionary
+    `run_id` and `key`, `runport.table` = system) and, when `_manifest.json`
+    is there, its `system` entry. No table is accepted only when no row is
+    expected. Returns (expected rows, runs with rows)."""
+    exp = system_table(runs, select)
+    rids, tss, keys = exp.values["run_id"], exp.values["timestamp"], exp.values["key"]
+    nruns = len(set(rids))
+    sys_dir = out / "system"
+    parts = sorted(sys_dir.glob("part-*.parquet")) if sys_dir.is_dir() else []
+    man_path = out / "_manifest.json"
+    man = json.loads(man_path.read_text()) if man_path.is_file() else None
+    if not parts:
+        if exp.num_rows:
+            diffs.add(f"system/part-*.parquet: no system files, expected {exp.num_rows} rows "
+                      f"of {nruns} runs ({', '.join(sorted(set(rids))[:5])})")
+        if man is not None and (man.get("tables") or {}).get("system", {}).get("files"):
+            diffs.add("_manifest.json: lists system files that are not there")
+        return exp.num_rows, nruns
+    names = [f"part-{i:05d}.parquet" for i in range(len(parts))]
+    if [p.name for p in parts] != names:
+        diffs.add(f"system parts are not numbered consecutively: {[p.name for p in parts]}")
+    _system_series_counts(exp, parts, diffs)
+
+    def ctx(i):
+        if i >= len(rids):
+            return f"row {i}"
+        return f"row {i} run {rids[i]} key {keys[i]!r} timestamp {tss[i]}"
+
+    compare_table("system", exp, parts, diffs, ctx)
+    for p in parts:
+        check_parquet_properties(p, "system", diffs, {"run_id", "key"})
+    if man is not None:
+        import pyarrow.parquet as pq
+
+        entry = (man.get("tables") or {}).get("system")
+        if entry is None:
+            diffs.add("_manifest.json: no 'system' table")
+        else:
+            listed = [f.get("path") for f in entry.get("files", [])]
+            actual = [str(p.relative_to(out)).replace(os.sep, "/") for p in parts]
+            if listed != actual:
+                diffs.add(f"_manifest.json: system files {listed}, found {actual}")
+            else:
+                for f, p in zip(entry["files"], parts):
+                    n = pq.ParquetFile(p).metadata.num_rows
+                    if f.get("rows") != n:
+                        diffs.add(f"_manifest.json: {f['path']} rows {f.get('rows')}, file has {n}")
+                    if "bytes" in f and f["bytes"] != p.stat().st_size:
+                        diffs.add(f"_manifest.json: {f['path']} bytes {f['bytes']}, file has {p.stat().st_size}")
+            if entry.get("columns") != pq.ParquetFile(parts[0]).schema_arrow.names:
+                diffs.add("_manifest.json: system columns differ from the file's columns")
+    return exp.num_rows, nruns
+
+
+def _system_series_counts(exp: Table, parts: list[Path], diffs: Diffs):
+    """When the row counts differ, which (run, key) series differ: more
+    telling than the first misaligned row."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        t = pa.concat_tables([pq.read_table(p, columns=["run_id", "key"]) for p in parts])
+    except Exception as e:  # wrong columns: compare_table reports them
+        diffs.add(f"system: cannot read run_id/key: {e}")
+        return
+    if t.num_rows == exp.num_rows:
+        return
+    got: dict = {}
+    for rid, key in zip(t.column("run_id").to_pylist(), t.column("key").to_pylist()):
+        got[(rid, key)] = got.get((rid, key), 0) + 1
+    want: dict = {}
+    for rid, key in zip(exp.values["run_id"], exp.values["key"]):
+        want[(rid, key)] = want.get((rid, key), 0) + 1
+    diffs.add(f"system: {t.num_rows} rows, expected {exp.num_rows}")
+    runs_w = {r for r, _ in want}
+    runs_g = {r for r, _ in got}
+    if runs_w - runs_g:
+        diffs.add(f"system: runs missing: {sorted(runs_w - runs_g)[:10]}")
+    if runs_g - runs_w:
+        diffs.add(f"system: unexpected runs: {sorted(runs_g - runs_w)[:10]}")
+    for k in sorted(set(want) | set(got), key=lambda x: (str(x[0]), str(x[1]))):
+        if want.get(k, 0) != got.get(k, 0) and k[0] in runs_w & runs_g:
+            diffs.add(f"system: run {k[0]} key {k[1]!r}: {got.get(k, 0)} rows, expected {want.get(k, 0)}")
+
+
+def cmd_check_system(args) -> int:
+    """The system table alone (see compare_system)."""
+    runs_dir, out = Path(args.runs), Path(args.export)
+    runs, failures = read_runs(runs_dir)
+    for f in failures:
+        print(f"note: reference could not read run {f['run']}: {f['error']}")
+    diffs = Diffs()
+    try:
+        rows, nruns = compare_system(runs, out, args.select, diffs)
+    except ValueError as e:
+        print(f"FAIL: {e}")
+        return 2
+    if diffs.failed(f"{out / 'system'} and the reference"):
+        return 1
+    print(f"system rows: {rows} of {nruns} runs ({len(runs)} read)"
+          + (f", --select {args.select}" if args.select is not None else "") + " — all equal")
+    return 0
+
+
+def cmd_dump_system(args) -> int:
+    """The reference's system rows as JSON lines (table order), then with
+    `--summary` one line per run: samples (per folder), rows, keys."""
+    runs, failures = read_runs(Path(args.runs))
+    for f in failures:
+        print(f"note: reference could not read run {f['run']}: {f['error']}", file=sys.stderr)
+    if args.summary:
+        for r in runs:
+            keys = sorted({k for *_, items in r.system for k, _v, _ok in items})
+            print(json.dumps({
+                "run_id": r.run_id, "samples": len(r.system),
+                "samples_per_folder": [sum(1 for x in r.system if x[0] == i) for i in range(len(r.files))],
+                "rows": sum(len(x[3]) for x in r.system), "keys": keys,
+            }, ensure_ascii=False))
+        return 0
+    try:
+        for rid, us, key, v, _seg in system_rows(runs, args.select):
+            print(json.dumps({"run_id": rid, "timestamp_us": us, "key": key, "value": json_ready(v)},
+                             ensure_ascii=False))
+    except BrokenPipeError:  # `| head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
@@ -1066,6 +1323,55 @@ def _expect_eq(exp, got) -> bool:
     return type(exp) is type(got) and exp == got
 
 
+def check_system_scenario(name: str, want: dict, run: Run, diffs: Diffs):
+    """A scenario's `system` expectations: sample counts (exact, at least,
+    at least per folder), keys present, a suffix on every key, values known
+    by construction (in every sample), keys whose values increase; and that
+    every record has a timestamp, timestamps never go back (folders in
+    order) and every value_json parsed."""
+    n = len(run.system)
+    if "samples" in want and n != want["samples"]:
+        diffs.add(f"{name}: {n} stats records, expected {want['samples']}")
+    if n < want.get("min_samples", 0):
+        diffs.add(f"{name}: {n} stats records, expected at least {want['min_samples']}")
+    if "min_samples_per_folder" in want:
+        per = [sum(1 for x in run.system if x[0] == i) for i in range(len(run.files))]
+        if min(per, default=0) < want["min_samples_per_folder"]:
+            diffs.add(f"{name}: stats records per folder {per}, expected at least "
+                      f"{want['min_samples_per_folder']} in each")
+    keys = {k for *_, items in run.system for k, _v, _ok in items}
+    missing = [k for k in want.get("keys_include", []) if k not in keys]
+    if missing:
+        diffs.add(f"{name}: system keys missing {missing} (found {sorted(keys)})")
+    suffix = want.get("key_suffix")
+    lacking = sorted(k for k in keys if suffix is not None and not k.endswith(suffix))
+    if lacking:
+        diffs.add(f"{name}: system keys without the suffix {suffix!r}: {lacking}")
+    prev = None
+    for seg, _s, us, items in run.system:
+        if us is None:
+            diffs.add(f"{name}: a stats record without a timestamp (folder {seg})")
+        elif prev is not None and us < prev:
+            diffs.add(f"{name}: stats timestamps go back ({prev} then {us})")
+        prev = us if us is not None else prev
+        for k, v, ok in items:
+            if not ok:
+                diffs.add(f"{name}: {k!r} has a value_json that is not JSON")
+    for key, value in want.get("values", {}).items():
+        got = [v for *_, items in run.system for k, v, _ok in items if k == key]
+        if len(got) != n:
+            diffs.add(f"{name}: {key!r} in {len(got)} of {n} stats records")
+        bad = [v for v in got if not (v is None if value is None else
+                                      isinstance(v, float) and float_eq(float(value), v))]
+        if bad:
+            diffs.add(f"{name}: {key!r} = {bad[0]!r}, expected {value!r} in every sample")
+    for key in want.get("increasing", []):
+        got = [v for *_, items in run.system for k, v, _ok in items if k == key]
+        if not got or any(not (isinstance(b, (int, float)) and isinstance(a, (int, float)) and b > a)
+                          for a, b in zip(got, got[1:])):
+            diffs.add(f"{name}: {key!r} does not increase: {got[:10]}")
+
+
 def cmd_scenarios(args) -> int:
     """Checks the reference's reading of DIR against DIR/scenarios.json."""
     runs_dir = Path(args.runs)
@@ -1104,6 +1410,8 @@ def cmd_scenarios(args) -> int:
             missing = [k for k in sc["history_keys_include"] if k not in keys]
             if missing:
                 diffs.add(f"{name}: history keys missing {missing}")
+        if "system" in sc:
+            check_system_scenario(name, sc["system"], run, diffs)
         type_names = {"float64": "float", "int64": "int", "bool": "bool", "utf8 mixed": "mixed",
                       "utf8 json": "json", "utf8": "string"}
         for col, desc in sc.get("column_types", {}).items():
@@ -1140,8 +1448,10 @@ def cmd_scenarios(args) -> int:
 
 def cmd_selftest(args) -> int:
     """Exports the reference, checks it (must pass), then checks copies with one
-    corrupted cell each (must fail): proves that `check` can fail."""
+    corrupted cell each (must fail): proves that `check` can fail. The
+    system table is exported and checked too (`check --system`)."""
     import contextlib
+    import datetime as dt
     import io
     import shutil
     import tempfile
@@ -1150,44 +1460,99 @@ def cmd_selftest(args) -> int:
     import pyarrow.parquet as pq
 
     ok = True
+
+    runs_once = []
+
+    def check(export, system_only=False) -> tuple[int, str]:
+        # a corrupted system table needs only the system comparison, on runs
+        # read once (the whole check reads every file again: 7 s on the
+        # standard set)
+        if system_only:
+            if not runs_once:
+                runs_once.append(read_runs(Path(args.runs))[0])
+            diffs = Diffs()
+            compare_system(runs_once[0], Path(export), None, diffs)
+            return (1 if diffs.count else 0), (diffs.items[0] if diffs.items else "")
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            rc = cmd_check(argparse.Namespace(runs=args.runs, export=str(export), history="long", system=True))
+        first = next((ln.strip() for ln in buf.getvalue().splitlines() if ln.startswith("  ")), "")
+        return rc, first
+
     with tempfile.TemporaryDirectory() as tmp:
         good = Path(tmp) / "good"
         with contextlib.redirect_stdout(io.StringIO()):
-            cmd_export(argparse.Namespace(runs=args.runs, out=str(good), history="long"))
-            rc = cmd_check(argparse.Namespace(runs=args.runs, export=str(good), history="long"))
-        print(f"selftest: reference export checks {'equal' if rc == 0 else 'DIFFERENT'}")
+            cmd_export(argparse.Namespace(runs=args.runs, out=str(good), history="long", system=True))
+        rc, first = check(good)
+        print(f"selftest: reference export checks {'equal' if rc == 0 else 'DIFFERENT: ' + first}")
         ok &= rc == 0
 
-        def corrupt(name, rel, column, change):
-            bad = Path(tmp) / name
-            shutil.copytree(good, bad)  # copy2 keeps mtimes
-            path = bad / rel
-            st = path.stat()
-            pf = pq.ParquetFile(path)
-            t = pf.read()
-            i = t.schema.get_field_index(column)
-            vals = t.column(i).to_pylist()
-            row = next(r for r, v in enumerate(vals) if v is not None)
-            vals[row] = change(vals[row])
-            t = t.set_column(i, t.schema.field(i), pa.array(vals, t.schema.field(i).type))
-            pq.write_table(t, path, compression="zstd", use_dictionary=["run_id", "key"])
-            os.utime(path, (st.st_atime, st.st_mtime))
+        def rewrite_manifest(bad):
             man = json.loads((bad / "_manifest.json").read_text())
             for tab in man["tables"].values():
                 for f in tab["files"]:
                     f["bytes"] = (bad / f["path"]).stat().st_size
             (bad / "_manifest.json").write_text(json.dumps(man))
-            buf = io.StringIO()
-            with contextlib.redirect_stdout(buf):
-                rc = cmd_check(argparse.Namespace(runs=args.runs, export=str(bad), history="long"))
-            first = next((ln.strip() for ln in buf.getvalue().splitlines() if ln.startswith("  ")), "")
+
+        def verdict(name, bad) -> bool:
+            rc, first = check(bad, system_only=name.startswith("system-"))
             print(f"selftest: {name}: check {'failed as it must' if rc == 1 else 'DID NOT FAIL'}: {first}")
             return rc == 1
+
+        def corrupt(name, rel, column, change, pick=lambda v: v is not None):
+            """One cell changed: the first row whose value `pick` accepts
+            (skipped, and said so, when there is none)."""
+            path = good / rel
+            vals = pq.read_table(path, columns=[column]).column(0).to_pylist()
+            row = next((r for r, v in enumerate(vals) if pick(v)), None)
+            if row is None:
+                print(f"selftest: {name}: skipped (no such cell in this set)")
+                return True
+            bad = Path(tmp) / name
+            shutil.copytree(good, bad)  # copy2 keeps mtimes
+            path = bad / rel
+            st = path.stat()
+            t = pq.ParquetFile(path).read()
+            i = t.schema.get_field_index(column)
+            vals[row] = change(vals[row])
+            t = t.set_column(i, t.schema.field(i), pa.array(vals, t.schema.field(i).type))
+            pq.write_table(t, path, compression="zstd", use_dictionary=["run_id", "key"])
+            os.utime(path, (st.st_atime, st.st_mtime))
+            rewrite_manifest(bad)
+            return verdict(name, bad)
 
         ok &= corrupt("history-value", "history/part-00000.parquet", "value",
                       lambda v: v + 1.0 if math.isfinite(v) else 0.0)
         ok &= corrupt("runs-name", "runs.parquet", "project", lambda v: v + "x")
         ok &= corrupt("history-step", "history/part-00000.parquet", "step", lambda v: v + 1)
+        sys_part = "system/part-00000.parquet"
+        ok &= corrupt("system-value", sys_part, "value", lambda v: v + 1.0 if math.isfinite(v) else 0.0)
+        ok &= corrupt("system-timestamp", sys_part, "timestamp", lambda v: v + dt.timedelta(microseconds=1))
+        ok &= corrupt("system-key", sys_part, "key", lambda v: "system." + v)
+        ok &= corrupt("system-negative-zero", sys_part, "value", lambda v: 0.0,
+                      pick=lambda v: v == 0.0 and math.copysign(1.0, v) < 0)
+        ok &= corrupt("system-null", sys_part, "value", lambda v: 0.0, pick=lambda v: v is None)
+        n_sys = pq.ParquetFile(good / sys_part).metadata.num_rows
+        if n_sys >= 2:
+            # two rows swapped: the order counts
+            bad = Path(tmp) / "system-order"
+            shutil.copytree(good, bad)
+            t = pq.read_table(bad / sys_part)
+            order = list(range(t.num_rows))
+            order[0], order[1] = 1, 0
+            pq.write_table(t.take(order), bad / sys_part, compression="zstd", use_dictionary=["run_id", "key"])
+            rewrite_manifest(bad)
+            ok &= verdict("system-order", bad)
+            # the table missing although the runs have stats
+            bad = Path(tmp) / "system-missing"
+            shutil.copytree(good, bad)
+            shutil.rmtree(bad / "system")
+            man = json.loads((bad / "_manifest.json").read_text())
+            del man["tables"]["system"]
+            (bad / "_manifest.json").write_text(json.dumps(man))
+            ok &= verdict("system-missing", bad)
+        else:
+            print("selftest: system-order, system-missing: skipped (fewer than 2 system rows)")
     print("selftest: " + ("ok" if ok else "FAILED"))
     return 0 if ok else 1
 
@@ -1199,16 +1564,30 @@ def main(argv=None) -> int:
     c.add_argument("--runs", required=True, help="folder searched recursively for run-*.wandb files")
     c.add_argument("--export", required=True, help="runport's output folder")
     c.add_argument("--history", choices=["long", "wide", "none"], default="long")
+    c.add_argument("--system", action="store_true", help="also compare the system table (see check-system)")
+    c.add_argument("--select", default=None, help="with --system: runport's --select (globs over system.<key>)")
+    cs = sub.add_parser("check-system", help="compare runport's system table with the reference")
+    cs.add_argument("--runs", required=True)
+    cs.add_argument("--export", required=True)
+    cs.add_argument("--select", default=None,
+                    help="runport's --select: comma-separated globs over system.<key> (only * is special)")
+    d = sub.add_parser("dump-system", help="print the reference's system rows as JSON lines")
+    d.add_argument("--runs", required=True)
+    d.add_argument("--select", default=None)
+    d.add_argument("--summary", action="store_true", help="one line per run instead of the rows")
     e = sub.add_parser("export", help="write the reference as Parquet")
     e.add_argument("--runs", required=True)
     e.add_argument("-o", "--out", required=True)
     e.add_argument("--history", choices=["long", "wide", "none"], default="long")
+    e.add_argument("--system", action="store_true", help="also write system/part-00000.parquet")
+    e.add_argument("--select", default=None, help="with --system: globs over system.<key>")
     s = sub.add_parser("scenarios", help="check the reference reading against DIR/scenarios.json")
     s.add_argument("--runs", required=True)
     t = sub.add_parser("selftest", help="prove that check passes on the reference and fails on corrupted copies")
     t.add_argument("--runs", required=True)
     args = ap.parse_args(argv)
-    cmds = {"check": cmd_check, "export": cmd_export, "scenarios": cmd_scenarios, "selftest": cmd_selftest}
+    cmds = {"check": cmd_check, "export": cmd_export, "scenarios": cmd_scenarios, "selftest": cmd_selftest,
+            "check-system": cmd_check_system, "dump-system": cmd_dump_system}
     return cmds[args.cmd](args)
 
 

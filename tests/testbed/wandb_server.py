@@ -7,7 +7,7 @@ auth, fault injection and request accounting.
     python tests/testbed/wandb_server.py --runs DIR --port 0 --files-port 0 --api-key KEY
         [--entity E --project P] [--synthetic RUNS:STEPS:KEYS[:SEED]] [--cache DIR]
         [--live-steps N] [--part-rows N (0: one file a run)] [--step-type int64|float64]
-        [--timestamps micro|seconds] [--debug-flip history|summary|config]
+        [--timestamps micro|seconds] [--debug-flip history|summary|config|system]
 
 When ready it prints one JSON line to stdout
 (`{"base_url", "files_url", "entity", "project", "runs"}`) and serves until
@@ -566,6 +566,7 @@ class RunView:
         self.notes = r.notes
         self.host = r.host
         self.historyLineCount = r.n_rows
+        self.eventsLineCount = len(r.events_lines())
         self.projectId = 1
         self.user = {"id": store.b64("User:testbed-user"), "name": "Test Bed",
                      "username": "testbed-user", "entity": tb.entity}
@@ -624,6 +625,21 @@ class RunView:
         idx = self.r.indices_in_steps(minStep, maxStep, hi_inclusive=False)
         idx = store.sample_indices(idx, samples)
         return [store.api_json(row) for row in self._rows_at(idx)]
+
+    def events(self, info, samples=None):
+        """The events lines (system metrics), down-sampled like history:
+        `samples` evenly spaced lines, the first and the last kept."""
+        lines = self.r.events_lines()
+        idx = store.sample_indices(list(range(len(lines))), samples)
+        out = [lines[i] for i in idx]
+        if self.tb.debug_flip == "system" and self._first_run() and idx and idx[0] == 0:
+            row = json.loads(out[0])
+            k0 = next((k for k, v in row.items() if k.startswith("system.")
+                       and isinstance(v, (int, float)) and not isinstance(v, bool)), None)
+            if k0 is not None:
+                row[k0] = _flip(row[k0])
+                out[0] = store.api_json(row)
+        return out
 
     def sampledHistory(self, info, specs):
         out = []
@@ -1261,7 +1277,7 @@ def main(argv=None) -> int:
                     help="DateTime with microseconds (default) or whole seconds like W&B")
     ap.add_argument("--exit-with-stdin", action="store_true",
                     help="stop when stdin closes (a test harness that dies takes the server with it)")
-    ap.add_argument("--debug-flip", choices=["history", "summary", "config"], default=None,
+    ap.add_argument("--debug-flip", choices=["history", "summary", "config", "system"], default=None,
                     help="serve one wrong value in the first run (to see a checker fail)")
     args = ap.parse_args(argv)
     if not args.runs and not args.synthetic:

@@ -4,7 +4,9 @@ Two kinds of runs, one interface:
 
 - `LoadedRun`: a run read from `.wandb` files by `wandb_reference.py` (the
   test bed's independent reader); its history rows are rebuilt as the nested
-  JSON objects the SDK sends to W&B (`{"a": {"b": 1}, "a.b": 2, "_step": 0}`).
+  JSON objects the SDK sends to W&B (`{"a": {"b": 1}, "a.b": 2, "_step": 0}`),
+  and its stats records as the events lines wandb-core's filestream writes
+  (`{"_runtime": .., "_timestamp": .., "_wandb": true, "system.cpu": 3.5}`).
 - `SyntheticRun`: a run computed from a seed (`--synthetic RUNS:STEPS:KEYS`);
   every value is a closed-form function of (seed, run, key, step), so any row
   or summary can be produced without keeping the history in memory.
@@ -331,6 +333,12 @@ class BaseRun:
     def summary_obj(self) -> dict: ...         # includes _wandb like W&B
     def system_metrics(self) -> dict: ...
     def history_keys(self) -> dict: ...
+
+    def events_lines(self) -> list[str]:
+        """The run's events lines (system metrics), one JSON text per stats
+        record, in log order. Runs without system metrics have none."""
+        return []
+
     def table(self, lo: int, hi: int, step_type: str) -> pa.Table:
         return rows_to_table(self.rows(lo, hi), step_type)
 
@@ -417,6 +425,7 @@ class LoadedRun(BaseRun):
         self._wandb_config = r.wandb_config
         self._summary = plain(r.summary)
         self._wandb_summary = r.wandb_summary
+        self._events = [events_line(ts_s, r.start_s, items) for _seg, ts_s, _us, items in r.system]
         self._rows = []
         for (step, ts_us, rt, keyed), raw_ts in zip(r.history, r.raw_ts):
             row: dict = {}
@@ -455,6 +464,9 @@ class LoadedRun(BaseRun):
     def system_metrics(self):
         return {}
 
+    def events_lines(self):
+        return self._events
+
     def history_keys(self):
         return history_keys_of(self._rows, self.last_step())
 
@@ -464,6 +476,28 @@ class LoadedRun(BaseRun):
         resumed run's second folder, a rewritten file) never meets its old
         files."""
         return self._fp
+
+
+def events_line(ts_s, start_s, items) -> str:
+    """One stats record as wandb-core 0.31.0's filestream (StatsUpdate) puts
+    it in the run's events file: `_wandb: true`, `_timestamp` = the record's
+    float seconds (float64(seconds) + float64(nanos)/1e9), `_runtime` =
+    `_timestamp` minus the run's start time (its first run record: for a
+    resumed run the first process's start), and `system.<key>` = the item's
+    value_json parsed. Like Go's map, a repeated key keeps its last value and
+    the keys come out sorted; an item whose value_json is not JSON is dropped
+    (wandb-core logs an error and skips it); a record without a timestamp
+    gets 0 (Go's zero Timestamp). Non-finite numbers would be the API
+    strings "NaN"/"Infinity" like everywhere on this server, but wandb-core
+    writes them as null in the files already."""
+    ts = 0.0 if ts_s is None else ts_s
+    row: dict = {"_wandb": True, "_timestamp": ts}
+    if start_s is not None:
+        row["_runtime"] = ts - start_s
+    for key, v, ok in items:
+        if ok:
+            row["system." + key] = v
+    return api_json(dict(sorted(row.items())))
 
 
 def rows_fingerprint(rows) -> str:
@@ -490,7 +524,7 @@ def history_keys_of(rows, last_step) -> dict:
 
 
 # Bumped when a pickled LoadedRun would no longer match what this code builds.
-LOAD_CACHE_VERSION = 2
+LOAD_CACHE_VERSION = 3
 
 
 def files_key(run_id: str, files) -> str:
@@ -774,6 +808,10 @@ class TruncatedRun(BaseRun):
 
     def system_metrics(self):
         return self.base.system_metrics()
+
+    def events_lines(self):
+        # the whole run's, like config and summary: only history is cut
+        return self.base.events_lines()
 
     def fingerprint(self):
         return "%s-first%d" % (self.base.fingerprint(), self.n_rows)

@@ -1,0 +1,165 @@
+//! The `system` table: W&B system metrics written by the real SDK (stats
+//! sampled every 0.1 s), exported from the `.wandb` files and from the API
+//! (the test server serving the same files), checked against the
+//! independent reference reader and the official client's
+//! `run.history(stream="system")`; read only when selected; synced into
+//! `TABLE/system`.
+
+use std::path::Path;
+
+use crate::harness::*;
+
+const SYSTEM: &[&str] = &["--select", "run_id,name,system.*"];
+
+fn check_system(runs: &Path, export: &Path, select: Option<&str>) -> String {
+    let mut args: Vec<&std::ffi::OsStr> =
+        vec!["check-system".as_ref(), "--runs".as_ref(), runs.as_os_str(), "--export".as_ref(), export.as_os_str()];
+    if let Some(s) = select {
+        args.extend::<[&std::ffi::OsStr; 2]>(["--select".as_ref(), s.as_ref()]);
+    }
+    String::from_utf8_lossy(&testbed_script("wandb_reference.py", &args).stdout).into_owned()
+}
+
+#[test]
+fn files_export_equals_the_reference_and_reads_stats_only_when_selected() {
+    let runs = wandb_runs("system");
+    let out = tempdir();
+    let summary = export_json(&runs, out.path(), SYSTEM, 0);
+    let rows = summary["rows"]["system"].as_u64().unwrap();
+    assert!(rows > 500, "{summary}");
+    assert!(summary["records"]["decoded_stats"].as_u64().unwrap() > 50, "{summary}");
+    eprintln!("{}", check_system(&runs, out.path(), None));
+
+    // A part of the keys.
+    let part = tempdir();
+    let pattern = "system.cpu,system.disk.*";
+    let s = export_json(&runs, part.path(), &["--select", &format!("run_id,{pattern}")], 0);
+    assert!(s["rows"]["system"].as_u64().unwrap() < rows, "{s}");
+    check_system(&runs, part.path(), Some(pattern));
+
+    // Not selected: no stats record decoded, no table.
+    let none = tempdir();
+    let s = export_json(&runs, none.path(), &["--select", "run_id,name,history.*"], 0);
+    assert_eq!(s["records"]["decoded_stats"], 0, "{s}");
+    assert!(s["rows"].get("system").is_none() && !none.path().join("system").exists(), "{s}");
+    let all = tempdir();
+    let s = export_json(&runs, all.path(), &[], 0);
+    assert!(s["rows"].get("system").is_none(), "the default selection has no system table: {s}");
+
+    // The check can fail: an export without the table is not equal.
+    let out = std::process::Command::new(python())
+        .arg(testbed_dir().join("wandb_reference.py"))
+        .args([
+            "check-system".as_ref(),
+            "--runs".as_ref(),
+            runs.as_os_str(),
+            "--export".as_ref(),
+            none.path().as_os_str(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "an export without system rows passed the check");
+}
+
+#[test]
+fn api_export_equals_the_files_and_the_official_client_with_one_request_per_run_with_samples() {
+    let runs = wandb_runs("system");
+    let server = WandbServer::start(&runs, &[]);
+    let out = tempdir();
+    let o = out.path().to_str().unwrap();
+    server.admin("/_testbed/reset", Some(serde_json::json!({"requests": true})));
+    let (code, stdout, stderr) = server.runport(&["export", "-o", o, "--select", "run_id,name,system.*", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let summary = last_json_line(&stdout);
+    let served = server.admin("/_testbed/requests", None);
+    // One listing page and one events request per run with samples (the
+    // run written with stats off has none: no request).
+    let scen = scenarios(&runs);
+    let with_samples =
+        scen["scenarios"].as_object().unwrap().values().filter(|s| s["system"]["samples"].as_u64() != Some(0)).count()
+            as u64;
+    assert_eq!(served["by_operation"]["RunEvents"].as_u64(), Some(with_samples), "{}", served["by_operation"]);
+    assert_eq!(served["total"].as_u64(), Some(with_samples + 1), "{}", served["by_operation"]);
+    assert_eq!(summary["http"]["requests"], served["total"], "{summary}");
+    check_system(&runs, out.path(), None);
+    let official = testbed_script(
+        "check_official_client.py",
+        &["--runs".as_ref(), runs.as_os_str(), "--system".as_ref(), out.path().as_os_str()],
+    );
+    eprintln!("{}", String::from_utf8_lossy(&official.stdout));
+
+    // Without system columns, no events request and no eventsLineCount.
+    server.admin("/_testbed/reset", Some(serde_json::json!({"requests": true})));
+    let (code, _, stderr) = server.runport(&["export", "-o", o, "--select", "run_id,name"]);
+    assert_eq!(code, 0, "{stderr}");
+    let served = server.admin("/_testbed/requests", None);
+    assert_eq!(served["total"].as_u64(), Some(1), "{}", served["by_operation"]);
+}
+
+#[test]
+fn sync_keeps_a_system_table_equal_to_an_export() {
+    let runs = wandb_runs("system");
+    let scratch = tempdir();
+    let source = scratch.path().join("wandb");
+    crate::sync::copy_dir(&runs.join("wandb"), &source);
+    let table = scratch.path().join("table");
+    let args = ["--select", "*,system.*"];
+    let first = crate::sync::sync(&source, &table, &args, 0);
+    assert!(first["system_rows"].as_u64().unwrap() > 500, "{first}");
+    assert_eq!(first["versions"]["system"], 0, "{first}");
+    let same = |what: &str| {
+        let export = scratch.path().join(format!("export-{what}"));
+        export_json(&source, &export, &args, 0);
+        let printed = python_snippet(
+            "import sys, polars as pl\n\
+             from polars.testing import assert_frame_equal\n\
+             by = ['run_id', 'key', 'timestamp']\n\
+             got = pl.read_delta(sys.argv[1] + '/system').sort(by)\n\
+             want = pl.read_parquet(sys.argv[2] + '/system/*.parquet').sort(by)\n\
+             assert_frame_equal(got, want, check_exact=True)\n\
+             print(got.height)",
+            &[table.as_os_str(), export.as_os_str()],
+        );
+        eprintln!("{what}: {} system rows", printed.trim());
+        check_system(&runs_with(&source), &export, None);
+    };
+    same("first");
+    let again = crate::sync::sync(&source, &table, &args, 0);
+    assert_eq!(again["committed"], false, "{again}");
+    // A run deleted: its system rows go, the others stay.
+    let victim = std::fs::read_dir(&source)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().contains("sys-basic"))
+        .expect("the sys-basic run folder");
+    std::fs::remove_dir_all(&victim).unwrap();
+    let third = crate::sync::sync(&source, &table, &args, 0);
+    assert_eq!(third["runs"]["deleted"], 1, "{third}");
+    assert_eq!(third["versions"]["system"], 1, "{third}");
+    same("after a deletion");
+    // Another selection is refused without --full-refresh.
+    crate::sync::sync(&source, &table, &["--select", "*"], 2);
+}
+
+/// The folder holding `wandb/` (what the reference reader takes).
+fn runs_with(wandb: &Path) -> std::path::PathBuf {
+    wandb.parent().unwrap().to_path_buf()
+}
+
+#[test]
+fn sources_without_system_metrics_refuse_the_selection_with_the_reason() {
+    let dir = tempdir();
+    let mlruns = dir.path().join("mlruns");
+    std::fs::create_dir_all(mlruns.join("0")).unwrap();
+    std::fs::write(mlruns.join("0/meta.yaml"), "experiment_id: '0'\nname: Default\n").unwrap();
+    let (code, _, stderr) = runport_out(&[
+        "export".as_ref(),
+        mlruns.as_os_str(),
+        "-o".as_ref(),
+        dir.path().join("out").as_os_str(),
+        "--select".as_ref(),
+        "run_id,system.*".as_ref(),
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("history.system/*"), "{stderr}");
+}
