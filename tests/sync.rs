@@ -478,8 +478,13 @@ fn kill_group(child: &mut std::process::Child) {
             .split_whitespace()
             .filter(|pid| {
                 let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-                // The state follows the command name in parentheses.
-                stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z'))
+                // The state follows the command name in parentheses. A
+                // zombie leader may still have threads exiting (one inside
+                // an fsync): the process's files, its lock among them, are
+                // closed only when the last one is gone.
+                let zombie = stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z'));
+                let threads = std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count());
+                !zombie || threads > 1
             })
             .count();
         if running == 0 {
