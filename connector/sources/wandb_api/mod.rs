@@ -319,12 +319,18 @@ impl WandbApi {
 
     /// A run's system metrics: its `events` stream, every sample of it
     /// (`samples` is the run's `eventsLineCount`; without one, a number no
-    /// run reaches). A run the listing shows without samples costs no request.
-    pub async fn fetch_system(&self, plan: &FetchPlan, run: &ListedRun) -> Result<SystemSamples, String> {
+    /// run reaches). A run the listing shows without samples costs no
+    /// request. With fewer rows than the listing counted (a server that
+    /// samples), the rows it gave, and a warning saying how many.
+    pub async fn fetch_system(
+        &self,
+        plan: &FetchPlan,
+        run: &ListedRun,
+    ) -> Result<(SystemSamples, Option<String>), String> {
         let mut out = SystemSamples::default();
         let listed = run.events_line_count;
         if listed == Some(0) {
-            return Ok(out);
+            return Ok((out, None));
         }
         let name = &run.data.identity.run_id;
         let mut vars = self.base_vars();
@@ -332,9 +338,9 @@ impl WandbApi {
         vars["samples"] = listed.unwrap_or(MAX_SYSTEM_SAMPLES).into();
         let what = format!("system metrics of run {name}");
         let data = self.graphql(&what, SYSTEM_EVENTS, vars).await?;
-        let rows = data.pointer("/project/run/events").and_then(|e| e.as_array()).cloned().unwrap_or_default();
+        let rows = data.pointer("/project/run/events").and_then(|e| e.as_array()).map_or(&[][..], Vec::as_slice);
         let mut ids = std::collections::HashMap::new();
-        for row in &rows {
+        for row in rows {
             let parsed = match row {
                 serde_json::Value::String(s) => {
                     Value::parse(s).map_err(|e| format!("{what}: a row is not JSON: {e}"))?
@@ -354,7 +360,10 @@ impl WandbApi {
                 }
             }
         }
-        Ok(out)
+        let short = listed
+            .filter(|n| (rows.len() as i64) < *n)
+            .map(|n| format!("{what}: the server gave {} of the {n} samples it lists", rows.len()));
+        Ok((out, short))
     }
 
     /// `runport sync`: the history rows after the table's last step
@@ -569,12 +578,16 @@ impl RemoteSource for WandbApi {
         target: Option<Arc<HistoryTarget>>,
     ) -> Result<(RunData, FetchedHistory), String> {
         let mut mark = HistoryMark { from_step: None, lines: listed.history_line_count, ..Default::default() };
-        let system = if plan.system { Some(self.fetch_system(&plan, &listed).await?) } else { None };
+        let (system, short) = match plan.system {
+            true => self.fetch_system(&plan, &listed).await.map(|(s, w)| (Some(s), w))?,
+            false => (None, None),
+        };
         if !self.needs_history(&plan, &listed) {
             // No history request for this run; an empty history when history was asked.
             let mut data = listed.data;
             data.history_mark = Some(mark);
             data.system = system;
+            data.warnings.extend(short);
             return Ok((data, FetchedHistory::default()));
         }
         let appended = match (listed.history_from.clone(), self.opts.samples) {
@@ -591,6 +604,7 @@ impl RemoteSource for WandbApi {
         let mut data = listed.data;
         data.history_mark = Some(mark);
         data.system = system;
+        data.warnings.extend(short);
         Ok((data, fetched))
     }
 
