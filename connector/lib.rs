@@ -2,8 +2,9 @@
 //!
 //! The cost of an export follows the selected columns: a [`selection::Selection`]
 //! becomes a [`plan::FetchPlan`], sources read only what the plan needs, and
-//! the [`output`] writers stream runs into `runs.parquet` and
-//! `history/part-NNNNN.parquet`. Start with [`export::export`].
+//! the [`output`] writers stream runs into `runs.parquet`,
+//! `history/part-NNNNN.parquet` and (with `system.*` selected)
+//! `system/part-NNNNN.parquet`. Start with [`export::export`].
 
 pub mod ablation;
 pub mod columns;

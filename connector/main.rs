@@ -16,7 +16,11 @@ const EXIT_USAGE: u8 = 2;
 const EXIT_SOURCE: u8 = 3;
 
 #[derive(Parser)]
-#[command(name = "runport", version, about = "Export experiment-tracking runs (W&B, MLflow) into Parquet datasets")]
+#[command(
+    name = "runport",
+    version,
+    about = "Export experiment-tracking runs (W&B, MLflow, TensorBoard) into Parquet datasets"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -51,16 +55,17 @@ impl From<Layout> for HistoryLayout {
 #[derive(clap::Args)]
 struct Common {
     /// wandb://ENTITY/PROJECT, mlflow+http(s)://HOST:PORT (or `mlflow` for MLFLOW_TRACKING_URI),
-    /// sqlite:///mlflow.db, a mlruns/ folder (or file://...), or a wandb/ folder, a run folder or a .wandb file.
+    /// sqlite:///mlflow.db, a mlruns/ folder (or file://...), tensorboard:LOGDIR, or a wandb/ folder,
+    /// a run folder or a .wandb file.
     source: String,
     /// Columns to export, comma-separated, `*` globs: name,state,config.*,summary.loss,history.loss
-    /// (default: every run column and all history).
+    /// (default: every run column and all history); system.* adds the system-metrics table (W&B).
     #[arg(long)]
     select: Option<String>,
     /// History layout.
     #[arg(long, value_enum, default_value_t = Layout::Long)]
     history: Layout,
-    /// Runs read at once: CPU threads for local sources (W&B files, sqlite:///, mlruns/ or file://;
+    /// Runs read at once: CPU threads for local sources (W&B files, sqlite:///, mlruns/ or file://, tensorboard:;
     /// default: the number of CPUs), requests in flight for network sources (wandb://,
     /// mlflow+http(s)://; default 16, lowered automatically on 429).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
