@@ -16,7 +16,7 @@
 //! The second pass reads as many records as the first found in each file,
 //! so a file still being written gives one consistent read.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::BufReader;
 
@@ -76,9 +76,12 @@ pub fn decode_run(
             let Some((at, rec)) = reader.next_record().map_err(|e| format!("{shown}: cannot read: {e}"))? else {
                 return Err(format!("{shown}: the file changed while it was read (it holds fewer records)"));
             };
-            match Event::decode(rec) {
-                Ok(ev) => d.event(index, ev).map_err(|e| format!("{shown}: {e}"))?,
-                Err(e) => warnings.push(format!("{shown}: record at offset {at} skipped: not an Event ({e})")),
+            // A record the first pass found not to be an Event was warned of there.
+            if !scan.not_events.contains(&index) {
+                match Event::decode(rec) {
+                    Ok(ev) => d.event(index, ev).map_err(|e| format!("{shown}: {e}"))?,
+                    Err(e) => warnings.push(format!("{shown}: record at offset {at} skipped: not an Event ({e})")),
+                }
             }
             index += 1;
             // Between events, so between rows.
@@ -106,6 +109,8 @@ pub fn decode_run(
 struct Scan {
     /// Records (whole, checked) per file.
     records: Vec<u64>,
+    /// The records (indices over the run's files) that are not an `Event`.
+    not_events: HashSet<u64>,
     purges: Purges,
     first_wall: Option<f64>,
     last_wall: Option<f64>,
@@ -160,6 +165,8 @@ fn peek_fields(rec: &[u8]) -> Result<Top, Box<dyn std::error::Error>> {
                     _ => top.session_start = event::SessionLog::decode(body)?.status == SESSION_START,
                 }
             }
+            // The fields read above, with another wire type: not an Event (as prost finds).
+            (1 | 2 | 3 | 5 | 7, _) => return Err(format!("Event field {field} has wire type {wire:?}").into()),
             _ => skip_field(wire, field, &mut buf, ctx.clone())?,
         }
     }
@@ -176,6 +183,7 @@ fn file_version(text: &str) -> f64 {
 fn scan(run: &TbRun) -> Result<Scan, String> {
     let mut s = Scan {
         records: Vec::new(),
+        not_events: HashSet::new(),
         purges: Purges::default(),
         first_wall: None,
         last_wall: None,
@@ -214,6 +222,7 @@ fn scan(run: &TbRun) -> Result<Scan, String> {
                 }
                 Err(e) => {
                     s.warnings.push(format!("{shown}: record at offset {at} skipped: not an Event ({e})"));
+                    s.not_events.insert(this);
                     continue;
                 }
             };
@@ -445,6 +454,34 @@ mod tests {
         assert!(p.drops(15, 5, "a") && !p.drops(15, 5, "b") && !p.drops(20, 5, "a"));
         assert!(p.drops(3, 7, "a"));
         assert!(!Purges::default().drops(0, i64::MAX, "a"));
+    }
+
+    #[test]
+    fn a_record_that_is_not_an_event_is_skipped_with_one_warning() {
+        use crate::plan::HistoryLayout;
+        use crate::selection::Selection;
+        use crate::sources::tensorboard::record_reader::frame;
+        let scalar = |step: i64| {
+            let v = event::SummaryValue { tag: "loss".into(), simple_value: Some(0.5), ..Default::default() };
+            Event { wall_time: 1.0, step, summary: Some(event::Summary { value: vec![v] }), ..Default::default() }
+                .encode_to_vec()
+        };
+        let first = Event { file_version: Some("brain.Event:2".into()), ..Default::default() }.encode_to_vec();
+        // Field 1 length-delimited (as a tf.Example's features): Event's field 1 is a double.
+        let foreign = vec![0x0a, 0x02, 0x08, 0x01];
+        assert!(peek(&foreign).is_err() && Event::decode(foreign.as_slice()).is_err());
+        let bytes = [frame(&first), frame(&scalar(1)), frame(&foreign), frame(&scalar(2))].concat();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.out.tfevents.1.host");
+        std::fs::write(&path, bytes).unwrap();
+        let run = TbRun { run_id: "r".into(), files: vec![path], bytes: 0 };
+        let plan = FetchPlan::new(Selection::all(), HistoryLayout::Long, super::super::TENSORBOARD_IDENTITY_COLUMNS);
+        let mut counts = RecordCounts::default();
+        let data = decode_run(&run, &plan, &mut counts, &mut HistorySink::whole()).unwrap();
+        assert_eq!(data.warnings.len(), 1, "{:?}", data.warnings);
+        assert!(data.warnings[0].contains("not an Event"), "{:?}", data.warnings);
+        assert_eq!(data.history.unwrap().points.len(), 2);
+        assert_eq!(counts.read, 4);
     }
 
     #[test]
