@@ -369,6 +369,14 @@ impl HistoryFiles {
         Ok((rows > 0).then_some(rel))
     }
 
+    /// [`HistoryFiles::finish`], then the files published to `table` (an
+    /// object store's copy uploaded).
+    fn finish_into(self, table: &DeltaDir) -> Result<Vec<(String, u64)>> {
+        let written = self.finish()?;
+        table.publish(&written.iter().map(|(rel, _)| rel.clone()).collect::<Vec<_>>())?;
+        Ok(written)
+    }
+
     /// Closes the shared file; returns every file written, with rows (a
     /// shared file that got no rows is removed).
     fn finish(mut self) -> Result<Vec<(String, u64)>> {
@@ -781,19 +789,21 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
         (Some(t), Some(f)) => replacing.files(RunFile::System, t, f, &system_schema)?,
         _ => BTreeSet::new(),
     };
-    let written_files = files.finish()?;
-    history_table.publish(&written_files.iter().map(|(rel, _)| rel.clone()).collect::<Vec<_>>())?;
+    let written_files = files.finish_into(&history_table)?;
     let history_rows: u64 = written_files.iter().map(|(_, r)| r).sum::<u64>();
+    let system_written = match (&system_table, sys_files) {
+        (Some(t), Some(f)) => f.finish_into(t)?,
+        _ => Vec::new(),
+    };
     let mut bytes = 0u64;
     // Only failures (their runs keep their rows): nothing to commit.
-    let system_written = sys_files.as_ref().is_some_and(|f| f.shared.is_some() || !f.done.is_empty());
     if !full
         && new_runs.is_empty()
         && dropped.is_empty()
         && replaced.is_empty()
         && written_files.is_empty()
         && system_replaced.is_empty()
-        && !system_written
+        && system_written.is_empty()
     {
         let removed = remove_unreferenced(&tables(&runs_table, &history_table, system_table.as_ref()), None, owner)?;
         let summary = SyncSummary::uncommitted(counts, versions, removed, opts, started);
@@ -808,16 +818,14 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
     let committing = Committing { runtime: &runtime, app_id: &app_id, settings: &settings, opts };
     let info = commit_info(&planned.provenance, &counts, None);
     let mut system_rows = None;
-    if let (Some(table), Some(f)) = (system_table.as_mut(), sys_files.take()) {
-        let written = f.finish()?;
-        table.publish(&written.iter().map(|(rel, _)| rel.clone()).collect::<Vec<_>>())?;
-        system_rows = Some(written.iter().map(|(_, r)| r).sum::<u64>());
+    if let Some(table) = system_table.as_mut() {
+        system_rows = Some(system_written.iter().map(|(_, r)| r).sum::<u64>());
         let c = committing.commit_files(
             table,
             system_seq,
             &mut retries,
             &system_schema,
-            &written,
+            &system_written,
             &system_replaced,
             &info,
         )?;
