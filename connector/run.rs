@@ -210,6 +210,8 @@ pub struct RunHistory {
 pub struct SystemSamples {
     pub keys: Vec<String>,
     pub samples: Vec<SystemSample>,
+    /// Key name → index in `keys`.
+    ids: std::collections::HashMap<String, u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -223,20 +225,14 @@ pub struct SystemSample {
 }
 
 impl SystemSamples {
-    /// Adds one sample; `key_ids` maps key names to their index.
-    pub fn push(
-        &mut self,
-        key_ids: &mut std::collections::HashMap<String, u32>,
-        key: &str,
-        timestamp: Option<i64>,
-        value: Option<f64>,
-    ) {
-        let id = match key_ids.get(key) {
+    /// Adds one sample.
+    pub fn push(&mut self, key: &str, timestamp: Option<i64>, value: Option<f64>) {
+        let id = match self.ids.get(key) {
             Some(id) => *id,
             None => {
                 let id = self.keys.len() as u32;
                 self.keys.push(key.to_string());
-                key_ids.insert(key.to_string(), id);
+                self.ids.insert(key.to_string(), id);
                 id
             }
         };

@@ -58,18 +58,16 @@ pub fn system_batch(schema: &SchemaRef, run_id: &str, s: &SystemSamples) -> Resu
 mod tests {
     use super::*;
     use arrow_array::Array;
-    use std::collections::HashMap;
 
     #[test]
     fn rows_sorted_by_key_then_time_keeping_ties_in_order() {
         let mut s = SystemSamples::default();
-        let mut ids = HashMap::new();
         for (key, t, v) in
             [("gpu.0.gpu", 2, Some(1.0)), ("cpu", 2, Some(5.0)), ("cpu", 1, None), ("gpu.0.gpu", 1, Some(f64::NAN))]
         {
-            s.push(&mut ids, key, Some(t), v);
+            s.push(key, Some(t), v);
         }
-        s.push(&mut ids, "cpu", Some(1), Some(7.0));
+        s.push("cpu", Some(1), Some(7.0));
         let b = system_batch(&system_schema(), "r", &s).unwrap();
         let keys: Vec<&str> = b.column(2).as_any().downcast_ref::<StringArray>().unwrap().iter().flatten().collect();
         assert_eq!(keys, ["cpu", "cpu", "cpu", "gpu.0.gpu", "gpu.0.gpu"]);

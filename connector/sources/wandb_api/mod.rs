@@ -339,7 +339,6 @@ impl WandbApi {
         let what = format!("system metrics of run {name}");
         let data = self.graphql(&what, SYSTEM_EVENTS, vars).await?;
         let rows = data.pointer("/project/run/events").and_then(|e| e.as_array()).map_or(&[][..], Vec::as_slice);
-        let mut ids = std::collections::HashMap::new();
         for row in rows {
             let parsed = match row {
                 serde_json::Value::String(s) => {
@@ -356,7 +355,7 @@ impl WandbApi {
             for (k, v) in fields {
                 let Some(key) = k.strip_prefix(SYSTEM_PREFIX) else { continue };
                 if plan.wants_system_key(key) {
-                    out.push(&mut ids, key, timestamp, restore_non_finite(v).as_f64());
+                    out.push(key, timestamp, restore_non_finite(v).as_f64());
                 }
             }
         }
@@ -578,9 +577,11 @@ impl RemoteSource for WandbApi {
         target: Option<Arc<HistoryTarget>>,
     ) -> Result<(RunData, FetchedHistory), String> {
         let mut mark = HistoryMark { from_step: None, lines: listed.history_line_count, ..Default::default() };
-        let (system, short) = match plan.system {
-            true => self.fetch_system(&plan, &listed).await.map(|(s, w)| (Some(s), w))?,
-            false => (None, None),
+        let (system, short) = if plan.system {
+            let (samples, short) = self.fetch_system(&plan, &listed).await?;
+            (Some(samples), short)
+        } else {
+            (None, None)
         };
         if !self.needs_history(&plan, &listed) {
             // No history request for this run; an empty history when history was asked.

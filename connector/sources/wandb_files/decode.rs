@@ -166,7 +166,6 @@ struct RunDecoder<'p> {
     exit: Option<RunExitRecord>,
     /// System metrics (stats records), when the plan selects them.
     system: SystemSamples,
-    system_keys: HashMap<String, u32>,
     warnings: RunWarnings,
     counts: RecordCounts,
     /// History records met (decoded or passed over).
@@ -499,7 +498,6 @@ impl<'p> RunDecoder<'p> {
             last_step: None,
             exit: None,
             system: SystemSamples::default(),
-            system_keys: HashMap::new(),
             warnings: RunWarnings::default(),
             counts: RecordCounts::default(),
             history_records: 0,
@@ -581,17 +579,16 @@ impl<'p> RunDecoder<'p> {
             }
             RecordType::Stats => {
                 self.counts.decoded_stats += 1;
-                if self.plan.system {
+                // The items only when system metrics are selected.
+                let timestamp = if self.plan.system {
                     let s = StatsSamples::decode(payload)?;
-                    if let Some(t) = &s.timestamp {
-                        self.note_time(timestamp_micros(t));
-                    }
                     self.system_samples(&s);
+                    s.timestamp
                 } else {
-                    let s = StatsRecord::decode(payload)?;
-                    if let Some(t) = &s.timestamp {
-                        self.note_time(timestamp_micros(t));
-                    }
+                    StatsRecord::decode(payload)?.timestamp
+                };
+                if let Some(t) = &timestamp {
+                    self.note_time(timestamp_micros(t));
                 }
             }
             RecordType::Exit => {
@@ -613,7 +610,7 @@ impl<'p> RunDecoder<'p> {
                 continue;
             }
             let value = Value::parse(&item.value_json).ok().and_then(|v| v.as_f64());
-            self.system.push(&mut self.system_keys, &item.key, timestamp, value);
+            self.system.push(&item.key, timestamp, value);
         }
     }
 
@@ -667,7 +664,6 @@ impl<'p> RunDecoder<'p> {
         other.summary_slots = std::mem::take(&mut self.summary_slots);
         other.last_time_us = self.last_time_us;
         other.system = std::mem::take(&mut self.system);
-        other.system_keys = std::mem::take(&mut self.system_keys);
         other.counts.read = self.counts.read;
         let read_shown = shown.to_string();
         let other = std::thread::scope(|scope| {
@@ -709,7 +705,6 @@ impl<'p> RunDecoder<'p> {
         self.summary_slots = other.summary_slots;
         self.exit = other.exit;
         self.system = other.system;
-        self.system_keys = other.system_keys;
         self.last_time_us = self.last_time_us.max(other.last_time_us);
         let c = other.counts;
         self.counts.read = c.read;
