@@ -60,6 +60,14 @@ pub fn file_mark(name: &str, path: &std::path::Path) -> serde_json::Value {
     serde_json::json!([name, meta.map_or(0, |m| m.len()), mtime])
 }
 
+/// [`file_mark`] of each of `files`, named by its file name.
+pub fn file_marks(files: &[std::path::PathBuf]) -> Vec<serde_json::Value> {
+    files
+        .iter()
+        .map(|f| file_mark(&f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), f))
+        .collect()
+}
+
 /// A local source: its runs read on the CPU pool.
 pub struct Local<L>(pub Arc<L>);
 

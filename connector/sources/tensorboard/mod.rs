@@ -26,7 +26,7 @@ use crate::plan::FetchPlan;
 use crate::run::IdentityColumn;
 use crate::run::IdentityKind::{Text, TextList, Timestamp};
 use crate::run::RunData;
-use crate::sources::read::{Local, LocalRuns, file_mark};
+use crate::sources::read::{Local, LocalRuns, file_marks};
 use crate::sources::{
     BoxedConfig, RecordCounts, Registration, RunColumns, Source, SourceConfig, SourceOption, SyncMark,
 };
@@ -197,11 +197,6 @@ impl LocalRuns for TensorboardRuns {
     /// Each event file's name, size and modification time: writers only
     /// append to them, and a restarted job adds a file.
     fn fingerprint(&self, i: usize) -> Option<String> {
-        let marks: Vec<serde_json::Value> = self.runs[i]
-            .files
-            .iter()
-            .map(|f| file_mark(&f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), f))
-            .collect();
-        Some(serde_json::Value::Array(marks).to_string())
+        Some(serde_json::Value::Array(file_marks(&self.runs[i].files)).to_string())
     }
 }

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::pipeline::HistorySink;
 use crate::plan::FetchPlan;
 use crate::run::RunData;
-use crate::sources::read::{Local, LocalRuns, file_mark};
+use crate::sources::read::{Local, LocalRuns, file_marks};
 use crate::sources::{BoxedConfig, Registration, RunColumns, Source, SourceConfig, SourceOption, SyncMark};
 
 pub const REGISTRATION: Registration = Registration { parse };
@@ -91,10 +91,7 @@ impl LocalRuns for WandbFiles {
     /// that stopped writing is read again once, to be marked crashed.
     fn fingerprint(&self, i: usize) -> Option<String> {
         let files = &self.runs[i].files;
-        let mut marks: Vec<serde_json::Value> = files
-            .iter()
-            .map(|f| file_mark(&f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), f))
-            .collect();
+        let mut marks = file_marks(files);
         // The newest modification time, from the marks (`[name, size, ns]`; 0 unknown).
         let newest = marks.iter().filter_map(|m| m[2].as_u64()).filter(|ns| *ns > 0).max();
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
