@@ -6,13 +6,14 @@
 
 #![no_main]
 
-use std::collections::BTreeMap;
+#[path = "run_tables.rs"]
+mod run_tables;
+
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use runport::output::history::{collect_kinds, long_batch, long_schema, wide_batch, wide_schema};
-use runport::output::runs::RunsTable;
+use run_tables::check_run_tables;
 use runport::plan::{FetchPlan, HistoryLayout};
 use runport::sources::wandb_files::{WANDB_IDENTITY_COLUMNS, WANDB_PREFIXES};
 use runport::selection::Selection;
@@ -37,20 +38,5 @@ fuzz_target!(|data: &[u8]| {
     let Ok(mut run) = decode_run("fuzz", &[path], &plan, &mut counts, &mut HistorySink::whole()) else {
         return;
     };
-    if let Some(h) = &run.history {
-        for p in &h.points {
-            assert!((p.row as usize) < h.rows.len() && (p.key as usize) < h.keys.len());
-        }
-        let batch = long_batch(&long_schema(), "fuzz", h).expect("long history batch");
-        assert_eq!(batch.num_rows(), h.points.len());
-        let mut kinds = BTreeMap::new();
-        collect_kinds(h, &mut kinds);
-        let schema = wide_schema(&kinds);
-        let wide = wide_batch(&schema, &kinds, "fuzz", h).expect("wide history batch");
-        assert_eq!(wide.num_rows(), h.rows.len());
-    }
-    let mut runs = RunsTable::new(&plan.identity_columns, WANDB_PREFIXES);
-    runs.push(&mut run);
-    let table = runs.build().expect("runs table");
-    assert_eq!(table.num_rows(), 1);
+    check_run_tables(&plan, WANDB_PREFIXES, &mut run);
 });
