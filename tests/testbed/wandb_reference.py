@@ -1177,25 +1177,11 @@ def compare_system(runs: list[Run], out: Path, select: str | None, diffs: Diffs)
     for p in parts:
         check_parquet_properties(p, "system", diffs, {"run_id", "key"})
     if man is not None:
-        import pyarrow.parquet as pq
-
         entry = (man.get("tables") or {}).get("system")
         if entry is None:
             diffs.add("_manifest.json: no 'system' table")
         else:
-            listed = [f.get("path") for f in entry.get("files", [])]
-            actual = [str(p.relative_to(out)).replace(os.sep, "/") for p in parts]
-            if listed != actual:
-                diffs.add(f"_manifest.json: system files {listed}, found {actual}")
-            else:
-                for f, p in zip(entry["files"], parts):
-                    n = pq.ParquetFile(p).metadata.num_rows
-                    if f.get("rows") != n:
-                        diffs.add(f"_manifest.json: {f['path']} rows {f.get('rows')}, file has {n}")
-                    if "bytes" in f and f["bytes"] != p.stat().st_size:
-                        diffs.add(f"_manifest.json: {f['path']} bytes {f['bytes']}, file has {p.stat().st_size}")
-            if entry.get("columns") != pq.ParquetFile(parts[0]).schema_arrow.names:
-                diffs.add("_manifest.json: system columns differ from the file's columns")
+            check_manifest_table(out, "system", entry, parts, diffs)
     return exp.num_rows, nruns
 
 
@@ -1273,6 +1259,28 @@ def cmd_dump_system(args) -> int:
     return 0
 
 
+def check_manifest_table(out: Path, name: str, entry: dict, files: list[Path], diffs: Diffs):
+    """A table's entry in `_manifest.json` against its files: paths in order,
+    each file's rows and bytes, the columns of the first."""
+    import pyarrow.parquet as pq
+
+    listed = [f.get("path") for f in entry.get("files", [])]
+    actual = [str(p.relative_to(out)).replace(os.sep, "/") for p in files]
+    if listed != actual:
+        diffs.add(f"_manifest.json: {name} files {listed}, found {actual}")
+        return
+    for f, p in zip(entry["files"], files):
+        rows = pq.ParquetFile(p).metadata.num_rows
+        if f.get("rows") != rows:
+            diffs.add(f"_manifest.json: {f['path']} rows {f.get('rows')}, file has {rows}")
+        if "bytes" in f and f["bytes"] != p.stat().st_size:
+            diffs.add(f"_manifest.json: {f['path']} bytes {f['bytes']}, file has {p.stat().st_size}")
+    if files:
+        cols = pq.ParquetFile(files[0]).schema_arrow.names
+        if entry.get("columns") != cols:
+            diffs.add(f"_manifest.json: {name} columns differ from the file's columns")
+
+
 def check_manifest(man: dict, out: Path, layout: str, nruns: int, parts: list[Path], diffs: Diffs):
     if man.get("format_version") != 1:
         diffs.add(f"_manifest.json: format_version {man.get('format_version')!r}, expected 1")
@@ -1286,8 +1294,6 @@ def check_manifest(man: dict, out: Path, layout: str, nruns: int, parts: list[Pa
     if man.get("failures"):
         diffs.add(f"_manifest.json: failures {man['failures'][:3]}")
     tables = man.get("tables") or {}
-    import pyarrow.parquet as pq
-
     expected = {"runs": [out / "runs.parquet"]}
     if layout != "none":
         expected["history"] = parts
@@ -1298,21 +1304,7 @@ def check_manifest(man: dict, out: Path, layout: str, nruns: int, parts: list[Pa
         if entry is None:
             diffs.add(f"_manifest.json: no {name!r} table")
             continue
-        listed = [f.get("path") for f in entry.get("files", [])]
-        actual = [str(p.relative_to(out)).replace(os.sep, "/") for p in files]
-        if listed != actual:
-            diffs.add(f"_manifest.json: {name} files {listed}, found {actual}")
-            continue
-        for f, p in zip(entry["files"], files):
-            rows = pq.ParquetFile(p).metadata.num_rows
-            if f.get("rows") != rows:
-                diffs.add(f"_manifest.json: {f['path']} rows {f.get('rows')}, file has {rows}")
-            if "bytes" in f and f["bytes"] != p.stat().st_size:
-                diffs.add(f"_manifest.json: {f['path']} bytes {f['bytes']}, file has {p.stat().st_size}")
-        if files:
-            cols = pq.ParquetFile(files[0]).schema_arrow.names
-            if entry.get("columns") != cols:
-                diffs.add(f"_manifest.json: {name} columns differ from the file's columns")
+        check_manifest_table(out, name, entry, files, diffs)
 
 
 def _expect_eq(exp, got) -> bool:
