@@ -228,15 +228,12 @@ fn a_sync_killed_between_its_commits_is_completed_by_the_next() {
     }
     // Meanwhile, a second sync into the same tables is refused (exit 2).
     sync(&source, &table, &[], 2);
-    // strace and the traced runport: SIGKILL to the whole process group is
-    // not ours to send; kill the traced child, then strace.
-    let killed = std::process::Command::new("pkill")
-        .args(["-KILL", "-P", &child.id().to_string()])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(killed, "no traced runport to kill");
-    let _ = child.kill();
-    let _ = child.wait();
+    // strace and the traced runport share a process group of their own:
+    // kill both, and go on only when the runport's last thread is gone (a
+    // thread still inside a delayed syscall keeps the table's lock).
+    let traced = std::process::Command::new("pgrep").args(["-P", &child.id().to_string()]).output().expect("pgrep");
+    assert!(!traced.stdout.trim_ascii().is_empty(), "no traced runport to kill");
+    kill_group(&mut child);
     assert!(!table.join("runs/_delta_log/00000000000000000001.json").exists(), "runs committed before the kill");
 
     let next = sync(&source, &table, &[], 0);
