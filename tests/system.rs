@@ -96,6 +96,62 @@ fn api_export_equals_the_files_and_the_official_client_with_one_request_per_run_
     assert_eq!(served["total"].as_u64(), Some(1), "{}", served["by_operation"]);
 }
 
+/// A server that caps `events(samples)` (how the real one answers a large
+/// `samples` is not known): runport keeps the lines it was given, equal to
+/// what the official client gets from the same server, and warns for each
+/// run that it got fewer than the run lists, naming the run (history
+/// selected too: the warning rides with the run through its history fetch).
+#[test]
+fn a_server_that_caps_system_samples_gives_a_warning_per_run_and_its_lines() {
+    const CAP: u64 = 5;
+    let runs = wandb_runs("system");
+    let server = WandbServer::start(&runs, &["--events-samples-cap", &CAP.to_string()]);
+    let out = tempdir();
+    let o = out.path().to_str().unwrap();
+    let (code, stdout, stderr) = server.runport(&["export", "-o", o, "--select", "*,system.*", "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let summary = last_json_line(&stdout);
+    let scen = scenarios(&runs);
+    let mut capped = Vec::new();
+    for s in scen["scenarios"].as_object().unwrap().values() {
+        let n = s["observed"]["samples"].as_u64().unwrap_or(0);
+        if n > CAP {
+            let id = s["run_id"].as_str().unwrap_or_else(|| panic!("a scenario without run_id: {s}"));
+            capped.push((id.to_string(), n));
+        }
+    }
+    assert!(!capped.is_empty(), "no run has more than {CAP} samples: {scen}");
+    let warnings = summary["warnings"].as_array().unwrap_or_else(|| panic!("{summary}"));
+    assert_eq!(warnings.len(), capped.len(), "{summary}");
+    for (id, n) in &capped {
+        let said = format!("system metrics of run {id}: the server gave {CAP} of the {n} samples it lists");
+        assert!(stderr.contains(&said), "no warning {said:?}:\n{stderr}");
+        assert!(warnings.iter().any(|w| w["run"] == id.as_str()), "{summary}");
+    }
+    // The lines given: what the official client reads from this server.
+    let official = testbed_script(
+        "check_official_client.py",
+        &[
+            "--base-url".as_ref(),
+            server.base_url.as_ref(),
+            "--api-key".as_ref(),
+            TEST_API_KEY.as_ref(),
+            "--system".as_ref(),
+            out.path().as_os_str(),
+        ],
+    );
+    eprintln!("{}", String::from_utf8_lossy(&official.stdout));
+    let per_run = python_snippet(
+        "import sys, polars as pl\n\
+         t = pl.read_parquet(sys.argv[1] + '/system/*.parquet')\n\
+         print(t.group_by('run_id').agg(pl.col('timestamp').n_unique()).sort('run_id').rows())",
+        &[out.path().as_os_str()],
+    );
+    for (id, _) in &capped {
+        assert!(per_run.contains(&format!("('{id}', {CAP})")), "{id}: {per_run}");
+    }
+}
+
 #[test]
 fn sync_keeps_a_system_table_equal_to_an_export() {
     let runs = wandb_runs("system");

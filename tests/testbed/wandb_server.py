@@ -283,6 +283,7 @@ class Testbed:
         self.step_type = args.step_type
         self.part_rows = max(0, args.part_rows)
         self.debug_flip = args.debug_flip
+        self.events_samples_cap = args.events_samples_cap
         self.no_parquet_history = args.no_parquet_history
         self.lock = threading.Lock()
         self.rules: list[Rule] = []
@@ -630,6 +631,9 @@ class RunView:
         """The events lines (system metrics), down-sampled like history:
         `samples` evenly spaced lines, the first and the last kept."""
         lines = self.r.events_lines()
+        cap = self.tb.events_samples_cap
+        if cap is not None and (samples is None or samples > cap):
+            samples = cap
         idx = store.sample_indices(list(range(len(lines))), samples)
         out = [lines[i] for i in idx]
         if self.tb.debug_flip == "system" and self._first_run() and idx and idx[0] == 0:
@@ -1279,7 +1283,12 @@ def main(argv=None) -> int:
                     help="stop when stdin closes (a test harness that dies takes the server with it)")
     ap.add_argument("--debug-flip", choices=["history", "summary", "config", "system"], default=None,
                     help="serve one wrong value in the first run (to see a checker fail)")
+    ap.add_argument("--events-samples-cap", type=int, default=None, metavar="N",
+                    help="answer events(samples: M) with at most N lines, as a server that caps "
+                         "its samples would (default: every line asked for)")
     args = ap.parse_args(argv)
+    if args.events_samples_cap is not None and args.events_samples_cap < 1:
+        ap.error("--events-samples-cap must be at least 1")
     if not args.runs and not args.synthetic:
         ap.error("give --runs and/or --synthetic")
     if args.api_key is None:
