@@ -19,6 +19,41 @@ struct Moto {
     key: (String, String),
 }
 
+/// Starts a server with `spawn(port)` on a free loopback port and waits
+/// until it answers HTTP at `path`. A port found free can be taken before
+/// the server binds it (the server then exits): another port is tried, up
+/// to three. Any HTTP answer counts; a bare TCP connect does not, since a
+/// connect to a port of the ephemeral range that nothing listens on can
+/// reach the connecting socket itself.
+fn spawn_serving(what: &str, path: &str, spawn: impl Fn(u16) -> Child) -> (Child, u16) {
+    use std::io::{Read, Write};
+    for _ in 0..3 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut child = spawn(port);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                eprintln!("{what} exited ({status}) before serving on port {port}; trying another port");
+                break;
+            }
+            assert!(Instant::now() < deadline, "{what} did not answer on port {port} within 60 s");
+            let answered = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok_and(|mut conn| {
+                let mut head = [0u8; 5];
+                conn.local_addr().ok() != conn.peer_addr().ok()
+                    && conn.set_read_timeout(Some(Duration::from_secs(10))).is_ok()
+                    && conn.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes()).is_ok()
+                    && conn.read_exact(&mut head).is_ok()
+                    && &head == b"HTTP/"
+            });
+            if answered {
+                return (child, port);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    panic!("{what} could not start on a free port (three tries)");
+}
+
 /// Creates the bucket; with keys checked, also a user allowed everything,
 /// and prints its access key id and secret.
 const MOTO_SETUP: &str = r#"
@@ -45,24 +80,18 @@ impl Moto {
     /// With `auth`, moto checks keys after the setup's first 4 requests.
     fn start_checking(auth: bool) -> Moto {
         let python = venv_python("s3-venv", "requirements-s3.txt");
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut server = Command::new(python.with_file_name("moto_server"));
-        if auth {
-            server.env("INITIAL_NO_AUTH_ACTION_COUNT", "4");
-        }
-        let child = server
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start moto_server");
+        // `/moto-api/` is moto's own: it is not an S3 action, so it does not
+        // count among the ones let through unchecked.
+        let (child, port) = spawn_serving("moto_server", "/moto-api/", |port| {
+            let mut server = Command::new(python.with_file_name("moto_server"));
+            if auth {
+                server.env("INITIAL_NO_AUTH_ACTION_COUNT", "4");
+            }
+            server.args(["-H", "127.0.0.1", "-p", &port.to_string()]).stdout(Stdio::null()).stderr(Stdio::null());
+            server.spawn().expect("start moto_server")
+        });
         let endpoint = format!("http://127.0.0.1:{port}");
         let mut moto = Moto { child, endpoint, key: Default::default() };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto_server did not start on {}", moto.endpoint);
-            std::thread::sleep(Duration::from_millis(100));
-        }
         let out = run_checked(
             Command::new(&python).arg("-c").arg(MOTO_SETUP).arg(&moto.endpoint).arg(if auth { "auth" } else { "open" }),
             "creating the bucket",
@@ -314,20 +343,16 @@ struct Azurite {
 impl Azurite {
     fn start() -> Azurite {
         let bin = azurite_blob();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new(bin)
-            .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
-            .args(["--inMemoryPersistence", "--skipApiVersionCheck", "--loose", "--disableTelemetry"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start azurite-blob");
+        let (child, port) = spawn_serving("azurite-blob", "/", |port| {
+            Command::new(&bin)
+                .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+                .args(["--inMemoryPersistence", "--skipApiVersionCheck", "--loose", "--disableTelemetry"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start azurite-blob")
+        });
         let azurite = Azurite { child, url: format!("http://127.0.0.1:{port}") };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "azurite did not start on {}", azurite.url);
-            std::thread::sleep(Duration::from_millis(100));
-        }
         let create = "import sys; from azure.storage.blob import BlobServiceClient; \
              BlobServiceClient.from_connection_string(sys.argv[1]).create_container('lake')";
         let conn = format!(
