@@ -102,11 +102,15 @@ pub trait SourceConfig: fmt::Debug + Send + Sync {
     fn kind(&self) -> &'static str;
 
     /// Whether runs are read over the network (the default `--concurrency`
-    /// is then requests in flight, else CPU threads).
-    fn network(&self) -> bool;
+    /// is then requests in flight, else CPU threads). Local by default.
+    fn network(&self) -> bool {
+        false
+    }
 
-    /// The [`SourceOption`] flags this source takes.
-    fn options(&self) -> &'static [&'static str];
+    /// The [`SourceOption`] flags this source takes (none by default).
+    fn options(&self) -> &'static [&'static str] {
+        &[]
+    }
 
     /// Why an option is not taken, when there is more to say than that.
     fn option_hint(&self, _option: &SourceOption) -> Option<&'static str> {

@@ -72,14 +72,6 @@ impl SourceConfig for TensorboardConfig {
         "tensorboard"
     }
 
-    fn network(&self) -> bool {
-        false
-    }
-
-    fn options(&self) -> &'static [&'static str] {
-        &[]
-    }
-
     fn columns(&self) -> &'static RunColumns {
         &TENSORBOARD_COLUMNS
     }

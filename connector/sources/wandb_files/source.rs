@@ -32,14 +32,6 @@ impl SourceConfig for WandbFilesConfig {
         "wandb-files"
     }
 
-    fn network(&self) -> bool {
-        false
-    }
-
-    fn options(&self) -> &'static [&'static str] {
-        &[]
-    }
-
     fn columns(&self) -> &'static RunColumns {
         &WANDB_COLUMNS
     }
