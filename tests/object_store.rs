@@ -20,12 +20,13 @@ struct Moto {
 }
 
 /// Starts a server with `spawn(port)` on a free loopback port and waits
-/// until it answers HTTP at `path`. A port found free can be taken before
-/// the server binds it (the server then exits): another port is tried, up
-/// to three. Any HTTP answer counts; a bare TCP connect does not, since a
-/// connect to a port of the ephemeral range that nothing listens on can
-/// reach the connecting socket itself.
-fn spawn_serving(what: &str, path: &str, spawn: impl Fn(u16) -> Child) -> (Child, u16) {
+/// until it answers HTTP at `path` with `server` in its `Server` header. A
+/// port found free can be taken before the server binds it (by another
+/// test's server; ours then exits): another port is tried, up to three. A
+/// bare TCP connect proves nothing: it may reach that other server, or,
+/// into the ephemeral range with nothing listening, the connecting socket
+/// itself.
+fn spawn_serving(what: &str, path: &str, server: &str, spawn: impl Fn(u16) -> Child) -> (Child, u16) {
     use std::io::{Read, Write};
     for _ in 0..3 {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -37,16 +38,30 @@ fn spawn_serving(what: &str, path: &str, spawn: impl Fn(u16) -> Child) -> (Child
                 break;
             }
             assert!(Instant::now() < deadline, "{what} did not answer on port {port} within 60 s");
-            let answered = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok_and(|mut conn| {
-                let mut head = [0u8; 5];
-                conn.local_addr().ok() != conn.peer_addr().ok()
+            let head = std::net::TcpStream::connect(("127.0.0.1", port)).ok().and_then(|mut conn| {
+                let mut head = Vec::new();
+                let asked = conn.local_addr().ok() != conn.peer_addr().ok()
                     && conn.set_read_timeout(Some(Duration::from_secs(10))).is_ok()
-                    && conn.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes()).is_ok()
-                    && conn.read_exact(&mut head).is_ok()
-                    && &head == b"HTTP/"
+                    && conn.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes()).is_ok();
+                let mut buf = [0u8; 1024];
+                while asked && head.len() < 16 << 10 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                        _ => break,
+                    }
+                }
+                asked.then(|| String::from_utf8_lossy(&head).into_owned())
             });
-            if answered {
-                return (child, port);
+            match head {
+                Some(h)
+                    if h.starts_with("HTTP/") && h.lines().any(|l| l.starts_with("Server:") && l.contains(server)) =>
+                {
+                    return (child, port);
+                }
+                Some(h) if h.starts_with("HTTP/") => {
+                    eprintln!("another server answers on port {port}: {:?}", h.lines().next());
+                }
+                _ => {}
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -82,7 +97,7 @@ impl Moto {
         let python = venv_python("s3-venv", "requirements-s3.txt");
         // `/moto-api/` is moto's own: it is not an S3 action, so it does not
         // count among the ones let through unchecked.
-        let (child, port) = spawn_serving("moto_server", "/moto-api/", |port| {
+        let (child, port) = spawn_serving("moto_server", "/moto-api/", "Werkzeug", |port| {
             let mut server = Command::new(python.with_file_name("moto_server"));
             if auth {
                 server.env("INITIAL_NO_AUTH_ACTION_COUNT", "4");
@@ -343,7 +358,7 @@ struct Azurite {
 impl Azurite {
     fn start() -> Azurite {
         let bin = azurite_blob();
-        let (child, port) = spawn_serving("azurite-blob", "/", |port| {
+        let (child, port) = spawn_serving("azurite-blob", "/", "Azurite", |port| {
             Command::new(&bin)
                 .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
                 .args(["--inMemoryPersistence", "--skipApiVersionCheck", "--loose", "--disableTelemetry"])
