@@ -128,7 +128,6 @@ def _group_alive(pgid):
 def cmd_serve(args):
     db = Path(args.db).resolve()
     db.parent.mkdir(parents=True, exist_ok=True)
-    port = args.port or free_port()
     artifacts = Path(args.artifacts).resolve() if args.artifacts else db.parent / (db.stem + "-artifacts")
     env = dict(os.environ)
     env.update(OFFLINE_ENV)
@@ -136,11 +135,11 @@ def cmd_serve(args):
     cmd = [
         python_exe(), "-m", "mlflow", "server",
         "--backend-store-uri", f"sqlite:///{db}",
-        "--host", "127.0.0.1", "--port", str(port),
+        "--host", "127.0.0.1",
         "--workers", str(args.workers),
         "--artifacts-destination", str(artifacts),
     ]
-    out = {"tracking_uri": f"http://127.0.0.1:{port}", "db": str(db)}
+    out = {"db": str(db)}
     if args.basic_auth:
         password = os.environ.get("MLFLOW_TESTBED_ADMIN_PASSWORD") or ("pw-" + secrets.token_hex(12))
         auth_db = db.parent / (db.stem + "-auth.db")
@@ -161,10 +160,6 @@ def cmd_serve(args):
         out.update(username="admin", password=password)
     logf = open(args.log, "ab") if args.log else subprocess.DEVNULL
     t0 = time.time()
-    proc = subprocess.Popen(
-        cmd, env=env, cwd=str(db.parent), stdin=subprocess.DEVNULL,
-        stdout=logf, stderr=logf, start_new_session=True,
-    )
     stopping = threading.Event()
 
     def on_signal(signum, frame):
@@ -173,9 +168,28 @@ def cmd_serve(args):
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
+    # A port found free may be taken by another process before the server
+    # binds it; the server then exits, and (without --port) another port is
+    # tried, three in all.
+    proc = None
     try:
-        if not wait_health(out["tracking_uri"], proc, args.timeout):
-            log(f"mlflow server did not answer /health within {args.timeout} s (exit code {proc.poll()})")
+        for attempt in range(1 if args.port else 3):
+            port = args.port or free_port()
+            out["tracking_uri"] = f"http://127.0.0.1:{port}"
+            proc = subprocess.Popen(
+                cmd + ["--port", str(port)], env=env, cwd=str(db.parent), stdin=subprocess.DEVNULL,
+                stdout=logf, stderr=logf, start_new_session=True,
+            )
+            if wait_health(out["tracking_uri"], proc, args.timeout):
+                break
+            code = proc.poll()
+            stop_group(proc)
+            if code is None or stopping.is_set():
+                log(f"mlflow server did not answer /health on port {port} within {args.timeout} s")
+                return 1
+            log(f"mlflow server exited with {code} before answering on port {port}"
+                + ("; trying another port" if attempt < 2 and not args.port else ""))
+        else:
             return 1
         out["pid"] = proc.pid
         out["startup_s"] = round(time.time() - t0, 2)
@@ -197,7 +211,8 @@ def cmd_serve(args):
             stopping.wait(0.5)
         return 0
     finally:
-        stop_group(proc)
+        if proc is not None:
+            stop_group(proc)
 
 
 # ----------------------------------------------------------------------------------------------
