@@ -1,5 +1,6 @@
 //! The TensorBoard source against event files written by the real writers
-//! (tensorboardX, and the tensorboard package's own event file writer),
+//! (tensorboardX, the tensorboard package's own event file writer, and
+//! TensorFlow itself),
 //! checked value by value against TensorBoard's own reader
 //! (`EventAccumulator`, every size guidance 0).
 
@@ -24,8 +25,56 @@ fn standard() -> PathBuf {
     dir.join("logs")
 }
 
+/// Runs written by TensorFlow itself (`make_tensorflow_runs.py`, in the
+/// venv of `requirements-tensorflow.txt`), cached under `target/`.
+fn tensorflow_written() -> PathBuf {
+    let script = fs::read(testbed_dir().join("make_tensorflow_runs.py")).expect("read make_tensorflow_runs.py");
+    let reqs = fs::read(testbed_dir().join("requirements-tensorflow.txt")).expect("read requirements-tensorflow.txt");
+    let dir = target_dir().join("testbed-data").join(format!("tensorflow-{:016x}", fnv(&[&script, &reqs])));
+    cached_data(&dir, "testbed-data-tensorflow", || {
+        let py = venv_python("tensorflow-venv", "requirements-tensorflow.txt");
+        run_checked(
+            Command::new(py).arg(testbed_dir().join("make_tensorflow_runs.py")).arg("--out").arg(dir.join("logs")),
+            "tests/testbed/make_tensorflow_runs.py",
+        );
+    });
+    dir.join("logs")
+}
+
 fn source(logs: &Path) -> PathBuf {
     PathBuf::from(format!("tensorboard:{}", logs.display()))
+}
+
+/// Event files written by TensorFlow 2 itself: `tf.summary` scalars (0-d
+/// tensors), text, images, histograms and audio; the hparams plugin's API
+/// (the experiment's config, and each trial's values); the Keras
+/// TensorBoard callback (epoch metrics, weight histograms, the model's
+/// config and a `graph_def` event). Equal to `EventAccumulator`, with every
+/// tag the writer was given at its step count.
+#[test]
+fn tensorflow_written_files_equal_tensorboards_own_reader() {
+    let logs = tensorflow_written();
+    let out = tempdir();
+    let (_, checked) = export_equal_to_tensorboard(&logs, out.path());
+    let scenarios = fs::read(logs.join("scenarios.json")).expect("read scenarios.json");
+    let printed = python_snippet(
+        "import sys, json, polars as pl\n\
+         want = json.loads(open(sys.argv[2]).read())['runs']\n\
+         h = pl.read_parquet(sys.argv[1] + '/history/*.parquet')\n\
+         got = {(r, k): n for r, k, n in h.group_by('run_id', 'key').agg(pl.len()).rows()}\n\
+         bad = [(r, k, n, got.get((r, k))) for r, tags in want.items() for k, n in tags.items() if got.get((r, k)) != n]\n\
+         assert not bad, bad\n\
+         runs = {r['run_id']: r for r in pl.read_parquet(sys.argv[1] + '/runs.parquet').to_dicts()}\n\
+         assert set(runs) == set(want), (sorted(runs), sorted(want))\n\
+         t0 = runs['hparams/trial-0']\n\
+         assert (t0['config.lr'], t0['config.units'], t0['config.optimizer']) == (0.01, 16.0, 'adam'), t0\n\
+         assert runs['hparams']['hparams_metrics'] == ['accuracy'], runs['hparams']\n\
+         print(len(want), h.height)",
+        &[out.path().as_os_str(), logs.join("scenarios.json").as_os_str()],
+    );
+    let written: serde_json::Value = serde_json::from_slice(&scenarios).unwrap();
+    eprintln!("{}: runs and rows {}", written["writer"], printed.trim());
+    assert_eq!(checked["runs"], 6, "{checked}");
 }
 
 /// `tensorboard_reference.py compare`: its exit code and output.
@@ -46,15 +95,23 @@ fn assert_equal_to_tensorboard(logs: &Path, export: &Path) -> serde_json::Value 
     serde_json::from_str(line).unwrap()
 }
 
+/// Exports every column of `logs` into `out`, without a failure or a
+/// warning, and checks it against `EventAccumulator`: the export's summary
+/// and the comparison's.
+fn export_equal_to_tensorboard(logs: &Path, out: &Path) -> (serde_json::Value, serde_json::Value) {
+    let summary = export_json(&source(logs), out, &[], 0);
+    assert!(summary["failures"].as_array().unwrap().is_empty(), "{summary}");
+    assert!(summary["warnings"].as_array().unwrap().is_empty(), "{summary}");
+    let checked = assert_equal_to_tensorboard(logs, out);
+    eprintln!("{checked}");
+    (summary, checked)
+}
+
 #[test]
 fn export_equals_tensorboards_own_reader() {
     let logs = standard();
     let out = tempdir();
-    let summary = export_json(&source(&logs), out.path(), &[], 0);
-    assert!(summary["failures"].as_array().unwrap().is_empty(), "{summary}");
-    assert!(summary["warnings"].as_array().unwrap().is_empty(), "{summary}");
-    let checked = assert_equal_to_tensorboard(&logs, out.path());
-    eprintln!("{checked}");
+    let (summary, checked) = export_equal_to_tensorboard(&logs, out.path());
     let scenarios: serde_json::Value = serde_json::from_slice(&fs::read(logs.join("scenarios.json")).unwrap()).unwrap();
     let runs = scenarios["runs"].as_object().unwrap();
     assert_eq!(summary["runs"].as_u64().unwrap() as usize, checked["runs"].as_u64().unwrap() as usize);
