@@ -77,6 +77,75 @@ fn tensorflow_written_files_equal_tensorboards_own_reader() {
     assert_eq!(checked["runs"], 6, "{checked}");
 }
 
+/// Writes a restarted run whose scalars are 0-d tensors, as TensorFlow 2
+/// writes them, with the tensorboard package's own writer, each session
+/// opening with `session_log START` as TensorFlow 1's `Supervisor` wrote
+/// it: a first file with START at step 0 and `loss` at steps 0..99, then a
+/// second file (sorted after it) with START at step 50 and `loss` at 50..149.
+const TENSOR_RESTART: &str = r#"
+import sys, time
+from pathlib import Path
+from tensorboard.compat.proto import event_pb2
+from tensorboard.plugins.scalar import summary_v2 as scalar_summary
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
+run = Path(sys.argv[1])
+run.mkdir(parents=True)
+def write(suffix, steps, base, start=None):
+    w = EventFileWriter(str(run), filename_suffix=suffix)
+    if start is not None:
+        w.add_event(event_pb2.Event(wall_time=time.time(), step=start,
+                                    session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
+    for s in steps:
+        w.add_event(event_pb2.Event(wall_time=time.time(), step=s, summary=scalar_summary.scalar_pb("loss", base + s / 1000)))
+    w.close()
+write(".1", range(100), 1.0, start=0)
+time.sleep(1.1)
+write(".2", range(50, 150), 2.0, start=50)
+files = sorted(p.name for p in run.iterdir())
+assert files[-1].endswith(".2"), files
+"#;
+
+/// The restarted run's `loss` as TensorBoard's server reads it
+/// (`plugin_event_accumulator`, which purges tensors at a restart), as the
+/// older `EventAccumulator` class reads it (which purges all but tensors),
+/// and as runport exported it: each a list of (step, value).
+const TENSOR_RESTART_READ: &str = r#"
+import sys, json, polars as pl
+from tensorboard.backend.event_processing import event_accumulator as ea
+from tensorboard.backend.event_processing import plugin_event_accumulator as pea
+from tensorboard.util import tensor_util
+def tensors(module):
+    acc = module.EventAccumulator(sys.argv[1], size_guidance={module.TENSORS: 0})
+    acc.Reload()
+    return [[e.step, float(tensor_util.make_ndarray(e.tensor_proto))] for e in acc.Tensors("loss")]
+h = pl.read_parquet(sys.argv[2] + "/history/*.parquet").filter(pl.col("key") == "loss").sort("step")
+print(json.dumps({"server": tensors(pea), "event_accumulator": tensors(ea),
+                  "runport": [[s, v] for s, v in h.select("step", "value").rows()]}))
+"#;
+
+/// A restart in a run of TensorFlow 2 style scalars (tensors): runport
+/// drops the first file's steps from the restart on, as TensorBoard's
+/// server does; the older `EventAccumulator` class keeps them.
+#[test]
+fn a_restart_drops_tensor_scalars_as_tensorboards_server_does() {
+    let dir = tempdir();
+    let logs = dir.path().join("logs");
+    python_snippet(TENSOR_RESTART, &[logs.join("restart").as_os_str()]);
+    let out = dir.path().join("out");
+    export_json(&source(&logs), &out, &[], 0);
+    let read: serde_json::Value = serde_json::from_str(
+        python_snippet(TENSOR_RESTART_READ, &[logs.join("restart").as_os_str(), out.as_os_str()]).trim(),
+    )
+    .unwrap();
+    let server = read["server"].as_array().unwrap();
+    assert_eq!(server.len(), 150, "the server's reader: {read}");
+    assert_eq!(read["runport"], read["server"]);
+    // Steps 50..99 are the second writer's values.
+    assert_eq!(server[50][0], 50, "{read}");
+    assert!((server[50][1].as_f64().unwrap() - 2.05).abs() < 1e-6, "{read}");
+    assert_eq!(read["event_accumulator"].as_array().unwrap().len(), 200, "{read}");
+}
+
 /// `tensorboard_reference.py compare`: its exit code and output.
 fn compare(logs: &Path, export: &Path) -> (bool, String) {
     let out = Command::new(python())
