@@ -326,7 +326,9 @@ fn sync_follows_new_files_and_runs_and_equals_an_export() {
     copy_dir(&logs, &copy);
     let table = scratch.path().join("table");
     let first = sync(&source(&copy), &table, &[], 0);
-    assert_eq!(first["runs"]["new"].as_u64(), Some(8), "{first}");
+    let scenarios: serde_json::Value = serde_json::from_slice(&fs::read(logs.join("scenarios.json")).unwrap()).unwrap();
+    let runs = scenarios["runs"].as_object().unwrap().len() as u64;
+    assert_eq!(first["runs"]["new"].as_u64(), Some(runs), "{first}");
     crate::sync::assert_same_as_export(&source(&copy), &table, scratch.path(), "tensorboard first sync");
     let again = sync(&source(&copy), &table, &[], 0);
     assert_eq!(again["records"]["read"], 0, "{again}");

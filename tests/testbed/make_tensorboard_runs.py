@@ -209,6 +209,31 @@ def w_hparams(out: Path) -> list[dict]:
     ]
 
 
+def w_multi(out: Path) -> list[dict]:
+    """tensorboardX add_scalars: one writer per series, in folders of their
+    own. Each series' first event is its summary, stamped with the time of
+    the add_scalars call, which is taken before the series' writer is
+    made: the writer's file_version event, first in the file, is later."""
+    parent = out / "multi"
+    with SummaryWriter(str(parent)) as w:
+        for step in range(10):
+            w.add_scalars("pair", {"a": step * 0.5, "b": -step * 0.5}, step)
+    entries = [{"run_id": "multi", "writer": "tensorboardX", "files": len(_files(parent)),
+                "purpose": "the writer add_scalars was called on: only its file_version event, no tags",
+                "tags": {}}]
+    for series, sign in (("a", 1), ("b", -1)):
+        rel = f"multi/pair/{series}"
+        if not _files(out / rel):
+            raise RuntimeError(f"add_scalars did not write {rel}")
+        entries.append({
+            "run_id": rel, "writer": "tensorboardX add_scalars", "files": len(_files(out / rel)),
+            "purpose": "one series of add_scalars: its first summary is older than the file_version "
+                       "event before it (created_at is the first event's time, not the least)",
+            "tags": {"pair": _tag("scalars", list(range(10)), values={"1": _f32(sign * 0.5)})},
+        })
+    return entries
+
+
 def w_restart(out: Path) -> dict:
     """Two writers in one folder: the second one announces a restart at
     step 50 (SessionLog START), so TensorBoard drops the first file's steps
@@ -313,7 +338,8 @@ def w_tbwriter(out: Path) -> dict:
 def gen_standard(out: Path) -> tuple[dict, dict]:
     runs, timings = {}, {}
     for name, fn in [("scalars", w_scalars), ("nested", w_nested), ("media", w_media),
-                     ("hparams", w_hparams), ("restart", w_restart), ("tbwriter", w_tbwriter)]:
+                     ("hparams", w_hparams), ("multi", w_multi), ("restart", w_restart),
+                     ("tbwriter", w_tbwriter)]:
         t = time.perf_counter()
         result = fn(out)
         timings[name] = round(time.perf_counter() - t, 2)

@@ -27,9 +27,10 @@ before it at steps >= S). Its rows, per tag (the key, verbatim):
 Tags of the hparams plugin give no rows: `_hparams_/session_start_info`
 gives the run's config (runs.parquet `config.<name>`, the name verbatim:
 numbers as floats, strings, bools) and `_hparams_/experiment` its
-`hparams_metrics` (the metrics' tags, `group/tag` when grouped). `created_at` and `updated_at` are
-the least and greatest wall time of any event in the run's files (read
-again, without the accumulator). Times are wall_time * 1e6 rounded half
+`hparams_metrics` (the metrics' tags, `group/tag` when grouped). `created_at` is the first
+event's wall time (EventAccumulator's `FirstEventTimestamp()`, checked
+against the files read again) and `updated_at` the greatest wall time of any
+event in the run's files. Times are wall_time * 1e6 rounded half
 away from zero to whole microseconds (as runport rounds; see `to_us`).
 
 `compare` reads runport's export (runs.parquet, history/part-*.parquet,
@@ -96,6 +97,7 @@ class RunRef:
         self.config: dict[str, object] = {}     # hparam name -> float | str | bool
         self.hparams_metrics: list[str] = []
         self.created_us: int | None = None
+        self.first_event_s: float | None = None
         self.updated_us: int | None = None
         self.notes: list[str] = []              # what the accumulator does that a reader may not expect
 
@@ -240,13 +242,19 @@ def read_run(run_id: str, folder: Path, times: bool = True) -> RunRef:
         ref.hparams_metrics = [f"{m.name.group}/{m.name.tag}" if m.name.group else m.name.tag
                                for m in data.experiment.metric_infos]
     if times:
+        try:
+            ref.first_event_s = acc.FirstEventTimestamp()
+        except ValueError:  # no event at all
+            ref.first_event_s = None
         read_times(ref)
     return ref
 
 
 def read_times(ref: RunRef) -> None:
-    """created_at / updated_at: min and max wall time over every event of
-    the run's files (in the accumulator's file order: sorted by name), and
+    """created_at / updated_at: the first event's wall time (the first
+    event of the first file, as EventAccumulator.FirstEventTimestamp()
+    gives it) and the greatest of any event of the run's files (in the
+    accumulator's file order: sorted by name), and
     a note when a restart would have dropped tensors: EventAccumulator
     purges scalars, histograms, images and audio, not tensors."""
     wall = []
@@ -265,7 +273,10 @@ def read_times(ref: RunRef) -> None:
             elif event.HasField("summary"):
                 tensor_steps.extend(event.step for v in event.summary.value if v.HasField("tensor"))
     if wall:
-        ref.created_us, ref.updated_us = to_us(min(wall)), to_us(max(wall))
+        ref.created_us, ref.updated_us = to_us(wall[0]), to_us(max(wall))
+        if wall[0] != ref.first_event_s:
+            raise RuntimeError(f"run {ref.run_id!r}: the first event read again ({wall[0]!r}) is not "
+                               f"EventAccumulator's first event ({ref.first_event_s!r})")
 
 
 def reference(logdir: Path, limit: int | None = None, times: bool = True) -> dict[str, RunRef]:
