@@ -21,24 +21,20 @@ Runs (folders under OUT):
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
+from out_dir import out_dir  # this folder
+
 STEPS = 30
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", required=True)
-    args = ap.parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = out_dir(__doc__, argv)
     torch.manual_seed(5)
 
     w = SummaryWriter(str(out / "scalars"))

@@ -23,7 +23,6 @@ seeds) but for wall times and file names.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -35,6 +34,8 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorboard.plugins.hparams import api as hp  # noqa: E402
+
+from out_dir import out_dir  # noqa: E402  (this folder)
 
 STEPS = 20
 
@@ -92,11 +93,7 @@ def keras(out: Path) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", required=True)
-    args = ap.parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = out_dir(__doc__, argv)
     runs = {"summaries": summaries(out)}
     runs.update(hparams(out))
     runs.update(keras(out))
