@@ -583,24 +583,21 @@ impl RemoteSource for WandbApi {
         } else {
             (None, None)
         };
-        if !self.needs_history(&plan, &listed) {
-            // No history request for this run; an empty history when history was asked.
-            let mut data = listed.data;
-            data.history_mark = Some(mark);
-            data.system = system;
-            data.warnings.extend(short);
-            return Ok((data, FetchedHistory::default()));
-        }
-        let appended = match (listed.history_from.clone(), self.opts.samples) {
-            (Some(from), None) => self.appended_history(&listed, from, target.as_deref()).await?,
-            _ => None,
-        };
-        let fetched = match appended {
-            Some(rows) => {
-                mark.from_step = listed.history_from.map(|m| m.step + 1);
-                rows
+        let fetched = if self.needs_history(&plan, &listed) {
+            let appended = match (listed.history_from.clone(), self.opts.samples) {
+                (Some(from), None) => self.appended_history(&listed, from, target.as_deref()).await?,
+                _ => None,
+            };
+            match appended {
+                Some(rows) => {
+                    mark.from_step = listed.history_from.map(|m| m.step + 1);
+                    rows
+                }
+                None => self.fetch_history(&plan, &listed, target.as_deref()).await?,
             }
-            None => self.fetch_history(&plan, &listed, target.as_deref()).await?,
+        } else {
+            // No history request for this run; an empty history when history was asked.
+            FetchedHistory::default()
         };
         let mut data = listed.data;
         data.history_mark = Some(mark);
