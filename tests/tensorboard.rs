@@ -56,7 +56,6 @@ fn tensorflow_written_files_equal_tensorboards_own_reader() {
     let logs = tensorflow_written();
     let out = tempdir();
     let (_, checked) = export_equal_to_tensorboard(&logs, out.path());
-    let scenarios = fs::read(logs.join("scenarios.json")).expect("read scenarios.json");
     let printed = python_snippet(
         "import sys, json, polars as pl\n\
          want = json.loads(open(sys.argv[2]).read())['runs']\n\
@@ -72,8 +71,7 @@ fn tensorflow_written_files_equal_tensorboards_own_reader() {
          print(len(want), h.height)",
         &[out.path().as_os_str(), logs.join("scenarios.json").as_os_str()],
     );
-    let written: serde_json::Value = serde_json::from_slice(&scenarios).unwrap();
-    eprintln!("{}: runs and rows {}", written["writer"], printed.trim());
+    eprintln!("{}: runs and rows {}", scenarios(&logs)["writer"], printed.trim());
     assert_eq!(checked["runs"], 6, "{checked}");
 }
 
@@ -181,8 +179,8 @@ fn export_equals_tensorboards_own_reader() {
     let logs = standard();
     let out = tempdir();
     let (summary, checked) = export_equal_to_tensorboard(&logs, out.path());
-    let scenarios: serde_json::Value = serde_json::from_slice(&fs::read(logs.join("scenarios.json")).unwrap()).unwrap();
-    let runs = scenarios["runs"].as_object().unwrap();
+    let written = scenarios(&logs);
+    let runs = written["runs"].as_object().unwrap();
     assert_eq!(summary["runs"].as_u64().unwrap() as usize, checked["runs"].as_u64().unwrap() as usize);
     assert!(runs.len() >= 6 && checked["config_values"].as_u64().unwrap() >= 4, "{checked}");
 
@@ -326,8 +324,7 @@ fn sync_follows_new_files_and_runs_and_equals_an_export() {
     copy_dir(&logs, &copy);
     let table = scratch.path().join("table");
     let first = sync(&source(&copy), &table, &[], 0);
-    let scenarios: serde_json::Value = serde_json::from_slice(&fs::read(logs.join("scenarios.json")).unwrap()).unwrap();
-    let runs = scenarios["runs"].as_object().unwrap().len() as u64;
+    let runs = scenarios(&logs)["runs"].as_object().unwrap().len() as u64;
     assert_eq!(first["runs"]["new"].as_u64(), Some(runs), "{first}");
     crate::sync::assert_same_as_export(&source(&copy), &table, scratch.path(), "tensorboard first sync");
     let again = sync(&source(&copy), &table, &[], 0);

@@ -172,8 +172,9 @@ def cmd_serve(args):
     # binds it; the server then exits, and (without --port) another port is
     # tried, three in all.
     proc = None
+    tries = 1 if args.port else 3
     try:
-        for attempt in range(1 if args.port else 3):
+        for attempt in range(tries):
             port = args.port or free_port()
             out["tracking_uri"] = f"http://127.0.0.1:{port}"
             proc = subprocess.Popen(
@@ -188,7 +189,7 @@ def cmd_serve(args):
                 log(f"mlflow server did not answer /health on port {port} within {args.timeout} s")
                 return 1
             log(f"mlflow server exited with {code} before answering on port {port}"
-                + ("; trying another port" if attempt < 2 and not args.port else ""))
+                + ("; trying another port" if attempt + 1 < tries else ""))
         else:
             return 1
         out["pid"] = proc.pid

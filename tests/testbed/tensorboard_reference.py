@@ -97,7 +97,6 @@ class RunRef:
         self.config: dict[str, object] = {}     # hparam name -> float | str | bool
         self.hparams_metrics: list[str] = []
         self.created_us: int | None = None
-        self.first_event_s: float | None = None
         self.updated_us: int | None = None
         self.notes: list[str] = []              # what the accumulator does that a reader may not expect
 
@@ -243,18 +242,19 @@ def read_run(run_id: str, folder: Path, times: bool = True) -> RunRef:
                                for m in data.experiment.metric_infos]
     if times:
         try:
-            ref.first_event_s = acc.FirstEventTimestamp()
+            first_event_s = acc.FirstEventTimestamp()
         except ValueError:  # no event at all
-            ref.first_event_s = None
-        read_times(ref)
+            first_event_s = None
+        read_times(ref, first_event_s)
     return ref
 
 
-def read_times(ref: RunRef) -> None:
+def read_times(ref: RunRef, first_event_s: float | None) -> None:
     """created_at / updated_at: the first event's wall time (the first
-    event of the first file, as EventAccumulator.FirstEventTimestamp()
-    gives it) and the greatest of any event of the run's files (in the
-    accumulator's file order: sorted by name), and
+    event of the first file, checked against `first_event_s`, what
+    EventAccumulator.FirstEventTimestamp() gave) and the greatest of any
+    event of the run's files (in the accumulator's file order: sorted by
+    name), and
     a note when a restart would have dropped tensors: EventAccumulator
     purges scalars, histograms, images and audio, not tensors."""
     wall = []
@@ -274,9 +274,9 @@ def read_times(ref: RunRef) -> None:
                 tensor_steps.extend(event.step for v in event.summary.value if v.HasField("tensor"))
     if wall:
         ref.created_us, ref.updated_us = to_us(wall[0]), to_us(max(wall))
-        if wall[0] != ref.first_event_s:
+        if wall[0] != first_event_s:
             raise RuntimeError(f"run {ref.run_id!r}: the first event read again ({wall[0]!r}) is not "
-                               f"EventAccumulator's first event ({ref.first_event_s!r})")
+                               f"EventAccumulator's first event ({first_event_s!r})")
 
 
 def reference(logdir: Path, limit: int | None = None, times: bool = True) -> dict[str, RunRef]:
