@@ -632,7 +632,8 @@ class RunView:
         `samples` evenly spaced lines, the first and the last kept."""
         lines = self.r.events_lines()
         cap = self.tb.events_samples_cap
-        if cap is not None and (samples is None or samples > cap):
+        # Without `samples`, or with 0 or less (every line), the cap too.
+        if cap is not None and (samples is None or samples <= 0 or samples > cap):
             samples = cap
         idx = store.sample_indices(list(range(len(lines))), samples)
         out = [lines[i] for i in idx]
