@@ -21,7 +21,7 @@ use crate::http::HttpCounts;
 use crate::output::history::{long_schema, wide_schema};
 use crate::output::runs::RunsTable;
 use crate::output::spill::SpillDir;
-use crate::output::system::{system_batch, system_schema, system_writer_properties};
+use crate::output::system::{system_schema, system_writer_properties, write_system};
 use crate::output::{DatasetDir, Provenance, TableWriter, history_writer_properties, writer_properties};
 use crate::pipeline::{EncodedHistory, HistoryEncoding, HistoryTarget, ReadRun};
 use crate::plan::{FetchPlan, HistoryLayout};
@@ -361,7 +361,7 @@ fn export_local(opts: &ExportOptions) -> Result<ExportSummary> {
         }
         if let (Some(writer), Some(samples)) = (system_writer.as_mut(), run.system.take()) {
             let written =
-                system_batch(&system_schema, &run.identity.run_id, &samples).and_then(|b| writer.write(&dataset, &b));
+                write_system(&system_schema, &run.identity.run_id, &samples, &mut |b| writer.write(&dataset, b));
             if let Err(e) = written {
                 fatal = Some(e);
                 return ControlFlow::Break(());

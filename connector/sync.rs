@@ -44,7 +44,7 @@ use crate::output::history::long_schema;
 use crate::output::parallel::ParallelWriter;
 use crate::output::runs::RunsTable;
 use crate::output::spill::SpillDir;
-use crate::output::system::{system_batch, system_schema, system_writer_properties};
+use crate::output::system::{system_schema, system_writer_properties, write_system};
 use crate::output::{PART_BYTES, Provenance, history_writer_properties, writer_properties};
 use crate::pipeline::{EncodedHistory, HistoryEncoding, HistoryTarget, ReadRun};
 use crate::plan::HistoryLayout;
@@ -735,8 +735,11 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
         let system_file = match (sys_files.as_mut(), samples) {
             (Some(files), Some(samples)) => {
                 let dir = files.dir.clone();
-                let batch = system_batch(&system_schema, &data.identity.run_id, &samples);
-                match batch.and_then(|b| files.write_run(running, |out| write_batch(out, &dir, &b))) {
+                let run_id = &data.identity.run_id;
+                let written = files.write_run(running, |out| {
+                    write_system(&system_schema, run_id, &samples, &mut |b| write_batch(out, &dir, b))
+                });
+                match written {
                     Ok(f) => f,
                     Err(e) => {
                         fatal = Some(e);
