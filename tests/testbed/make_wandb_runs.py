@@ -7,11 +7,15 @@
     python make_wandb_runs.py --out DIR --set large [--steps 40000 --keys 20]
     python make_wandb_runs.py --out DIR --set wide [--keys 20000]
     python make_wandb_runs.py --out DIR --set system [--jobs 2]
+    python make_wandb_runs.py --out DIR --set system-large [--seconds 120 --gauges 1000]
 
 Runs land in DIR/wandb/offline-run-<time>-<id>/run-<id>.wandb. Every run has a
-fixed id. For `standard`, `sample`, `large` and `system`, DIR/scenarios.json maps each scenario
-name to its run id and to what a reader must find (state, exit code, values
-known by construction). Each run is written by its own Python process (the
+fixed id. `system-large` is one run, `sys-large`, sampling system metrics
+every 0.1 s for --seconds while it serves --gauges OpenMetrics gauges whose
+values change at every scrape (benches/system_metrics.py). For `standard`,
+`sample`, `large`, `system` and `system-large`, DIR/scenarios.json maps each
+scenario name to its run id and to what a reader must find (state, exit code,
+values known by construction). Each run is written by its own Python process (the
 `--worker` mode of this script); the parameters travel in an environment
 variable so that no path shows up in the run's recorded command line.
 """
@@ -369,11 +373,10 @@ def w_sys_basic(p):
     run.finish()
 
 
-def w_sys_openmetrics(p):
-    """System metrics plus an OpenMetrics endpoint served from this process
-    (gauges with known values: null for NaN/Infinity, -0.0, 1e300, 5e-324,
-    and a counter of scrapes), and x_label, which wandb-core appends to
-    every key as `/l:<label>`."""
+def _serve_openmetrics(lines):
+    """An OpenMetrics `/metrics` endpoint on loopback, served by a thread of
+    this process: `lines(n)` gives the text lines of the n-th scrape (from
+    1). Returns the server (`shutdown()` it) and its URL."""
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -382,10 +385,7 @@ def w_sys_openmetrics(p):
     class Metrics(BaseHTTPRequestHandler):
         def do_GET(self):
             scrapes[0] += 1
-            lines = ["# TYPE testbed_scrapes counter", f"testbed_scrapes {scrapes[0]}"]
-            for line, _ in OPENMETRICS_GAUGES:
-                lines += [f"# TYPE {line.split('{')[0].split(' ')[0]} gauge", line]
-            body = ("\n".join(dict.fromkeys(lines)) + "\n").encode()
+            body = ("\n".join(lines(scrapes[0])) + "\n").encode()
             self.send_response(200)
             self.send_header("Content-Type", "text/plain; version=0.0.4")
             self.send_header("Content-Length", str(len(body)))
@@ -397,7 +397,21 @@ def w_sys_openmetrics(p):
 
     srv = ThreadingHTTPServer(("127.0.0.1", 0), Metrics)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
-    url = "http://127.0.0.1:%d/metrics" % srv.server_address[1]
+    return srv, "http://127.0.0.1:%d/metrics" % srv.server_address[1]
+
+
+def w_sys_openmetrics(p):
+    """System metrics plus an OpenMetrics endpoint served from this process
+    (gauges with known values: null for NaN/Infinity, -0.0, 1e300, 5e-324,
+    and a counter of scrapes), and x_label, which wandb-core appends to
+    every key as `/l:<label>`."""
+    def lines(scrape):
+        out = ["# TYPE testbed_scrapes counter", f"testbed_scrapes {scrape}"]
+        for line, _ in OPENMETRICS_GAUGES:
+            out += [f"# TYPE {line.split('{')[0].split(' ')[0]} gauge", line]
+        return list(dict.fromkeys(out))
+
+    srv, url = _serve_openmetrics(lines)
     run = _init(p, "sys-openmetrics", config={"set": "system"},
                 settings=_settings(x_stats_sampling_interval=SYSTEM_INTERVAL_S,
                                    x_stats_open_metrics_endpoints={OPENMETRICS_ENDPOINT: url},
@@ -427,9 +441,61 @@ def w_sys_nostats(p):
     run.finish()
 
 
+# --------------------------------------------------------------------------
+# The `system-large` set: one run with a large stream of system metrics
+# --------------------------------------------------------------------------
+
+SYSTEM_LARGE_RUN_ID = "sys-large"
+
+
+def system_large_key(i: int) -> str:
+    """The key wandb-core writes for gauge i of the `system-large` run."""
+    return f"openmetrics.{OPENMETRICS_ENDPOINT}.testbed_g{i:05d}.0"
+
+
+def w_sys_large(p):
+    """System metrics sampled every 0.1 s for SECONDS s, plus an OpenMetrics
+    endpoint served from this process with GAUGES gauges whose values change
+    at every scrape, while logging one `train/loss` every 0.1 s."""
+    gauges = p["gauges"]
+
+    def lines(scrape):
+        out = ["# TYPE testbed_scrapes counter", f"testbed_scrapes {scrape}"]
+        for i in range(gauges):
+            out += [f"# TYPE testbed_g{i:05d} gauge",
+                    f"testbed_g{i:05d} {((scrape * 7919 + i * 104729) % 1000003) / 1000!r}"]
+        return out
+
+    srv, url = _serve_openmetrics(lines)
+    run = _init(p, SYSTEM_LARGE_RUN_ID, config={"set": "system-large", "gauges": gauges},
+                settings=_settings(x_stats_sampling_interval=SYSTEM_INTERVAL_S,
+                                   x_stats_open_metrics_endpoints={OPENMETRICS_ENDPOINT: url}))
+    _log_for(run, p["seconds"], round(p["seconds"] / SYSTEM_INTERVAL_S), keys=("train/loss",))
+    run.finish()
+    srv.shutdown()
+
+
+def scenarios_system_large(seconds: float, gauges: int) -> dict:
+    """Expectations of the `system-large` set: lower bounds, as for `system`
+    (at least one sample a second), and what was written under `observed`."""
+    scrapes = f"openmetrics.{OPENMETRICS_ENDPOINT}.testbed_scrapes.0"
+    return {"large": {
+        "run_id": SYSTEM_LARGE_RUN_ID,
+        "purpose": f"system metrics sampled every {SYSTEM_INTERVAL_S} s for {seconds} s with "
+                   f"{gauges} OpenMetrics gauges changing at every scrape, one train/loss every "
+                   f"{SYSTEM_INTERVAL_S} s",
+        "state": "finished", "exit_code": 0, "folders": 1,
+        "history_rows": round(seconds / SYSTEM_INTERVAL_S),
+        "system": {"min_samples": int(seconds),
+                   "keys_include": SYSTEM_KEYS_LINUX + [scrapes] +
+                                   [system_large_key(i) for i in sorted({0, gauges - 1}) if gauges > 0],
+                   "increasing": [scrapes]},
+    }}
+
+
 WORKERS = {
     "sys-basic": w_sys_basic, "sys-openmetrics": w_sys_openmetrics,
-    "sys-resumed": w_sys_resumed, "sys-nostats": w_sys_nostats,
+    "sys-resumed": w_sys_resumed, "sys-nostats": w_sys_nostats, "sys-large": w_sys_large,
     "wide": w_wide,
     "config": w_config, "types": w_types, "values": w_values, "summary": w_summary,
     "steps": w_steps, "long": w_long, "failed": w_failed, "resumed": w_resumed,
@@ -761,8 +827,9 @@ def scenarios_system() -> dict:
     }
 
 
-def observe_system(out: Path, sc: dict):
-    """What the SDK wrote, per scenario (read with the reference reader)."""
+def observe_system(out: Path, sc: dict, list_keys: bool = True):
+    """What the SDK wrote, per scenario (read with the reference reader);
+    without `list_keys`, the number of keys instead of their list."""
     sys.path.insert(0, str(HERE))
     from wandb_reference import read_runs
 
@@ -775,10 +842,11 @@ def observe_system(out: Path, sc: dict):
         per_folder = [sum(1 for x in r.system if x[0] == i) for i in range(len(r.files))]
         ts = [x[1] for x in r.system if x[1] is not None]
         gaps = sorted(b - a for a, b in zip(ts, ts[1:]))
+        keys = sorted({k for x in r.system for k, *_ in x[3]})
         s["observed"] = {
             "samples": len(r.system), "samples_per_folder": per_folder,
             "rows": sum(len(x[3]) for x in r.system),
-            "keys": sorted({k for x in r.system for k, *_ in x[3]}),
+            **({"keys": keys} if list_keys else {"key_count": len(keys)}),
             "median_interval_s": round(gaps[len(gaps) // 2], 3) if gaps else None,
         }
 
@@ -806,6 +874,15 @@ def gen_system(out: Path, jobs: int):
     return sc, timings
 
 
+def gen_system_large(out: Path, seconds: float, gauges: int):
+    t = time.perf_counter()
+    run_worker("sys-large", {"out": str(out), "seconds": seconds, "gauges": gauges}, str(out))
+    timings = {"large": round(time.perf_counter() - t, 2)}
+    sc = scenarios_system_large(seconds, gauges)
+    observe_system(out, sc, list_keys=False)
+    return sc, timings
+
+
 def gen_bench(out: Path, runs: int, steps: int, keys: int, jobs: int):
     done = out / ".bench-done"
     ids = [f"bench-{i:05d}" for i in range(runs)]
@@ -830,7 +907,7 @@ def gen_bench(out: Path, runs: int, steps: int, keys: int, jobs: int):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Write real W&B offline runs for runport's tests.")
     ap.add_argument("--out", help="output folder (runs go to OUT/wandb/...)")
-    ap.add_argument("--set", choices=["standard", "sample", "bench", "large", "wide", "system"],
+    ap.add_argument("--set", choices=["standard", "sample", "bench", "large", "wide", "system", "system-large"],
                     default="standard")
     ap.add_argument("--runs", type=int, default=200, help="bench: number of runs")
     ap.add_argument("--steps", type=int, default=None,
@@ -838,6 +915,8 @@ def main(argv=None) -> int:
                          "sample: steps per run (300); large: steps of the run (40000)")
     ap.add_argument("--keys", type=int, default=None,
                     help="bench: float keys per step (10); large: (20); wide: config and summary keys (20000)")
+    ap.add_argument("--seconds", type=float, default=120, help="system-large: seconds of sampling (120)")
+    ap.add_argument("--gauges", type=int, default=1000, help="system-large: OpenMetrics gauges (1000)")
     ap.add_argument("--jobs", type=int, default=2, help="parallel processes")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -859,6 +938,8 @@ def main(argv=None) -> int:
         sc, timings = gen_standard(out, max(1, args.jobs), args.steps or 100_000)
     elif args.set == "system":
         sc, timings = gen_system(out, max(1, args.jobs))
+    elif args.set == "system-large":
+        sc, timings = gen_system_large(out, args.seconds, args.gauges)
     elif args.set == "large":
         steps, keys = args.steps or 40_000, args.keys or 20
         t = time.perf_counter()
