@@ -132,8 +132,9 @@ impl WandbApi {
             .send(what, |c| c.post(self.graphql_url.clone()).basic_auth("api", Some(self.key.expose())).json(&body))
             .await
             .map_err(|e| self.explain(e))?;
-        let v: serde_json::Value = serde_json::from_slice(&resp.body)
+        let mut v: serde_json::Value = serde_json::from_slice(&resp.body)
             .map_err(|e| format!("{what}: the API answered with invalid JSON: {e}"))?;
+        drop(resp);
         if let Some(errors) = v.get("errors").and_then(|e| e.as_array()).filter(|e| !e.is_empty()) {
             let msgs: Vec<String> = errors
                 .iter()
@@ -141,7 +142,8 @@ impl WandbApi {
                 .collect();
             return Err(format!("{what}: the API answered with errors: {}", msgs.join("; ")));
         }
-        v.get("data").cloned().ok_or_else(|| format!("{what}: the API answered without data"))
+        // Taken, not cloned: a run's system metrics answer is tens of MB.
+        v.get_mut("data").map(serde_json::Value::take).ok_or_else(|| format!("{what}: the API answered without data"))
     }
 
     /// Turns HTTP failures into messages that say what to check.
@@ -337,12 +339,17 @@ impl WandbApi {
         vars["name"] = name.clone().into();
         vars["samples"] = listed.unwrap_or(MAX_SYSTEM_SAMPLES).into();
         let what = format!("system metrics of run {name}");
-        let data = self.graphql(&what, SYSTEM_EVENTS, vars).await?;
-        let rows = data.pointer("/project/run/events").and_then(|e| e.as_array()).map_or(&[][..], Vec::as_slice);
+        let mut data = self.graphql(&what, SYSTEM_EVENTS, vars).await?;
+        // Each row is dropped once its samples are taken.
+        let rows = match data.pointer_mut("/project/run/events").map(serde_json::Value::take) {
+            Some(serde_json::Value::Array(rows)) => rows,
+            _ => Vec::new(),
+        };
+        let given = rows.len();
         for row in rows {
             let parsed = match row {
                 serde_json::Value::String(s) => {
-                    Value::parse(s).map_err(|e| format!("{what}: a row is not JSON: {e}"))?
+                    Value::parse(&s).map_err(|e| format!("{what}: a row is not JSON: {e}"))?
                 }
                 other => Value::parse(&other.to_string()).map_err(|e| format!("{what}: {e}"))?,
             };
@@ -360,8 +367,8 @@ impl WandbApi {
             }
         }
         let short = listed
-            .filter(|n| (rows.len() as i64) < *n)
-            .map(|n| format!("{what}: the server gave {} of the {n} samples it lists", rows.len()));
+            .filter(|n| (given as i64) < *n)
+            .map(|n| format!("{what}: the server gave {given} of the {n} samples it lists"));
         Ok((out, short))
     }
 
