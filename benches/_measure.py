@@ -22,6 +22,79 @@ from typing import Callable
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def proc_cpu_s(pid: int) -> float:
+    """utime + stime of one process (not its children), in seconds."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def tree_sample(root: int) -> dict[int, tuple[int, float]]:
+    """(resident bytes, CPU seconds) of `root` and each of its descendants."""
+    children: dict[int, list[int]] = {}
+    info: dict[int, tuple[int, float]] = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
+            info[int(d)] = (int(stat[21]) * PAGE, (int(stat[11]) + int(stat[12])) / CLK_TCK)
+            children.setdefault(int(stat[1]), []).append(int(d))
+        except (OSError, IndexError, ValueError):
+            continue
+    out, stack = {}, [root]
+    while stack:
+        p = stack.pop()
+        if p in info:
+            out[p] = info[p]
+        stack.extend(children.get(p, []))
+    return out
+
+
+class TreeSampler:
+    """A process tree sampled every `every` s on a thread, from `start(pid)`
+    until `stop()`: `peak`, the largest sum of its resident bytes, and
+    `cpu`, the last CPU seconds seen per process. os.wait4 misses a helper
+    the child leaves running (the official W&B client's wandb-core)."""
+
+    def __init__(self, every: float = 0.25):
+        self.every, self.peak, self.cpu = every, 0, {}
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, pid: int) -> None:
+        def sample():
+            while not self._done.wait(self.every):
+                tree = tree_sample(pid)
+                self.peak = max(self.peak, sum(rss for rss, _ in tree.values()))
+                for p, (_, cpu) in tree.items():
+                    self.cpu[p] = cpu
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+def api_env(key: str) -> dict:
+    """The environment of a client of the W&B API test server: its key, no
+    other W&B settings, no proxy for loopback."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env["WANDB_API_KEY"] = key
+    for k in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        env.pop(k, None)
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    return env
+
+
 def machine_busy_s() -> float:
     """CPU seconds spent outside idle/iowait by the whole machine so far."""
     v = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
@@ -120,6 +193,17 @@ def start_background(cmd: list[str], cwd: Path, stderr_path: Path, what: str,
 
     threading.Thread(target=drain, daemon=True).start()
     return proc, json.loads(line)
+
+
+def stop_background(proc: subprocess.Popen) -> None:
+    """Stops a server from `start_background`: closes its stdin, then
+    terminates it if it has not exited within 15 s."""
+    proc.stdin.close()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        proc.wait(15)
 
 
 def runport_rows_by_run(out: Path) -> dict[str, int]:

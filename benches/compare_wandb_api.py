@@ -69,8 +69,8 @@ MIB = 1024 * 1024
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import (  # noqa: E402
-    CLK_TCK, Measured, build_runport, load_lines, machine_busy_s, run_child, runport_rows_by_run, shown,
-    start_background)
+    Measured, TreeSampler, api_env, build_runport, load_lines, machine_busy_s, proc_cpu_s, run_child,
+    runport_rows_by_run, shown, start_background, stop_background)
 
 
 def log(msg: str) -> None:
@@ -81,46 +81,11 @@ def log(msg: str) -> None:
 # Machine: CPU, RSS of a process tree, loopback bytes
 # --------------------------------------------------------------------------
 
-PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-def proc_cpu_s(pid: int) -> float:
-    """utime + stime of one process (not its children), in seconds."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
 def loopback_bytes() -> int | None:
     try:
         return int(Path("/sys/class/net/lo/statistics/rx_bytes").read_text())
     except OSError:
         return None
-
-
-def tree_sample(root: int) -> dict[int, tuple[int, float]]:
-    """(resident bytes, CPU seconds) of `root` and each of its descendants."""
-    children: dict[int, list[int]] = {}
-    info: dict[int, tuple[int, float]] = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()
-            ppid = int(stat[1])
-            info[int(d)] = (int(stat[21]) * PAGE, (int(stat[11]) + int(stat[12])) / CLK_TCK)
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(d))
-    out, stack = {}, [root]
-    while stack:
-        p = stack.pop()
-        if p in info:
-            out[p] = info[p]
-        stack.extend(children.get(p, []))
-    return out
 
 
 class ApiMeasured(Measured):
@@ -141,34 +106,19 @@ def measure(name: str, argv: list[str], env: dict, logs: Path, server_pid: int,
     log(f"[{name}] {shown(argv)}")
     m.load = (os.getloadavg()[0], 0.0)
     lo0, busy0, srv0 = loopback_bytes(), machine_busy_s(), proc_cpu_s(server_pid)
-    peak = [0]
-    cpu_seen: dict[int, float] = {}  # last CPU seconds seen per process of the tree
+    tree = TreeSampler()
 
     def started(proc):
-        done = threading.Event()
-
-        def sample():
-            while not done.wait(0.25):
-                tree = tree_sample(proc.pid)
-                peak[0] = max(peak[0], sum(rss for rss, _ in tree.values()))
-                for pid, (_, cpu) in tree.items():
-                    cpu_seen[pid] = cpu
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-
-        def stop():
-            done.set()
-            sampler.join()
-        return stop
+        tree.start(proc.pid)
+        return tree.stop
 
     run_child(m, argv, logs, ROOT, env, started, cpus)
     lo1, busy1, srv1 = loopback_bytes(), machine_busy_s(), proc_cpu_s(server_pid)
     m.load = (m.load[0], os.getloadavg()[0])
-    m.tree_peak = max(peak[0], m.maxrss_kib * 1024)
+    m.tree_peak = max(tree.peak, m.maxrss_kib * 1024)
     # wait4 counts the child and the descendants it reaped; a helper it left
     # running (wandb-core) only shows in the samples
-    m.cpu_s = max(m.cpu_s, sum(cpu_seen.values()))
+    m.cpu_s = max(m.cpu_s, sum(tree.cpu.values()))
     m.server_cpu_s = srv1 - srv0
     m.other_cpu_s = max(0.0, (busy1 - busy0) - m.cpu_s - m.server_cpu_s)
     m.lo_bytes = None if lo0 is None or lo1 is None else lo1 - lo0
@@ -199,17 +149,6 @@ def request_counts(base: str) -> dict:
     r = admin(base, "/_testbed/requests")
     return {k: r.get(k) for k in ("total", "by_origin", "by_status", "by_operation", "files",
                                   "credential_leaks")}
-
-
-def api_env(key: str) -> dict:
-    """The environment of a client of the test server: its key, no other
-    W&B settings, no proxy for loopback."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env["WANDB_API_KEY"] = key
-    for k in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        env.pop(k, None)
-    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
-    return env
 
 
 def start_server(python: str, spec: str, key: str, cache: Path, logs: Path, cpus: set[int] | None = None):
@@ -649,12 +588,7 @@ def main(argv=None) -> int:
                             f"rows of {s.get('runs')} runs vs {want}; first runs: {bad[:5]}")
                         status = 1
     finally:
-        server.stdin.close()
-        try:
-            server.wait(15)
-        except subprocess.TimeoutExpired:
-            server.terminate()
-            server.wait(15)
+        stop_background(server)
     load_end = os.getloadavg()
 
     # ------------------------------------------------------------- checks

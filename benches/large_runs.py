@@ -36,7 +36,6 @@ reports failed runs.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
