@@ -46,7 +46,14 @@ pub fn write_system(
     s: &SystemSamples,
     write: &mut dyn FnMut(&RecordBatch) -> Result<()>,
 ) -> Result<()> {
-    let mut order: Vec<u32> = (0..s.samples.len() as u32).collect();
+    let n = u32::try_from(s.samples.len()).map_err(|_| {
+        Error::Internal(format!(
+            "system metrics of run {run_id}: {} samples; at most {} are written for one run",
+            s.samples.len(),
+            u32::MAX
+        ))
+    })?;
+    let mut order: Vec<u32> = (0..n).collect();
     // Keys by name, then time; a stable sort keeps the source's order of equal ones.
     let mut key_rank = vec![0u32; s.keys.len()];
     let mut by_name: Vec<usize> = (0..s.keys.len()).collect();
