@@ -95,6 +95,43 @@ def api_env(key: str) -> dict:
     return env
 
 
+def http_json(url: str, body=None, headers: dict | None = None) -> dict:
+    """One HTTP/1.0 request to a test-bed server on loopback, its JSON answer
+    (a plain socket, no proxy: urllib would raise the bench process's RSS,
+    the floor of every child's)."""
+    import socket
+
+    rest = url.split("://", 1)[1]
+    hostport, path = (rest.split("/", 1) + [""])[:2]
+    host, port = hostport.rsplit(":", 1)
+    data = b"" if body is None else json.dumps(body).encode()
+    head = [f"{'GET' if body is None else 'POST'} /{path} HTTP/1.0", f"Host: {hostport}",
+            "Content-Type: application/json", f"Content-Length: {len(data)}"]
+    head += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    with socket.create_connection((host, int(port)), timeout=120) as c:
+        c.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + data)
+        chunks = []
+        while chunk := c.recv(1 << 16):
+            chunks.append(chunk)
+    answer = b"".join(chunks)
+    status_line, _, rest = answer.partition(b"\r\n")
+    if status_line.split()[1:2] != [b"200"]:
+        raise RuntimeError(f"{url}: {status_line.decode(errors='replace')}")
+    return json.loads(rest.partition(b"\r\n\r\n")[2])
+
+
+def admin(base: str, path: str, body=None) -> dict:
+    """A W&B API test server's admin endpoint (`/_testbed/...`)."""
+    return http_json(base + path, body)
+
+
+def request_counts(base: str) -> dict:
+    """The server's request accounting without the per-request log."""
+    r = admin(base, "/_testbed/requests")
+    return {k: r.get(k) for k in ("total", "by_origin", "by_status", "by_operation", "files",
+                                  "credential_leaks")}
+
+
 def machine_busy_s() -> float:
     """CPU seconds spent outside idle/iowait by the whole machine so far."""
     v = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]

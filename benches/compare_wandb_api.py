@@ -55,7 +55,6 @@ import tempfile
 import threading
 import time
 import urllib.parse
-import urllib.request
 from http.client import HTTPConnection
 from pathlib import Path
 
@@ -69,8 +68,8 @@ MIB = 1024 * 1024
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import (  # noqa: E402
-    Measured, TreeSampler, api_env, build_runport, load_lines, machine_busy_s, proc_cpu_s, run_child,
-    runport_rows_by_run, shown, start_background, stop_background)
+    Measured, TreeSampler, admin, api_env, build_runport, load_lines, machine_busy_s, proc_cpu_s,
+    request_counts, run_child, runport_rows_by_run, shown, start_background, stop_background)
 
 
 def log(msg: str) -> None:
@@ -133,22 +132,6 @@ def measure(name: str, argv: list[str], env: dict, logs: Path, server_pid: int,
 # --------------------------------------------------------------------------
 # The test server
 # --------------------------------------------------------------------------
-
-
-def admin(base: str, path: str, body=None) -> dict:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(base + path, data=data, method="GET" if data is None else "POST",
-                                 headers={"Content-Type": "application/json"})
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    with opener.open(req, timeout=120) as r:
-        return json.loads(r.read())
-
-
-def request_counts(base: str) -> dict:
-    """The server's accounting without the per-request log."""
-    r = admin(base, "/_testbed/requests")
-    return {k: r.get(k) for k in ("total", "by_origin", "by_status", "by_operation", "files",
-                                  "credential_leaks")}
 
 
 def start_server(python: str, spec: str, key: str, cache: Path, logs: Path, cpus: set[int] | None = None):

@@ -102,8 +102,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # never below this process's own (see own_peak_rss_mib), and urllib or
 # http.client alone would add 6 to 8 MiB to that floor.
 from _measure import (  # noqa: E402
-    Measured, TreeSampler, api_env, build_runport, load_lines, machine_busy_s, proc_cpu_s, run_child,
-    start_background, stop_background)
+    Measured, TreeSampler, admin, api_env, build_runport, http_json, load_lines, machine_busy_s, proc_cpu_s,
+    request_counts, run_child, start_background, stop_background)
 
 
 def log(msg: str) -> None:
@@ -283,42 +283,6 @@ def official_main(cfg: dict) -> int:
 # --------------------------------------------------------------------------
 
 
-def http_json(url: str, body=None, headers: dict | None = None) -> dict:
-    """One HTTP/1.0 request to the test server on loopback, its JSON answer
-    (a plain socket: urllib would raise this process's RSS, the floor of
-    every child's)."""
-    import socket
-
-    rest = url.split("://", 1)[1]
-    hostport, path = (rest.split("/", 1) + [""])[:2]
-    host, port = hostport.rsplit(":", 1)
-    data = b"" if body is None else json.dumps(body).encode()
-    head = [f"{'GET' if body is None else 'POST'} /{path} HTTP/1.0", f"Host: {hostport}",
-            "Content-Type: application/json", f"Content-Length: {len(data)}"]
-    head += [f"{k}: {v}" for k, v in (headers or {}).items()]
-    with socket.create_connection((host, int(port)), timeout=120) as c:
-        c.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + data)
-        chunks = []
-        while chunk := c.recv(1 << 16):
-            chunks.append(chunk)
-    answer = b"".join(chunks)
-    status_line, _, rest = answer.partition(b"\r\n")
-    if status_line.split()[1:2] != [b"200"]:
-        raise RuntimeError(f"{url}: {status_line.decode(errors='replace')}")
-    return json.loads(rest.partition(b"\r\n\r\n")[2])
-
-
-def admin(base: str, path: str, body=None) -> dict:
-    return http_json(base + path, body)
-
-
-def request_counts(base: str) -> dict:
-    """The server's request accounting without the per-request log."""
-    r = admin(base, "/_testbed/requests")
-    return {k: r.get(k) for k in ("total", "by_origin", "by_status", "by_operation", "files",
-                                  "credential_leaks")}
-
-
 def events_line_count(info: dict, key: str, run_id: str) -> int | None:
     """The run's eventsLineCount, asked of the server directly (the
     official client's Run has no field for it)."""
@@ -481,19 +445,14 @@ def main(argv=None) -> int:
             log(f"{m.name} exited with {m.status}; see {logs}")
             status = 1
             continue
-        if r["kind"] == "system":
+        if r["kind"] in ("system", "official"):
             written = parquet_rows(r["folder"])
-            if want is not None and (written != want or r["rows"] != want):
-                log(f"{m.name}: {written} rows in {r['folder']}/*.parquet ({r['rows']} in its --json line), "
-                    f"the reference wrote {want}")
-                status = 1
-        elif r["kind"] == "official":
-            written = parquet_rows(r["folder"])
-            s = r["summary"]
             if want is not None and (written != want or r["rows"] != want):
                 log(f"{m.name}: {written} rows in {r['folder']}/*.parquet ({r['rows']} reported), "
                     f"the reference wrote {want}")
                 status = 1
+        if r["kind"] == "official":
+            s = r["summary"]
             if s.get("lines") != api.get("events_line_count"):
                 log(f"{m.name}: read {s.get('lines')} lines, the run's eventsLineCount is "
                     f"{api.get('events_line_count')}")
