@@ -1,11 +1,11 @@
 //! The plain dataset under SIGKILL: re-exports into an existing dataset are
 //! killed at random moments while every rename is slowed down (fault
-//! injection with strace, 300 ms a rename, as on a network filesystem), and
-//! after each kill the folder is read as a user reads it: `runs.parquet`,
-//! every `history/*.parquet` and `_manifest.json` must be one whole export,
-//! the one before or the one being written. Also the guards of the output
-//! folder: a folder runport did not write, and one another export is
-//! writing, are refused.
+//! injection with strace, 300 ms before and 300 ms after a rename, as on a
+//! network filesystem), and after each kill the folder is read as a user
+//! reads it: `runs.parquet`, every `history/*.parquet` and `_manifest.json`
+//! must be one whole export, the one before or the one being written. Also
+//! the guards of the output folder: a folder runport did not write, and one
+//! another export is writing, are refused.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -109,8 +109,10 @@ fn parquet_shape(path: &Path) -> Result<(Vec<String>, u64), String> {
 /// How renames behave under strace.
 #[derive(Clone, Copy, PartialEq)]
 enum Renames {
-    /// Every rename, renameat and renameat2 delayed on its way out (after
-    /// the rename took effect).
+    /// Every rename, renameat and renameat2 delayed on its way in (before
+    /// the rename takes effect) and on its way out (after it took effect),
+    /// so that random kills land on both sides of the switch however fast
+    /// the export is up to its rename.
     Slow,
     /// The same, and renameat2 fails with EINVAL, as on a filesystem
     /// without `RENAME_EXCHANGE`.
@@ -120,7 +122,7 @@ enum Renames {
 /// `runport export` under strace with `renames`; strace's own log (the
 /// renames) goes to `log`.
 fn slowed_export(source: &Path, out: &Path, extra: &[&str], renames: Renames, log: &Path) -> Child {
-    let delay = format!("delay_exit={RENAME_DELAY_US}");
+    let delay = format!("delay_enter={RENAME_DELAY_US}:delay_exit={RENAME_DELAY_US}");
     let injections = match renames {
         Renames::Slow => vec![format!("inject=rename,renameat,renameat2:{delay}")],
         Renames::SlowWithoutExchange => {
