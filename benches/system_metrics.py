@@ -5,7 +5,7 @@ W&B client (the same run on the W&B API test server).
 
     target/testbed-venv/bin/python benches/system_metrics.py \\
         [--seconds 120] [--gauges 1000] [--runport PATH [--runport PATH2]] [--data DIR] [--no-build]
-        [--skip-api]
+        [--skip-api] [--memory-limit SIZE]
 
 Builds runport (`cargo build --release`), makes the data once (cached under
 --data, default target/bench-data/system-s<seconds>-g<gauges>; kept once
@@ -299,7 +299,7 @@ def events_line_count(info: dict, key: str, run_id: str) -> int | None:
 
 
 def api_side(python: str, source: Path, binaries: list[Path], run_id: str, work: Path, logs: Path,
-             results: list[dict]) -> dict:
+             results: list[dict], limit: list[str]) -> dict:
     """Starts the test server on the run, measures the API commands into
     `results` and stops the server (also on failure). Returns what the
     checks and the table need besides."""
@@ -335,8 +335,8 @@ def api_side(python: str, source: Path, binaries: list[Path], run_id: str, work:
                 out = work / f"api-runport{i}-{what}"
                 m = measured(f"api runport{i} {what}",
                              [os.path.abspath(binary), "export", url, "--base-url", base, "-o", str(out),
-                              "--select", select, "--json"])
-                m.command = f"runport `wandb:// --select '{select}'`"
+                              "--select", select, "--json", *limit])
+                m.command = f"runport `wandb:// --select '{select}'{' '.join(['', *limit])}`"
                 results.append(runport_result(m, "api", what, shown_path(binary), out))
         out = work / "official"
         cfg = {"base_url": base, "entity": info["entity"], "project": info["project"], "run_id": run_id,
@@ -386,7 +386,10 @@ def main(argv=None) -> int:
     ap.add_argument("--no-build", action="store_true", help="use the runport binaries as they are")
     ap.add_argument("--skip-api", action="store_true",
                     help="the .wandb files only: no test server, no official client")
+    ap.add_argument("--memory-limit", metavar="SIZE",
+                    help="runport's --memory-limit for every runport command (default: runport's own, 256MiB)")
     args = ap.parse_args(argv)
+    limit = ["--memory-limit", args.memory_limit] if args.memory_limit else []
 
     python = str(args.python or (VENV_PYTHON if VENV_PYTHON.exists() else Path(sys.executable)))
     binaries = args.runport or [RUNPORT]
@@ -420,8 +423,8 @@ def main(argv=None) -> int:
         for what, select in (("system", SELECT), ("run_id", "run_id")):
             out = work / f"runport{i}-{what}"
             m = measure(f"runport{i} {what}", [os.path.abspath(binary), "export", str(source), "-o", str(out),
-                                               "--select", select, "--json"], logs)
-            m.command = f"runport `--select '{select}'`"
+                                               "--select", select, "--json", *limit], logs)
+            m.command = f"runport `--select '{select}'{' '.join(['', *limit])}`"
             results.append(runport_result(m, "files", what, shown_path(binary), out))
     out = work / "reference"
     ref = measure("reference", [python, str(TESTBED / "wandb_reference.py"), "export", "--runs", str(source),
@@ -431,7 +434,7 @@ def main(argv=None) -> int:
                     "binary": shown_path(TESTBED / "wandb_reference.py"), "rows": None, "folder": out / "system"})
     api = None
     if not args.skip_api:
-        api = api_side(python, source, binaries, sc["run_id"], work, logs, results)
+        api = api_side(python, source, binaries, sc["run_id"], work, logs, results, limit)
     load_end = os.getloadavg()
 
     # ------------------------------------------------------------------ checks

@@ -25,7 +25,7 @@ use crate::output::system::{system_schema, system_writer_properties, write_syste
 use crate::output::{DatasetDir, Provenance, TableWriter, history_writer_properties, writer_properties};
 use crate::pipeline::{EncodedHistory, HistoryEncoding, HistoryTarget, ReadRun};
 use crate::plan::{FetchPlan, HistoryLayout};
-use crate::run::RunIdentity;
+use crate::run::{RunIdentity, SystemBudget};
 use crate::selection::Selection;
 use crate::sources::{ConsumeRun, RecordCounts, RunColumns, Source, SourceOption, SourceSpec};
 
@@ -196,6 +196,7 @@ impl Planned {
         let mut history_only = (*self.plan).clone();
         history_only.config = false;
         history_only.summary = false;
+        history_only.system = false;
         history_only.identity_columns.retain(|c| c.name == "run_id");
         let mut kinds = BTreeMap::new();
         self.read_runs(&Arc::new(history_only), Some(kinds_target(chunk_bytes, Some(spill))), &mut |_, run, _| {
@@ -287,7 +288,6 @@ fn export_remote(opts: &ExportOptions, remote: &crate::objstore::Remote) -> Resu
 fn export_local(opts: &ExportOptions) -> Result<ExportSummary> {
     let started = Instant::now();
     let planned = open(&opts.source, opts.selection.as_deref(), opts.history, opts.concurrency, &opts.options)?;
-    let plan = Arc::clone(&planned.plan);
     let dataset = DatasetDir::open(&opts.out)?;
     let prov = &planned.provenance;
 
@@ -300,6 +300,9 @@ fn export_local(opts: &ExportOptions) -> Result<ExportSummary> {
     }
     let chunk_bytes = chunk_bytes(opts.memory_limit);
     let spill = SpillDir::create(&dataset.spill_path())?;
+    // A run's system samples past a chunk wait in the spill folder too.
+    let plan =
+        Arc::new(planned.plan.with_system_budget(SystemBudget { bytes: chunk_bytes, spill: Arc::clone(&spill) }));
     let encoding = match (plan.history, plan.history_layout) {
         (true, HistoryLayout::Wide) => {
             let kinds = planned.wide_kinds(chunk_bytes, &spill)?;
@@ -361,7 +364,7 @@ fn export_local(opts: &ExportOptions) -> Result<ExportSummary> {
         }
         if let (Some(writer), Some(samples)) = (system_writer.as_mut(), run.system.take()) {
             let written =
-                write_system(&system_schema, &run.identity.run_id, &samples, &mut |b| writer.write(&dataset, b));
+                write_system(&system_schema, &run.identity.run_id, samples, &mut |b| writer.write(&dataset, b));
             if let Err(e) = written {
                 fatal = Some(e);
                 return ControlFlow::Break(());

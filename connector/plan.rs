@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use crate::run::IdentityColumn;
+use crate::run::{IdentityColumn, SystemBudget};
 use crate::selection::Selection;
 
 /// The prefix of system-metric columns in `--select` (`system.gpu.*`).
@@ -51,6 +51,11 @@ pub struct FetchPlan {
     /// Whether system metrics are read: only when a `--select` item starts
     /// with `system.` (they are not part of the default selection).
     pub system: bool,
+    /// Where a run's system samples go past their share of memory; set by
+    /// `export` and `sync` once their spill folder exists (`None`: every
+    /// run's samples are held until it is written).
+    #[serde(skip)]
+    pub system_budget: Option<SystemBudget>,
 }
 
 fn column_names<S: serde::Serializer>(columns: &[IdentityColumn], ser: S) -> Result<S::Ok, S::Error> {
@@ -73,7 +78,13 @@ impl FetchPlan {
             identity_columns,
             selection,
             history_layout,
+            system_budget: None,
         }
+    }
+
+    /// The plan with `budget` for each run's system samples.
+    pub fn with_system_budget(&self, budget: SystemBudget) -> FetchPlan {
+        FetchPlan { system_budget: Some(budget), ..self.clone() }
     }
 
     pub fn wants_identity(&self, column: &str) -> bool {

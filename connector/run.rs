@@ -1,6 +1,11 @@
 //! What a source hands to the output: one run's identity, flattened config and
 //! summary, and history, already cut down to what the plan selected.
 
+use std::sync::Arc;
+
+use crate::error::Error;
+use crate::output::spill::SpillDir;
+use crate::output::system::SpilledRun;
 use crate::value::Value;
 
 /// How an identity column is typed in `runs.parquet`.
@@ -204,19 +209,47 @@ pub struct RunHistory {
     pub series: Vec<HistorySeries>,
 }
 
-/// A run's system metrics (W&B: GPU, CPU, memory, network, disk), one
-/// sample per (time, key), in the order the source gave them.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct SystemSamples {
-    pub keys: Vec<String>,
-    pub samples: Vec<SystemSample>,
-    /// Key name → index in `keys`.
-    ids: std::collections::HashMap<String, u32>,
+/// Where a run's system samples go once they pass their share of memory:
+/// `bytes` of samples held at most (a history chunk, a sixteenth of
+/// `--memory-limit`), the rest in sorted runs in a file of the export's
+/// spill folder.
+#[derive(Debug, Clone)]
+pub struct SystemBudget {
+    pub bytes: usize,
+    pub spill: Arc<SpillDir>,
 }
 
-/// One sample of one key, in 24 bytes: a run holds all of its samples until
-/// it is written (a week of 100 keys sampled every 15 s, the SDK's default,
-/// is 4 million samples, 92 MiB).
+impl PartialEq for SystemBudget {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes && Arc::ptr_eq(&self.spill, &other.spill)
+    }
+}
+
+impl Eq for SystemBudget {}
+
+/// A run's system metrics (W&B: GPU, CPU, memory, network, disk), one
+/// sample per (time, key), in the order the source gave them. With a
+/// [`SystemBudget`], a run holds at most its bytes of samples: each time
+/// they reach it, they are sorted in table order and written to a spill
+/// file of their own ([`SpilledRun`]), to be merged when the run is written.
+#[derive(Debug, Clone, Default)]
+pub struct SystemSamples {
+    pub keys: Vec<String>,
+    /// The samples not spilled, in source order.
+    pub(crate) samples: Vec<SystemSample>,
+    /// Key name → index in `keys`.
+    ids: std::collections::HashMap<String, u32>,
+    budget: Option<SystemBudget>,
+    /// The sorted runs spilled, in source order.
+    pub(crate) spilled: Vec<Arc<SpilledRun>>,
+    /// A spill that failed: the run cannot be written whole (the samples
+    /// after it are not kept).
+    pub(crate) error: Option<Arc<Error>>,
+}
+
+/// One sample of one key, in 24 bytes: what a run holds per sample until
+/// it is written or spilled (a week of 100 keys sampled every 15 s, the
+/// SDK's default, is 4 million samples, 92 MiB).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SystemSample {
     /// Microseconds since the epoch, UTC; see [`SystemSample::timestamp`].
@@ -232,6 +265,8 @@ pub struct SystemSample {
 impl SystemSample {
     const TIME: u8 = 1;
     const NUMBER: u8 = 2;
+    /// Bytes of a sample in a spill file.
+    pub const SPILLED_BYTES: usize = 24;
 
     fn new(timestamp: Option<i64>, key: u32, value: Option<f64>) -> SystemSample {
         let set = if timestamp.is_some() { Self::TIME } else { 0 } | if value.is_some() { Self::NUMBER } else { 0 };
@@ -247,11 +282,46 @@ impl SystemSample {
     pub fn value(&self) -> Option<f64> {
         (self.set & Self::NUMBER != 0).then_some(self.number)
     }
+
+    /// The sample as a spill file holds it (little-endian: time, value's
+    /// bits, key, flags, 3 bytes of padding).
+    pub fn to_bytes(self) -> [u8; Self::SPILLED_BYTES] {
+        let mut b = [0u8; Self::SPILLED_BYTES];
+        b[0..8].copy_from_slice(&self.time.to_le_bytes());
+        b[8..16].copy_from_slice(&self.number.to_bits().to_le_bytes());
+        b[16..20].copy_from_slice(&self.key.to_le_bytes());
+        b[20] = self.set;
+        b
+    }
+
+    /// The sample [`SystemSample::to_bytes`] wrote.
+    pub fn from_bytes(b: &[u8; Self::SPILLED_BYTES]) -> SystemSample {
+        let word = |r: std::ops::Range<usize>| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&b[r]);
+            w
+        };
+        SystemSample {
+            time: i64::from_le_bytes(word(0..8)),
+            number: f64::from_bits(u64::from_le_bytes(word(8..16))),
+            key: u32::from_le_bytes([b[16], b[17], b[18], b[19]]),
+            set: b[20],
+        }
+    }
 }
 
 impl SystemSamples {
+    /// Samples held in memory up to `budget`, spilled past it; `None`:
+    /// all held.
+    pub fn new(budget: Option<SystemBudget>) -> SystemSamples {
+        SystemSamples { budget, ..SystemSamples::default() }
+    }
+
     /// Adds one sample.
     pub fn push(&mut self, key: &str, timestamp: Option<i64>, value: Option<f64>) {
+        if self.error.is_some() {
+            return;
+        }
         let id = match self.ids.get(key) {
             Some(id) => *id,
             None => {
@@ -262,11 +332,60 @@ impl SystemSamples {
             }
         };
         self.samples.push(SystemSample::new(timestamp, id, value));
+        let full = self.budget.as_ref().is_some_and(|b| self.samples.len() * SystemSample::SPILLED_BYTES >= b.bytes);
+        if full {
+            self.spill();
+        }
+    }
+
+    /// The held samples, sorted, to a spill file as one more sorted run.
+    fn spill(&mut self) {
+        let Some(budget) = &self.budget else { return };
+        let order = table_order(&self.keys, &self.samples);
+        match SpilledRun::write(&budget.spill, order.iter().map(|&i| self.samples[i as usize])) {
+            Ok(run) => {
+                self.spilled.push(Arc::new(run));
+                self.samples.clear();
+            }
+            Err(e) => {
+                self.error = Some(Arc::new(e));
+                self.samples = Vec::new();
+            }
+        }
+    }
+
+    /// Samples in all, held and spilled.
+    pub fn len(&self) -> usize {
+        self.samples.len() + self.spilled.iter().map(|r| r.len()).sum::<usize>()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
+/// Each key's place when the keys are sorted by name.
+pub(crate) fn key_ranks(keys: &[String]) -> Vec<u32> {
+    let mut rank = vec![0u32; keys.len()];
+    let mut by_name: Vec<usize> = (0..keys.len()).collect();
+    by_name.sort_by(|a, b| keys[*a].cmp(&keys[*b]));
+    for (r, k) in by_name.into_iter().enumerate() {
+        rank[k] = r as u32;
+    }
+    rank
+}
+
+/// The indices of `samples` in table order: keys by name, then time; a
+/// stable sort keeps the source's order of equal ones.
+pub(crate) fn table_order(keys: &[String], samples: &[SystemSample]) -> Vec<u32> {
+    let key_rank = key_ranks(keys);
+    let mut order: Vec<u32> = (0..samples.len() as u32).collect();
+    order.sort_by_key(|&i| (key_rank[samples[i as usize].key as usize], samples[i as usize].timestamp()));
+    order
+}
+
 /// One run as read from a source, ready for the writers.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct RunData {
     pub identity: RunIdentity,
     /// Flattened column groups in output order: `(prefix, [(path, leaf)])`,
@@ -338,5 +457,19 @@ mod tests {
         assert_eq!(got[0], ("cpu", Some(-1), Some(0.0)));
         assert!(got[1].0 == "gpu" && got[1].1.is_none() && got[1].2.is_some_and(f64::is_nan));
         assert_eq!(got[2..], [("cpu", Some(0), None), ("gpu", None, None)]);
+    }
+
+    #[test]
+    fn a_spilled_sample_reads_back_as_written() {
+        let mut s = SystemSamples::default();
+        let nan = f64::from_bits(0x7ff8_0000_dead_beef);
+        for (key, t, v) in [("a", Some(i64::MIN), Some(-0.0)), ("b", None, Some(nan)), ("a", Some(-1), None)] {
+            s.push(key, t, v);
+        }
+        for x in &s.samples {
+            let back = SystemSample::from_bytes(&x.to_bytes());
+            assert_eq!((back.key, back.timestamp()), (x.key, x.timestamp()));
+            assert_eq!(back.value().map(f64::to_bits), x.value().map(f64::to_bits));
+        }
     }
 }

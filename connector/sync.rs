@@ -48,7 +48,7 @@ use crate::output::system::{system_schema, system_writer_properties, write_syste
 use crate::output::{PART_BYTES, Provenance, history_writer_properties, writer_properties};
 use crate::pipeline::{EncodedHistory, HistoryEncoding, HistoryTarget, ReadRun};
 use crate::plan::HistoryLayout;
-use crate::run::{IdentityKind, IdentityValue, RunData, RunIdentity};
+use crate::run::{IdentityKind, IdentityValue, RunData, RunIdentity, SystemBudget};
 use crate::sources::{RecordCounts, SourceOption, SyncMark};
 use crate::value::Value;
 
@@ -190,6 +190,9 @@ pub struct SyncSummary {
     pub commit_retries: usize,
     /// Bytes of the files written.
     pub bytes: u64,
+    /// The most disk the spill files took at once (history, and system
+    /// samples, past `--memory-limit`'s share of a run).
+    pub spill_bytes: u64,
     pub failures: Vec<RunFailure>,
     /// Records read and decoded (W&B files): only new and changed runs are read.
     pub records: RecordCounts,
@@ -219,6 +222,7 @@ impl SyncSummary {
             shard: opts.shard.map(|s| s.to_string()),
             commit_retries: 0,
             bytes: 0,
+            spill_bytes: 0,
             failures: Vec::new(),
             records: RecordCounts::default(),
             http: None,
@@ -639,8 +643,10 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
         Some(s) => format!("{}-{}", s.tag(), sync_id()),
         None => sync_id(),
     };
-    let plan = Arc::clone(&planned.plan);
     let spill = SpillDir::create(&local_root.join(".history.runport-spill"))?;
+    // A run's system samples past a history chunk wait in the spill folder too.
+    let budget = SystemBudget { bytes: chunk_bytes(opts.memory_limit), spill: Arc::clone(&spill) };
+    let plan = Arc::new(planned.plan.with_system_budget(budget));
     let schema = long_schema();
     let target = plan.history.then(|| {
         Arc::new(HistoryTarget {
@@ -737,7 +743,7 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
                 let dir = files.dir.clone();
                 let run_id = &data.identity.run_id;
                 let written = files.write_run(running, |out| {
-                    write_system(&system_schema, run_id, &samples, &mut |b| write_batch(out, &dir, b))
+                    write_system(&system_schema, run_id, samples, &mut |b| write_batch(out, &dir, b))
                 });
                 match written {
                     Ok(f) => f,
@@ -810,7 +816,8 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
     {
         let removed = remove_unreferenced(&tables(&runs_table, &history_table, system_table.as_ref()), None, owner)?;
         let summary = SyncSummary::uncommitted(counts, versions, removed, opts, started);
-        return Ok(SyncSummary { failures, records, http: planned.source.http_counts(), ..summary });
+        let spill_bytes = spill.peak_bytes();
+        return Ok(SyncSummary { failures, records, http: planned.source.http_counts(), spill_bytes, ..summary });
     }
 
     // The system commit, then the history commit (the runs commit, last,
@@ -899,6 +906,7 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
     files_added += 1;
     files_removed += runs_removed;
     versions.insert("runs".into(), Some(v));
+    let spill_bytes = spill.peak_bytes();
     drop(spill);
     let unreferenced_removed =
         remove_unreferenced(&tables(&runs_table, &history_table, system_table.as_ref()), Some(started_at), owner)?;
@@ -915,6 +923,7 @@ pub fn sync(opts: &SyncOptions) -> Result<SyncSummary> {
         shard: opts.shard.map(|s| s.to_string()),
         commit_retries: retries,
         bytes,
+        spill_bytes,
         failures,
         records,
         http: planned.source.http_counts(),

@@ -179,14 +179,21 @@ pub fn testbed_script(script: &str, args: &[&std::ffi::OsStr]) -> Output {
 /// A set of runs written by the real W&B SDK with `make_wandb_runs.py --set NAME`,
 /// cached under `target/testbed-data/` and regenerated when the script changes.
 pub fn wandb_runs(set: &str) -> PathBuf {
+    wandb_runs_with(set, &[])
+}
+
+/// [`wandb_runs`] with more arguments of `make_wandb_runs.py` (the set's
+/// own options, e.g. `--seconds 8` for `system-large`).
+pub fn wandb_runs_with(set: &str, args: &[&str]) -> PathBuf {
     let script = testbed_dir().join("make_wandb_runs.py");
     let source = fs::read(&script).expect("read tests/testbed/make_wandb_runs.py");
     let reqs = fs::read(testbed_dir().join("requirements.txt")).expect("read requirements");
-    let key = fnv(&[&source, &reqs, set.as_bytes()]);
+    let joined = args.join(" ");
+    let key = fnv(&[&source, &reqs, set.as_bytes(), joined.as_bytes()]);
     let dir = target_dir().join("testbed-data").join(format!("wandb-{set}-{key:016x}"));
     cached_data(&dir, &format!("testbed-data-{set}"), || {
-        eprintln!("test bed: writing W&B runs ({set}) into {} (first run only)", dir.display());
-        write_wandb_runs(&dir, set)
+        eprintln!("test bed: writing W&B runs ({set} {joined}) into {} (first run only)", dir.display());
+        write_wandb_runs(&dir, set, args)
     });
     dir
 }
@@ -209,11 +216,11 @@ pub fn cached_data(dir: &Path, lock_name: &str, make: impl FnOnce()) {
     fs::write(&done, b"").expect("write data marker");
 }
 
-fn write_wandb_runs(dir: &Path, set: &str) {
-    testbed_script(
-        "make_wandb_runs.py",
-        &["--out".as_ref(), dir.as_os_str(), "--set".as_ref(), set.as_ref(), "--jobs".as_ref(), "2".as_ref()],
-    );
+fn write_wandb_runs(dir: &Path, set: &str, more: &[&str]) {
+    let mut args: Vec<&std::ffi::OsStr> =
+        vec!["--out".as_ref(), dir.as_os_str(), "--set".as_ref(), set.as_ref(), "--jobs".as_ref(), "2".as_ref()];
+    args.extend(more.iter().map(std::ffi::OsStr::new));
+    testbed_script("make_wandb_runs.py", &args);
     // Runs finished long ago: a run without an exit record is then crashed,
     // whatever minute a test reads it in. Twice, a few seconds apart, in case
     // the SDK's service process was still closing a file.

@@ -329,7 +329,7 @@ impl WandbApi {
         plan: &FetchPlan,
         run: &ListedRun,
     ) -> Result<(SystemSamples, Option<String>), String> {
-        let mut out = SystemSamples::default();
+        let mut out = SystemSamples::new(plan.system_budget.clone());
         let listed = run.events_line_count;
         if listed == Some(0) {
             return Ok((out, None));

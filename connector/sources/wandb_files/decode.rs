@@ -497,7 +497,7 @@ impl<'p> RunDecoder<'p> {
             last_runtime: None,
             last_step: None,
             exit: None,
-            system: SystemSamples::default(),
+            system: SystemSamples::new(plan.system_budget.clone()),
             warnings: RunWarnings::default(),
             counts: RecordCounts::default(),
             history_records: 0,
