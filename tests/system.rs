@@ -88,6 +88,16 @@ fn api_export_equals_the_files_and_the_official_client_with_one_request_per_run_
     );
     eprintln!("{}", String::from_utf8_lossy(&official.stdout));
 
+    // The wide layout reads history twice (its columns, then its rows);
+    // system metrics only in the second pass: still one request a run.
+    server.admin("/_testbed/reset", Some(serde_json::json!({"requests": true})));
+    let wide = ["export", "-o", o, "--select", "run_id,history.*,system.*", "--history", "wide"];
+    let (code, _, stderr) = server.runport(&wide);
+    assert_eq!(code, 0, "{stderr}");
+    let served = server.admin("/_testbed/requests", None);
+    assert_eq!(served["by_operation"]["RunEvents"].as_u64(), Some(with_samples), "{}", served["by_operation"]);
+    check_system(&runs, out.path(), None);
+
     // Without system columns, no events request and no eventsLineCount.
     server.admin("/_testbed/reset", Some(serde_json::json!({"requests": true})));
     let (code, _, stderr) = server.runport(&["export", "-o", o, "--select", "run_id,name"]);
