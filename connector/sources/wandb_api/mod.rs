@@ -15,6 +15,7 @@
 //!   an adaptive number of requests in flight.
 
 pub mod credentials;
+mod events;
 pub mod history;
 pub mod listing;
 pub mod queries;
@@ -26,7 +27,7 @@ use std::sync::Arc;
 use serde_json::json;
 
 use crate::error::{Error, Result};
-use crate::http::{Http, HttpError, RetryPolicy, build_client};
+use crate::http::{BodySink, Http, HttpError, RetryPolicy, build_client};
 use crate::pipeline::{HistorySink, HistoryTarget};
 use crate::plan::FetchPlan;
 use crate::plan::SYSTEM_PREFIX;
@@ -38,6 +39,7 @@ use crate::sources::spooled::{Spool, Spooled};
 use crate::value::Value;
 
 use credentials::{ApiKey, KeySource, find_api_key};
+use events::EventRow;
 use history::HistoryBuilder;
 use listing::{ListedRun, has_selected_history_key, parse_run_node, restore_non_finite};
 pub use source::REGISTRATION;
@@ -126,15 +128,11 @@ impl WandbApi {
         query: &str,
         variables: serde_json::Value,
     ) -> Result<serde_json::Value, String> {
-        let body = json!({"query": query, "variables": variables});
-        let resp = self
-            .http
-            .send(what, |c| c.post(self.graphql_url.clone()).basic_auth("api", Some(self.key.expose())).json(&body))
-            .await
-            .map_err(|e| self.explain(e))?;
-        let mut v: serde_json::Value = serde_json::from_slice(&resp.body)
-            .map_err(|e| format!("{what}: the API answered with invalid JSON: {e}"))?;
-        drop(resp);
+        let mut body = Vec::new();
+        self.post_graphql(what, query, variables, &mut body).await?;
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| format!("{what}: the API answered with invalid JSON: {e}"))?;
+        drop(body);
         if let Some(errors) = v.get("errors").and_then(|e| e.as_array()).filter(|e| !e.is_empty()) {
             let msgs: Vec<String> = errors
                 .iter()
@@ -144,6 +142,26 @@ impl WandbApi {
         }
         // Taken, not cloned: a run's system metrics answer is tens of MB.
         v.get_mut("data").map(serde_json::Value::take).ok_or_else(|| format!("{what}: the API answered without data"))
+    }
+
+    /// Sends a GraphQL request with credentials, its answer to `sink`.
+    async fn post_graphql<S: BodySink>(
+        &self,
+        what: &str,
+        query: &str,
+        variables: serde_json::Value,
+        sink: &mut S,
+    ) -> Result<(), String> {
+        let body = json!({"query": query, "variables": variables});
+        self.http
+            .send_to(
+                what,
+                |c| c.post(self.graphql_url.clone()).basic_auth("api", Some(self.key.expose())).json(&body),
+                sink,
+            )
+            .await
+            .map_err(|e| self.explain(e))?;
+        Ok(())
     }
 
     /// Turns HTTP failures into messages that say what to check.
@@ -339,21 +357,19 @@ impl WandbApi {
         vars["name"] = name.clone().into();
         vars["samples"] = listed.unwrap_or(MAX_SYSTEM_SAMPLES).into();
         let what = format!("system metrics of run {name}");
-        let mut data = self.graphql(&what, SYSTEM_EVENTS, vars).await?;
-        // Each row is dropped once its samples are taken.
-        let rows = match data.pointer_mut("/project/run/events").map(serde_json::Value::take) {
-            Some(serde_json::Value::Array(rows)) => rows,
-            _ => Vec::new(),
+        // The answer waits in memory up to a quarter of the run's share, as
+        // history answers do (many runs are in flight), past it in a file.
+        let mut body = match &plan.system_budget {
+            Some(b) => Spool::new(b.bytes / 4, Some(Arc::clone(&b.spill))),
+            None => Spool::new(usize::MAX, None),
         };
-        let given = rows.len();
-        for row in rows {
+        self.post_graphql(&what, SYSTEM_EVENTS, vars, &mut body).await?;
+        let mut take = |row: EventRow| -> Result<(), String> {
             let parsed = match row {
-                serde_json::Value::String(s) => {
-                    Value::parse(&s).map_err(|e| format!("{what}: a row is not JSON: {e}"))?
-                }
-                other => Value::parse(&other.to_string()).map_err(|e| format!("{what}: {e}"))?,
+                EventRow::Text(s) => Value::parse(&s).map_err(|e| format!("a row is not JSON: {e}"))?,
+                EventRow::Other(other) => Value::parse(&other.to_string()).map_err(|e| e.to_string())?,
             };
-            let Value::Object(fields) = parsed else { return Err(format!("{what}: a row is not an object")) };
+            let Value::Object(fields) = parsed else { return Err("a row is not an object".into()) };
             let timestamp = fields
                 .iter()
                 .find(|(k, _)| k == "_timestamp")
@@ -365,7 +381,24 @@ impl WandbApi {
                     out.push(key, timestamp, restore_non_finite(v).as_f64());
                 }
             }
+            Ok(())
+        };
+        let answer = match body.finish().map_err(|e| format!("{what}: cannot read the answer back: {e}"))? {
+            Spooled::Memory(bytes) => events::read_slice(&bytes, &mut take),
+            Spooled::File { file, kept, .. } => {
+                let read = events::read_from(std::io::BufReader::with_capacity(1 << 20, file), &mut take);
+                drop(kept);
+                read
+            }
         }
+        .map_err(|e| format!("{what}: {e}"))?;
+        if !answer.errors.is_empty() {
+            return Err(format!("{what}: the API answered with errors: {}", answer.errors.join("; ")));
+        }
+        if !answer.data {
+            return Err(format!("{what}: the API answered without data"));
+        }
+        let given = answer.rows;
         let short = listed
             .filter(|n| (given as i64) < *n)
             .map(|n| format!("{what}: the server gave {given} of the {n} samples it lists"));
