@@ -211,8 +211,8 @@ pub struct RunHistory {
 
 /// Where a run's system samples go once they pass their share of memory:
 /// `bytes` of samples held at most (a history chunk, a sixteenth of
-/// `--memory-limit`), the rest in sorted runs in a file of the export's
-/// spill folder.
+/// `--memory-limit`), the rest in sorted runs, each a file of the spill
+/// folder of the export or sync.
 #[derive(Debug, Clone)]
 pub struct SystemBudget {
     pub bytes: usize,
