@@ -341,7 +341,7 @@ impl SystemSamples {
     /// The held samples, sorted, to a spill file as one more sorted run.
     fn spill(&mut self) {
         let Some(budget) = &self.budget else { return };
-        let order = table_order(&self.keys, &self.samples);
+        let order = table_order(&key_ranks(&self.keys), &self.samples);
         match SpilledRun::write(&budget.spill, order.iter().map(|&i| self.samples[i as usize])) {
             Ok(run) => {
                 self.spilled.push(Arc::new(run));
@@ -375,10 +375,10 @@ pub(crate) fn key_ranks(keys: &[String]) -> Vec<u32> {
     rank
 }
 
-/// The indices of `samples` in table order: keys by name, then time; a
-/// stable sort keeps the source's order of equal ones.
-pub(crate) fn table_order(keys: &[String], samples: &[SystemSample]) -> Vec<u32> {
-    let key_rank = key_ranks(keys);
+/// The indices of `samples` in table order: keys by name (their
+/// [`key_ranks`]), then time; a stable sort keeps the source's order of
+/// equal ones.
+pub(crate) fn table_order(key_rank: &[u32], samples: &[SystemSample]) -> Vec<u32> {
     let mut order: Vec<u32> = (0..samples.len() as u32).collect();
     order.sort_by_key(|&i| (key_rank[samples[i as usize].key as usize], samples[i as usize].timestamp()));
     order

@@ -61,8 +61,8 @@ pub fn write_system(
             u32::MAX
         )));
     }
-    let held = table_order(&s.keys, &s.samples);
     let key_rank = key_ranks(&s.keys);
+    let held = table_order(&key_rank, &s.samples);
     // The sources of the merge, in source order: the spilled runs, then the held samples.
     let mut runs = s.spilled.iter().map(|r| r.reader()).collect::<Result<Vec<_>>>()?;
     let mut held = held.into_iter().map(|i| s.samples[i as usize]);
