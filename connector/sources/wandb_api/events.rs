@@ -35,10 +35,7 @@ pub struct EventsAnswer {
 
 /// Reads the answer in `bytes`, handing each row to `row` as it is parsed.
 pub fn read_slice(bytes: &[u8], row: &mut dyn FnMut(EventRow) -> Result<(), String>) -> Result<EventsAnswer, String> {
-    let mut d = serde_json::Deserializer::from_slice(bytes);
-    let answer = Answer { row }.deserialize(&mut d).map_err(|e| e.to_string())?;
-    d.end().map_err(|e| e.to_string())?;
-    Ok(answer)
+    read(serde_json::Deserializer::from_slice(bytes), row)
 }
 
 /// [`read_slice`] of an answer in a file (or any reader).
@@ -46,7 +43,14 @@ pub fn read_from(
     reader: impl Read,
     row: &mut dyn FnMut(EventRow) -> Result<(), String>,
 ) -> Result<EventsAnswer, String> {
-    let mut d = serde_json::Deserializer::from_reader(reader);
+    read(serde_json::Deserializer::from_reader(reader), row)
+}
+
+/// The whole answer from `d`, nothing after it.
+fn read<'de, R: serde_json::de::Read<'de>>(
+    mut d: serde_json::Deserializer<R>,
+    row: &mut dyn FnMut(EventRow) -> Result<(), String>,
+) -> Result<EventsAnswer, String> {
     let answer = Answer { row }.deserialize(&mut d).map_err(|e| e.to_string())?;
     d.end().map_err(|e| e.to_string())?;
     Ok(answer)

@@ -133,15 +133,11 @@ impl WandbApi {
         let mut v: serde_json::Value =
             serde_json::from_slice(&body).map_err(|e| format!("{what}: the API answered with invalid JSON: {e}"))?;
         drop(body);
-        if let Some(errors) = v.get("errors").and_then(|e| e.as_array()).filter(|e| !e.is_empty()) {
-            let msgs: Vec<String> = errors
-                .iter()
-                .map(|e| e.get("message").and_then(|m| m.as_str()).unwrap_or("error").to_string())
-                .collect();
-            return Err(format!("{what}: the API answered with errors: {}", msgs.join("; ")));
-        }
-        // Taken, not cloned: a run's system metrics answer is tens of MB.
-        v.get_mut("data").map(serde_json::Value::take).ok_or_else(|| format!("{what}: the API answered without data"))
+        let errors = v.get("errors").and_then(|e| e.as_array()).map_or_else(Vec::new, |errors| {
+            errors.iter().map(|e| e.get("message").and_then(|m| m.as_str()).unwrap_or("error").to_string()).collect()
+        });
+        // Taken, not cloned: an answer can be large (a listing page of runs with their config).
+        answer_data(what, errors, v.get_mut("data").map(serde_json::Value::take))
     }
 
     /// Sends a GraphQL request with credentials, its answer to `sink`.
@@ -383,7 +379,7 @@ impl WandbApi {
             }
             Ok(())
         };
-        let answer = match body.finish().map_err(|e| format!("{what}: cannot read the answer back: {e}"))? {
+        let answer = match finish(body, &what)? {
             Spooled::Memory(bytes) => events::read_slice(&bytes, &mut take),
             Spooled::File { file, kept, .. } => {
                 let read = events::read_from(std::io::BufReader::with_capacity(1 << 20, file), &mut take);
@@ -392,12 +388,7 @@ impl WandbApi {
             }
         }
         .map_err(|e| format!("{what}: {e}"))?;
-        if !answer.errors.is_empty() {
-            return Err(format!("{what}: the API answered with errors: {}", answer.errors.join("; ")));
-        }
-        if !answer.data {
-            return Err(format!("{what}: the API answered without data"));
-        }
+        answer_data(&what, answer.errors, answer.data.then_some(()))?;
         let given = answer.rows;
         let short = listed
             .filter(|n| (given as i64) < *n)
@@ -702,4 +693,13 @@ fn finish(spool: Spool, what: &str) -> Result<Spooled, String> {
 
 fn keep_error(what: &str, e: &std::io::Error) -> String {
     format!("{what}: cannot keep the answer in a temporary file: {e}")
+}
+
+/// The `data` of a GraphQL answer; an error naming the request if the
+/// answer has `errors` (their messages) or no `data`.
+fn answer_data<T>(what: &str, errors: Vec<String>, data: Option<T>) -> Result<T, String> {
+    if !errors.is_empty() {
+        return Err(format!("{what}: the API answered with errors: {}", errors.join("; ")));
+    }
+    data.ok_or_else(|| format!("{what}: the API answered without data"))
 }
