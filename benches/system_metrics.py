@@ -102,12 +102,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # never below this process's own (see own_peak_rss_mib), and urllib or
 # http.client alone would add 6 to 8 MiB to that floor.
 from _measure import (  # noqa: E402
-    Measured, TreeSampler, admin, api_env, build_runport, http_json, load_lines, machine_busy_s, proc_cpu_s,
-    request_counts, run_child, start_background, stop_background)
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    Measured, TreeSampler, admin, api_env, build_runport, http_json, load_lines, log, machine_busy_s,
+    proc_cpu_s, request_counts, run_child, start_background, stop_background)
 
 
 def shown_path(path: Path) -> str:

@@ -236,6 +236,10 @@ fn sources_without_system_metrics_refuse_the_selection_with_the_reason() {
 /// written. The tables equal those of exports that hold the run whole,
 /// row for row and in order, from the files, through the API and by
 /// `sync`, and the reference reader's.
+/// Bytes of two sorted runs spilled at `--memory-limit 16MiB` (43,690
+/// samples of 24 bytes each).
+const TWO_SPILLED_RUNS: u64 = 2 * 43_690 * 24;
+
 #[test]
 fn a_run_with_more_samples_than_its_memory_share_is_spilled_and_written_the_same() {
     // About 120 samples of 1,000 gauges and the SDK's own keys.
@@ -252,7 +256,7 @@ fn a_run_with_more_samples_than_its_memory_share_is_spilled_and_written_the_same
     let s = export_json(&runs, &spilled, &small, 0);
     assert_eq!(s["rows"]["system"], rows, "{s}");
     // All but the last run of samples went to disk at once.
-    assert!(s["spill_bytes"].as_u64().unwrap() >= 2 * 43_690 * 24, "{s}");
+    assert!(s["spill_bytes"].as_u64().unwrap() >= TWO_SPILLED_RUNS, "{s}");
     eprintln!("{}", check_system(&runs, &spilled, None));
 
     let server = WandbServer::start(&runs, &[]);
@@ -261,14 +265,14 @@ fn a_run_with_more_samples_than_its_memory_share_is_spilled_and_written_the_same
         server.runport(&["export", "-o", api.to_str().unwrap(), "--json", small[0], small[1], small[2], small[3]]);
     assert_eq!(code, 0, "{stderr}");
     let s = last_json_line(&stdout);
-    assert!(s["spill_bytes"].as_u64().unwrap() >= 2 * 43_690 * 24, "{s}");
+    assert!(s["spill_bytes"].as_u64().unwrap() >= TWO_SPILLED_RUNS, "{s}");
 
     let source = scratch.path().join("wandb");
     crate::sync::copy_dir(&runs.join("wandb"), &source);
     let table = scratch.path().join("table");
     let s = crate::sync::sync(&source, &table, &small, 0);
     assert_eq!(s["system_rows"], rows, "{s}");
-    assert!(s["spill_bytes"].as_u64().unwrap() >= 2 * 43_690 * 24, "{s}");
+    assert!(s["spill_bytes"].as_u64().unwrap() >= TWO_SPILLED_RUNS, "{s}");
 
     let printed = python_snippet(
         SAME_SYSTEM_TABLES,
